@@ -1,0 +1,68 @@
+# Every target bootstraps .venv itself; `make db-up` and `make test` are all a fresh clone needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TK     := $(BIN)/toolkit
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv db-up db-down db-status db-logs db-psql db-reset env test smoke \
+        chroma-up chroma-down s3-up s3-down compose-up compose-down image bench lint
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing toolkit into $(VENV) (first run takes a minute)..."
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+	@touch $@
+
+venv: $(STAMP) ## create .venv and install the toolkit
+
+db-up: $(STAMP) ## start Postgres+pgvector (Docker, else embedded), wait, write .env
+	@$(TK) up
+
+db-down: $(STAMP) ## stop it (data kept)
+	@$(TK) down
+
+db-status: $(STAMP) ## is it running? (toolkit status --json for machines)
+	@$(TK) status
+
+db-logs: $(STAMP) ## the server log's tail
+	@$(TK) logs
+
+db-psql: $(STAMP) ## open psql on the database
+	@$(TK) psql
+
+db-reset: $(STAMP) ## stop and delete the data (asks first), then start fresh
+	@$(TK) down --purge
+	@$(TK) up
+
+env: $(STAMP) ## print the export line: eval "$$(make -s env)"
+	@$(TK) env
+
+test: $(STAMP) ## run the test suite against real servers
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+smoke: $(STAMP) ## prove every archival backend stores and finds embeddings
+	@$(TK) smoke --backend all
+
+chroma-up: $(STAMP) ## start a Chroma server on 127.0.0.1:8000
+	@$(TK) chroma up
+
+chroma-down: $(STAMP) ## stop it
+	@$(TK) chroma down
+
+compose-up: ## docker compose: Postgres+pgvector and Chroma
+	docker compose -f compose/compose.yaml up -d --wait
+
+compose-down: ## stop the compose services (volumes kept)
+	docker compose -f compose/compose.yaml down
+
+bench: $(STAMP) ## benchmarks: ratios against the raw tools
+	@$(BIN)/python bench/up.py
+
+lint: $(STAMP) ## ruff and mypy
+	@$(BIN)/ruff check toolkit tests bench
+	@$(BIN)/mypy toolkit

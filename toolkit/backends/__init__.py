@@ -1,0 +1,1 @@
+"""Archival storage backends: one module each behind ``ArchivalStore`` (see base.py), registered here."""

@@ -1,0 +1,74 @@
+"""The ArchivalStore Protocol and the Passage record shared by every archival backend.
+
+The record mirrors MemGPT's archival passage (``memgpt_archival_memory_agent``), so data written through
+any backend is MemGPT's data. ``smoke`` and ``migrate`` only ever speak this Protocol.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol, runtime_checkable
+
+# MemGPT's Postgres connector stores every embedding in vector(4096), zero-padded
+MAX_EMBEDDING_DIM = 4096
+
+
+@dataclass
+class Passage:
+    text: str
+    embedding: Sequence[float]  # list[float] or a 1-d numpy array
+    user_id: uuid.UUID
+    agent_id: uuid.UUID | None = None
+    doc_id: uuid.UUID | None = None
+    data_source: str | None = None
+    embedding_model: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    @property
+    def embedding_dim(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Equality filters on the ownership columns; None means no condition."""
+
+    user_id: uuid.UUID | None = None
+    agent_id: uuid.UUID | None = None
+    doc_id: uuid.UUID | None = None
+
+    def as_dict(self) -> dict[str, uuid.UUID]:
+        return {k: v for k, v in (("user_id", self.user_id), ("agent_id", self.agent_id),
+                                  ("doc_id", self.doc_id)) if v is not None}
+
+
+@runtime_checkable
+class ArchivalStore(Protocol):
+    """One table/collection of passages in one backend. Writes are upserts by ``id``."""
+
+    name: str  # backend name: local, postgres, chroma, chroma-http, lancedb, lancedb-s3
+
+    def insert(self, passages: Iterable[Passage]) -> int:
+        """Upsert passages by id; return how many were written."""
+
+    def query(self, embedding: Sequence[float], k: int, filters: Filters | None = None) -> list[Passage]:
+        """The k nearest passages to ``embedding``, nearest first."""
+
+    def count(self, filters: Filters | None = None) -> int: ...
+
+    def scan(self, batch_size: int) -> Iterator[list[Passage]]:
+        """Every passage, in batches, in a stable order (by id)."""
+
+    def delete(self, ids: Iterable[uuid.UUID]) -> int: ...
+
+    def drop(self) -> None:
+        """Remove the table/collection entirely. Idempotent."""
+
+    def exists(self) -> bool: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,114 @@
+"""The click layer: global options, command registration, and the one error boundary.
+
+Each command lives in ``toolkit/commands/<verb>.py`` and is a few lines over the library. Command
+modules import only light modules at top level, so ``toolkit --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+import traceback
+from typing import Any
+
+import click
+
+from toolkit import __version__
+from toolkit.errors import ToolkitError
+from toolkit.urls import redact
+
+# (module, attribute): one line per command; order is the order in --help
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("toolkit.commands.db", "up"),
+    ("toolkit.commands.db", "down"),
+    ("toolkit.commands.db", "status"),
+    ("toolkit.commands.db", "env"),
+    ("toolkit.commands.db", "logs"),
+    ("toolkit.commands.db", "psql"),
+)
+
+
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command (or the full help) is needed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = {attr.replace("_", "-"): (mod, attr) for mod, attr in COMMANDS}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self._lazy) + [c for c in super().list_commands(ctx) if c not in self._lazy]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._lazy:
+            module, attr = self._lazy[cmd_name]
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="toolkit")
+@click.option("--project-dir", type=click.Path(file_okay=False), help="Project root holding .env (default: cwd).")
+@click.option("--env-file", type=click.Path(dir_okay=False), help="The .env file to read and write (default: PROJECT/.env).")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, project_dir: str | None, env_file: str | None, debug: bool) -> None:
+    """Provision Postgres+pgvector for MemGPT-style agents and check archival storage backends.
+
+    \b
+    Quick start:
+      toolkit up            start Postgres+pgvector on localhost:8888, write PGVECTOR_TEST_DB_URL to .env
+      eval "$(toolkit env)" export the URL into this shell
+      toolkit smoke         prove the archival backends work here
+      toolkit down          stop it (data kept; --purge deletes it)
+
+    Settings: flags > TOOLKIT_* environment > .env > defaults (see .env.example).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["global_flags"] = {"project_dir": project_dir, "env_file": env_file}
+    ctx.obj["debug"] = debug or os.environ.get("TOOLKIT_DEBUG") == "1"
+
+
+def _unexpected(exc: BaseException) -> int:
+    """Unknown failure: one line on stderr, the traceback in a log file whose path we print."""
+    text = redact("".join(traceback.format_exception(exc)))
+    fd, path = tempfile.mkstemp(prefix="toolkit-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as log:
+        log.write(text)
+    click.echo(f"toolkit: internal error: {redact(str(exc)) or type(exc).__name__} "
+               f"(traceback in {path}; please report it)", err=True)
+    return 3
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and map exceptions to exit codes in this one place."""
+    debug = "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("TOOLKIT_DEBUG") == "1"
+    try:
+        cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
+    except ToolkitError as exc:
+        if debug:
+            traceback.print_exc()
+        if exc.detail:
+            click.echo(redact(exc.detail), err=True)
+        click.echo(f"toolkit: error: {redact(exc.one_line())}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("toolkit: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        # bad flags/arguments: click's own message, one line, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("toolkit: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the boundary
+        if debug:
+            raise
+        sys.exit(_unexpected(exc))
+    sys.exit(0)

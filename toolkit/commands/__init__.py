@@ -1,0 +1,1 @@
+"""CLI commands, one module per verb (or family of verbs); each a thin layer over the library."""

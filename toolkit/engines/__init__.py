@@ -1,0 +1,1 @@
+"""Engines: where Postgres runs (embedded wheel, Docker, an external URL), behind one Protocol."""

@@ -1,0 +1,74 @@
+"""Errors: one root, each subclass with an exit code and a hint.
+
+The library raises these; only ``toolkit.cli.main`` turns them into a line on stderr and an exit code.
+Messages must already be redacted (no passwords) when they are raised.
+"""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """A failure the user can act on: what happened, and how to fix it (``hint``)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        # multi-line context (a server log tail) printed after the one-line message
+        self.detail = detail
+
+    def one_line(self) -> str:
+        text = self.message.rstrip(".")
+        if self.hint:
+            text += f"; {self.hint}"
+        return text
+
+
+class UsageError(ToolkitError):
+    """Bad flag values or arguments."""
+
+    exit_code = 2
+
+
+class ConfigError(ToolkitError):
+    """Unreadable or invalid settings, .env or MemGPT config."""
+
+    exit_code = 2
+
+
+class PortInUseError(ToolkitError):
+    """The port we must listen on is held by something that is not ours."""
+
+    exit_code = 3
+
+
+class EngineUnavailableError(ToolkitError):
+    """The engine cannot run here (no Docker daemon, wheel missing, ...)."""
+
+    exit_code = 4
+
+
+class NotReadyError(ToolkitError):
+    """The server did not become usable: died, timed out, refused auth, lacks the extension."""
+
+    exit_code = 5
+
+
+class BackendError(ToolkitError):
+    """An archival storage backend failed (unreachable, dimension mismatch, unwritable)."""
+
+    exit_code = 6
+
+
+class MigrationError(ToolkitError):
+    """A migration was refused or did not verify."""
+
+    exit_code = 7
+
+
+class Aborted(ToolkitError):
+    """The user declined a confirmation."""
+
+    exit_code = 1

@@ -1,0 +1,216 @@
+"""Configuration, resolved once: flags > environment (``TOOLKIT_*``) > ``.env`` > defaults.
+
+``resolve()`` builds one frozen ``Settings``; nothing else in the package reads ``os.environ`` for
+toolkit settings. To add a setting, add a field to ``Settings`` and one row to ``FIELDS``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import UsageError
+from toolkit.urls import PgUrl
+
+ENGINES = ("auto", "docker", "embedded", "external")
+
+
+@dataclass(frozen=True)
+class DbSpec:
+    """What database the engines must provide; defaults are the seed's ``run_postgres.sh``."""
+
+    user: str = "memgpt"
+    password: str = "memgpt"
+    database: str = "memgpt"
+    host: str = "localhost"  # host written into the URL
+    port: int = 8888
+    bind: str = "127.0.0.1"  # address the server listens on
+
+    def url(self, host: str | None = None, port: int | None = None) -> PgUrl:
+        return PgUrl(self.user, self.password, host or self.host, port or self.port, self.database)
+
+
+@dataclass(frozen=True)
+class Settings:
+    project_dir: Path
+    env_file: Path
+    state_dir: Path
+    db: DbSpec = field(default_factory=DbSpec)
+    engine: str = "auto"
+    external_url: str | None = None  # engine "external": an already-running server
+    timeout: float = 60.0
+    image: str = "pgvector/pgvector:pg16"
+    container: str = "memgpt-db-test"
+    volume: str = "memgpt_db_test"
+    chroma_host: str = "127.0.0.1"
+    chroma_port: int = 8000
+    chroma_path: Path | None = None  # None: state_dir / "chroma"
+    lancedb_uri: str | None = None  # None: project_dir / ".lancedb"
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_allow_http: bool = False
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    memgpt_config: Path | None = None  # None: ~/.memgpt/config
+
+    # where each value came from ("flag", "env", ".env", "default"); for `toolkit status`/doctor
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def with_db(self, **changes: Any) -> Settings:
+        return replace(self, db=replace(self.db, **changes))
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.chroma_path or self.state_dir / "chroma"
+
+    @property
+    def lancedb_location(self) -> str:
+        return self.lancedb_uri or str(self.project_dir / ".lancedb")
+
+    @property
+    def memgpt_config_path(self) -> Path:
+        return self.memgpt_config or Path.home() / ".memgpt" / "config"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Strings that must never appear in output."""
+        return tuple(s for s in (self.db.password, self.s3_secret_access_key) if s)
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError("out of range 1-65535")
+    return port
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _engine(value: str) -> str:
+    if value not in ENGINES:
+        raise ValueError(f"must be one of {', '.join(ENGINES)}")
+    return value
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _nonempty(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # "db.port" for DbSpec fields
+    env: str  # environment / .env variable
+    parse: Callable[[str], Any] = str
+    help: str = ""
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("engine", "TOOLKIT_ENGINE", _engine, "auto | docker | embedded | external"),
+    Field("db.user", "TOOLKIT_PG_USER", _nonempty, "application role (default memgpt)"),
+    Field("db.password", "TOOLKIT_PG_PASSWORD", _nonempty, "its password (default memgpt)"),
+    Field("db.database", "TOOLKIT_PG_DATABASE", _nonempty, "database name (default memgpt)"),
+    Field("db.port", "TOOLKIT_PG_PORT", _port, "port on this machine (default 8888)"),
+    Field("db.host", "TOOLKIT_PG_HOST", _nonempty, "host written into the URL (default localhost)"),
+    Field("db.bind", "TOOLKIT_PG_BIND", _nonempty, "address the server listens on (default 127.0.0.1)"),
+    Field("external_url", "TOOLKIT_PG_URL", _nonempty, "engine external: URL of a running server"),
+    Field("timeout", "TOOLKIT_TIMEOUT", _positive_float, "seconds to wait for readiness (default 60)"),
+    Field("state_dir", "TOOLKIT_STATE_DIR", Path, "data, logs, pid files (default ./.toolkit)"),
+    Field("image", "TOOLKIT_PG_IMAGE", _nonempty, "Docker image (default pgvector/pgvector:pg16)"),
+    Field("container", "TOOLKIT_PG_CONTAINER", _nonempty, "Docker container (default memgpt-db-test)"),
+    Field("volume", "TOOLKIT_PG_VOLUME", _nonempty, "Docker volume (default memgpt_db_test)"),
+    Field("chroma_host", "TOOLKIT_CHROMA_HOST", _nonempty, "Chroma server host (default 127.0.0.1)"),
+    Field("chroma_port", "TOOLKIT_CHROMA_PORT", _port, "Chroma server port (default 8000)"),
+    Field("chroma_path", "TOOLKIT_CHROMA_PATH", Path, "Chroma data dir (default ./.toolkit/chroma)"),
+    Field("lancedb_uri", "TOOLKIT_LANCEDB_URI", _nonempty, "LanceDB dir or s3:// URI (default ./.lancedb)"),
+    Field("s3_endpoint", "TOOLKIT_S3_ENDPOINT", _nonempty, "S3-compatible endpoint URL for LanceDB"),
+    Field("s3_region", "TOOLKIT_S3_REGION", _nonempty, "S3 region"),
+    Field("s3_allow_http", "TOOLKIT_S3_ALLOW_HTTP", _bool, "allow plain-http S3 endpoints"),
+    Field("s3_access_key_id", "AWS_ACCESS_KEY_ID", _nonempty, "S3 access key"),
+    Field("s3_secret_access_key", "AWS_SECRET_ACCESS_KEY", _nonempty, "S3 secret key"),
+    Field("memgpt_config", "MEMGPT_CONFIG_PATH", Path, "MemGPT config file (default ~/.memgpt/config)"),
+)
+FIELD_BY_NAME = {f.name: f for f in FIELDS}
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """The key/values of a .env file, or {} when there is none."""
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    try:
+        return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}", hint="check its permissions") from None
+
+
+def resolve(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    project_dir: Path | None = None,
+) -> Settings:
+    """Resolve every setting once. ``flags`` maps field names (``db.port``) to values; None means unset."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = os.environ if environ is None else environ
+
+    root = Path(flags.pop("project_dir", None) or environ.get("TOOLKIT_PROJECT_DIR") or project_dir or Path.cwd())
+    root = root.expanduser().absolute()
+    env_file = Path(flags.pop("env_file", None) or environ.get("TOOLKIT_ENV_FILE") or root / ".env").expanduser()
+    if not env_file.is_absolute():
+        env_file = root / env_file
+    dotenv = read_dotenv(env_file)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in FIELDS:
+        if spec.name in flags:
+            raw, origin = flags.pop(spec.name), "flag"
+        elif environ.get(spec.env) not in (None, ""):
+            raw, origin = environ[spec.env], "environment"
+        elif dotenv.get(spec.env) not in (None, ""):
+            raw, origin = dotenv[spec.env], str(env_file.name)
+        else:
+            continue
+        try:
+            value = spec.parse(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            where = "--" + spec.name.split(".")[-1].replace("_", "-") if origin == "flag" else f"{spec.env} ({origin})"
+            raise UsageError(f"invalid value {raw!r} for {where}: {exc}",
+                             hint=f"expected {spec.help}") from None
+        values[spec.name] = value
+        sources[spec.name] = origin
+    if flags:
+        raise UsageError(f"unknown setting(s): {', '.join(sorted(flags))}")
+
+    db = DbSpec(**{k[3:]: v for k, v in values.items() if k.startswith("db.")})
+    top = {k: v for k, v in values.items() if not k.startswith("db.")}
+    state_dir = Path(top.pop("state_dir", root / ".toolkit")).expanduser()
+    if not state_dir.is_absolute():
+        state_dir = root / state_dir
+    for key in ("chroma_path", "memgpt_config"):
+        if key in top:
+            path = Path(top[key]).expanduser()
+            top[key] = path if path.is_absolute() else root / path
+    known = {f.name for f in fields(Settings)}
+    assert set(top) <= known, set(top) - known
+    return Settings(project_dir=root, env_file=env_file, state_dir=state_dir, db=db, sources=sources, **top)

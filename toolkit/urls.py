@@ -1,0 +1,78 @@
+"""Connection URLs: build, parse, convert between drivers (pg8000 / psycopg / plain), redact."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit
+
+from toolkit.errors import UsageError
+
+# SQLAlchemy-style driver suffixes we accept on input
+_SCHEMES = {
+    "postgresql": "plain",
+    "postgres": "plain",
+    "postgresql+pg8000": "pg8000",
+    "postgresql+psycopg": "psycopg",
+    "postgresql+psycopg2": "psycopg",
+}
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]+:)([^@\s]*)(@)")
+_PASSWORD_KV = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
+
+
+@dataclass(frozen=True)
+class PgUrl:
+    user: str
+    password: str
+    host: str
+    port: int
+    database: str
+
+    def render(self, driver: str = "pg8000") -> str:
+        """``pg8000`` (MemGPT's tests), ``psycopg`` (SQLAlchemy + psycopg 3) or ``plain`` (libpq, psql)."""
+        scheme = {"pg8000": "postgresql+pg8000", "psycopg": "postgresql+psycopg", "plain": "postgresql"}[driver]
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{auth}@{host}:{self.port}/{quote(self.database, safe='')}"
+
+    @property
+    def libpq(self) -> str:
+        return self.render("plain")
+
+    def redacted(self, driver: str = "pg8000") -> str:
+        return redact(self.render(driver))
+
+
+def parse(url: str) -> PgUrl:
+    """Parse any accepted Postgres URL; raise UsageError naming what is wrong."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"invalid database URL {redact(url)!r}: {exc}",
+                         hint="use postgresql+pg8000://USER:PASSWORD@HOST:PORT/DATABASE") from None
+    if parts.scheme not in _SCHEMES:
+        raise UsageError(f"unsupported URL scheme {parts.scheme!r} in {redact(url)!r}",
+                         hint="use postgresql://, postgresql+pg8000:// or postgresql+psycopg://")
+    if not parts.hostname or not parts.username or not parts.path.strip("/"):
+        raise UsageError(f"incomplete database URL {redact(url)!r}",
+                         hint="it needs a user, a host and a database: postgresql+pg8000://USER:PASSWORD@HOST:PORT/DB")
+    return PgUrl(
+        user=unquote(parts.username),
+        password=unquote(parts.password or ""),
+        host=parts.hostname,
+        port=port or 5432,
+        database=unquote(parts.path.lstrip("/")),
+    )
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Hide passwords in URLs, ``password=...`` pairs, and any extra secret strings given."""
+    text = _PASSWORD_IN_URL.sub(r"\1***\3", text)
+    text = _PASSWORD_KV.sub(r"\1***", text)
+    for secret in secrets:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
+    return text
