@@ -76,8 +76,11 @@ class Settings:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Strings that must never appear in output."""
-        return tuple(s for s in (self.db.password, self.s3_secret_access_key) if s)
+        """Strings that must never appear in output. URL passwords are always masked by pattern; a
+        password equal to the role or database name (the seed's memgpt/memgpt) is not masked as free
+        text, or every mention of the role would vanish too."""
+        password = self.db.password if self.db.password not in (self.db.user, self.db.database) else None
+        return tuple(s for s in (password, self.s3_secret_access_key) if s)
 
 
 def _port(value: str) -> int:

@@ -1,1 +1,84 @@
-"""Engines: where Postgres runs (embedded wheel, Docker, an external URL), behind one Protocol."""
+"""Engines: where Postgres runs, behind one Protocol (base.py). Adding one = a module + a line here.
+
+``select`` resolves engine ``auto``: keep using the engine whose state already exists (so a Docker
+daemon appearing later never starts a second database on the same port), else Docker when an engine
+answers a ping, else embedded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from toolkit.engines.base import Endpoint, Engine, EngineStatus
+from toolkit.errors import EngineUnavailableError, UsageError
+from toolkit.settings import Settings
+
+ENGINES: dict[str, str] = {
+    "embedded": "toolkit.engines.embedded:EmbeddedEngine",
+    "docker": "toolkit.engines.docker:DockerEngine",
+    "external": "toolkit.engines.external:ExternalEngine",
+}
+
+__all__ = ["ENGINES", "Endpoint", "Engine", "EngineStatus", "load", "select", "remember"]
+
+
+def load(name: str, settings: Settings) -> Engine:
+    try:
+        target = ENGINES[name]
+    except KeyError:
+        raise UsageError(f"unknown engine {name!r}", hint=f"use one of: auto, {', '.join(ENGINES)}") from None
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except ImportError as exc:
+        raise EngineUnavailableError(f"engine {name!r} cannot load: {exc}", hint="run `make venv`") from None
+    engine: Engine = cls(settings)
+    return engine
+
+
+def _marker(settings: Settings) -> Path:
+    return settings.state_dir / "engine"
+
+
+def remember(settings: Settings, name: str) -> None:
+    """Record which engine ``up`` used, so auto keeps to it for down/status/logs and the next up."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    marker = _marker(settings)
+    if not marker.exists() or marker.read_text().strip() != name:
+        marker.write_text(name + "\n")
+
+
+def remembered(settings: Settings) -> str | None:
+    try:
+        name = _marker(settings).read_text().strip()
+    except OSError:
+        return None
+    return name if name in ENGINES else None
+
+
+def docker_unavailable_reason(settings: Settings) -> str | None:
+    """None when a Docker engine answers, else why not (one line)."""
+    try:
+        from toolkit.engines.docker import docker_available
+    except ImportError as exc:
+        return f"the Docker engine module cannot load ({exc})"
+    return docker_available(settings)
+
+
+def select(settings: Settings, *, starting: bool = False) -> tuple[Engine, str | None]:
+    """The engine for these settings, and a note to show the user when auto chose a fallback."""
+    name = settings.engine
+    if name != "auto":
+        return load(name, settings), None
+    if settings.external_url:
+        return load("external", settings), None
+    previous = remembered(settings)
+    if previous is not None:
+        return load(previous, settings), None
+    if not starting:
+        return load("embedded", settings), None
+    reason = docker_unavailable_reason(settings)
+    if reason is None:
+        return load("docker", settings), None
+    return load("embedded", settings), f"no Docker engine answers ({reason}); using the embedded engine"

@@ -1,0 +1,177 @@
+"""Database commands: up, down, status, env, logs, psql. Each parses flags, makes one library call,
+renders the result."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from toolkit.commands._common import confirm_or_abort, echo, echo_json, settings_from
+from toolkit.envfile import FORMATS
+from toolkit.settings import ENGINES
+
+F = Callable[..., Any]
+
+
+def db_options(func: F) -> F:
+    """Flags every database command shares; each overrides TOOLKIT_* / .env / defaults."""
+    options = [
+        click.option("--engine", type=click.Choice(ENGINES), help="Where Postgres runs [default: auto]."),
+        click.option("--port", type=click.IntRange(1, 65535), help="Port on this machine [default: 8888]."),
+        click.option("--user", help="Application role [default: memgpt]."),
+        click.option("--password", help="Its password [default: memgpt]; prefer TOOLKIT_PG_PASSWORD."),
+        click.option("--database", help="Database name [default: memgpt]."),
+        click.option("--url", "external_url", help="Engine external: URL of a server that already runs."),
+        click.option("--state-dir", type=click.Path(file_okay=False), help="Data, logs, pid files [default: ./.toolkit]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _flags(**kwargs: Any) -> dict[str, Any]:
+    renames = {"port": "db.port", "user": "db.user", "password": "db.password", "database": "db.database",
+               "bind": "db.bind", "host": "db.host"}
+    return {renames.get(k, k): v for k, v in kwargs.items()}
+
+
+@click.command()
+@db_options
+@click.option("--bind", help="Address to listen on [default: 127.0.0.1]; 0.0.0.0 exposes it to the network.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds to wait for readiness [default: 60].")
+@click.option("--no-export", is_flag=True, help="Do not write PGVECTOR_TEST_DB_URL into .env.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def up(ctx: click.Context, no_export: bool, as_json: bool, **kwargs: Any) -> None:
+    """Start Postgres+pgvector, wait until it is usable, write PGVECTOR_TEST_DB_URL to .env.
+
+    Idempotent: when the server already runs and is healthy it changes nothing. Engine auto uses
+    Docker when an engine answers, else the embedded server from the pip wheel.
+
+    \b
+    Example:
+      toolkit up --port 5433 && eval "$(toolkit env --port 5433)"
+    """
+    from toolkit import api
+
+    settings = settings_from(ctx, **_flags(**kwargs))
+    result = api.up(settings, export=not no_export)
+    if as_json:
+        echo_json(result.as_dict(), settings)
+        return
+    if result.note:
+        echo(f"note: {result.note}", settings, err=True)
+    echo(result.line(), settings)
+
+
+@click.command()
+@db_options
+@click.option("--purge", is_flag=True, help="Also delete the data (asks first).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before --purge.")
+@click.pass_context
+def down(ctx: click.Context, purge: bool, yes: bool, **kwargs: Any) -> None:
+    """Stop the database. Data is kept unless --purge.
+
+    \b
+    Example:
+      toolkit down --purge --yes   # stop and delete everything, no questions
+    """
+    from toolkit import api
+
+    settings = settings_from(ctx, **_flags(**kwargs))
+    if purge:
+        confirm_or_abort(f"delete all data of the {settings.db.database!r} database under {settings.state_dir}",
+                         yes=yes)
+    engine = api.down(settings, purge=purge)
+    echo(f"postgres stopped ({engine})" + ("; data deleted" if purge else "; data kept"), settings)
+
+
+@click.command()
+@db_options
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, **kwargs: Any) -> None:
+    """Say whether the database runs, where, and its (redacted) URL."""
+    from toolkit import api
+
+    settings = settings_from(ctx, **_flags(**kwargs))
+    state = api.status(settings)
+    if as_json:
+        echo_json(state, settings)
+        return
+    word = "running" if state["running"] else "not running"
+    echo(f"postgres {word} ({state['engine']}): {state['detail']}; url {state['url']}", settings)
+
+
+@click.command()
+@db_options
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="sh", show_default=True,
+              help="sh/fish for eval, dotenv, github for $GITHUB_ENV, json.")
+@click.pass_context
+def env(ctx: click.Context, fmt: str, **kwargs: Any) -> None:
+    """Print PGVECTOR_TEST_DB_URL for a shell or CI (this output is meant to hold the password).
+
+    \b
+    Examples:
+      eval "$(toolkit env)"
+      toolkit env --format github >> "$GITHUB_ENV"
+    """
+    from toolkit import api
+    from toolkit.envfile import render
+
+    settings = settings_from(ctx, **_flags(**kwargs))
+    click.echo(render(api.env_values(settings), fmt))
+
+
+@click.command()
+@db_options
+@click.option("--tail", "-n", type=click.IntRange(min=0), default=100, show_default=True, help="Lines to show.")
+@click.pass_context
+def logs(ctx: click.Context, tail: int, **kwargs: Any) -> None:
+    """Show the end of the server log (passwords redacted)."""
+    from toolkit import api
+
+    settings = settings_from(ctx, **_flags(**kwargs))
+    text = api.logs(settings, tail)
+    if text:
+        echo(text, settings)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@db_options
+@click.option("-c", "--command", "sql", help="Run this SQL and exit instead of opening a prompt.")
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def psql(ctx: click.Context, sql: str | None, psql_args: tuple[str, ...], **kwargs: Any) -> None:
+    """Open psql on the database (extra arguments go to psql).
+
+    \b
+    Examples:
+      toolkit psql
+      toolkit psql -c 'SELECT extversion FROM pg_extension'
+    """
+    from toolkit import api, engines
+
+    settings = settings_from(ctx, **_flags(**kwargs))
+    url = api.database_url(settings)
+    engine, _ = engines.select(settings)
+    # the password travels in the environment, never in argv (visible in ps)
+    argv = engine.psql_argv(url.render("plain").replace(":" + _quoted(url.password) + "@", "@", 1))
+    argv += ["-c", sql] if sql else []
+    argv += list(psql_args)
+    env = {**os.environ, "PGPASSWORD": url.password}
+    if sql is None:
+        os.execvpe(argv[0], argv, env)
+    from toolkit import proc
+
+    done = proc.run(argv, env=env)
+    click.echo(done.stdout, nl=False)
+
+
+def _quoted(password: str) -> str:
+    from urllib.parse import quote
+
+    return quote(password, safe="")

@@ -1,0 +1,49 @@
+"""External engine: a server someone else runs (CI service, cloud). The "noop" lifecycle: ``up`` only
+checks and bootstraps nothing but the extension, ``down`` never touches it."""
+
+from __future__ import annotations
+
+import shutil
+
+from toolkit.engines.base import Endpoint, EngineStatus
+from toolkit.errors import NotReadyError, UsageError
+from toolkit.health import PgProbe, wait_ready
+from toolkit.settings import Settings
+from toolkit.urls import parse
+
+
+class ExternalEngine:
+    name = "external"
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.external_url:
+            raise UsageError("engine external needs a URL", hint="pass --url or set TOOLKIT_PG_URL")
+        self.settings = settings
+        self.url = parse(settings.external_url)
+
+    def up(self) -> Endpoint:
+        wait_ready(PgProbe(self.url), timeout=self.settings.timeout, what=f"postgres at {self.url.host}:{self.url.port}",
+                   secrets=(self.url.password, *self.settings.secrets))
+        return Endpoint(host=self.url.host, port=self.url.port, url=self.url.render())
+
+    def down(self, *, purge: bool = False) -> None:
+        # not ours to stop or delete
+        return None
+
+    def status(self) -> EngineStatus:
+        try:
+            wait_ready(PgProbe(self.url), timeout=2, secrets=(self.url.password,))
+        except NotReadyError as exc:
+            return EngineStatus(self.name, False, exc.one_line())
+        return EngineStatus(self.name, True, f"{self.url.host}:{self.url.port} (managed elsewhere)")
+
+    def logs(self, tail: int = 100) -> str:
+        return "(the external engine has no server log here)"
+
+    def psql_argv(self, url: str) -> list[str]:
+        local = shutil.which("psql")
+        if local:
+            return [local, url]
+        from toolkit.engines.embedded import bin_path
+
+        return [str(bin_path("psql")), url]

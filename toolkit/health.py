@@ -1,0 +1,176 @@
+"""Readiness: is the server really usable? Shared by every engine and the Chroma server.
+
+A ``Probe`` runs phases in order (process → tcp → auth → query → extension → vector) and raises
+``Transient`` for what waiting can fix, ``NotReadyError`` for what it cannot. ``wait_ready`` polls with
+tenacity: tens of milliseconds at first, backing off, until the deadline; it fails at once when the
+server process died, and every failure carries the phase, the last error and the log's tail.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from toolkit.errors import NotReadyError
+from toolkit.urls import PgUrl, redact
+
+LOG_TAIL_LINES = 20
+
+
+class Transient(Exception):
+    """Not ready yet; worth another try."""
+
+    def __init__(self, phase: str, error: str) -> None:
+        super().__init__(f"{phase}: {error}")
+        self.phase = phase
+        self.error = error
+
+
+def _no_death() -> str | None:
+    return None
+
+
+def _no_log(lines: int) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class PgProbe:
+    """The phases for Postgres, run as the role in ``url``."""
+
+    url: PgUrl
+    extension: bool = True  # create/check the vector extension and round-trip a vector
+    connect_timeout: float = 3.0
+
+    def __call__(self) -> None:
+        self.tcp()
+        conn = self.connect()
+        try:
+            self.queries(conn)
+        finally:
+            conn.close()
+
+    def tcp(self) -> None:
+        try:
+            socket.create_connection((self.url.host, self.url.port), timeout=self.connect_timeout).close()
+        except OSError as exc:
+            raise Transient("tcp", f"{self.url.host}:{self.url.port}: {exc.strerror or exc}") from None
+
+    def connect(self):  # type: ignore[no-untyped-def]
+        import psycopg
+
+        try:
+            return psycopg.connect(self.url.libpq, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)))
+        except psycopg.OperationalError as exc:
+            message = _first_line(exc)
+            lowered = message.lower()
+            if "password authentication failed" in lowered:
+                raise NotReadyError(
+                    f"password authentication failed for role {self.url.user!r}",
+                    hint="use the password this database was created with (TOOLKIT_PG_PASSWORD), "
+                    "or start over with `toolkit down --purge`",
+                ) from None
+            if "does not exist" in lowered and ("role" in lowered or "database" in lowered):
+                raise RoleOrDatabaseMissing("auth", message) from None
+            # starting up, shutting down, refused, reset: the server is on its way
+            raise Transient("auth", message) from None
+
+    def queries(self, conn) -> None:  # type: ignore[no-untyped-def]
+        import psycopg
+
+        try:
+            if conn.execute("SELECT 1").fetchone() != (1,):
+                raise Transient("query", "SELECT 1 returned an unexpected row")
+        except psycopg.OperationalError as exc:
+            raise Transient("query", _first_line(exc)) from None
+        if not self.extension:
+            return
+        try:
+            # autocommit: the extension is committed before anyone else needs it
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.errors.InsufficientPrivilege:
+            raise ExtensionMissing(
+                "extension",
+                f"the vector extension is missing in database {self.url.database!r} "
+                f"and role {self.url.user!r} may not create it",
+            ) from None
+        except psycopg.errors.UndefinedFile:
+            raise NotReadyError(
+                "pgvector is not installed on this server (no vector.control)",
+                hint="use an image or package with pgvector (e.g. pgvector/pgvector:pg16), or the embedded engine",
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise Transient("extension", _first_line(exc)) from None
+        row = conn.execute("SELECT '[1,2,3]'::vector <-> '[1,2,4]'").fetchone()
+        if row is None or abs(float(row[0]) - 1.0) > 1e-6:
+            raise NotReadyError(f"vector round trip returned {row!r}, expected 1.0")
+
+
+class RoleOrDatabaseMissing(NotReadyError):
+    """The role or database in the URL does not exist (yet): a bootstrap can fix it."""
+
+    def __init__(self, phase: str, error: str) -> None:
+        super().__init__(error, hint="run `toolkit up` to create them, or check the user/database settings")
+        self.phase = phase
+
+
+class ExtensionMissing(NotReadyError):
+    def __init__(self, phase: str, error: str) -> None:
+        super().__init__(error, hint="run `CREATE EXTENSION vector;` in that database as a superuser")
+        self.phase = phase
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    # libpq prefixes connection errors with 'connection to server at ... failed:'; keep the cause
+    return redact(lines[-1].strip() if lines else text)
+
+
+def wait_ready(
+    probe: Callable[[], None],
+    *,
+    timeout: float,
+    what: str = "postgres",
+    alive: Callable[[], str | None] = _no_death,
+    log_tail: Callable[[int], str] = _no_log,
+    secrets: tuple[str, ...] = (),
+) -> None:
+    """Run ``probe`` until it passes. ``alive()`` returns None while the server lives, else why it died."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+    def attempt() -> None:
+        death = alive()
+        if death is not None:
+            raise NotReadyError(f"{what} stopped while starting: {death}",
+                                hint="see the log above; fix the cause and run `toolkit up` again")
+        probe()
+
+    try:
+        for retry in Retrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_exponential(multiplier=0.01, min=0.01, max=0.25),
+            retry=retry_if_exception_type(Transient),
+            reraise=True,
+        ):
+            with retry:
+                attempt()
+    except Transient as exc:
+        raise NotReadyError(
+            f"{what} not ready after {timeout:g}s: phase {exc.phase} failed: {redact(exc.error, secrets)}",
+            hint="see the log above; raise --timeout if the machine is just slow",
+            detail=_tail(log_tail, secrets),
+        ) from None
+    except NotReadyError as exc:
+        if exc.detail is None:
+            exc.detail = _tail(log_tail, secrets)
+        raise
+
+
+def _tail(log_tail: Callable[[int], str], secrets: tuple[str, ...]) -> str | None:
+    try:
+        text = log_tail(LOG_TAIL_LINES).rstrip()
+    except OSError:
+        return None
+    return f"--- last {LOG_TAIL_LINES} lines of the server log ---\n{redact(text, secrets)}" if text else None
