@@ -1,0 +1,80 @@
+"""Test harness: every test runs in a fresh project dir with a fake HOME, free ports, and no TOOLKIT_*
+variables from the developer's shell, so no test can touch the user's .env, ~/.memgpt, or port 8888.
+
+Session fixtures start real servers (an embedded Postgres+pgvector) once and stop them at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from toolkit.ports import free_port
+from toolkit.settings import Settings, resolve
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# variables the toolkit reads; cleared so the developer's own shell cannot leak into a test
+_READ_VARS = ("PGVECTOR_TEST_DB_URL", "MEMGPT_CONFIG_PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project dir as cwd, HOME elsewhere in tmp, TOOLKIT_PG_PORT / TOOLKIT_CHROMA_PORT set to free ports."""
+    project = tmp_path / "project"
+    home = tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    for name in list(os.environ):
+        if name.startswith("TOOLKIT_") or name in _READ_VARS:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("MEMGPT_CONFIG_PATH", str(home / ".memgpt" / "config"))
+    monkeypatch.setenv("TOOLKIT_PG_PORT", str(free_port()))
+    monkeypatch.setenv("TOOLKIT_CHROMA_PORT", str(free_port()))
+    monkeypatch.chdir(project)
+    return project
+
+
+def run_toolkit(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                input: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess (exit codes, stderr and all), with the test's environment."""
+    return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True,
+                          cwd=cwd or Path.cwd(), env={**os.environ, **(env or {})}, input=input, timeout=timeout)
+
+
+@pytest.fixture
+def toolkit_cli():
+    return run_toolkit
+
+
+@pytest.fixture(scope="session")
+def pg_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """One embedded Postgres+pgvector for the session, on a free port, in a temp state dir."""
+    from toolkit import api
+
+    root = tmp_path_factory.mktemp("pg-session")
+    settings = resolve({"engine": "embedded", "db.port": free_port(), "timeout": 120.0},
+                       environ={}, project_dir=root)
+    api.up(settings, export=False)
+    try:
+        yield settings
+    finally:
+        api.down(settings, purge=True)
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_settings: Settings) -> str:
+    """libpq URL (postgresql://memgpt:memgpt@127.0.0.1:PORT/memgpt) of the session server."""
+    return pg_settings.db.url(host="127.0.0.1").libpq
+
+
+@pytest.fixture(scope="session")
+def pg_url_pg8000(pg_settings: Settings) -> str:
+    return pg_settings.db.url(host="127.0.0.1").render("pg8000")
