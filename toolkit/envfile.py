@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import tempfile
 from pathlib import Path
 
 from toolkit.errors import ConfigError, UsageError
@@ -15,27 +16,67 @@ FORMATS = ("sh", "fish", "dotenv", "github", "json")
 
 
 def write(env_file: Path, values: dict[str, str]) -> bool:
-    """Set ``values`` in ``env_file`` keeping every other line, comment and the order; mode 0600.
+    """Set ``values`` in ``env_file`` keeping every other line, comment, blank line and the order.
 
-    Returns True when the file changed. Nothing is written when every value is already there.
+    Atomic (temp file + rename), mode 0600. Returns True when the file changed; nothing is written
+    when every value is already there.
     """
-    from dotenv import set_key
-
     current = read_dotenv(env_file)
     pending = {k: v for k, v in values.items() if current.get(k) != v}
     try:
-        if not env_file.exists():
-            # create it private from the first byte: it holds a password
-            env_file.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        for key, value in pending.items():
-            set_key(env_file, key, value, quote_mode="always")
-        if pending or (env_file.stat().st_mode & 0o077):
+        if pending:
+            old = env_file.read_text() if env_file.exists() else ""
+            _atomic_write(env_file, _replace(old, pending))
+        elif env_file.exists() and env_file.stat().st_mode & 0o077:
             os.chmod(env_file, 0o600)
     except OSError as exc:
         raise ConfigError(f"cannot write {env_file}: {exc.strerror or exc}",
                           hint="fix the file's or folder's permissions, or point --env-file elsewhere") from None
     return bool(pending)
+
+
+def _replace(text: str, values: dict[str, str]) -> str:
+    """Rewrite only the bindings of ``values``' keys (python-dotenv's parser finds them)."""
+    import io
+
+    from dotenv.parser import parse_stream
+
+    out: list[str] = []
+    done: set[str] = set()
+    for binding in parse_stream(io.StringIO(text)):
+        original = binding.original.string
+        if binding.key in values and binding.key not in done:
+            body = original.lstrip("\n")
+            lead = original[: len(original) - len(body)]  # blank lines the parser glued to this binding
+            export = "export " if body.lstrip().startswith("export ") else ""
+            out.append(f"{lead}{export}{binding.key}={_quote(values[binding.key])}\n")
+            done.add(binding.key)
+        else:
+            out.append(original)
+    text = "".join(out)
+    missing = [k for k in values if k not in done]
+    if missing:
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += "".join(f"{k}={_quote(values[k])}\n" for k in missing)
+    return text
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    target = path.resolve() if path.is_symlink() else path  # keep a user's symlinked .env a symlink
+    fd, tmp = tempfile.mkstemp(prefix=".env.", dir=target.parent)  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def render(values: dict[str, str], fmt: str) -> str:
@@ -45,7 +86,7 @@ def render(values: dict[str, str], fmt: str) -> str:
     if fmt == "fish":
         return "\n".join(f"set -gx {k} {shlex.quote(v)}" for k, v in values.items())
     if fmt == "dotenv":
-        return "\n".join(f"{k}='" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for k, v in values.items())
+        return "\n".join(f"{k}={_quote(v)}" for k, v in values.items())
     if fmt == "github":
         # $GITHUB_ENV takes NAME=value lines; a heredoc would be needed only for multi-line values
         for k, v in values.items():

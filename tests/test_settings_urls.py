@@ -1,0 +1,64 @@
+"""Settings precedence and URL handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit.errors import UsageError
+from toolkit.settings import resolve
+from toolkit.urls import parse, redact
+
+
+def test_defaults_match_run_postgres_sh(tmp_path: Path) -> None:
+    s = resolve(environ={}, project_dir=tmp_path)
+    assert (s.db.user, s.db.password, s.db.database, s.db.port, s.db.bind) == ("memgpt", "memgpt", "memgpt", 8888, "127.0.0.1")
+    assert s.db.url().render() == "postgresql+pg8000://memgpt:memgpt@localhost:8888/memgpt"
+    assert s.state_dir == tmp_path / ".toolkit"
+    assert s.sources == {}
+
+
+def test_precedence_flags_env_dotenv_defaults(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TOOLKIT_PG_PORT=1111\nTOOLKIT_PG_USER=fromdotenv\nTOOLKIT_PG_DATABASE=dotdb\n")
+    env = {"TOOLKIT_PG_PORT": "2222", "TOOLKIT_PG_USER": "fromenv"}
+    s = resolve({"db.port": 3333}, environ=env, project_dir=tmp_path)
+    assert s.db.port == 3333 and s.sources["db.port"] == "flag"
+    assert s.db.user == "fromenv" and s.sources["db.user"] == "environment"
+    assert s.db.database == "dotdb" and s.sources["db.database"] == ".env"
+    assert s.db.password == "memgpt"  # default
+    assert resolve(environ=env, project_dir=tmp_path).db.port == 2222
+    assert resolve(environ={}, project_dir=tmp_path).db.port == 1111
+
+
+@pytest.mark.parametrize("name,value", [("TOOLKIT_PG_PORT", "abc"), ("TOOLKIT_PG_PORT", "70000"),
+                                        ("TOOLKIT_ENGINE", "podman"), ("TOOLKIT_TIMEOUT", "-1")])
+def test_bad_values_name_the_variable(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(UsageError) as err:
+        resolve(environ={name: value}, project_dir=tmp_path)
+    assert name in err.value.message and err.value.hint
+
+
+def test_empty_env_value_falls_through(tmp_path: Path) -> None:
+    # an exported-but-empty variable is "unset", not "empty string" (is-not-None pitfall)
+    assert resolve(environ={"TOOLKIT_PG_PORT": ""}, project_dir=tmp_path).db.port == 8888
+
+
+def test_url_round_trip_and_drivers() -> None:
+    url = parse("postgresql+pg8000://u%40x:p%3Aw%40rd@db.example:6543/my%20db")
+    assert (url.user, url.password, url.host, url.port, url.database) == ("u@x", "p:w@rd", "db.example", 6543, "my db")
+    assert parse(url.render("psycopg")) == url == parse(url.libpq)
+    assert url.render().startswith("postgresql+pg8000://") and url.libpq.startswith("postgresql://")
+
+
+@pytest.mark.parametrize("bad", ["mysql://u:p@h/db", "postgresql://h/db", "postgresql://u:p@h:99999/db", "nonsense"])
+def test_bad_urls_are_usage_errors_without_password(bad: str) -> None:
+    with pytest.raises(UsageError) as err:
+        parse(bad)
+    assert ":p@" not in err.value.message
+
+
+def test_redact_hides_passwords_everywhere() -> None:
+    text = "postgresql://memgpt:s3cret@localhost/db password=s3cret and s3cret"
+    out = redact(text, ("s3cret",))
+    assert "s3cret" not in out and "memgpt:***@" in out
