@@ -10,7 +10,10 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # MemGPT's Postgres connector stores every embedding in vector(4096), zero-padded
 MAX_EMBEDDING_DIM = 4096
@@ -19,7 +22,7 @@ MAX_EMBEDDING_DIM = 4096
 @dataclass
 class Passage:
     text: str
-    embedding: Sequence[float]  # list[float] or a 1-d numpy array
+    embedding: Sequence[float] | np.ndarray  # backends return 1-d float32 numpy arrays
     user_id: uuid.UUID
     agent_id: uuid.UUID | None = None
     doc_id: uuid.UUID | None = None

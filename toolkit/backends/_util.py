@@ -1,0 +1,74 @@
+"""Helpers shared by the backend modules (room: backends/): batching, dimension checks, a context manager."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from toolkit.backends.base import MAX_EMBEDDING_DIM, Passage
+from toolkit.errors import BackendError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class StoreBase:
+    """Context-manager support for every store: ``with open_store(loc) as store: ...``."""
+
+    name: str
+
+    def close(self) -> None:  # pragma: no cover - overridden where there is something to close
+        pass
+
+    def __enter__(self) -> StoreBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def unique_by_id(passages: Iterable[Passage]) -> list[Passage]:
+    """Last occurrence wins, as an upsert of the sequence would give (and ON CONFLICT needs unique ids)."""
+    return list({p.id: p for p in passages}.values())
+
+
+def batched(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def matrix(passages: list[Passage]) -> np.ndarray:
+    """The embeddings as one float32 (n, dim) array; raises BackendError on ragged or oversized input."""
+    import numpy as np
+
+    dims = {p.embedding_dim for p in passages}
+    if len(dims) > 1:
+        raise BackendError(f"passages have embeddings of different dimensions {sorted(dims)}",
+                           hint="insert passages from one embedding model at a time")
+    dim = dims.pop() if dims else 0
+    if dim == 0 or dim > MAX_EMBEDDING_DIM:
+        raise BackendError(f"embedding dimension {dim} is out of range 1-{MAX_EMBEDDING_DIM}",
+                           hint="MemGPT stores embeddings of at most 4096 dimensions")
+    return np.asarray([np.asarray(p.embedding, dtype=np.float32) for p in passages], dtype=np.float32)
+
+
+def dim_mismatch(where: str, existing: int, new: int) -> BackendError:
+    return BackendError(f"{where} holds {existing}-dimensional embeddings, not {new}",
+                        hint="use the embedding model that filled it, or another table (--table)")
+
+
+def uuid_or_none(value: Any) -> uuid.UUID | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def to_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def dumps(metadata: dict[str, Any]) -> str:
+    return json.dumps(metadata or {}, default=str, sort_keys=True)

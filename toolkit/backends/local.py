@@ -1,0 +1,214 @@
+"""The local backend (room: backends/): a directory per table, exact NumPy search.
+
+Layout of ``<location>/<table>/``: ``manifest.json`` lists segments in write order; segment ``N`` is
+``N.jsonl`` (one row per passage, or a ``{"id": ..., "deleted": true}`` tombstone) plus ``N.npy`` (its
+float32 embeddings). Every file is written to a temporary name and renamed; the manifest is renamed
+last, so a crash leaves either the old table or the new one. Later segments win per id (upsert);
+many segments are compacted into one. Search is exact L2 in NumPy, as MemGPT's connectors rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from toolkit.backends._util import StoreBase, dim_mismatch, matrix, unique_by_id, uuid_or_none
+from toolkit.backends.base import Filters, Passage
+from toolkit.errors import BackendError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from toolkit.backends import StoreLocation
+
+COMPACT_AFTER = 32  # segments
+
+
+class _Table:
+    """The live rows of a table, sorted by id string, with their embeddings as one matrix."""
+
+    def __init__(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
+        self.rows = rows
+        self.vectors = vectors
+        self.index = {row["id"]: i for i, row in enumerate(rows)}
+
+    def mask(self, filters: Filters | None) -> np.ndarray:
+        import numpy as np
+
+        keep = np.ones(len(self.rows), dtype=bool)
+        for key, value in (filters.as_dict() if filters else {}).items():
+            keep &= np.fromiter((row.get(key) == str(value) for row in self.rows), dtype=bool, count=len(self.rows))
+        return keep
+
+
+def _to_row(p: Passage) -> dict[str, Any]:
+    return {"id": str(p.id), "user_id": str(p.user_id), "agent_id": p.agent_id and str(p.agent_id),
+            "doc_id": p.doc_id and str(p.doc_id), "text": p.text, "data_source": p.data_source,
+            "embedding_model": p.embedding_model, "metadata": p.metadata or {},
+            "created_at": p.created_at.isoformat()}
+
+
+def _to_passage(row: dict[str, Any], vector: np.ndarray) -> Passage:
+    return Passage(id=uuid.UUID(row["id"]), user_id=uuid.UUID(row["user_id"]), agent_id=uuid_or_none(row["agent_id"]),
+                   doc_id=uuid_or_none(row["doc_id"]), text=row["text"], embedding=vector,
+                   data_source=row["data_source"], embedding_model=row["embedding_model"],
+                   metadata=row["metadata"], created_at=datetime.fromisoformat(row["created_at"]))
+
+
+class LocalStore(StoreBase):
+    name = "local"
+
+    def __init__(self, location: StoreLocation) -> None:
+        self.dir = Path(location.location).expanduser() / location.table
+        self._cache: tuple[int, _Table] | None = None
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def _manifest(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.dir / "manifest.json").read_text()))
+        except FileNotFoundError:
+            return {"version": 0, "dim": None, "segments": [], "next": 1}
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot read the local table {self.dir}: {exc}",
+                               hint="drop it (toolkit migrate from a copy) or restore the directory") from None
+
+    def _write(self, path: Path, write: Any) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def _commit(self, manifest: dict[str, Any], rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
+        """Write one segment, then the manifest naming it."""
+        import numpy as np
+
+        seg = f"{manifest['next']:06d}"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._write(self.dir / f"{seg}.npy", lambda h: np.save(h, vectors))
+            self._write(self.dir / f"{seg}.jsonl",
+                        lambda h: h.write("".join(json.dumps(r, default=str) + "\n" for r in rows).encode()))
+            manifest = {**manifest, "version": manifest["version"] + 1, "next": manifest["next"] + 1,
+                        "segments": [*manifest["segments"], seg]}
+            self._write(self.dir / "manifest.json", lambda h: h.write(json.dumps(manifest).encode()))
+        except OSError as exc:
+            raise BackendError(f"local path {self.dir} is not writable: {exc.strerror or exc}",
+                               hint="choose a writable directory or fix its permissions") from None
+        self._cache = None
+
+    def _load(self) -> _Table:
+        import numpy as np
+
+        manifest = self._manifest()
+        if self._cache and self._cache[0] == manifest["version"]:
+            return self._cache[1]
+        live: dict[str, tuple[dict[str, Any], np.ndarray]] = {}
+        for seg in manifest["segments"]:
+            vectors = np.load(self.dir / f"{seg}.npy")
+            with open(self.dir / f"{seg}.jsonl", encoding="utf-8") as handle:
+                position = 0
+                for line in handle:
+                    row = json.loads(line)
+                    if row.get("deleted"):
+                        live.pop(row["id"], None)
+                    else:
+                        live[row["id"]] = (row, vectors[position])
+                        position += 1
+        ids = sorted(live)
+        dim = manifest["dim"] or 0
+        vectors = np.asarray([live[i][1] for i in ids], dtype=np.float32).reshape(len(ids), dim)
+        table = _Table([live[i][0] for i in ids], vectors)
+        self._cache = (manifest["version"], table)
+        return table
+
+    # -- the Protocol ----------------------------------------------------------------------------
+
+    def insert(self, passages: Iterable[Passage]) -> int:
+        batch = unique_by_id(passages)
+        if not batch:
+            return 0
+        vectors = matrix(batch)
+        manifest = self._manifest()
+        if manifest["dim"] is not None and manifest["dim"] != vectors.shape[1]:
+            raise dim_mismatch(f"local table {self.dir}", manifest["dim"], vectors.shape[1])
+        manifest["dim"] = vectors.shape[1]
+        self._commit(manifest, [_to_row(p) for p in batch], vectors)
+        if len(manifest["segments"]) + 1 >= COMPACT_AFTER:
+            self._compact()
+        return len(batch)
+
+    def _compact(self) -> None:
+        table = self._load()
+        manifest = self._manifest()
+        old = manifest["segments"]
+        self._commit({**manifest, "segments": []}, table.rows, table.vectors)
+        for seg in old:
+            for suffix in (".npy", ".jsonl"):
+                (self.dir / f"{seg}{suffix}").unlink(missing_ok=True)
+
+    def query(self, embedding: Sequence[float], k: int, filters: Filters | None = None) -> list[Passage]:
+        import numpy as np
+
+        table = self._load()
+        if not table.rows or k <= 0:
+            return []
+        q = np.asarray(embedding, dtype=np.float32)
+        if q.shape != (table.vectors.shape[1],):
+            raise dim_mismatch(f"local table {self.dir}", table.vectors.shape[1], q.size)
+        candidates = np.flatnonzero(table.mask(filters))
+        if candidates.size == 0:
+            return []
+        distances = ((table.vectors[candidates] - q) ** 2).sum(axis=1)
+        k = min(k, candidates.size)
+        top = np.argpartition(distances, k - 1)[:k]
+        top = top[np.argsort(distances[top], kind="stable")]
+        return [_to_passage(table.rows[i], table.vectors[i]) for i in candidates[top]]
+
+    def count(self, filters: Filters | None = None) -> int:
+        table = self._load()
+        return int(table.mask(filters).sum()) if filters and filters.as_dict() else len(table.rows)
+
+    def scan(self, batch_size: int) -> Iterator[list[Passage]]:
+        table = self._load()
+        for start in range(0, len(table.rows), batch_size):
+            yield [_to_passage(table.rows[i], table.vectors[i])
+                   for i in range(start, min(start + batch_size, len(table.rows)))]
+
+    def delete(self, ids: Iterable[uuid.UUID]) -> int:
+        import numpy as np
+
+        table = self._load()
+        gone = sorted({str(i) for i in ids} & table.index.keys())
+        if gone:
+            manifest = self._manifest()
+            self._commit(manifest, [{"id": i, "deleted": True} for i in gone],
+                         np.zeros((0, manifest["dim"] or 0), dtype=np.float32))
+        return len(gone)
+
+    def drop(self) -> None:
+        if not self.dir.exists():
+            return
+        # rename first so a half-deleted table is never mistaken for a table
+        trash = self.dir.with_name(f".{self.dir.name}.dropped.{os.getpid()}")
+        try:
+            os.replace(self.dir, trash)
+        except OSError as exc:
+            raise BackendError(f"cannot drop local table {self.dir}: {exc.strerror or exc}",
+                               hint="check the directory's permissions") from None
+        shutil.rmtree(trash, ignore_errors=True)
+        self._cache = None
+
+    def exists(self) -> bool:
+        return (self.dir / "manifest.json").is_file()
+
+    def close(self) -> None:
+        self._cache = None

@@ -1,0 +1,276 @@
+"""The Postgres+pgvector backend (room: backends/): MemGPT's ``memgpt_archival_memory_agent`` layout.
+
+Columns as MemGPT's connector creates them; embeddings live in ``vector(4096)``, zero-padded on write
+and cut back to ``embedding_dim`` on read. Writes COPY (binary) into a temporary table, then
+``INSERT ... ON CONFLICT (id) DO UPDATE``: one round trip per batch, and an upsert. psycopg 3 with the
+pgvector adapter; search is exact L2 (``<->``), as MemGPT orders.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from toolkit.backends._util import StoreBase, dim_mismatch, matrix, unique_by_id, uuid_or_none
+from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage
+from toolkit.errors import BackendError
+from toolkit.urls import parse, redact
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from toolkit.backends import StoreLocation
+
+COLUMNS = ("id", "user_id", "text", "doc_id", "agent_id", "data_source", "embedding", "embedding_dim",
+           "embedding_model", "metadata_", "created_at")
+TYPES = ("uuid", "uuid", "varchar", "uuid", "uuid", "varchar", "vector", "int8", "varchar", "json", "timestamptz")
+DDL = """CREATE TABLE IF NOT EXISTS {table} (
+    id uuid PRIMARY KEY, user_id uuid NOT NULL, text varchar, doc_id uuid, agent_id uuid,
+    data_source varchar, embedding vector(4096), embedding_dim bigint, embedding_model varchar,
+    metadata_ json, created_at timestamptz DEFAULT now())"""
+COPY_ROWS = 2000  # rows per COPY statement within one insert
+
+
+class PostgresStore(StoreBase):
+    name = "postgres"
+
+    def __init__(self, location: StoreLocation) -> None:
+        self.url = parse(location.location)
+        self.table = location.table
+        self.where = f"{redact(self.url.render('plain'))} table {self.table}"
+        self._conn: psycopg.Connection[Any] | None = None
+        self._dim: int | None = None  # embedding_dim of the rows already in the table
+
+    # -- connection ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _cursor(self, *, binary: bool = False) -> Iterator[psycopg.Cursor[Any]]:
+        import psycopg
+
+        try:
+            with self._connection().cursor(binary=binary) as cur:
+                yield cur
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise BackendError(f"lost the connection to Postgres at {self.where}: {_first_line(exc)}",
+                               hint="is it still running? `toolkit status`, then `toolkit up`") from None
+        except psycopg.errors.DataException as exc:
+            raise BackendError(f"Postgres rejected the data for {self.where}: {_first_line(exc)}",
+                               hint="check the embedding dimension and the passage fields") from None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        import psycopg
+
+        try:
+            conn = psycopg.connect(self.url.libpq, autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            raise BackendError(f"cannot connect to Postgres at {redact(self.url.render('plain'))}: "
+                               f"{_first_line(exc)}",
+                               hint="start it with `toolkit up` (or `make db-up`), or check PGVECTOR_TEST_DB_URL") \
+                from None
+        try:
+            self._ensure_extension(conn)
+            from pgvector.psycopg import register_vector
+
+            register_vector(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _ensure_extension(self, conn: psycopg.Connection[Any]) -> None:
+        import psycopg
+
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+            return
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.Error as exc:
+            raise BackendError(f"the vector extension is missing in database {self.url.database!r} "
+                               f"({_first_line(exc)})",
+                               hint="run `toolkit up` (it creates it), or as a superuser: CREATE EXTENSION vector;") \
+                from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _ident(self) -> Any:
+        from psycopg import sql
+
+        return sql.Identifier(self.table)
+
+    def _sql(self, text: str, **parts: Any) -> Any:
+        from psycopg import sql
+
+        return sql.SQL(text).format(table=self._ident(), **parts)
+
+    def _where(self, filters: Filters | None) -> tuple[Any, list[Any]]:
+        from psycopg import sql
+
+        conditions = (filters.as_dict() if filters else {})
+        if not conditions:
+            return sql.SQL(""), []
+        clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(
+            sql.SQL("{} = %s").format(sql.Identifier(k)) for k in conditions)
+        return clause, list(conditions.values())
+
+    def _existing_dim(self, cur: psycopg.Cursor[Any]) -> int | None:
+        """The dimension of the rows already stored; also checks the column is MemGPT's vector(4096)."""
+        if self._dim is not None:
+            return self._dim
+        row = cur.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                          "WHERE attrelid = to_regclass(%s) AND attname = 'embedding'",
+                          [self._ident().as_string(cur)]).fetchone()
+        if row is None:
+            return None
+        if row[0] != f"vector({MAX_EMBEDDING_DIM})":
+            raise BackendError(f"table {self.table} has column embedding {row[0]}, not MemGPT's "
+                               f"vector({MAX_EMBEDDING_DIM})", hint="use another table (--table) or migrate it")
+        found = cur.execute(self._sql("SELECT embedding_dim FROM {table} LIMIT 1")).fetchone()
+        self._dim = int(found[0]) if found and found[0] is not None else None
+        return self._dim
+
+    def _rows(self, cur: psycopg.Cursor[Any]) -> list[Passage]:
+        return [_passage(row) for row in cur.fetchall()]
+
+    # -- the Protocol ----------------------------------------------------------------------------
+
+    def insert(self, passages: Iterable[Passage]) -> int:
+        import numpy as np
+        from psycopg import sql
+        from psycopg.types.json import Json
+
+        batch = unique_by_id(passages)
+        if not batch:
+            return 0
+        vectors = matrix(batch)
+        dim = vectors.shape[1]
+        padded = np.zeros((len(batch), MAX_EMBEDDING_DIM), dtype=np.float32)
+        padded[:, :dim] = vectors
+        columns = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+        updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in COLUMNS[1:])
+        with self._cursor() as cur, cur.connection.transaction():
+            cur.execute(self._sql(DDL))
+            existing = self._existing_dim(cur)
+            if existing is not None and existing != dim:
+                raise dim_mismatch(f"postgres table {self.table}", existing, dim)
+            cur.execute(self._sql("CREATE TEMP TABLE _toolkit_stage (LIKE {table}) ON COMMIT DROP"))
+            for start in range(0, len(batch), COPY_ROWS):
+                with cur.copy(sql.SQL("COPY _toolkit_stage ({}) FROM STDIN (FORMAT BINARY)").format(columns)) as copy:
+                    copy.set_types(list(TYPES))
+                    for i in range(start, min(start + COPY_ROWS, len(batch))):
+                        p = batch[i]
+                        copy.write_row((p.id, p.user_id, p.text, p.doc_id, p.agent_id, p.data_source, padded[i],
+                                        dim, p.embedding_model, Json(p.metadata or {}), p.created_at))
+            cur.execute(sql.SQL("INSERT INTO {table} ({cols}) SELECT {cols} FROM _toolkit_stage "
+                                "ON CONFLICT (id) DO UPDATE SET {updates}").format(
+                table=self._ident(), cols=columns, updates=updates))
+        self._dim = dim
+        return len(batch)
+
+    def query(self, embedding: Sequence[float], k: int, filters: Filters | None = None) -> list[Passage]:
+        import numpy as np
+
+        if k <= 0 or not self.exists():
+            return []
+        q = np.asarray(embedding, dtype=np.float32)
+        with self._cursor(binary=True) as cur:
+            dim = self._existing_dim(cur)
+            if dim is None:
+                return []
+            if q.size != dim:
+                raise dim_mismatch(f"postgres table {self.table}", dim, q.size)
+            padded = np.zeros(MAX_EMBEDDING_DIM, dtype=np.float32)
+            padded[:dim] = q
+            where, params = self._where(filters)
+            cur.execute(self._sql("SELECT {cols} FROM {table}{where} ORDER BY embedding <-> %s LIMIT %s",
+                                  cols=_select_list(), where=where), [*params, padded, k])
+            return self._rows(cur)
+
+    def count(self, filters: Filters | None = None) -> int:
+        if not self.exists():
+            return 0
+        where, params = self._where(filters)
+        with self._cursor() as cur:
+            row = cur.execute(self._sql("SELECT count(*) FROM {table}{where}", where=where), params).fetchone()
+            return int(row[0]) if row else 0
+
+    def scan(self, batch_size: int) -> Iterator[list[Passage]]:
+        if not self.exists():
+            return
+        last: uuid.UUID | None = None
+        while True:
+            with self._cursor(binary=True) as cur:
+                if last is None:
+                    cur.execute(self._sql("SELECT {cols} FROM {table} ORDER BY id LIMIT %s", cols=_select_list()),
+                                [batch_size])
+                else:
+                    cur.execute(self._sql("SELECT {cols} FROM {table} WHERE id > %s ORDER BY id LIMIT %s",
+                                          cols=_select_list()), [last, batch_size])
+                rows = self._rows(cur)
+            if not rows:
+                return
+            yield rows
+            last = rows[-1].id
+
+    def delete(self, ids: Iterable[uuid.UUID]) -> int:
+        wanted = [i if isinstance(i, uuid.UUID) else uuid.UUID(str(i)) for i in ids]
+        if not wanted or not self.exists():
+            return 0
+        with self._cursor() as cur:
+            cur.execute(self._sql("DELETE FROM {table} WHERE id = ANY(%s)"), [wanted])
+            return cur.rowcount
+
+    def drop(self) -> None:
+        with self._cursor() as cur:
+            cur.execute(self._sql("DROP TABLE IF EXISTS {table}"))
+        self._dim = None
+
+    def exists(self) -> bool:
+        with self._cursor() as cur:
+            row = cur.execute("SELECT to_regclass(%s) IS NOT NULL", [self._ident().as_string(cur)]).fetchone()
+            return bool(row and row[0])
+
+
+def _select_list() -> Any:
+    from psycopg import sql
+
+    return sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+
+
+def _passage(row: tuple[Any, ...]) -> Passage:
+    import numpy as np
+
+    values = dict(zip(COLUMNS, row, strict=True))
+    dim = values["embedding_dim"]
+    raw = values["embedding"]
+    vector = np.asarray(raw.to_numpy() if hasattr(raw, "to_numpy") else raw, dtype=np.float32)
+    return Passage(id=values["id"], user_id=values["user_id"], text=values["text"],
+                   doc_id=uuid_or_none(values["doc_id"]), agent_id=uuid_or_none(values["agent_id"]),
+                   data_source=values["data_source"], embedding=vector[:dim] if dim else vector,
+                   embedding_model=values["embedding_model"], metadata=_json(values["metadata_"]),
+                   created_at=values["created_at"])
+
+
+def _json(value: Any) -> dict[str, Any]:
+    import json
+
+    if value is None:
+        return {}
+    if isinstance(value, (bytes, str)):
+        value = json.loads(value)
+    return dict(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact(text.splitlines()[0] if text else type(exc).__name__)
