@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import socket
 
+from toolkit.errors import UsageError
+
 
 def port_is_free(host: str, port: int) -> bool:
     """True when we could listen on host:port right now (what the server is about to do)."""
@@ -17,7 +19,8 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError as exc:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 return False
-            raise
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                             hint="use an address of this machine with --bind (default 127.0.0.1)") from None
     return True
 
 
