@@ -91,7 +91,8 @@ def test_missing_section_appended_and_new_file_private(tmp_path: Path) -> None:
     config = tmp_path / "config"
     config.write_text("[model]\nmodel = gpt-4")  # no trailing newline
     memgpt_config.write(config, ArchivalStorage("lancedb", "", "./.lancedb"))
-    assert config.read_text() == "[model]\nmodel = gpt-4\n\n[archival_storage]\ntype = lancedb\npath = \nuri = ./.lancedb\n"
+    assert config.read_text() == ("[model]\nmodel = gpt-4\n\n"
+                                  "[archival_storage]\ntype = lancedb\npath = \nuri = ./.lancedb\n")
 
     fresh = tmp_path / "sub" / "config"
     assert memgpt_config.read(fresh) is None

@@ -27,6 +27,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("toolkit.commands.db", "env"),
     ("toolkit.commands.db", "logs"),
     ("toolkit.commands.db", "psql"),
+    ("toolkit.commands.configure", "configure"),
+    ("toolkit.commands.migrate", "migrate"),
 )
 
 

@@ -1,0 +1,94 @@
+"""`toolkit migrate`: copy archival data between backends, verified, optionally switching MemGPT to it."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from toolkit.backends import DEFAULT_TABLE
+from toolkit.commands._common import echo, echo_json, settings_from
+
+
+@click.command()
+@click.option("--from", "source", required=True, metavar="SPEC", help="Store to copy from (read only).")
+@click.option("--to", "destination", required=True, metavar="SPEC", help="Store to copy into (upsert by id).")
+@click.option("--table", default=DEFAULT_TABLE, show_default=True, help="Table / collection name on both sides.")
+@click.option("--batch", type=click.IntRange(min=1), default=1000, show_default=True, help="Rows per batch.")
+@click.option("--dry-run", is_flag=True, help="Check both sides and count; write nothing.")
+@click.option("--switch", is_flag=True, help="After verification, point MemGPT's config at the destination.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def migrate(ctx: click.Context, source: str, destination: str, table: str, batch: int, dry_run: bool,
+            switch: bool, as_json: bool) -> None:
+    """Copy archival passages from one backend to another and verify the copy.
+
+    Rows stream in batches and are upserted by id, so an interrupted run is resumed by running it
+    again. At the end both sides must hold the same number of rows with the same checksum over ids,
+    texts and embeddings. The source is never modified. Refused, with nothing written: same source
+    and destination, a missing or empty source, an unreachable destination, a destination table
+    holding embeddings of another dimension.
+
+    \b
+    SPEC is one of:
+      postgresql://USER:PASS@HOST:PORT/DB   Postgres+pgvector (also postgresql+pg8000://, +psycopg://)
+      postgres                              the Postgres `toolkit up` provisioned (PGVECTOR_TEST_DB_URL)
+      chroma:///ABS/PATH                    Chroma persistent directory (chroma://REL/PATH: relative)
+      chroma+http://HOST:PORT               Chroma server
+      lancedb:///ABS/PATH                   LanceDB directory
+      s3://BUCKET/PREFIX                    LanceDB on S3 (TOOLKIT_S3_ENDPOINT, AWS_ACCESS_KEY_ID, ...)
+      local:///ABS/PATH                     local files
+      chroma | chroma+http | lancedb | local   that backend's default location
+
+    \b
+    Examples:
+      toolkit migrate --from chroma:///home/me/.memgpt/chroma --to postgres --switch
+      toolkit migrate --from local:///data/archival --to lancedb:///data/lance --dry-run
+      toolkit migrate --from chroma+http://127.0.0.1:8000 --to postgresql://memgpt:memgpt@localhost:8888/memgpt
+    """
+    from toolkit import memgpt_config, specs
+    from toolkit.migrate import migrate as run
+
+    settings = settings_from(ctx)
+    src, dst = specs.parse(source, settings), specs.parse(destination, settings)
+    bar: Any = None
+
+    def start(rows: int, before: int) -> None:
+        nonlocal bar
+        if before:
+            echo(f"destination already holds {before} rows; resuming (upsert by id)", settings, err=True)
+        if not dry_run and sys.stderr.isatty():  # off a terminal the summary line says it all
+            bar = click.progressbar(length=rows, label=f"migrating {rows} rows", file=sys.stderr,
+                                    show_pos=True, show_eta=True)
+            bar.__enter__()
+
+    try:
+        result = run(src, dst, table=table, batch=batch, dry_run=dry_run,
+                     progress=lambda n: bar.update(n) if bar else None, on_start=start)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+    switched = backup = None
+    if switch and not dry_run:
+        path = settings.memgpt_config_path
+        backup = memgpt_config.write(path, specs.to_memgpt(dst))
+        switched = str(path)
+    if as_json:
+        data = {**vars(result), "rows_per_second": round(result.rows_per_second, 1),
+                "switched": switched, "backup": str(backup) if backup else None}
+        echo_json(data, settings)
+        return
+    if dry_run:
+        echo(f"dry run: would copy {result.rows} rows ({result.dimension}-dim) of table {table} from {src} "
+             f"to {dst} (which holds {result.destination_before}); nothing written", settings)
+        return
+    echo(f"migrated {result.rows} rows of table {table} from {src} to {dst} in {result.seconds:.1f} s "
+         f"({result.rows_per_second:.0f} rows/s); verified: {result.rows} rows, checksum {result.checksum}",
+         settings)
+    if switched:
+        echo(f"MemGPT config {switched} now selects {dst}"
+             + (f" (previous config saved as {backup})" if backup else ""), settings)
+        if table != DEFAULT_TABLE:
+            echo(f"note: MemGPT reads table {DEFAULT_TABLE}, not {table}", settings, err=True)

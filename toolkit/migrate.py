@@ -1,0 +1,153 @@
+"""Copy archival passages between any two backends, verified (room: migrate.py).
+
+Speaks only the ArchivalStore Protocol. Rows stream in batches (scan in id order -> upsert by id),
+so a run killed midway is resumed by running it again: nothing is duplicated or lost. The source
+is only ever read. At the end both sides must agree on the row count and on a checksum over ids,
+texts and embeddings (float32, as every backend stores them), computed independently of order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+from collections.abc import Callable, Iterable
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.backends import DEFAULT_TABLE, ArchivalStore, Passage, open_store
+from toolkit.errors import MigrationError
+from toolkit.specs import Spec
+
+_MOD = 1 << 128
+
+
+class Checksum:
+    """Order-independent digest of a set of passages: the sum of per-row 128-bit BLAKE2b digests."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._sum = 0
+
+    def update(self, passages: Iterable[Passage]) -> None:
+        import numpy as np
+
+        for p in passages:
+            text = (p.text or "").encode("utf-8")
+            # float32 like Postgres' float4, Chroma and LanceDB store them; "+ 0" folds -0.0 into 0.0
+            vector = (np.asarray(p.embedding, dtype="<f4") + np.float32(0)).tobytes()
+            digest = hashlib.blake2b(p.id.bytes, digest_size=16)
+            digest.update(struct.pack("<QQ", len(text), len(vector)))
+            digest.update(text)
+            digest.update(vector)
+            self._sum = (self._sum + int.from_bytes(digest.digest(), "big")) % _MOD
+            self.count += 1
+
+    def hexdigest(self) -> str:
+        return f"{self._sum:032x}"
+
+
+@dataclass
+class Result:
+    source: str  # redacted SPECs
+    destination: str
+    table: str
+    rows: int  # rows in the source
+    copied: int  # rows written by this run
+    destination_before: int  # rows the destination held when we started (a resumed run: > 0)
+    checksum: str
+    verified: bool
+    dry_run: bool
+    seconds: float
+    dimension: int
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.copied / self.seconds if self.seconds else 0.0
+
+
+def checksum_of(store: ArchivalStore, batch: int = 1000) -> Checksum:
+    total = Checksum()
+    for rows in store.scan(batch):
+        total.update(rows)
+    return total
+
+
+def _first(store: ArchivalStore) -> Passage | None:
+    scan = store.scan(1)
+    try:
+        return next((rows[0] for rows in scan if rows), None)
+    finally:
+        close = getattr(scan, "close", None)
+        if close:
+            close()
+
+
+def _missing_directory(spec: Spec) -> bool:
+    return spec.backend in ("local", "chroma", "lancedb") and not Path(spec.location).exists()
+
+
+def migrate(
+    source: Spec,
+    destination: Spec,
+    *,
+    table: str = DEFAULT_TABLE,
+    batch: int = 1000,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> Result:
+    """Copy ``table`` from ``source`` to ``destination`` and verify; refusals raise before any write.
+
+    ``on_start(source_rows, destination_rows)`` is called once the checks passed, ``progress(n)`` after
+    each batch written.
+    """
+    if batch < 1:
+        raise MigrationError(f"--batch must be at least 1, not {batch}")
+    if source.identity == destination.identity:
+        raise MigrationError(f"source and destination are the same store ({source})",
+                             hint="pick another destination in --to")
+    if _missing_directory(source):
+        raise MigrationError(f"source {source} does not exist", hint="check the path in --from")
+    started = time.perf_counter()
+    with closing(open_store(source.store(table))) as src:
+        if not src.exists() or not (rows := src.count()):
+            raise MigrationError(f"source table {table} in {source} is missing or empty; nothing to migrate",
+                                 hint="check --from and --table")
+        first = _first(src)
+        assert first is not None
+        dim = first.embedding_dim
+        with closing(open_store(destination.store(table))) as dst:
+            before = 0
+            if dst.exists():  # also the reachability check: an unreachable server raises BackendError here
+                before = dst.count()
+                existing = _first(dst) if before else None
+                if existing is not None and existing.embedding_dim != dim:
+                    raise MigrationError(
+                        f"destination table {table} in {destination} holds {existing.embedding_dim}-dimensional "
+                        f"embeddings, the source {dim}-dimensional; nothing was written",
+                        hint="migrate into another --table, or drop the destination table first")
+            if on_start:
+                on_start(rows, before)
+            if dry_run:
+                return Result(str(source), str(destination), table, rows, 0, before, "", False, True,
+                              time.perf_counter() - started, dim)
+
+            expected = Checksum()
+            for passages in src.scan(batch):
+                expected.update(passages)
+                dst.insert(passages)
+                if progress:
+                    progress(len(passages))
+            got = checksum_of(dst, batch)
+            dst_rows = dst.count()
+    seconds = time.perf_counter() - started
+    if dst_rows != expected.count or got.hexdigest() != expected.hexdigest():
+        extra = " (it held rows before that are not in the source)" if dst_rows > expected.count else ""
+        raise MigrationError(
+            f"verification failed: source {expected.count} rows checksum {expected.hexdigest()}, destination "
+            f"{dst_rows} rows checksum {got.hexdigest()}{extra}; the source is untouched",
+            hint="re-run to resume, or migrate into an empty --table")
+    return Result(str(source), str(destination), table, expected.count, expected.count, before,
+                  expected.hexdigest(), True, False, seconds, dim)
