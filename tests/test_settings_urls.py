@@ -62,3 +62,11 @@ def test_redact_hides_passwords_everywhere() -> None:
     text = "postgresql://memgpt:s3cret@localhost/db password=s3cret and s3cret"
     out = redact(text, ("s3cret",))
     assert "s3cret" not in out and "memgpt:***@" in out
+
+
+def test_env_example_documents_every_variable() -> None:
+    from toolkit.settings import FIELDS
+
+    text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
+    missing = [f.env for f in FIELDS if f"{f.env}=" not in text]
+    assert not missing, f".env.example lacks {missing}"
