@@ -1,0 +1,232 @@
+"""The LanceDB backend (room: backends/): a local directory or an object store URI (``s3://bucket/prefix``).
+
+One table with the passage fields (UUIDs as strings, ``metadata_`` as JSON text, ``created_at`` a UTC
+timestamp) and a fixed-size float32 ``embedding`` column of the table's dimension. Writes are
+``merge_insert`` on ``id`` (upsert); search is exact L2. Storage options (endpoint, region, allow_http,
+keys) come with the location, from settings.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from toolkit.backends._util import StoreBase, batched, dim_mismatch, dumps, matrix, to_utc, unique_by_id, uuid_or_none
+from toolkit.backends.base import Filters, Passage
+from toolkit.errors import BackendError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from toolkit.backends import StoreLocation
+
+STRINGS = ("id", "user_id", "agent_id", "doc_id", "text", "data_source", "embedding_model", "metadata_")
+_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden")
+_UNREACHABLE = ("Connection refused", "error sending request", "tcp connect error", "dns error", "timed out")
+_UNWRITABLE = ("Permission denied", "Not a directory", "Read-only file system", "os error 13", "os error 20")
+
+
+def schema(dim: int) -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([*(pa.field(name, pa.string(), nullable=name != "id") for name in STRINGS[:6]),
+                      pa.field("embedding", pa.list_(pa.float32(), dim)),
+                      pa.field("embedding_dim", pa.int64()),
+                      *(pa.field(name, pa.string()) for name in STRINGS[6:]),
+                      pa.field("created_at", pa.timestamp("us", tz="UTC"))])
+
+
+class LanceStore(StoreBase):
+    def __init__(self, location: StoreLocation) -> None:
+        self.name = location.backend
+        self.uri = location.location
+        self.remote = "://" in self.uri
+        self.table = location.table
+        self.options = {k: str(v) for k, v in location.options.items()}
+        self._db: Any = None
+        self._table: Any = None
+
+    # -- connection and errors -------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except BackendError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - lance reports I/O through several exception types
+            text = str(exc)
+            where = f"LanceDB at {self.uri}"
+            if self.remote and any(s in text for s in _CREDENTIALS):
+                raise BackendError(f"{where}: the object store refused the credentials",
+                                   hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or TOOLKIT_S3_*) "
+                                   "to keys that bucket accepts") from None
+            if self.remote and any(s in text for s in _UNREACHABLE):
+                endpoint = self.options.get("aws_endpoint", "the S3 endpoint")
+                raise BackendError(f"{where}: {endpoint} is unreachable",
+                                   hint="start the test S3 server with `toolkit s3 up`, or set TOOLKIT_S3_ENDPOINT") \
+                    from None
+            if not self.remote and any(s in text for s in _UNWRITABLE):
+                raise BackendError(f"{where}: the path is not writable ({_first_line(exc)})",
+                                   hint="choose a writable directory (TOOLKIT_LANCEDB_URI) or fix its permissions") \
+                    from None
+            raise BackendError(f"{where} failed: {_first_line(exc)}") from None
+
+    def _connect(self) -> Any:
+        if self._db is None:
+            import lancedb
+
+            if not self.remote:
+                self._check_writable(Path(self.uri).expanduser())
+            with self._guard():
+                self._db = lancedb.connect(self.uri, storage_options=self.options or None)
+        return self._db
+
+    def _check_writable(self, path: Path) -> None:
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise BackendError(f"LanceDB path {path} is not writable: {probe} is not a directory",
+                               hint="choose a writable directory (TOOLKIT_LANCEDB_URI)")
+
+    def _open(self, *, dim: int | None = None) -> Any:
+        """The table, or None when it does not exist; created with ``dim`` when given."""
+        if self._table is not None:
+            return self._table
+        db = self._connect()
+        with self._guard():
+            try:
+                self._table = db.open_table(self.table)
+            except ValueError as exc:
+                if "not found" not in str(exc) and "does not exist" not in str(exc):
+                    raise
+                if dim is None:
+                    return None
+                self._table = db.create_table(self.table, schema=schema(dim), exist_ok=True)
+        return self._table
+
+    def _dim(self, table: Any) -> int:
+        return int(table.schema.field("embedding").type.list_size)
+
+    # -- the Protocol ----------------------------------------------------------------------------
+
+    def insert(self, passages: Iterable[Passage]) -> int:
+        import pyarrow as pa
+
+        batch = unique_by_id(passages)
+        if not batch:
+            return 0
+        vectors = matrix(batch)
+        dim = vectors.shape[1]
+        table = self._open(dim=dim)
+        if self._dim(table) != dim:
+            raise dim_mismatch(f"lancedb table {self.table}", self._dim(table), dim)
+        columns: dict[str, Any] = {
+            "id": [str(p.id) for p in batch], "user_id": [str(p.user_id) for p in batch],
+            "agent_id": [p.agent_id and str(p.agent_id) for p in batch],
+            "doc_id": [p.doc_id and str(p.doc_id) for p in batch], "text": [p.text for p in batch],
+            "data_source": [p.data_source for p in batch],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dim),
+            "embedding_dim": [dim] * len(batch), "embedding_model": [p.embedding_model for p in batch],
+            "metadata_": [dumps(p.metadata) for p in batch],
+            "created_at": pa.array([to_utc(p.created_at) for p in batch], pa.timestamp("us", tz="UTC")),
+        }
+        data = pa.table(columns, schema=schema(dim))
+        with self._guard():
+            table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        return len(batch)
+
+    def query(self, embedding: Sequence[float], k: int, filters: Filters | None = None) -> list[Passage]:
+        import numpy as np
+
+        table = self._open()
+        if table is None or k <= 0:
+            return []
+        q = np.asarray(embedding, dtype=np.float32)
+        if q.size != self._dim(table):
+            raise dim_mismatch(f"lancedb table {self.table}", self._dim(table), q.size)
+        with self._guard():
+            search = table.search(q, vector_column_name="embedding").distance_type("l2")
+            where = _where(filters)
+            if where:
+                search = search.where(where, prefilter=True)
+            return _passages(search.limit(k).to_arrow())
+
+    def count(self, filters: Filters | None = None) -> int:
+        table = self._open()
+        if table is None:
+            return 0
+        with self._guard():
+            return int(table.count_rows(_where(filters)))
+
+    def scan(self, batch_size: int) -> Iterator[list[Passage]]:
+        table = self._open()
+        if table is None:
+            return
+        with self._guard():
+            ids = sorted(table.search().select(["id"]).limit(None).to_arrow()["id"].to_pylist())
+        for part in batched(ids, batch_size):
+            with self._guard():
+                rows = {p.id: p for p in _passages(table.search().where(_in(part)).limit(None).to_arrow())}
+            yield [rows[uuid.UUID(i)] for i in part if uuid.UUID(i) in rows]
+
+    def delete(self, ids: Iterable[uuid.UUID]) -> int:
+        wanted = sorted({str(i) for i in ids})
+        table = self._open()
+        if table is None or not wanted:
+            return 0
+        with self._guard():
+            found = int(table.count_rows(_in(wanted)))
+            if found:
+                table.delete(_in(wanted))
+        return found
+
+    def drop(self) -> None:
+        db = self._connect()
+        self._table = None
+        with self._guard():
+            db.drop_table(self.table, ignore_missing=True)
+
+    def exists(self) -> bool:
+        return self._open() is not None
+
+    def close(self) -> None:
+        self._table = None
+        self._db = None
+
+
+def _where(filters: Filters | None) -> str | None:
+    conditions = [f"{k} = '{uuid.UUID(str(v))}'" for k, v in (filters.as_dict() if filters else {}).items()]
+    return " AND ".join(conditions) or None
+
+
+def _in(ids: list[str]) -> str:
+    return "id IN (" + ", ".join(f"'{uuid.UUID(i)}'" for i in ids) + ")"
+
+
+def _passages(data: pa.Table) -> list[Passage]:
+    import numpy as np
+
+    if data.num_rows == 0:
+        return []
+    column = data["embedding"].combine_chunks()
+    vectors = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    vectors = vectors.reshape(data.num_rows, column.type.list_size)
+    rows = data.select([*STRINGS, "created_at"]).to_pylist()
+    return [Passage(id=uuid.UUID(r["id"]), user_id=uuid.UUID(r["user_id"]), agent_id=uuid_or_none(r["agent_id"]),
+                    doc_id=uuid_or_none(r["doc_id"]), text=r["text"], data_source=r["data_source"],
+                    embedding=vectors[i], embedding_model=r["embedding_model"],
+                    metadata=json.loads(r["metadata_"]) if r["metadata_"] else {},
+                    created_at=r["created_at"].astimezone(timezone.utc))
+            for i, r in enumerate(rows)]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
