@@ -15,7 +15,7 @@ help: ## list targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing toolkit into $(VENV) (first run takes a minute)..."
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev]' --config-settings editable_mode=compat
 	@touch $@
 
 venv: $(STAMP) ## create .venv and install the toolkit

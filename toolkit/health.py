@@ -138,7 +138,6 @@ def wait_ready(
     secrets: tuple[str, ...] = (),
 ) -> None:
     """Run ``probe`` until it passes. ``alive()`` returns None while the server lives, else why it died."""
-    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
     def attempt() -> None:
         death = alive()
@@ -148,9 +147,16 @@ def wait_ready(
         probe()
 
     try:
+        try:
+            attempt()  # the common case (already up) needs no retry machinery: skip importing it
+            return
+        except Transient:
+            pass
+        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
         for retry in Retrying(
             stop=stop_after_delay(timeout),
-            wait=wait_exponential(multiplier=0.01, min=0.01, max=0.25),
+            wait=wait_exponential(multiplier=0.01, exp_base=1.5, min=0.01, max=0.25),
             retry=retry_if_exception_type(Transient),
             reraise=True,
         ):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from toolkit import proc
 from toolkit.engines.base import Endpoint, EngineStatus
-from toolkit.errors import EngineUnavailableError, NotReadyError, PortInUseError, ToolkitError
+from toolkit.errors import EngineUnavailableError, PortInUseError, ToolkitError
 from toolkit.health import PgProbe, RoleOrDatabaseMissing, wait_ready
 from toolkit.ports import port_holder, port_is_free
 from toolkit.settings import Settings
@@ -57,6 +57,7 @@ class EmbeddedEngine:
         self.log_file = self.home / "postgres.log"
         self.pw_file = self.home / "superuser.pw"
         self._server: subprocess.Popen[bytes] | None = None
+        self._restarts = 0
 
     # --- Engine protocol -------------------------------------------------------------------------
 
@@ -140,30 +141,20 @@ class EmbeddedEngine:
 
     def _start(self) -> None:
         user = self._system_user()
-        if user is not None:
-            self._own(self.home, user)
+        if user is not None and self.pgdata.stat().st_uid != user.pw_uid:
+            self._own(self.home, user)  # first start as root, or data dir copied in: hand it over once
+        self._recover_stale_pid()
+        self._restarts = 0
+        self._spawn(user)
+
+    def _spawn(self, user) -> None:  # type: ignore[no-untyped-def]
         argv = [str(bin_path("postgres")), "-D", str(self.pgdata),
                 "-c", f"listen_addresses={self.spec.bind}", "-c", f"port={self.spec.port}",
                 # TCP only: no socket path length limits, nothing outside the state dir
                 "-c", "unix_socket_directories="]
-        self._recover_stale_pid()
-        for attempt in range(50):
-            log = self.log_file.open("ab")
-            try:
-                kwargs = self._as_user(user)
-                self._server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                                start_new_session=True, **kwargs)
-            finally:
-                log.close()
-            # a postmaster killed a moment ago may still have children holding shared memory;
-            # they exit within moments, so a start refused for that is retried
-            time.sleep(0.02)
-            code = self._server.poll()
-            if code is None or not self._refused_for_stale_state():
-                return
-            time.sleep(0.1)
-        raise NotReadyError("postgres refused to start: an earlier server's processes still hold the data dir",
-                            hint="wait a few seconds and run `toolkit up` again", detail=self.logs(20))
+        with self.log_file.open("ab") as log:
+            self._server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                            start_new_session=True, **self._as_user(user))
 
     def _refused_for_stale_state(self) -> bool:
         tail = self.logs(5)
@@ -182,10 +173,19 @@ class EmbeddedEngine:
                    alive=self._alive, log_tail=self.logs, secrets=self.settings.secrets)
 
     def _alive(self) -> str | None:
-        if self._server is not None:
-            code = self._server.poll()
-            return None if code is None else f"the server exited with code {code}"
-        return None if self._running_pid() is not None else "the server is not running"
+        if self._server is None:
+            return None if self._running_pid() is not None else "the server is not running"
+        code = self._server.poll()
+        if code is None:
+            return None
+        # a postmaster killed a moment ago may leave children holding shared memory for a few
+        # moments; a start refused for that is retried rather than reported
+        if self._refused_for_stale_state() and self._restarts < 100:
+            self._restarts += 1
+            time.sleep(0.05)
+            self._spawn(self._system_user())
+            return None
+        return f"the server exited with code {code}"
 
     def _bootstrap(self) -> None:
         """As the superuser: the application role (not a superuser), its database, the extension."""
@@ -247,7 +247,7 @@ class EmbeddedEngine:
         holder = port_holder(self.spec.port)
         raise PortInUseError(
             f"port {self.spec.port} on {self.spec.bind} is already in use" + (f" by {holder}" if holder else ""),
-            hint=f"stop that process, or pick another port with --port N (or TOOLKIT_PG_PORT)",
+            hint="stop that process, or pick another port with --port N (or TOOLKIT_PG_PORT)",
         )
 
     def _connect_host(self) -> str:
