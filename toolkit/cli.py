@@ -27,6 +27,9 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("toolkit.commands.db", "env"),
     ("toolkit.commands.db", "logs"),
     ("toolkit.commands.db", "psql"),
+    ("toolkit.commands.smoke", "smoke"),
+    ("toolkit.commands.chroma", "chroma"),
+    ("toolkit.commands.chroma", "s3"),
     ("toolkit.commands.configure", "configure"),
     ("toolkit.commands.migrate", "migrate"),
 )

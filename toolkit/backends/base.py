@@ -59,7 +59,7 @@ class ArchivalStore(Protocol):
     def insert(self, passages: Iterable[Passage]) -> int:
         """Upsert passages by id; return how many were written."""
 
-    def query(self, embedding: Sequence[float], k: int, filters: Filters | None = None) -> list[Passage]:
+    def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
         """The k nearest passages to ``embedding``, nearest first."""
 
     def count(self, filters: Filters | None = None) -> int: ...

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from toolkit.backends.base import Filters, Passage
 from toolkit.errors import BackendError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from toolkit.backends import StoreLocation
 
 FIELDS = ("user_id", "agent_id", "doc_id", "data_source", "embedding_model", "embedding_dim", "created_at")
@@ -106,7 +109,7 @@ class ChromaStore(StoreBase):
                                   documents=[p.text for p in part], metadatas=[_metadata(p) for p in part])
         return len(batch)
 
-    def query(self, embedding: Sequence[float], k: int, filters: Filters | None = None) -> list[Passage]:
+    def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
         import numpy as np
 
         collection = self._get(create=False)
@@ -156,10 +159,31 @@ class ChromaStore(StoreBase):
 
         self._collection = None
         with self._guard():
+            segments = self._segment_dirs()
             try:
                 self.client.delete_collection(self.table)
             except NotFoundError:
                 pass
+        for directory in segments:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _segment_dirs(self) -> list[Path]:
+        """The collection's on-disk segment directories (persistent client only).
+
+        Chroma deletes the collection but leaves its HNSW segment directory behind (chroma-core/chroma
+        issue 1309, still so in 1.5); we remove it, so a dropped table leaves nothing on disk.
+        """
+        if self.path is None or not (self.path / "chroma.sqlite3").is_file():
+            return []
+        import sqlite3
+
+        try:
+            with closing(sqlite3.connect(f"file:{self.path / 'chroma.sqlite3'}?mode=ro", uri=True)) as db:
+                rows = db.execute("SELECT s.id FROM segments s JOIN collections c ON s.collection = c.id "
+                                  "WHERE c.name = ?", [self.table]).fetchall()
+        except sqlite3.Error:
+            return []
+        return [self.path / str(row[0]) for row in rows if (self.path / str(row[0])).is_dir()]
 
     def exists(self) -> bool:
         return self._get(create=False) is not None

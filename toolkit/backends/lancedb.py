@@ -21,6 +21,7 @@ from toolkit.backends.base import Filters, Passage
 from toolkit.errors import BackendError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
     from toolkit.backends import StoreLocation
@@ -142,7 +143,7 @@ class LanceStore(StoreBase):
             table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
         return len(batch)
 
-    def query(self, embedding: Sequence[float], k: int, filters: Filters | None = None) -> list[Passage]:
+    def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
         import numpy as np
 
         table = self._open()

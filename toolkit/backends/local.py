@@ -155,7 +155,7 @@ class LocalStore(StoreBase):
             for suffix in (".npy", ".jsonl"):
                 (self.dir / f"{seg}{suffix}").unlink(missing_ok=True)
 
-    def query(self, embedding: Sequence[float], k: int, filters: Filters | None = None) -> list[Passage]:
+    def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
         import numpy as np
 
         table = self._load()

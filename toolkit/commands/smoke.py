@@ -1,0 +1,47 @@
+"""`toolkit smoke`: prove the archival backends store and find embeddings here."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from toolkit.commands._common import echo, echo_json, settings_from
+
+CHOICES = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3", "all")
+
+
+@click.command()
+@click.option("--backend", type=click.Choice(CHOICES),
+              help="Backend to check [default: the one in the MemGPT config, plus postgres].")
+@click.option("-n", "count", type=click.IntRange(min=2), default=100, show_default=True, help="Passages per check.")
+@click.option("--dim", type=click.IntRange(1, 4096), default=1536, show_default=True, help="Embedding dimension.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+              help="Seconds each backend's check may take.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+def smoke(ctx: click.Context, backend: str | None, count: int, dim: int, timeout: float, as_json: bool) -> None:
+    """Check archival backends: insert, upsert, nearest neighbours, agent filter, delete, drop.
+
+    Each backend is checked in a temporary table that is dropped afterwards, all in parallel.
+    Servers are not started for you: a stopped one is reported with the command that starts it
+    (toolkit up, toolkit chroma up, toolkit s3 up). Exit 0 only when every check passes.
+
+    \b
+    Example:
+      toolkit up && toolkit chroma up && toolkit s3 up && toolkit smoke --backend all
+    """
+    from toolkit import smoke as lib
+
+    settings = settings_from(ctx)
+    started = time.monotonic()
+    results = lib.run(lib.targets(settings, backend), n=count, dim=dim, timeout=timeout)
+    wall = time.monotonic() - started
+    if as_json:
+        echo_json({"ok": all(r.ok for r in results), "seconds": round(wall, 3),
+                   "results": [r.as_dict() for r in results]}, settings)
+    else:
+        echo(lib.table(results), settings)
+        passed = sum(r.ok for r in results)
+        echo(f"{passed}/{len(results)} passed in {wall:.2f}s", settings)
+    ctx.exit(0 if all(r.ok for r in results) else 1)

@@ -1,0 +1,258 @@
+"""The conformance check every archival backend must pass (room: smoke.py), behind `toolkit smoke`.
+
+For each backend, in a uniquely named temporary table: insert N passages with seeded embeddings
+(twice: writes are upserts), count, require every k-th passage to be its own nearest neighbour,
+filter by agent, delete some, count again, and drop the table in ``finally``. Checks run in parallel
+threads, each time-bounded; a backend whose server is not running is reported with the command that
+starts it, without trying.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from toolkit.backends import StoreLocation, open_store
+from toolkit.backends.base import Filters, Passage
+from toolkit.errors import ToolkitError, UsageError
+from toolkit.settings import Settings
+from toolkit.urls import redact
+
+BACKENDS = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3")
+START = {"postgres": "toolkit up", "chroma-http": "toolkit chroma up", "lancedb-s3": "toolkit s3 up"}
+USER = uuid.UUID("5e1f5e1f-0000-4000-8000-000000000000")
+AGENTS = (uuid.UUID("5e1f5e1f-0000-4000-8000-0000000000a1"), uuid.UUID("5e1f5e1f-0000-4000-8000-0000000000a2"))
+
+
+@dataclass(frozen=True)
+class Result:
+    backend: str
+    status: str  # pass | fail | not running | timeout
+    seconds: float
+    detail: str
+    location: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "pass"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "result": self.status, "ok": self.ok, "seconds": round(self.seconds, 3),
+                "detail": self.detail, "location": self.location}
+
+
+@dataclass(frozen=True)
+class Target:
+    backend: str
+    location: StoreLocation | None
+    problem: str | None = None  # why it cannot be checked (not running, not configured)
+
+
+# -- which backends, where ----------------------------------------------------------------------------
+
+def targets(settings: Settings, selection: str | None) -> list[Target]:
+    """``selection``: a backend name, ``all``, or None for the MemGPT config's backend plus postgres."""
+    from toolkit import specs
+
+    if selection == "all":
+        return [target(name, settings) for name in BACKENDS]
+    if selection is not None:
+        if selection not in BACKENDS:
+            raise UsageError(f"unknown backend {selection!r}", hint=f"choose one of {', '.join(BACKENDS)} or all")
+        return [target(selection, settings)]
+    from toolkit import memgpt_config
+
+    storage = memgpt_config.read(settings.memgpt_config_path)
+    chosen: list[Target] = []
+    if storage is not None:
+        spec = specs.from_memgpt(storage, settings)
+        chosen.append(_preflight(spec.backend, spec.store(), settings))
+    else:
+        chosen.append(target("local", settings))
+    if all(t.backend != "postgres" for t in chosen):
+        chosen.append(target("postgres", settings))
+    return chosen
+
+
+def target(backend: str, settings: Settings) -> Target:
+    """The default location of ``backend`` from settings (the same defaults `toolkit migrate` uses)."""
+    from toolkit import specs
+
+    if backend == "lancedb-s3":
+        if not settings.s3_endpoint:
+            return Target(backend, None, "no S3 endpoint is configured; start the test server with `toolkit s3 up`")
+        uri = settings.lancedb_uri or ""
+        uri = uri if uri.startswith("s3://") else "s3://toolkit/lancedb"
+        location = StoreLocation(backend, uri, options=specs.s3_options(settings))
+    elif backend == "lancedb":
+        location = StoreLocation(backend, settings.lancedb_location if "://" not in settings.lancedb_location
+                                 else str(settings.project_dir / ".lancedb"))
+    else:
+        word = {"chroma-http": "chroma+http"}.get(backend, backend)
+        location = specs.parse(word, settings).store()
+    return _preflight(backend, location, settings)
+
+
+def _preflight(backend: str, location: StoreLocation, settings: Settings) -> Target:
+    """Is the server there at all? A quick TCP connect, so a stopped server is named, not timed out."""
+    endpoint: tuple[str, int] | None = None
+    if backend == "postgres":
+        from toolkit.urls import parse
+
+        url = parse(location.location)
+        endpoint = (url.host, url.port)
+    elif backend == "chroma-http":
+        host, _, port = location.location.rpartition(":")
+        endpoint = (host, int(port))
+    elif backend == "lancedb-s3" and location.options.get("aws_endpoint"):
+        parts = urlsplit(location.options["aws_endpoint"])
+        endpoint = (parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80))
+    if endpoint and not _answers(*endpoint):
+        return Target(backend, location, f"not running at {endpoint[0]}:{endpoint[1]}; start it with "
+                                          f"`{START[backend]}`")
+    return Target(backend, location)
+
+
+def _answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+# -- one check ------------------------------------------------------------------------------------
+
+def seeded_passages(n: int, dim: int, seed: int = 0) -> list[Passage]:
+    import numpy as np
+
+    vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return [Passage(id=uuid.uuid5(USER, f"smoke-{seed}-{i}"), user_id=USER, agent_id=AGENTS[i % 2],
+                    text=f"smoke passage {i}", embedding=vectors[i], data_source="toolkit-smoke",
+                    embedding_model="seeded-numpy", metadata={"i": i}) for i in range(n)]
+
+
+def exercise(location: StoreLocation, *, n: int = 100, dim: int = 1536, seed: int = 0,
+             on_open: Callable[[Any], None] | None = None) -> str:
+    """Run every step against a fresh table at ``location``; return a detail line, raise on failure."""
+    if n < 2:
+        raise UsageError("smoke needs at least 2 passages", hint="use -n 2 or more")
+    data = seeded_passages(n, dim, seed)
+    step = "open"
+    store = open_store(location)
+    try:
+        if on_open:
+            on_open(store)
+        step = "insert"
+        store.insert(data)
+        store.insert(data[: n // 2])  # upsert: same ids again must not duplicate
+        step = "count"
+        _expect(store.count(), n, "rows after inserting twice")
+        step = "query"
+        every = max(1, n // 10)
+        for p in data[::every]:
+            found = store.query(p.embedding, 1)
+            if not found or found[0].id != p.id:
+                raise AssertionError(f"passage {p.text!r} is not its own nearest neighbour")
+        step = "filter"
+        agent = Filters(user_id=USER, agent_id=AGENTS[0])
+        _expect(store.count(agent), (n + 1) // 2, "rows of one agent")
+        hits = store.query(data[1].embedding, 5, agent)
+        if not hits or any(h.agent_id != AGENTS[0] for h in hits):
+            raise AssertionError("a query filtered by agent returned another agent's passage")
+        step = "delete"
+        gone = [p.id for p in data[::every]]
+        _expect(store.delete(gone), len(gone), "deleted rows")
+        _expect(store.count(), n - len(gone), "rows after delete")
+        step = "drop"
+        store.drop()
+        if store.exists():
+            raise AssertionError("the table still exists after drop")
+        return f"{n} x {dim}: upsert, {len(data[::every])} self-queries, agent filter, delete, drop"
+    except ToolkitError as exc:
+        raise ToolkitError(f"{step}: {exc.one_line()}") from None
+    except AssertionError as exc:
+        raise ToolkitError(f"{step}: {exc}") from None
+    finally:
+        try:
+            store.drop()
+        except Exception:  # noqa: BLE001 - best effort; the original failure is what matters
+            pass
+        store.close()
+
+
+def _expect(got: int, want: int, what: str) -> None:
+    if got != want:
+        raise AssertionError(f"{what}: expected {want}, got {got}")
+
+
+def check_location(location: StoreLocation, settings: Settings | None = None, *, n: int = 100, dim: int = 1536,
+                   timeout: float = 120.0) -> Result:
+    """One backend's check at ``location`` (its table name replaced by a unique temporary one)."""
+    return run([Target(location.backend, location)], n=n, dim=dim, timeout=timeout)[0]
+
+
+# -- many checks in parallel ------------------------------------------------------------------------
+
+def run(chosen: list[Target], *, n: int = 100, dim: int = 1536, timeout: float = 120.0) -> list[Result]:
+    """Check every target in its own thread; each is bounded by ``timeout`` seconds."""
+    results: dict[int, Result] = {}
+    stores: dict[int, Any] = {}
+    threads: dict[int, tuple[threading.Thread, float]] = {}
+
+    def work(i: int, t: Target, location: StoreLocation) -> None:
+        start = time.monotonic()
+        try:
+            detail = exercise(location, n=n, dim=dim, on_open=lambda s: stores.__setitem__(i, s))
+            results[i] = Result(t.backend, "pass", time.monotonic() - start, detail, location.describe())
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a row of the table
+            message = exc.one_line() if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
+            results[i] = Result(t.backend, "fail", time.monotonic() - start, redact(message), location.describe())
+
+    for i, t in enumerate(chosen):
+        if t.location is None or t.problem:
+            where = t.location.describe() if t.location else ""
+            results[i] = Result(t.backend, "not running" if t.location else "fail", 0.0, t.problem or "", where)
+            continue
+        location = replace(t.location, table=f"toolkit_smoke_{uuid.uuid4().hex[:12]}")
+        thread = threading.Thread(target=work, args=(i, t, location), name=f"smoke-{t.backend}", daemon=True)
+        threads[i] = (thread, time.monotonic())
+        thread.start()
+    for i, (thread, started) in threads.items():
+        thread.join(max(0.0, started + timeout - time.monotonic()))
+        if thread.is_alive():
+            late = chosen[i].location
+            results[i] = Result(chosen[i].backend, "timeout", time.monotonic() - started,
+                                f"no answer within {timeout:g}s", late.describe() if late else "")
+            _drop_quietly(stores.get(i))
+    return [results[i] for i in range(len(chosen))]
+
+
+def _drop_quietly(store: Any) -> None:
+    """After a timeout, try once to remove the temporary table from another thread (bounded)."""
+    if store is None:
+        return
+    dropper = threading.Thread(target=lambda: _ignore(store.drop), daemon=True)
+    dropper.start()
+    dropper.join(10)
+
+
+def _ignore(func: Callable[[], Any]) -> None:
+    try:
+        func()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def table(results: list[Result]) -> str:
+    """The human table: backend, result, time, detail."""
+    rows = [("backend", "result", "time", "detail")] + [
+        (r.backend, r.status, f"{r.seconds:.2f}s", r.detail) for r in results]
+    widths = [max(len(row[c]) for row in rows) for c in range(3)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}".rstrip() for a, b, c, d in rows)
