@@ -45,7 +45,7 @@ env: $(STAMP) ## print the export line: eval "$$(make -s env)"
 test: $(STAMP) ## run the test suite against real servers
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-smoke: $(STAMP) ## prove every archival backend stores and finds embeddings
+smoke: $(STAMP) chroma-up s3-up ## prove every archival backend works (starts the Chroma and S3 test servers)
 	@$(TK) smoke --backend all
 
 chroma-up: $(STAMP) ## start a Chroma server on 127.0.0.1:8000
@@ -53,6 +53,12 @@ chroma-up: $(STAMP) ## start a Chroma server on 127.0.0.1:8000
 
 chroma-down: $(STAMP) ## stop it
 	@$(TK) chroma down
+
+s3-up: $(STAMP) ## start the S3 test server (moto) on 127.0.0.1:9000, bucket toolkit, settings into .env
+	@$(TK) s3 up
+
+s3-down: $(STAMP) ## stop it
+	@$(TK) s3 down
 
 compose-up: ## docker compose: Postgres+pgvector and Chroma
 	docker compose -f compose/compose.yaml up -d --wait
