@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from toolkit import proc
 from toolkit.engines.base import Endpoint, EngineStatus
@@ -286,7 +287,7 @@ class EmbeddedEngine:
                     os.lchown(name, user.pw_uid, user.pw_gid)
 
     @staticmethod
-    def _as_user(user) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    def _as_user(user) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid}
 
 
