@@ -1,0 +1,105 @@
+"""Doctor: what on this machine helps or blocks each part of the toolkit, one check per line."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+
+from toolkit.settings import Settings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks = [
+        Check("python", sys.version_info >= (3, 10), sys.version.split()[0], "use Python 3.10 or newer"),
+        _wheel(),
+        _port(settings),
+        _env_file(settings),
+        _docker(settings),
+        _module("chromadb", "Chroma backend"),
+        _module("lancedb", "LanceDB backend"),
+        Check("psql", True, shutil.which("psql") or "not on PATH; `toolkit psql` uses the wheel's"),
+    ]
+    if os.geteuid() == 0:
+        checks.append(Check("root", True, "the embedded server will run as the system user toolkit-postgres"))
+    return checks
+
+
+def _wheel() -> Check:
+    from toolkit.engines.embedded import install_dir
+    from toolkit.errors import ToolkitError
+
+    try:
+        path = install_dir()
+    except ToolkitError as exc:
+        return Check("embedded wheel", False, exc.message, exc.hint or "")
+    has_vector = (path / "lib" / "vector.so").exists() or (path / "lib" / "postgresql" / "vector.so").exists()
+    return Check("embedded wheel", has_vector, str(path) + ("" if has_vector else " (no vector.so)"),
+                 "reinstall: make venv")
+
+
+def _port(settings: Settings) -> Check:
+    from toolkit.errors import UsageError
+    from toolkit.ports import port_holder, port_is_free
+
+    spec = settings.db
+    try:
+        free = port_is_free(spec.bind, spec.port)
+    except UsageError as exc:
+        return Check("port", False, exc.message, exc.hint or "")
+    if free:
+        return Check("port", True, f"{spec.bind}:{spec.port} is free")
+    holder = port_holder(spec.port) or "another process"
+    # taken by our own server is fine
+    ours = _our_server_pid(settings)
+    if ours is not None and holder.startswith(f"pid {ours} "):
+        return Check("port", True, f"{spec.bind}:{spec.port} is held by the toolkit's own server")
+    return Check("port", False, f"{spec.bind}:{spec.port} is held by {holder}", "use --port N or TOOLKIT_PG_PORT")
+
+
+def _our_server_pid(settings: Settings) -> int | None:
+    try:
+        first = (settings.state_dir / "embedded" / "pgdata" / "postmaster.pid").read_text().split()[0]
+        return int(first)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _env_file(settings: Settings) -> Check:
+    path = settings.env_file
+    if not path.exists():
+        writable = os.access(path.parent, os.W_OK)
+        return Check(".env", writable, f"{path} does not exist yet" + ("" if writable else " and its folder is read-only"),
+                     "fix the folder's permissions or use --env-file")
+    mode = path.stat().st_mode & 0o777
+    private = not mode & 0o077
+    return Check(".env", private and os.access(path, os.W_OK), f"{path} mode {mode:o}",
+                 "chmod 600 .env (it holds a password)")
+
+
+def _docker(settings: Settings) -> Check:
+    from toolkit.engines import docker_unavailable_reason
+
+    reason = docker_unavailable_reason(settings)
+    if reason is None:
+        return Check("docker", True, "an engine answers; engine auto would use it")
+    return Check("docker", True, f"not available ({reason}); engine auto uses embedded", "optional")
+
+
+def _module(name: str, what: str) -> Check:
+    found = importlib.util.find_spec(name) is not None
+    return Check(name, found, f"{what}: {'installed' if found else 'missing'}", "make venv")
+
+
+def as_dicts(checks: list[Check]) -> list[dict[str, object]]:
+    return [asdict(c) for c in checks]
