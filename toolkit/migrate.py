@@ -9,12 +9,15 @@ texts and embeddings (float32, as every backend stores them), computed independe
 from __future__ import annotations
 
 import hashlib
+import queue
 import struct
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from toolkit.backends import DEFAULT_TABLE, ArchivalStore, Passage, open_store
 from toolkit.errors import MigrationError
@@ -84,6 +87,43 @@ def _first(store: ArchivalStore) -> Passage | None:
             close()
 
 
+def _prefetched(store: ArchivalStore, batch: int, checksum: Checksum, depth: int = 2) -> Iterator[list[Passage]]:
+    """``store.scan(batch)`` read (and checksummed) in a thread, so reading overlaps the destination's writes."""
+    done = object()
+    batches: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                batches.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer is gone
+
+    def read() -> None:
+        try:
+            for rows in store.scan(batch):
+                checksum.update(rows)
+                if not offer(rows):
+                    return
+            offer(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            offer(exc)
+
+    reader = threading.Thread(target=read, name="migrate-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := batches.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+
+
 def _missing_directory(spec: Spec) -> bool:
     return spec.backend in ("local", "chroma", "lancedb") and not Path(spec.location).exists()
 
@@ -135,8 +175,7 @@ def migrate(
                               time.perf_counter() - started, dim)
 
             expected = Checksum()
-            for passages in src.scan(batch):
-                expected.update(passages)
+            for passages in _prefetched(src, batch, expected):
                 dst.insert(passages)
                 if progress:
                     progress(len(passages))

@@ -1,0 +1,252 @@
+"""`toolkit migrate` against real backends: every ordered pair, kill-and-resume, refusals, --switch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.backend_support import passages
+from toolkit import memgpt_config
+from toolkit.backends import open_store
+from toolkit.errors import BackendError, MigrationError
+from toolkit.memgpt_config import ArchivalStorage
+from toolkit.migrate import Checksum, checksum_of, migrate
+from toolkit.specs import Spec
+
+BACKENDS = ("local", "postgres", "chroma", "chroma-http", "lancedb")
+N, DIM = 120, 32
+SHARED = ("postgres", "chroma-http")  # servers that outlive a test: drop what we made
+
+
+@pytest.fixture(scope="session")
+def chroma_hostport(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Chroma server process on a free port, for the session."""
+    from toolkit.ports import free_port
+    from toolkit.services.chroma_server import chroma_server
+    from toolkit.settings import resolve
+
+    root = tmp_path_factory.mktemp("chroma-session")
+    server = chroma_server(resolve({}, environ={}, project_dir=root), host="127.0.0.1", port=free_port())
+    server.up(timeout=120)
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        server.down()
+
+
+@pytest.fixture
+def table() -> str:
+    return f"mig_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_spec(request: pytest.FixtureRequest, tmp_path: Path, table: str) -> Iterator[Callable[[str, str], Spec]]:
+    """A Spec per backend: a fresh directory for the embedded ones, the session server for the others."""
+    made: list[Spec] = []
+
+    def make(backend: str, tag: str) -> Spec:
+        if backend == "postgres":
+            spec = Spec("postgres", request.getfixturevalue("pg_url"))
+        elif backend == "chroma-http":
+            spec = Spec("chroma-http", request.getfixturevalue("chroma_hostport"))
+        else:
+            spec = Spec(backend, str(tmp_path / f"{backend}-{tag}"))
+        made.append(spec)
+        return spec
+
+    yield make
+    for spec in made:
+        if spec.backend in SHARED:
+            with closing(open_store(spec.store(table))) as store:
+                store.drop()
+
+
+def fill(spec: Spec, table: str, n: int = N, dim: int = DIM, seed: int = 7) -> Checksum:
+    rows = passages(n, dim, seed)
+    with closing(open_store(spec.store(table))) as store:
+        store.insert(rows)
+        return checksum_of(store)
+
+
+def state(spec: Spec, table: str) -> tuple[int, str]:
+    with closing(open_store(spec.store(table))) as store:
+        if not store.exists():
+            return (-1, "")
+        return store.count(), checksum_of(store).hexdigest()
+
+
+@pytest.mark.parametrize("src, dst", [(a, b) for a in BACKENDS for b in BACKENDS if a != b])
+def test_every_pair(make_spec: Callable[[str, str], Spec], table: str, src: str, dst: str) -> None:
+    source, destination = make_spec(src, "src"), make_spec(dst, "dst")
+    expected = fill(source, table)
+
+    result = migrate(source, destination, table=table, batch=37)
+
+    assert result.verified and result.rows == result.copied == N and result.checksum == expected.hexdigest()
+    assert state(source, table) == (N, expected.hexdigest())  # the source is untouched
+    with closing(open_store(destination.store(table))) as store:
+        assert store.count() == N
+        assert checksum_of(store).hexdigest() == expected.hexdigest()
+        for p in passages(N, DIM, 7)[::23]:
+            (nearest,) = store.query(p.embedding, 1)
+            assert (nearest.id, nearest.text, nearest.user_id, nearest.agent_id) == (p.id, p.text, p.user_id,
+                                                                                     p.agent_id)
+
+
+def test_rerun_is_idempotent_and_dry_run_writes_nothing(make_spec: Callable[[str, str], Spec], table: str) -> None:
+    source, destination = make_spec("local", "src"), make_spec("lancedb", "dst")
+    expected = fill(source, table)
+    dry = migrate(source, destination, table=table, dry_run=True)
+    assert (dry.rows, dry.copied, dry.dimension) == (N, 0, DIM)
+    assert state(destination, table) == (-1, "")
+    migrate(source, destination, table=table)
+    again = migrate(source, destination, table=table)
+    assert again.destination_before == N and state(destination, table) == (N, expected.hexdigest())
+
+
+def test_checksum_is_order_independent_and_float32_exact() -> None:
+    import numpy as np
+
+    rows = passages(10, 8, 1)
+    a, b = Checksum(), Checksum()
+    a.update(rows)
+    for p in rows:
+        p.embedding = np.asarray(p.embedding, dtype=np.float64)  # widened, as a float8 reader would
+    b.update(reversed(rows))
+    assert a.hexdigest() == b.hexdigest()
+    rows[3].text += "!"
+    c = Checksum()
+    c.update(rows)
+    assert c.hexdigest() != a.hexdigest()
+
+
+# -- refusals: a clear message, nothing written -------------------------------------------------------
+
+
+def test_refuses_same_store(make_spec: Callable[[str, str], Spec], table: str) -> None:
+    source = make_spec("local", "src")
+    before = fill(source, table)
+    with pytest.raises(MigrationError, match="same store"):
+        migrate(source, Spec("local", source.location + "/../" + Path(source.location).name), table=table)
+    assert state(source, table) == (N, before.hexdigest())
+
+
+def test_refuses_missing_or_empty_source(make_spec: Callable[[str, str], Spec], table: str, tmp_path: Path) -> None:
+    destination = make_spec("lancedb", "dst")
+    with pytest.raises(MigrationError, match="does not exist"):
+        migrate(Spec("chroma", str(tmp_path / "nowhere")), destination, table=table)
+    assert not (tmp_path / "nowhere").exists()
+    empty = make_spec("local", "empty")
+    fill(empty, table, n=3)
+    with closing(open_store(empty.store(table))) as store:
+        store.delete([p.id for p in passages(3, DIM, 7)])
+    with pytest.raises(MigrationError, match="missing or empty"):
+        migrate(empty, destination, table=table)
+    with pytest.raises(MigrationError, match="missing or empty"):
+        migrate(empty, destination, table="other_table")
+    assert state(destination, table) == (-1, "")
+
+
+@pytest.mark.parametrize("dst", ["local", "postgres", "lancedb"])
+def test_refuses_dimension_mismatch(make_spec: Callable[[str, str], Spec], table: str, dst: str) -> None:
+    source, destination = make_spec("local", "src"), make_spec(dst, "dst")
+    fill(source, table)
+    before = fill(destination, table, n=5, dim=DIM // 2, seed=99)
+    with pytest.raises(MigrationError, match=f"holds {DIM // 2}-dimensional"):
+        migrate(source, destination, table=table)
+    assert state(destination, table) == (5, before.hexdigest())
+
+
+def test_refuses_unreachable_destination(make_spec: Callable[[str, str], Spec], table: str) -> None:
+    from toolkit.ports import free_port
+
+    source = make_spec("local", "src")
+    fill(source, table)
+    for spec in (Spec("postgres", f"postgresql://memgpt:memgpt@127.0.0.1:{free_port()}/memgpt"),
+                 Spec("chroma-http", f"127.0.0.1:{free_port()}")):
+        with pytest.raises(BackendError):
+            migrate(source, spec, table=table)
+
+
+# -- kill mid-migration, then resume -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dst", ["postgres", "lancedb"])
+def test_kill_then_resume_gives_exact_copy(make_spec: Callable[[str, str], Spec], table: str, dst: str) -> None:
+    source, destination = make_spec("local", "src"), make_spec(dst, "dst")
+    n = 3000
+    expected = fill(source, table, n=n)
+    argv = [sys.executable, "-m", "toolkit", "migrate", "--from", source.render(), "--to", destination.render(),
+            "--table", table, "--batch", "20"]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        copied = 0
+        while time.monotonic() < deadline and child.poll() is None:
+            copied = max(state(destination, table)[0], 0)
+            if copied >= 200:
+                break
+            time.sleep(0.01)
+        assert child.poll() is None, "the migration finished before it could be killed; raise n"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    # (a batch whose COMMIT the server had already received may still land: the count can grow a little)
+    assert 0 < state(destination, table)[0] < n
+
+    result = migrate(source, destination, table=table, batch=500)
+
+    assert 0 < result.destination_before < n and result.verified
+    assert state(destination, table) == (n, expected.hexdigest())
+    assert state(source, table) == (n, expected.hexdigest())
+
+
+# -- the CLI, --switch ------------------------------------------------------------------------------------
+
+
+def test_cli_switch_keeps_foreign_sections(make_spec: Callable[[str, str], Spec], table: str, toolkit_cli,
+                                           pg_url: str) -> None:
+    source = make_spec("chroma", "src")
+    destination = make_spec("postgres", "dst")
+    expected = fill(source, table)
+    config = Path(os.environ["MEMGPT_CONFIG_PATH"])
+    config.parent.mkdir(parents=True)
+    foreign = "[defaults]\npreset = memgpt_chat\n\n[archival_storage]\ntype = chroma\npath = {p}\n\n[client]\nx = 1\n"
+    config.write_text(foreign.format(p=source.location))
+
+    done = toolkit_cli("migrate", "--from", "chroma://" + source.location, "--to", pg_url.replace("postgresql://",
+                       "postgresql+psycopg://"), "--table", table, "--switch")
+
+    assert done.returncode == 0, done.stderr
+    assert f"verified: {N} rows, checksum {expected.hexdigest()}" in done.stdout
+    assert "memgpt:memgpt@" not in done.stdout + done.stderr  # password redacted
+    section = memgpt_config.read(config)
+    assert section == ArchivalStorage("postgres", "", Spec("postgres", pg_url).render())
+    text = config.read_text()
+    assert text.startswith("[defaults]\npreset = memgpt_chat\n\n[archival_storage]\n")
+    assert text.endswith("\n\n[client]\nx = 1\n")
+    assert state(destination, table) == (N, expected.hexdigest())
+
+
+def test_cli_refusal_is_one_line_and_no_switch(make_spec: Callable[[str, str], Spec], table: str, toolkit_cli) -> None:
+    source, destination = make_spec("local", "src"), make_spec("local", "dst")
+    fill(source, table)
+    fill(destination, table, n=2, dim=8)
+    done = toolkit_cli("migrate", "--from", source.render(), "--to", destination.render(), "--table", table,
+                       "--switch")
+    assert done.returncode == MigrationError.exit_code
+    assert done.stderr.strip().count("\n") == 0 and "8-dimensional" in done.stderr
+    assert not Path(os.environ["MEMGPT_CONFIG_PATH"]).exists()
