@@ -146,6 +146,7 @@ class PostgresStore(StoreBase):
 
     def insert(self, passages: Iterable[Passage]) -> int:
         import numpy as np
+        import psycopg
         from psycopg import sql
         from psycopg.types.json import Json
 
@@ -163,17 +164,27 @@ class PostgresStore(StoreBase):
             existing = self._existing_dim(cur)
             if existing is not None and existing != dim:
                 raise dim_mismatch(f"postgres table {self.table}", existing, dim)
-            cur.execute(self._sql("CREATE TEMP TABLE _toolkit_stage (LIKE {table}) ON COMMIT DROP"))
-            for start in range(0, len(batch), COPY_ROWS):
-                with cur.copy(sql.SQL("COPY _toolkit_stage ({}) FROM STDIN (FORMAT BINARY)").format(columns)) as copy:
-                    copy.set_types(list(TYPES))
-                    for i in range(start, min(start + COPY_ROWS, len(batch))):
-                        p = batch[i]
-                        copy.write_row((p.id, p.user_id, p.text, p.doc_id, p.agent_id, p.data_source, padded[i],
-                                        dim, p.embedding_model, Json(p.metadata or {}), p.created_at))
-            cur.execute(sql.SQL("INSERT INTO {table} ({cols}) SELECT {cols} FROM _toolkit_stage "
-                                "ON CONFLICT (id) DO UPDATE SET {updates}").format(
-                table=self._ident(), cols=columns, updates=updates))
+
+            def copy_into(target: Any) -> None:
+                for start in range(0, len(batch), COPY_ROWS):
+                    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, columns)) as copy:
+                        copy.set_types(list(TYPES))
+                        for i in range(start, min(start + COPY_ROWS, len(batch))):
+                            p = batch[i]
+                            copy.write_row((p.id, p.user_id, p.text, p.doc_id, p.agent_id, p.data_source, padded[i],
+                                            dim, p.embedding_model, Json(p.metadata or {}), p.created_at))
+
+            # new ids (the common case: a load, a migration) COPY straight into the table, as fast as a
+            # raw bulk load; if any id exists already, the savepoint rolls that back and we upsert instead
+            try:
+                with cur.connection.transaction():
+                    copy_into(self._ident())
+            except psycopg.errors.UniqueViolation:
+                cur.execute(self._sql("CREATE TEMP TABLE _toolkit_stage (LIKE {table}) ON COMMIT DROP"))
+                copy_into(sql.Identifier("_toolkit_stage"))
+                cur.execute(sql.SQL("INSERT INTO {table} ({cols}) SELECT {cols} FROM _toolkit_stage "
+                                    "ON CONFLICT (id) DO UPDATE SET {updates}").format(
+                    table=self._ident(), cols=columns, updates=updates))
         self._dim = dim
         return len(batch)
 
