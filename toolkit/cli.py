@@ -30,6 +30,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("toolkit.commands.smoke", "smoke"),
     ("toolkit.commands.chroma", "chroma"),
     ("toolkit.commands.chroma", "s3"),
+    ("toolkit.commands.image", "image"),
     ("toolkit.commands.configure", "configure"),
     ("toolkit.commands.migrate", "migrate"),
 )

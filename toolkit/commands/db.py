@@ -43,9 +43,11 @@ def _flags(**kwargs: Any) -> dict[str, Any]:
 @click.option("--bind", help="Address to listen on [default: 127.0.0.1]; 0.0.0.0 exposes it to the network.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds to wait for readiness [default: 60].")
 @click.option("--no-export", is_flag=True, help="Do not write PGVECTOR_TEST_DB_URL into .env.")
+@click.option("--image", help="Docker image [default: pgvector/pgvector:pg16]; with --build, the base image.")
+@click.option("--build", is_flag=True, help="Docker: build db/Dockerfile (role memgpt, vector) and run that image.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def up(ctx: click.Context, no_export: bool, as_json: bool, **kwargs: Any) -> None:
+def up(ctx: click.Context, no_export: bool, as_json: bool, build: bool, **kwargs: Any) -> None:
     """Start Postgres+pgvector, wait until it is usable, write PGVECTOR_TEST_DB_URL to .env.
 
     Idempotent: when the server already runs and is healthy it changes nothing. Engine auto uses
@@ -58,6 +60,10 @@ def up(ctx: click.Context, no_export: bool, as_json: bool, **kwargs: Any) -> Non
     from toolkit import api
 
     settings = settings_from(ctx, **_flags(**kwargs))
+    if build:
+        from toolkit.engines.docker import build_for_up
+
+        settings = build_for_up(settings, base=kwargs.get("image"))
     result = api.up(settings, export=not no_export)
     if as_json:
         echo_json(result.as_dict(), settings)
@@ -71,8 +77,10 @@ def up(ctx: click.Context, no_export: bool, as_json: bool, **kwargs: Any) -> Non
 @db_options
 @click.option("--purge", is_flag=True, help="Also delete the data (asks first).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before --purge.")
+@click.option("--all", "all_", is_flag=True,
+              help="Docker: remove every container (with --purge, volume) labelled as this project's.")
 @click.pass_context
-def down(ctx: click.Context, purge: bool, yes: bool, **kwargs: Any) -> None:
+def down(ctx: click.Context, purge: bool, yes: bool, all_: bool, **kwargs: Any) -> None:
     """Stop the database. Data is kept unless --purge.
 
     \b
@@ -82,6 +90,14 @@ def down(ctx: click.Context, purge: bool, yes: bool, **kwargs: Any) -> None:
     from toolkit import api
 
     settings = settings_from(ctx, **_flags(**kwargs))
+    if all_:
+        from toolkit.engines.docker import DockerEngine
+
+        if purge:
+            confirm_or_abort(f"delete every toolkit container and volume of {settings.project_dir}", yes=yes)
+        removed = DockerEngine(settings).down_all(purge=purge)
+        echo(f"removed {len(removed)}: {', '.join(removed) or 'nothing labelled as this project'}", settings)
+        return
     if purge:
         confirm_or_abort(f"delete all data of the {settings.db.database!r} database under {settings.state_dir}",
                          yes=yes)

@@ -1,0 +1,383 @@
+"""Docker engine against a real engine (no mocks): lifecycle, failures, labels, the offline image, compose.
+
+Every test uses its own container and volume names, a free port and the offline image built once per
+session; everything created is removed. Without an engine these tests skip with the reason, except
+under CI=true, where a missing engine is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI, REPO, run_toolkit
+from toolkit.errors import EngineUnavailableError, NotReadyError, PortInUseError, ToolkitError
+from toolkit.ports import free_port
+from toolkit.settings import Settings, resolve
+
+pytestmark = pytest.mark.docker
+OFFLINE = "toolkit/pgvector-offline:pg18"
+
+
+@pytest.fixture(scope="session")
+def docker_api() -> Iterator[Any]:
+    from toolkit.engines.docker import client, docker_available
+
+    reason = docker_available()
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"CI=true but no Docker engine answers: {reason}")
+        pytest.skip(f"no Docker engine: {reason}")
+    api = client()
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def offline_image(docker_api: Any) -> str:
+    """The offline image, built once per session (1-2 s; it also proves `toolkit image build` works)."""
+    from toolkit.engines.docker_image import build_image
+
+    build_image(docker_api, OFFLINE, progress=lambda line: None)
+    return OFFLINE
+
+
+def _names() -> tuple[str, str]:
+    tag = uuid.uuid4().hex[:8]
+    return f"tk-test-{tag}", f"tk_test_{tag}"
+
+
+def _cleanup(api: Any, containers: list[str], volumes: list[str]) -> None:
+    from docker.errors import NotFound
+
+    for name in containers:
+        try:
+            api.containers.get(name).remove(force=True, v=True)
+        except NotFound:
+            pass
+    for name in volumes:
+        try:
+            api.volumes.get(name).remove(force=True)
+        except NotFound:
+            pass
+
+
+@pytest.fixture
+def made(docker_api: Any) -> Iterator[dict[str, list[str]]]:
+    """Names of containers/volumes a test creates by hand; removed afterwards."""
+    made: dict[str, list[str]] = {"containers": [], "volumes": []}
+    yield made
+    _cleanup(docker_api, made["containers"], made["volumes"])
+
+
+@pytest.fixture
+def dsettings(docker_api: Any, offline_image: str, isolated: Path, made: dict[str, list[str]]) -> Settings:
+    """Docker settings with unique container/volume names and a free port, cleaned up afterwards."""
+    container, volume = _names()
+    made["containers"].append(container)
+    made["volumes"].append(volume)
+    return resolve({"engine": "docker", "image": offline_image, "container": container, "volume": volume,
+                    "db.port": free_port(), "timeout": 60.0}, environ={}, project_dir=isolated)
+
+
+def _engine(settings: Settings) -> Any:
+    from toolkit.engines.docker import DockerEngine
+
+    return DockerEngine(settings)
+
+
+def _sql(settings: Settings, query: str) -> Any:
+    import psycopg
+
+    with psycopg.connect(settings.db.url(host="127.0.0.1").libpq, autocommit=True) as conn:
+        cursor = conn.execute(query)
+        return cursor.fetchall() if cursor.description else None
+
+
+def test_up_is_ready_for_pg8000_psycopg_and_sqlalchemy(dsettings: Settings) -> None:
+    import psycopg
+    import sqlalchemy
+
+    endpoint = _engine(dsettings).up()
+    assert endpoint.url.startswith("postgresql+pg8000://memgpt:memgpt@localhost:")
+    # MemGPT's way: SQLAlchemy over pg8000, the extension already there without creating it
+    engine = sqlalchemy.create_engine(endpoint.url.replace("localhost", "127.0.0.1"))
+    with engine.connect() as conn:
+        assert conn.execute(sqlalchemy.text("SELECT extname FROM pg_extension WHERE extname='vector'")).scalar() == "vector"
+        assert conn.execute(sqlalchemy.text("SELECT '[1,2]'::vector <-> '[1,3]'")).scalar() == 1.0
+        assert conn.execute(sqlalchemy.text("SELECT rolsuper OR rolcreatedb OR rolcreaterole FROM pg_roles "
+                                            "WHERE rolname = current_user")).scalar() is False
+    engine.dispose()
+    with psycopg.connect(dsettings.db.url(host="127.0.0.1").libpq) as conn:
+        assert conn.execute("SELECT current_user, current_database()").fetchone() == ("memgpt", "memgpt")
+    # published on 127.0.0.1 only, labelled with project and version
+    from toolkit.engines.docker import client
+
+    container = client().containers.get(dsettings.container)
+    assert container.ports["5432/tcp"][0]["HostIp"] == "127.0.0.1"
+    assert container.labels["com.toolkit.project"] == str(dsettings.project_dir)
+    assert container.labels["com.toolkit.version"]
+
+
+def test_up_is_idempotent_and_fast(dsettings: Settings) -> None:
+    engine = _engine(dsettings)
+    engine.up()
+    first = engine.status().extra["id"]
+    started = time.monotonic()
+    _engine(dsettings).up()
+    assert time.monotonic() - started < 1.0
+    assert _engine(dsettings).status().extra["id"] == first
+    assert _engine(dsettings).status().running
+
+
+def test_data_survives_down_up_and_purge_deletes_it(dsettings: Settings, docker_api: Any) -> None:
+    engine = _engine(dsettings)
+    engine.up()
+    _sql(dsettings, "CREATE TABLE kept (v vector(2)); INSERT INTO kept VALUES ('[1,2]')")
+    engine.down()
+    assert not engine.status().running
+    engine.up()
+    assert _sql(dsettings, "SELECT count(*) FROM kept") == [(1,)]
+    engine.down(purge=True)
+    assert not docker_api.volumes.list(filters={"name": dsettings.volume})
+    engine.up()
+    assert _sql(dsettings, "SELECT to_regclass('kept')") == [(None,)]
+
+
+def test_killed_container_recovers_on_up(dsettings: Settings, docker_api: Any) -> None:
+    engine = _engine(dsettings)
+    engine.up()
+    _sql(dsettings, "CREATE TABLE survivor (id int); INSERT INTO survivor VALUES (7)")
+    docker_api.containers.get(dsettings.container).kill()
+    assert not _engine(dsettings).status().running
+    _engine(dsettings).up()
+    assert _sql(dsettings, "SELECT id FROM survivor") == [(7,)]
+
+
+def test_port_held_by_a_process_names_it(dsettings: Settings) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", dsettings.db.port))
+        holder.listen()
+        with pytest.raises(PortInUseError) as err:
+            _engine(dsettings).up()
+    message = err.value.one_line()
+    assert f"port {dsettings.db.port}" in message and "python" in message and "--port" in message
+
+
+def test_port_held_by_another_container_names_it(dsettings: Settings, made: dict[str, list[str]]) -> None:
+    other, volume = _names()
+    made["containers"].append(other)
+    made["volumes"].append(volume)
+    _engine(replace(dsettings, container=other, volume=volume)).up()
+    with pytest.raises(PortInUseError) as err:
+        _engine(dsettings).up()
+    assert f"container {other}" in err.value.one_line() and f"docker stop {other}" in err.value.one_line()
+
+
+def test_crashing_container_fails_fast_with_its_logs(dsettings: Settings, docker_api: Any) -> None:
+    # an image whose server cannot start: the wait must end at once, not at the timeout
+    tag = f"toolkit-test/crash:{uuid.uuid4().hex[:8]}"
+    _build(docker_api, f'FROM {OFFLINE}\nCMD ["postgres", "-c", "no_such_setting=1"]\n', tag)
+    try:
+        started = time.monotonic()
+        with pytest.raises(NotReadyError) as err:
+            _engine(replace(dsettings, image=tag, timeout=60.0)).up()
+        assert time.monotonic() - started < 20
+        assert "exited with code" in err.value.message
+        assert "no_such_setting" in (err.value.detail or "")
+        # no --rm: the failed container is still there to inspect
+        assert docker_api.containers.get(dsettings.container).status == "exited"
+    finally:
+        _cleanup(docker_api, [dsettings.container], [])
+        docker_api.images.remove(tag, force=True)
+
+
+def test_down_all_removes_only_this_projects_labelled_containers(dsettings: Settings, docker_api: Any,
+                                                                 made: dict[str, list[str]]) -> None:
+    second, volume2 = _names()
+    stranger, _ = _names()
+    made["containers"] += [second, stranger]
+    made["volumes"].append(volume2)
+    _engine(dsettings).up()
+    _engine(replace(dsettings, container=second, volume=volume2, db=replace(dsettings.db, port=free_port()))).up()
+    docker_api.containers.run(OFFLINE, ["sleep", "300"], entrypoint=[], name=stranger, detach=True)
+    result = run_toolkit("down", "--all", "--purge", "--yes", "--engine", "docker")
+    assert result.returncode == 0, result.stderr
+    names = {c.name for c in docker_api.containers.list(all=True)}
+    assert dsettings.container not in names and second not in names
+    assert stranger in names
+    assert not docker_api.volumes.list(filters={"name": dsettings.volume})
+
+
+def test_pull_failure_points_to_the_offline_image(dsettings: Settings) -> None:
+    with pytest.raises(EngineUnavailableError) as err:
+        _engine(replace(dsettings, image=f"toolkit-test/absent-{uuid.uuid4().hex[:8]}:1")).up()
+    assert "pulling it failed" in err.value.message and "toolkit image build" in err.value.one_line()
+
+
+def test_unreachable_engine_gives_one_line_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+    from toolkit import engines
+    from toolkit.engines.docker import docker_available
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{isolated}/no.sock")
+    assert "does not exist" in (docker_available() or "")
+    engine, note = engines.select(resolve({}, environ={}, project_dir=isolated), starting=True)
+    assert engine.name == "embedded" and note and "does not exist" in note
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{free_port()}")
+    assert "connection refused" in (docker_available() or "")
+    with pytest.raises(EngineUnavailableError):
+        _engine(resolve({"engine": "docker"}, environ={}, project_dir=isolated)).up()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/var/run/docker.sock").exists(), reason="needs root and the socket")
+def test_permission_denied_on_the_socket_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import docker  # noqa: F401 - imported before dropping privileges: nobody may not read the venv
+    import docker.context  # noqa: F401
+
+    from toolkit.engines.docker import docker_available
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if os.stat("/var/run/docker.sock").st_mode & 0o006 == 0o006:
+        pytest.skip("the socket is world-accessible here")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child drops to nobody, as a user outside the docker group
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, str(docker_available()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        reason = pipe.read()
+    assert reason.startswith("permission denied on /var/run/docker.sock"), reason
+
+
+def test_cli_up_status_logs_psql_down(dsettings: Settings) -> None:
+    env = {"TOOLKIT_PG_IMAGE": dsettings.image, "TOOLKIT_PG_CONTAINER": dsettings.container,
+           "TOOLKIT_PG_VOLUME": dsettings.volume, "TOOLKIT_PG_PORT": str(dsettings.db.port)}
+    up = run_toolkit("up", "--engine", "docker", env=env)
+    assert up.returncode == 0, up.stderr
+    assert "postgres ready (docker)" in up.stdout and "memgpt:***@" in up.stdout
+    assert "memgpt:memgpt" in (dsettings.project_dir / ".env").read_text()
+    status = run_toolkit("status", "--engine", "docker", env=env)
+    assert f"container {dsettings.container}" in status.stdout and "running" in status.stdout
+    assert "ready to accept connections" in run_toolkit("logs", "--engine", "docker", env=env).stdout
+    psql = run_toolkit("psql", "--engine", "docker", "-c", "SELECT extversion FROM pg_extension WHERE extname='vector'",
+                       env=env)
+    assert psql.returncode == 0 and "0.8" in psql.stdout, psql.stderr
+    # no local psql: the container's own, through docker exec
+    if shutil.which("docker"):
+        bare = Path(dsettings.project_dir) / "bin"
+        bare.mkdir()
+        (bare / "docker").symlink_to(shutil.which("docker"))  # type: ignore[arg-type]
+        exec_psql = run_toolkit("psql", "--engine", "docker", "-c", "SELECT current_user", env={**env, "PATH": str(bare)})
+        assert exec_psql.returncode == 0 and "memgpt" in exec_psql.stdout, exec_psql.stderr
+    down = run_toolkit("down", "--engine", "docker", env=env)
+    assert down.returncode == 0 and "data kept" in down.stdout
+
+
+def test_up_build_uses_db_dockerfile(dsettings: Settings, docker_api: Any) -> None:
+    from toolkit.engines.docker import build_for_up
+
+    tag = f"toolkit-test/pg-test:{uuid.uuid4().hex[:8]}"
+    built = build_for_up(dsettings, base=OFFLINE, tag=tag)
+    assert built.image == tag
+    try:
+        _engine(built).up()
+        _check_seed_semantics(dsettings, docker_api)
+    finally:
+        _cleanup(docker_api, [dsettings.container], [])
+        docker_api.images.remove(tag, force=True)
+
+
+def _check_seed_semantics(dsettings: Settings, docker_api: Any) -> None:
+    # db/init.sql's role has the seed's semantics: not a superuser, cannot create databases or roles
+    assert _sql(dsettings, "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname='memgpt'") == \
+        [(False, False, False)]
+    assert _sql(dsettings, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname='memgpt'") == [("memgpt",)]
+    health = docker_api.containers.get(dsettings.container).attrs["Config"].get("Healthcheck", {})
+    assert "pg_isready" in " ".join(health.get("Test", []))
+
+
+def test_offline_image_is_small_and_healthy(offline_image: str, docker_api: Any, made: dict[str, list[str]]) -> None:
+    image = docker_api.images.get(offline_image)
+    assert image.attrs["Size"] < 40e6
+    assert "pg_isready" in " ".join(image.attrs["Config"]["Healthcheck"]["Test"])
+    name, _ = _names()
+    made["containers"].append(name)
+    container = docker_api.containers.run(offline_image, name=name, detach=True,
+                                          environment={"POSTGRES_PASSWORD": "pw", "POSTGRES_DB": "app"})
+    _wait(lambda: (container.reload(), container.attrs["State"].get("Health", {}).get("Status"))[1] == "healthy", 60)
+    code, out = container.exec_run(["psql", "-U", "postgres", "-d", "app", "-Atc", "SELECT current_database()"])
+    assert code == 0 and out.decode().strip() == "app"
+    assert container.attrs["Config"]["User"] == "999:999"
+
+
+def test_compose_file_validates_and_postgres_starts_healthy(offline_image: str, docker_api: Any,
+                                                            made: dict[str, list[str]]) -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        if IN_CI:
+            pytest.fail("docker-compose is missing (bash .ci/docker.sh start installs it)")
+        pytest.skip("docker-compose is not installed")
+    tag = uuid.uuid4().hex[:8]
+    project, port = f"tktest{tag}", free_port()
+    env = {**os.environ, "TOOLKIT_PG_IMAGE": offline_image, "TOOLKIT_PG_PORT": str(port),
+           "TOOLKIT_PG_VOLUME": f"tk_compose_pg_{tag}", "TOOLKIT_CHROMA_VOLUME": f"tk_compose_chroma_{tag}",
+           "TOOLKIT_CHROMA_PORT": str(free_port())}
+    made["volumes"] += [env["TOOLKIT_PG_VOLUME"], env["TOOLKIT_CHROMA_VOLUME"]]
+    argv = [compose, "-p", project, "-f", str(REPO / "compose" / "compose.yaml")]
+    check = subprocess.run([*argv, "config", "-q"], env=env, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    try:
+        # the Chroma image needs a registry; Postgres runs from the offline image
+        started = subprocess.run([*argv, "up", "-d", "postgres"], env=env, capture_output=True, text=True)
+        assert started.returncode == 0, started.stderr
+        container = docker_api.containers.get(f"{project}_postgres_1")
+        _wait(lambda: (container.reload(), container.attrs["State"].get("Health", {}).get("Status"))[1] == "healthy", 90)
+        settings = resolve({"db.port": port}, environ={})
+        assert _sql(settings, "SELECT extname FROM pg_extension") == [("plpgsql",), ("vector",)]
+        assert container.ports["5432/tcp"][0]["HostIp"] == "127.0.0.1"
+    finally:
+        subprocess.run([*argv, "down", "-v"], env=env, capture_output=True, text=True)
+
+
+def _wait(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.2)
+
+
+def _build(api: Any, dockerfile: str, tag: str) -> None:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile.encode())
+        tar.addfile(info, io.BytesIO(dockerfile.encode()))
+    buf.seek(0)
+    api.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True)
+
+
+def test_not_our_container_is_left_alone(dsettings: Settings, docker_api: Any) -> None:
+    docker_api.containers.create(OFFLINE, ["sleep", "1"], entrypoint=[], name=dsettings.container)
+    with pytest.raises(ToolkitError) as err:
+        _engine(dsettings).up()
+    assert "not created by the toolkit" in err.value.message

@@ -1,0 +1,429 @@
+"""Engines room: Postgres+pgvector in a Docker container, through the Docker SDK.
+
+What ``db/run_postgres.sh`` did by hand, with what it lacked: the port published on 127.0.0.1 only
+(``--bind`` to widen it), readiness through ``health.py`` plus the container's own state (an exiting
+or restarting container fails the wait at once, with its log tail), no ``--rm`` (a failed start leaves
+a container to inspect), labels so the toolkit only ever touches its own containers and volumes.
+
+Inside the server, the official image's contract does the bootstrap: a script copied into
+``/docker-entrypoint-initdb.d`` before the first start makes the superuser create the application
+role (not a superuser), its database and the ``vector`` extension, before the port ever answers.
+The same script runs through ``docker exec`` when an existing volume lacks them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import secrets
+import shutil
+import sys
+import tarfile
+import time
+from typing import Any
+
+from toolkit import __version__
+from toolkit.engines.base import Endpoint, EngineStatus
+from toolkit.engines.docker_image import OFFLINE_IMAGE
+from toolkit.errors import EngineUnavailableError, NotReadyError, PortInUseError, ToolkitError, UsageError
+from toolkit.health import ExtensionMissing, PgProbe, RoleOrDatabaseMissing, wait_ready
+from toolkit.ports import port_holder, port_is_free
+from toolkit.settings import Settings
+
+LABEL = "com.toolkit"  # label prefix: .managed, .project, .version, .config
+DATA_DIR = "/var/lib/postgresql/data"
+SUPERUSER = "postgres"
+STOP_TIMEOUT = 30
+PING_TIMEOUT = 3  # seconds; `toolkit up` with engine auto pays it when no engine answers
+BUILD_IMAGE = "memgpt-pg-test:latest"  # `toolkit up --build` (the seed's pg-test)
+
+# Sourced by the image's entrypoint on first start (or run through `docker exec sh -c`): the superuser,
+# over the local socket, creates what the application needs. Values come from the environment, so
+# psql quotes them (:'x' literal, :"x" identifier) and no password sits in the script.
+BOOTSTRAP_SH = r"""# toolkit bootstrap: application role (not a superuser), its database, the vector extension
+psql -v ON_ERROR_STOP=1 -q --username "${POSTGRES_USER:-postgres}" --dbname postgres \
+    --set app_user="$TOOLKIT_APP_USER" --set app_password="$TOOLKIT_APP_PASSWORD" --set app_db="$TOOLKIT_APP_DB" <<'EOSQL'
+SELECT format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE', :'app_user')
+    WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'app_user') \gexec
+ALTER ROLE :"app_user" WITH LOGIN PASSWORD :'app_password';
+SELECT format('CREATE DATABASE %I OWNER %I', :'app_db', :'app_user')
+    WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'app_db') \gexec
+\connect :"app_db"
+CREATE EXTENSION IF NOT EXISTS vector;
+GRANT ALL ON SCHEMA public TO :"app_user";
+EOSQL
+"""
+
+
+def docker_host() -> str:
+    """Where the SDK will connect, for messages: DOCKER_HOST, else the active docker context."""
+    # DOCKER_HOST / DOCKER_CONTEXT are Docker's own variables; we honour them exactly as the CLI does
+    host = os.environ.get("DOCKER_HOST")
+    if host:
+        return host
+    try:
+        from docker.context import ContextAPI
+
+        context = ContextAPI.get_context(os.environ.get("DOCKER_CONTEXT"))
+        if context is not None and context.Host:
+            return str(context.Host)
+    except Exception:  # noqa: BLE001 - a broken context file: fall back to the default socket
+        pass
+    return "unix:///var/run/docker.sock"
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why no engine answers."""
+    host = docker_host()
+    text = str(exc)
+    where = host.removeprefix("unix://")
+    if "FileNotFoundError" in text or "No such file" in text:
+        return f"no Docker engine: {where} does not exist (is Docker installed and dockerd running?)"
+    if "PermissionError" in text or "Permission denied" in text:
+        return f"permission denied on {where} (add your user to the docker group, or use sudo)"
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return f"the Docker daemon at {host} is not running (connection refused)"
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return f"the Docker daemon at {host} did not answer within {PING_TIMEOUT}s"
+    return f"the Docker engine at {host} does not answer: {text.splitlines()[0] if text else type(exc).__name__}"
+
+
+def client(timeout: float = 60) -> Any:
+    """A Docker SDK client honouring DOCKER_HOST and the active docker context; raises with the reason."""
+    try:
+        import docker
+    except ImportError:
+        raise EngineUnavailableError("the docker Python package is not installed", hint="run `make venv`") from None
+    try:
+        api = docker.from_env(timeout=timeout)
+        api.ping()
+    except Exception as exc:  # noqa: BLE001 - every failure here means "no usable engine"
+        raise EngineUnavailableError(_reason(exc), hint="start Docker, or use --engine embedded") from None
+    return api
+
+
+def docker_available(settings: Settings | None = None) -> str | None:
+    """None when a Docker engine answers a ping, else the one-line reason (for engine auto)."""
+    try:
+        client(timeout=PING_TIMEOUT).close()
+    except EngineUnavailableError as exc:
+        return exc.message
+    return None
+
+
+def labels(settings: Settings) -> dict[str, str]:
+    return {f"{LABEL}.managed": "true", f"{LABEL}.project": str(settings.project_dir),
+            f"{LABEL}.version": __version__}
+
+
+class DockerEngine:
+    name = "docker"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.spec = settings.db
+        self._client: Any = None
+        self._container: Any = None
+        self._restarts = 0
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = client()
+        return self._client
+
+    # --- Engine protocol -------------------------------------------------------------------------
+
+    def up(self) -> Endpoint:
+        container = self._find()
+        if container is not None and container.labels.get(f"{LABEL}.config") != self._config_key():
+            # settings changed (port, image, ...): a new container on the same volume keeps the data
+            print(f"recreating container {container.name} for the new settings (data kept)", file=sys.stderr)
+            container.remove(force=True)
+            container = None
+        if container is None or container.status != "running":
+            self._check_port()
+            container = container or self._create()
+            self._start(container)
+        self._container = container
+        self._restarts = container.attrs.get("RestartCount", 0)
+        try:
+            self._wait()
+        except (RoleOrDatabaseMissing, ExtensionMissing):
+            # a volume made with other settings (or by the seed's script): create what is missing
+            self._bootstrap()
+            self._wait()
+        return Endpoint(host=self.spec.host, port=self.spec.port, url=self.spec.url().render())
+
+    def down(self, *, purge: bool = False) -> None:
+        container = self._find()
+        if container is not None:
+            container.stop(timeout=STOP_TIMEOUT)
+            container.remove(force=True)
+        if purge:
+            self._remove_volume(self.settings.volume)
+
+    def down_all(self, *, purge: bool = False) -> list[str]:
+        """Remove every container (and with ``purge`` every volume) labelled as this project's."""
+        wanted = [f"{key}={value}" for key, value in labels(self.settings).items() if not key.endswith(".version")]
+        removed = []
+        for container in self.client.containers.list(all=True, filters={"label": wanted}):
+            container.remove(force=True)
+            removed.append(f"container {container.name}")
+        if purge:
+            for volume in self.client.volumes.list(filters={"label": wanted}):
+                volume.remove(force=True)
+                removed.append(f"volume {volume.name}")
+        return removed
+
+    def status(self) -> EngineStatus:
+        container = self._find()
+        extra: dict[str, Any] = {"container": self.settings.container, "volume": self.settings.volume,
+                                 "image": self.settings.image, "docker_host": docker_host()}
+        if container is None:
+            return EngineStatus(self.name, False, f"no container {self.settings.container}", extra)
+        state = container.attrs["State"]
+        extra.update(id=container.short_id, state=state["Status"], health=state.get("Health", {}).get("Status"),
+                     image=container.attrs["Config"]["Image"])
+        running = state["Status"] == "running"
+        where = f"{self.spec.bind}:{self.spec.port}" if running else f"exit code {state.get('ExitCode')}"
+        detail = f"container {container.name} ({container.short_id}) {state['Status']}, {where}, " \
+                 f"volume {self.settings.volume}"
+        return EngineStatus(self.name, running, detail, extra)
+
+    def logs(self, tail: int = 100) -> str:
+        container = self._container or self._find()
+        if container is None or tail <= 0:
+            return ""
+        return str(container.logs(tail=tail).decode("utf-8", "replace"))
+
+    def psql_argv(self, url: str) -> list[str]:
+        if shutil.which("psql"):
+            return ["psql", url]
+        if shutil.which("docker"):
+            # no local psql: the container's, over its socket (the application role, local trust)
+            tty = ["-t"] if sys.stdin.isatty() else []
+            return ["docker", "exec", "-i", *tty, self.settings.container, "psql", "-U", self.spec.user,
+                    "-d", self.spec.database]
+        raise EngineUnavailableError("no psql on this machine and no docker CLI to use the container's",
+                                     hint="install a Postgres client (apt-get install postgresql-client)")
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def _find(self) -> Any:
+        from docker.errors import NotFound
+
+        try:
+            container = self.client.containers.get(self.settings.container)
+        except NotFound:
+            return None
+        if container.labels.get(f"{LABEL}.managed") != "true":
+            raise ToolkitError(f"container {container.name} exists but was not created by the toolkit; leaving it alone",
+                               hint=f"remove it (docker rm -f {container.name}) or pick another name with "
+                                    "TOOLKIT_PG_CONTAINER")
+        return container
+
+    def _config_key(self) -> str:
+        s = self.settings
+        key = "|".join(map(str, (s.image, s.volume, self.spec.bind, self.spec.port, self.spec.user, self.spec.database)))
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _create(self) -> Any:
+        self._ensure_image()
+        self._ensure_volume()
+        spec = self.spec
+        env = {"POSTGRES_USER": SUPERUSER, "POSTGRES_DB": "postgres",
+               # nobody needs the superuser's password: bootstrap uses the local socket
+               "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
+               "TOOLKIT_APP_USER": spec.user, "TOOLKIT_APP_PASSWORD": spec.password, "TOOLKIT_APP_DB": spec.database}
+        container = self.client.containers.create(
+            self.settings.image, name=self.settings.container, environment=env, detach=True,
+            labels={**labels(self.settings), f"{LABEL}.config": self._config_key()},
+            ports={"5432/tcp": (spec.bind, spec.port)},
+            volumes={self.settings.volume: {"bind": DATA_DIR, "mode": "rw"}},
+        )
+        container.put_archive("/docker-entrypoint-initdb.d", _tar({"zz-toolkit-bootstrap.sh": BOOTSTRAP_SH}))
+        return container
+
+    def _start(self, container: Any) -> None:
+        from docker.errors import APIError
+
+        try:
+            container.start()
+        except APIError as exc:
+            text = str(exc.explanation or exc)
+            if "port is already allocated" in text or "address already in use" in text:
+                self._port_error()
+            raise NotReadyError(f"container {container.name} did not start: {text}",
+                                hint=f"see `docker logs {container.name}`") from None
+        container.reload()
+
+    def _wait(self) -> None:
+        app = self.spec.url(host=self._connect_host())
+        wait_ready(PgProbe(app), timeout=self.settings.timeout, what=f"postgres (docker: {self.settings.container})",
+                   alive=self._alive, log_tail=self.logs, secrets=self.settings.secrets)
+
+    def _alive(self) -> str | None:
+        container = self._container
+        container.reload()
+        state = container.attrs["State"]
+        if state["Status"] in ("exited", "dead"):
+            return f"container {container.name} exited with code {state.get('ExitCode')}"
+        if state.get("Restarting") or container.attrs.get("RestartCount", 0) > self._restarts:
+            return f"container {container.name} is restarting"
+        return None
+
+    def _bootstrap(self) -> None:
+        spec = self.spec
+        code, output = self._container.exec_run(
+            ["sh", "-c", BOOTSTRAP_SH], user=SUPERUSER,
+            environment={"TOOLKIT_APP_USER": spec.user, "TOOLKIT_APP_PASSWORD": spec.password,
+                         "TOOLKIT_APP_DB": spec.database, "POSTGRES_USER": SUPERUSER})
+        if code != 0:
+            raise NotReadyError(f"bootstrapping role {spec.user!r} and database {spec.database!r} failed",
+                                detail=output.decode("utf-8", "replace"),
+                                hint="check the settings against this volume, or start over with --purge")
+
+    # --- image, volume, port ---------------------------------------------------------------------
+
+    def _ensure_image(self) -> None:
+        from docker.errors import ImageNotFound
+
+        image = self.settings.image
+        try:
+            self.client.images.get(image)
+            return
+        except ImageNotFound:
+            pass
+        if image == OFFLINE_IMAGE:
+            from toolkit.engines.docker_image import build_image
+
+            build_image(self.client, image)
+            return
+        pull(self.client, image)
+
+    def _ensure_volume(self) -> None:
+        from docker.errors import NotFound
+
+        try:
+            self.client.volumes.get(self.settings.volume)
+        except NotFound:
+            self.client.volumes.create(self.settings.volume, labels=labels(self.settings))
+
+    def _remove_volume(self, name: str) -> None:
+        from docker.errors import NotFound
+
+        try:
+            volume = self.client.volumes.get(name)
+        except NotFound:
+            return
+        if (volume.attrs.get("Labels") or {}).get(f"{LABEL}.managed") != "true":
+            raise ToolkitError(f"volume {name} was not created by the toolkit; leaving it alone",
+                               hint=f"delete it yourself with `docker volume rm {name}`")
+        volume.remove(force=True)
+
+    def _check_port(self) -> None:
+        if port_is_free(self.spec.bind, self.spec.port):
+            return
+        self._port_error()
+
+    def _port_error(self) -> None:
+        port = self.spec.port
+        holder = self._container_on(port)
+        if holder:
+            who, fix = f"container {holder}", f"`docker stop {holder}`"
+        else:
+            found = port_holder(port)
+            who, fix = (found or "another process"), "stop that process"
+        raise PortInUseError(f"port {port} on {self.spec.bind} is already in use by {who}",
+                             hint=f"pick another port with --port N (or TOOLKIT_PG_PORT), run `toolkit down`, or {fix}")
+
+    def _container_on(self, port: int) -> str | None:
+        for container in self.client.containers.list():
+            for bindings in (container.ports or {}).values():
+                if any(str(b.get("HostPort")) == str(port) for b in bindings or ()):
+                    return str(container.name)
+        return None
+
+    def _connect_host(self) -> str:
+        bind = self.spec.bind
+        return "127.0.0.1" if bind in ("0.0.0.0", "*", "") else ("::1" if bind == "::" else bind)
+
+
+def pull(api: Any, image: str) -> None:
+    """Pull with a progress display on stderr; one line with the way out when it fails."""
+    from docker.utils import parse_repository_tag
+
+    repo, tag = parse_repository_tag(image)
+    layers: dict[str, tuple[int, int]] = {}
+    done: set[str] = set()
+    tty = sys.stderr.isatty()
+    last = 0.0
+    try:
+        for event in api.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+            if "error" in event:
+                raise RuntimeError(event["error"])
+            layer, status = event.get("id", ""), event.get("status", "")
+            detail = event.get("progressDetail") or {}
+            if detail.get("total"):
+                layers[layer] = (detail.get("current", 0), detail["total"])
+            if status in ("Pull complete", "Already exists"):
+                done.add(layer)
+            now = time.monotonic()
+            if tty and now - last > 0.2 or not tty and status == "Pull complete":
+                last = now
+                got = sum(layers[k][1] if k in done else layers[k][0] for k in layers) / 1e6
+                total = sum(t for _, t in layers.values()) / 1e6
+                line = f"pulling {image}: {len(done)} layers done, {got:.1f}/{total:.1f} MB"
+                print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+        if tty:
+            print(file=sys.stderr)
+        api.images.get(image)
+    except Exception as exc:  # noqa: BLE001 - offline, rate limit, unknown image: the same way out
+        reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
+        raise EngineUnavailableError(
+            f"image {image} is not here and pulling it failed: {reason}",
+            hint=f"no registry? build one locally with `toolkit image build`, then use --image {OFFLINE_IMAGE} "
+                 "(or TOOLKIT_PG_IMAGE)") from None
+
+
+def build_for_up(settings: Settings, *, base: str | None = None, tag: str = BUILD_IMAGE) -> Settings:
+    """`toolkit up --build`: the settings to run the freshly built db/Dockerfile image with."""
+    from dataclasses import replace
+
+    if settings.engine not in ("auto", "docker"):
+        raise UsageError(f"--build needs the docker engine, not {settings.engine!r}", hint="drop --engine or use docker")
+    return replace(settings, image=build_db_image(settings, base=base, tag=tag), engine="docker")
+
+
+def build_db_image(settings: Settings, *, base: str | None = None, tag: str = BUILD_IMAGE) -> str:
+    """`toolkit up --build`: build db/Dockerfile (the seed's pg-test image); returns the tag."""
+    from pathlib import Path
+
+    from docker.errors import APIError, BuildError
+
+    for root in (settings.project_dir, Path(__file__).resolve().parents[2]):
+        if (root / "db" / "Dockerfile").is_file():
+            break
+    else:
+        raise ToolkitError("no db/Dockerfile in the project", hint="run from the toolkit checkout")
+    api = client()
+    try:
+        api.images.build(path=str(root / "db"), tag=tag, rm=True, buildargs={"BASE": base} if base else None,
+                         labels={f"{LABEL}.version": __version__})
+    except (BuildError, APIError) as exc:
+        raise EngineUnavailableError(f"building db/Dockerfile failed: {getattr(exc, 'msg', exc)}",
+                                     hint=f"no registry? `toolkit image build` and --image {OFFLINE_IMAGE}") from None
+    return tag
+
+
+def _tar(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
