@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import socket
 import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 from toolkit.backends.base import Passage
+from toolkit.services.background import BackgroundServer
 
 USER = uuid.UUID("00000000-0000-4000-8000-000000000001")
 AGENTS = (uuid.UUID("00000000-0000-4000-8000-0000000000a1"), uuid.UUID("00000000-0000-4000-8000-0000000000a2"))
@@ -31,3 +36,50 @@ def passages(n: int, dim: int = 16, seed: int = 0, *, start: int = 0) -> list[Pa
                     doc_id=None, text=f"passage {start + i}", embedding=vectors[i], data_source="test",
                     embedding_model="seeded-numpy", metadata={"n": start + i, "tag": "x"})
             for i in range(n)]
+
+
+# -- servers (session-scoped; import these fixtures into a test module to use them) -----------------
+
+def _service_settings(root: Any) -> Any:
+    from toolkit.settings import resolve
+
+    return resolve({"state_dir": str(root / "state")}, environ={}, project_dir=root)
+
+
+@pytest.fixture(scope="session")
+def chroma_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    """A real `chroma run` process on a free port, stopped at the end of the session."""
+    from toolkit.services.chroma_server import chroma_server
+
+    server = chroma_server(_service_settings(tmp_path_factory.mktemp("chroma-server")), port=free_port())
+    server.up(timeout=120)
+    try:
+        yield server
+    finally:
+        server.down()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    """moto's S3 server on a free port with the bucket ``toolkit``, stopped at the end of the session."""
+    from toolkit.services.s3_server import create_bucket, s3_server
+
+    server = s3_server(_service_settings(tmp_path_factory.mktemp("s3-server")), port=free_port())
+    server.up(timeout=120)
+    try:
+        create_bucket(server)
+        yield server
+    finally:
+        server.down()
+
+
+def s3_options(server: BackgroundServer) -> dict[str, str]:
+    return {"aws_endpoint": server.url, "aws_region": "us-east-1", "allow_http": "true",
+            "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def s3_env(server: BackgroundServer) -> dict[str, str]:
+    """The environment that points the toolkit's settings at ``server``."""
+    from toolkit.services.s3_server import env_values
+
+    return env_values(server)

@@ -139,8 +139,11 @@ def seeded_passages(n: int, dim: int, seed: int = 0) -> list[Passage]:
 
 
 def exercise(location: StoreLocation, *, n: int = 100, dim: int = 1536, seed: int = 0,
-             on_open: Callable[[Any], None] | None = None) -> str:
-    """Run every step against a fresh table at ``location``; return a detail line, raise on failure."""
+             on_open: Callable[[Any], None] | None = None, cancelled: Callable[[], bool] = lambda: False) -> str:
+    """Run every step against a fresh table at ``location``; return a detail line, raise on failure.
+
+    ``cancelled()`` is asked between steps: a check past its time bound stops there and drops its table.
+    """
     if n < 2:
         raise UsageError("smoke needs at least 2 passages", hint="use -n 2 or more")
     data = seeded_passages(n, dim, seed)
@@ -149,28 +152,28 @@ def exercise(location: StoreLocation, *, n: int = 100, dim: int = 1536, seed: in
     try:
         if on_open:
             on_open(store)
-        step = "insert"
+        step = _next("insert", cancelled)
         store.insert(data)
         store.insert(data[: n // 2])  # upsert: same ids again must not duplicate
-        step = "count"
+        step = _next("count", cancelled)
         _expect(store.count(), n, "rows after inserting twice")
-        step = "query"
+        step = _next("query", cancelled)
         every = max(1, n // 10)
         for p in data[::every]:
             found = store.query(p.embedding, 1)
             if not found or found[0].id != p.id:
                 raise AssertionError(f"passage {p.text!r} is not its own nearest neighbour")
-        step = "filter"
+        step = _next("filter", cancelled)
         agent = Filters(user_id=USER, agent_id=AGENTS[0])
         _expect(store.count(agent), (n + 1) // 2, "rows of one agent")
         hits = store.query(data[1].embedding, 5, agent)
         if not hits or any(h.agent_id != AGENTS[0] for h in hits):
             raise AssertionError("a query filtered by agent returned another agent's passage")
-        step = "delete"
+        step = _next("delete", cancelled)
         gone = [p.id for p in data[::every]]
         _expect(store.delete(gone), len(gone), "deleted rows")
         _expect(store.count(), n - len(gone), "rows after delete")
-        step = "drop"
+        step = _next("drop", cancelled)
         store.drop()
         if store.exists():
             raise AssertionError("the table still exists after drop")
@@ -187,6 +190,12 @@ def exercise(location: StoreLocation, *, n: int = 100, dim: int = 1536, seed: in
         store.close()
 
 
+def _next(step: str, cancelled: Callable[[], bool]) -> str:
+    if cancelled():
+        raise AssertionError("stopped: past its time bound")
+    return step
+
+
 def _expect(got: int, want: int, what: str) -> None:
     if got != want:
         raise AssertionError(f"{what}: expected {want}, got {got}")
@@ -200,54 +209,51 @@ def check_location(location: StoreLocation, settings: Settings | None = None, *,
 
 # -- many checks in parallel ------------------------------------------------------------------------
 
-def run(chosen: list[Target], *, n: int = 100, dim: int = 1536, timeout: float = 120.0) -> list[Result]:
-    """Check every target in its own thread; each is bounded by ``timeout`` seconds."""
+def run(chosen: list[Target], *, n: int = 100, dim: int = 1536, timeout: float = 120.0,
+        grace: float = 15.0) -> list[Result]:
+    """Check every target in its own thread; each is bounded by ``timeout`` seconds.
+
+    A check past its bound is reported as a timeout and told to stop; we then wait up to ``grace``
+    seconds for it to drop its table, so a slow backend leaves nothing behind either.
+    """
+    cancel = threading.Event()
     results: dict[int, Result] = {}
-    stores: dict[int, Any] = {}
-    threads: dict[int, tuple[threading.Thread, float]] = {}
+    threads: dict[int, tuple[threading.Thread, float, StoreLocation]] = {}
 
     def work(i: int, t: Target, location: StoreLocation) -> None:
         start = time.monotonic()
         try:
-            detail = exercise(location, n=n, dim=dim, on_open=lambda s: stores.__setitem__(i, s))
-            results[i] = Result(t.backend, "pass", time.monotonic() - start, detail, location.describe())
+            detail = exercise(location, n=n, dim=dim, cancelled=cancel.is_set)
+            outcome = Result(t.backend, "pass", time.monotonic() - start, detail, location.describe())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a row of the table
             message = exc.one_line() if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
-            results[i] = Result(t.backend, "fail", time.monotonic() - start, redact(message), location.describe())
+            outcome = Result(t.backend, "fail", time.monotonic() - start, redact(message), location.describe())
+        results.setdefault(i, outcome)  # a timeout already reported stays reported
 
     for i, t in enumerate(chosen):
         if t.location is None or t.problem:
-            where = t.location.describe() if t.location else ""
-            results[i] = Result(t.backend, "not running" if t.location else "fail", 0.0, t.problem or "", where)
+            shown = t.location.describe() if t.location else ""
+            results[i] = Result(t.backend, "not running" if t.location else "fail", 0.0, t.problem or "", shown)
             continue
         location = replace(t.location, table=f"toolkit_smoke_{uuid.uuid4().hex[:12]}")
         thread = threading.Thread(target=work, args=(i, t, location), name=f"smoke-{t.backend}", daemon=True)
-        threads[i] = (thread, time.monotonic())
+        threads[i] = (thread, time.monotonic(), location)
         thread.start()
-    for i, (thread, started) in threads.items():
+    late: dict[int, float] = {}
+    for i, (thread, started, _) in threads.items():
         thread.join(max(0.0, started + timeout - time.monotonic()))
         if thread.is_alive():
-            late = chosen[i].location
-            results[i] = Result(chosen[i].backend, "timeout", time.monotonic() - started,
-                                f"no answer within {timeout:g}s", late.describe() if late else "")
-            _drop_quietly(stores.get(i))
+            late[i] = time.monotonic() - started
+    if late:
+        cancel.set()  # each late check stops at its next step and drops its table in `finally`
+        deadline = time.monotonic() + grace
+        for i, seconds in late.items():
+            thread, _, location = threads[i]
+            thread.join(max(0.0, deadline - time.monotonic()))
+            left = f"; table {location.table} may be left behind" if thread.is_alive() else "; its table was dropped"
+            results[i] = Result(chosen[i].backend, "timeout", seconds, f"no answer within {timeout:g}s{left}",
+                                location.describe())
     return [results[i] for i in range(len(chosen))]
-
-
-def _drop_quietly(store: Any) -> None:
-    """After a timeout, try once to remove the temporary table from another thread (bounded)."""
-    if store is None:
-        return
-    dropper = threading.Thread(target=lambda: _ignore(store.drop), daemon=True)
-    dropper.start()
-    dropper.join(10)
-
-
-def _ignore(func: Callable[[], Any]) -> None:
-    try:
-        func()
-    except Exception:  # noqa: BLE001
-        pass
 
 
 def table(results: list[Result]) -> str:

@@ -1,0 +1,270 @@
+"""The ArchivalStore conformance suite, run against every backend with real servers, and each
+backend's error paths (dimension mismatch, unreachable server, unwritable path, refused credentials)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.backend_support import AGENTS, USER, chroma_http, free_port, passages, s3, s3_options  # noqa: F401
+from toolkit.backends import BACKENDS, ArchivalStore, StoreLocation, open_store
+from toolkit.backends.base import Filters, Passage
+from toolkit.errors import BackendError, UsageError
+
+ALL = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3")
+
+
+@pytest.fixture(params=ALL)
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> StoreLocation:
+    """A fresh table in one backend; the table is dropped after the test."""
+    backend = request.param
+    table = f"t_{uuid.uuid4().hex[:10]}"
+    if backend == "postgres":
+        where, options = request.getfixturevalue("pg_url"), {}
+    elif backend == "chroma-http":
+        server = request.getfixturevalue("chroma_http")
+        where, options = f"{server.host}:{server.port}", {}
+    elif backend == "lancedb-s3":
+        server = request.getfixturevalue("s3")
+        where, options = f"s3://toolkit/{uuid.uuid4().hex[:8]}", s3_options(server)
+    else:
+        where, options = str(tmp_path / backend), {}
+    loc = StoreLocation(backend, where, table, options)
+    yield loc
+    with open_store(loc) as store:
+        store.drop()
+
+
+def test_registry_covers_every_backend() -> None:
+    assert set(BACKENDS) == set(ALL)
+
+
+def test_conformance(location: StoreLocation) -> None:
+    with open_store(location) as store:
+        assert isinstance(store, ArchivalStore)
+        assert store.name == location.backend
+        data = passages(40, dim=32)
+        data[3].metadata = {"nested": {"a": [1, 2]}, "k": "v"}
+        data[4].doc_id = uuid.UUID(int=7)
+        assert store.insert(data) == 40
+        assert store.exists()
+        assert store.count() == 40
+        assert store.count(Filters(agent_id=AGENTS[0])) == 20
+        assert store.count(Filters(user_id=USER, agent_id=AGENTS[1])) == 20
+        assert store.count(Filters(doc_id=uuid.UUID(int=7))) == 1
+
+        for p in data[::5] + [data[3], data[4]]:
+            nearest = store.query(p.embedding, 3)
+            assert [n.id for n in nearest][:1] == [p.id]
+            got = nearest[0]
+            assert (got.text, got.user_id, got.agent_id, got.doc_id, got.data_source, got.embedding_model) == \
+                (p.text, p.user_id, p.agent_id, p.doc_id, p.data_source, p.embedding_model)
+            assert got.metadata == p.metadata
+            assert got.embedding_dim == 32
+            np.testing.assert_allclose(np.asarray(got.embedding), np.asarray(p.embedding), rtol=1e-6)
+            assert abs((got.created_at - p.created_at).total_seconds()) < 1e-3
+
+        filtered = store.query(data[1].embedding, 6, Filters(agent_id=AGENTS[0]))
+        assert len(filtered) == 6 and all(p.agent_id == AGENTS[0] for p in filtered)
+
+        batches = list(store.scan(7))
+        assert [len(b) for b in batches] == [7, 7, 7, 7, 7, 5]
+        ids = [p.id for b in batches for p in b]
+        assert ids == sorted(p.id for p in data)
+
+        assert store.delete([data[0].id, data[1].id, data[1].id, uuid.uuid4()]) == 2
+        assert store.count() == 38
+        assert store.query(data[0].embedding, 1)[0].id != data[0].id
+
+        store.drop()
+        assert not store.exists() and store.count() == 0
+        store.drop()  # idempotent
+
+
+def test_upsert_is_idempotent(location: StoreLocation) -> None:
+    data = passages(20, dim=8)
+    with open_store(location) as store:
+        store.insert(data)
+        store.insert(data)  # the duplicate-id load that failed in the original project
+        changed = replace(data[2], text="changed")
+        store.insert([changed, changed])  # duplicates within one batch too
+        assert store.count() == 20
+        assert store.query(data[2].embedding, 1)[0].text == "changed"
+    with open_store(location) as again:  # a new client sees the same table
+        assert again.count() == 20
+
+
+def test_missing_table_reads_as_empty_and_is_not_created(location: StoreLocation) -> None:
+    with open_store(location) as store:
+        assert not store.exists()
+        assert store.count() == 0
+        assert store.query(np.zeros(8, dtype=np.float32), 3) == []
+        assert list(store.scan(10)) == []
+        assert store.delete([uuid.uuid4()]) == 0
+        assert not store.exists()
+
+
+def test_dimension_mismatch_is_one_line_with_a_fix(location: StoreLocation) -> None:
+    with open_store(location) as store:
+        store.insert(passages(3, dim=16))
+        with pytest.raises(BackendError) as info:
+            store.insert(passages(2, dim=8, seed=9))
+        message = info.value.one_line()
+        assert "16-dimensional" in message and "not 8" in message and "\n" not in message
+        assert store.count() == 3
+
+
+def test_bad_names_and_backends_are_refused() -> None:
+    with pytest.raises(UsageError):
+        open_store(StoreLocation("nope", "/tmp/x"))
+    with pytest.raises(UsageError):
+        open_store(StoreLocation("local", "/tmp/x", "bad name; drop table"))
+
+
+# -- Postgres: MemGPT's layout, readable by plain SQL ------------------------------------------------
+
+def test_postgres_rows_are_memgpt_rows(pg_url: str) -> None:
+    import psycopg
+
+    table = f"t_{uuid.uuid4().hex[:10]}"
+    data = passages(5, dim=12)
+    with open_store(StoreLocation("postgres", pg_url, table)) as store:
+        store.insert(data)
+        with psycopg.connect(pg_url) as conn:
+            columns = dict(conn.execute(
+                "SELECT column_name, format_type(atttypid, atttypmod) FROM information_schema.columns c "
+                "JOIN pg_attribute a ON a.attrelid = %s::regclass AND a.attname = c.column_name "
+                "WHERE c.table_name = %s", [table, table]).fetchall())
+            assert columns == {"id": "uuid", "user_id": "uuid", "text": "character varying", "doc_id": "uuid",
+                               "agent_id": "uuid", "data_source": "character varying",
+                               "embedding": "vector(4096)", "embedding_dim": "bigint",
+                               "embedding_model": "character varying", "metadata_": "json",
+                               "created_at": "timestamp with time zone"}
+            row = conn.execute(f"SELECT id, user_id, text, embedding::text, embedding_dim, metadata_->>'tag' "
+                               f"FROM {table} WHERE text = 'passage 2'").fetchone()
+            assert row is not None
+            assert row[0] == data[2].id and row[1] == USER and row[4] == 12 and row[5] == "x"
+            values = [float(v) for v in row[3].strip("[]").split(",")]
+            assert len(values) == 4096 and not any(values[12:])
+            np.testing.assert_allclose(values[:12], data[2].embedding, rtol=1e-6)
+            # a row written by SQL as MemGPT writes it (zero-padded) reads back cut to its dimension
+            padded = "[" + ",".join(["0.5"] * 3 + ["0"] * 4093) + "]"
+            conn.execute(f"INSERT INTO {table} (id, user_id, text, embedding, embedding_dim, metadata_, created_at) "
+                         "VALUES (%s, %s, 'by sql', %s::vector, 12, '{}', now())", [uuid.uuid4(), USER, padded])
+        assert store.count() == 6
+        found = [p for batch in store.scan(10) for p in batch if p.text == "by sql"]
+        assert len(found) == 1 and found[0].embedding_dim == 12
+        store.drop()
+
+
+def test_postgres_without_vector_extension(pg_settings, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    from toolkit.engines.embedded import EmbeddedEngine
+
+    admin = EmbeddedEngine(pg_settings)._superuser_url()
+    admin = replace(admin, host="127.0.0.1")
+    name = f"novector_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(admin.libpq, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} OWNER {pg_settings.db.user}")
+    try:
+        url = pg_url.rsplit("/", 1)[0] + "/" + name
+        with pytest.raises(BackendError) as info:
+            open_store(StoreLocation("postgres", url, "t_missing")).count()
+        assert "vector extension is missing" in info.value.one_line()
+        assert "CREATE EXTENSION vector" in info.value.one_line()
+    finally:
+        with psycopg.connect(admin.libpq, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name}")
+
+
+def test_postgres_unreachable_names_the_fix() -> None:
+    url = f"postgresql://memgpt:secret@127.0.0.1:{free_port()}/memgpt"
+    with pytest.raises(BackendError) as info:
+        open_store(StoreLocation("postgres", url, "t_x")).count()
+    line = info.value.one_line()
+    assert "toolkit up" in line and "secret" not in line
+
+
+# -- unreachable servers, unwritable paths, refused credentials --------------------------------------
+
+def test_chroma_server_stopped_mid_run(tmp_path: Path) -> None:
+    from toolkit.services.chroma_server import chroma_server
+    from toolkit.settings import resolve
+
+    server = chroma_server(resolve({"state_dir": str(tmp_path / "state")}, environ={}, project_dir=tmp_path),
+                           port=free_port())
+    server.up(timeout=120)
+    try:
+        store = open_store(StoreLocation("chroma-http", f"127.0.0.1:{server.port}", "t_stop"))
+        store.insert(passages(5, dim=8))
+    finally:
+        server.down()
+    with pytest.raises(BackendError) as info:
+        store.count()
+    assert "unreachable" in info.value.one_line() and "toolkit chroma up" in info.value.one_line()
+    with pytest.raises(BackendError, match="unreachable"):
+        open_store(StoreLocation("chroma-http", f"127.0.0.1:{server.port}", "t_stop"))
+
+
+@pytest.mark.parametrize("backend", ["local", "chroma", "lancedb"])
+def test_unwritable_path_fails_cleanly(tmp_path: Path, backend: str) -> None:
+    root = tmp_path / "unwritable"
+    root.mkdir()
+    blocker = root / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(BackendError) as info:
+        with open_store(StoreLocation(backend, str(blocker / "store"), "t_x")) as store:
+            store.insert(passages(3, dim=8))
+    assert "writable" in info.value.one_line() or "not usable" in info.value.one_line()
+    assert blocker.read_text() == "not a directory"
+    assert sorted(p.name for p in root.iterdir()) == ["a-file"]
+
+
+def test_s3_credentials_refused(tmp_path: Path) -> None:
+    """moto with IAM checks on: unknown keys get 403, which must read as a credentials problem."""
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        from tests.backend_support import _service_settings
+        from toolkit.services.s3_server import s3_server
+
+        server = s3_server(_service_settings(tmp_path), port=port)
+        deadline = time.monotonic() + 60
+        while not server.healthy() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        location = StoreLocation("lancedb-s3", "s3://toolkit/x", "t_x", s3_options(server))
+        with pytest.raises(BackendError) as info:
+            with open_store(location) as store:
+                store.insert(passages(2, dim=8))
+        line = info.value.one_line()
+        assert "refused the credentials" in line and "AWS_ACCESS_KEY_ID" in line and "testing" not in line
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_s3_unreachable_names_the_fix() -> None:
+    options = {"aws_endpoint": f"http://127.0.0.1:{free_port()}", "aws_region": "us-east-1", "allow_http": "true",
+               "aws_access_key_id": "k", "aws_secret_access_key": "s"}
+    with pytest.raises(BackendError) as info:
+        with open_store(StoreLocation("lancedb-s3", "s3://toolkit/x", "t_x", options)) as store:
+            store.insert(passages(2, dim=8))
+    assert "toolkit s3 up" in info.value.one_line()
+
+
+def test_passages_have_numpy_embeddings(tmp_path: Path) -> None:
+    with open_store(StoreLocation("local", str(tmp_path), "t_np")) as store:
+        store.insert([Passage(text="a", embedding=[0.0, 1.0], user_id=USER)])
+        (got,) = store.query([0.0, 1.0], 1)
+        assert isinstance(got.embedding, np.ndarray) and got.embedding.dtype == np.float32
