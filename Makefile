@@ -60,11 +60,17 @@ s3-up: $(STAMP) ## start the S3 test server (moto) on 127.0.0.1:9000, bucket too
 s3-down: $(STAMP) ## stop it
 	@$(TK) s3 down
 
-compose-up: ## docker compose: Postgres+pgvector and Chroma
-	docker compose -f compose/compose.yaml up -d --wait
+# Compose v2 plugin when present, else Debian's docker-compose 1.29 (which has no --wait)
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+compose-up: ## docker compose: Postgres+pgvector and Chroma (TOOLKIT_PG_IMAGE=toolkit/pgvector-offline:pg18 offline)
+	$(COMPOSE) -f compose/compose.yaml up -d $(if $(findstring docker compose,$(COMPOSE)),--wait,)
 
 compose-down: ## stop the compose services (volumes kept)
-	docker compose -f compose/compose.yaml down
+	$(COMPOSE) -f compose/compose.yaml down
+
+image: $(STAMP) ## build the offline pgvector image (no registry needed)
+	@$(TK) image build
 
 bench: $(STAMP) ## benchmarks: ratios against the raw tools
 	@$(BIN)/python bench/up.py

@@ -43,7 +43,8 @@ stop_dockerd() {
   [ -f "$PIDFILE" ] || return 0
   local pid
   pid=$(cat "$PIDFILE")
-  if kill -0 "$pid" 2>/dev/null; then
+  # a pid file left by an earlier run may name a reused pid: only ever signal our dockerd
+  if kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
     kill -TERM "$pid"
     # dockerd stops its containers and its containerd child itself; wait for it
     for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
