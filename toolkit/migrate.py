@@ -137,11 +137,12 @@ def migrate(
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    on_verify: Callable[[], None] | None = None,
 ) -> Result:
     """Copy ``table`` from ``source`` to ``destination`` and verify; refusals raise before any write.
 
     ``on_start(source_rows, destination_rows)`` is called once the checks passed, ``progress(n)`` after
-    each batch written.
+    each batch written, ``on_verify()`` before the destination is read back.
     """
     if batch < 1:
         raise MigrationError(f"--batch must be at least 1, not {batch}")
@@ -179,6 +180,8 @@ def migrate(
                 dst.insert(passages)
                 if progress:
                     progress(len(passages))
+            if on_verify:
+                on_verify()
             got = checksum_of(dst, batch)
             dst_rows = dst.count()
     seconds = time.perf_counter() - started

@@ -63,9 +63,16 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
                                     show_pos=True, show_eta=True)
             bar.__enter__()
 
+    def verify() -> None:
+        nonlocal bar
+        if bar is not None:
+            bar.__exit__(None, None, None)
+            bar = None
+            echo("verifying: reading the destination back...", settings, err=True)
+
     try:
         result = run(src, dst, table=table, batch=batch, dry_run=dry_run,
-                     progress=lambda n: bar.update(n) if bar else None, on_start=start)
+                     progress=lambda n: bar.update(n) if bar else None, on_start=start, on_verify=verify)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
