@@ -42,6 +42,7 @@ class PostgresStore(StoreBase):
         self.where = f"{redact(self.url.render('plain'))} table {self.table}"
         self._conn: psycopg.Connection[Any] | None = None
         self._dim: int | None = None  # embedding_dim of the rows already in the table
+        self._subvector = False  # pgvector >= 0.7: read only embedding_dim floats, not all 4096
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -77,6 +78,8 @@ class PostgresStore(StoreBase):
             from pgvector.psycopg import register_vector
 
             register_vector(conn)
+            row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            self._subvector = row is not None and _version(row[0]) >= (0, 7)
         except BaseException:
             conn.close()
             raise
@@ -204,7 +207,7 @@ class PostgresStore(StoreBase):
             padded[:dim] = q
             where, params = self._where(filters)
             cur.execute(self._sql("SELECT {cols} FROM {table}{where} ORDER BY embedding <-> %s LIMIT %s",
-                                  cols=_select_list(), where=where), [*params, padded, k])
+                                  cols=_select_list(self._subvector), where=where), [*params, padded, k])
             return self._rows(cur)
 
     def count(self, filters: Filters | None = None) -> int:
@@ -222,11 +225,11 @@ class PostgresStore(StoreBase):
         while True:
             with self._cursor(binary=True) as cur:
                 if last is None:
-                    cur.execute(self._sql("SELECT {cols} FROM {table} ORDER BY id LIMIT %s", cols=_select_list()),
+                    cur.execute(self._sql("SELECT {cols} FROM {table} ORDER BY id LIMIT %s", cols=_select_list(self._subvector)),
                                 [batch_size])
                 else:
                     cur.execute(self._sql("SELECT {cols} FROM {table} WHERE id > %s ORDER BY id LIMIT %s",
-                                          cols=_select_list()), [last, batch_size])
+                                          cols=_select_list(self._subvector)), [last, batch_size])
                 rows = self._rows(cur)
             if not rows:
                 return
@@ -252,10 +255,19 @@ class PostgresStore(StoreBase):
             return bool(row and row[0])
 
 
-def _select_list() -> Any:
+def _select_list(subvector: bool = False) -> Any:
     from psycopg import sql
 
-    return sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+    columns: list[Any] = [sql.Identifier(c) for c in COLUMNS]
+    if subvector:  # 2.7x fewer bytes for 1536-dim rows: a scan reads at disk speed, not 4096 floats a row
+        columns[COLUMNS.index("embedding")] = sql.SQL(
+            f"CASE WHEN embedding_dim BETWEEN 1 AND {MAX_EMBEDDING_DIM} "
+            "THEN subvector(embedding, 1, embedding_dim::int) ELSE embedding END")
+    return sql.SQL(", ").join(columns)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
 
 
 def _passage(row: tuple[Any, ...]) -> Passage:
