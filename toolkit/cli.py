@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map exceptions to exit codes in this one place."""
     debug = "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("TOOLKIT_DEBUG") == "1"
     try:
-        cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
+        # without standalone mode click returns ctx.exit(N)'s code instead of exiting
+        code = cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
     except ToolkitError as exc:
         if debug:
             traceback.print_exc()
@@ -117,4 +118,4 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         sys.exit(_unexpected(exc))
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,159 @@
+"""`toolkit smoke` end to end, and the helper servers' commands (`toolkit chroma ...`, `toolkit s3 ...`)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.backend_support import chroma_http, free_port, s3, s3_env, s3_options  # noqa: F401
+from toolkit import smoke
+from toolkit.backends import StoreLocation, open_store
+from toolkit.settings import resolve
+
+
+def _pg_smoke_tables(pg_url: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        return [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'toolkit_smoke_%'")]
+
+
+def _chroma_smoke_collections(client) -> list[str]:  # type: ignore[no-untyped-def]
+    return [c.name for c in client.list_collections() if c.name.startswith("toolkit_smoke_")]
+
+
+def test_smoke_all_backends_pass_and_leave_nothing(toolkit_cli, pg_url, chroma_http, s3, isolated: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    env = {"PGVECTOR_TEST_DB_URL": pg_url, "TOOLKIT_CHROMA_PORT": str(chroma_http.port), **s3_env(s3)}
+    done = toolkit_cli("smoke", "--backend", "all", "--json", "-n", "30", "--dim", "64", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and [r["backend"] for r in report["results"]] == list(smoke.BACKENDS)
+    assert all(r["result"] == "pass" for r in report["results"])
+    assert "testing" not in done.stdout  # the S3 secret is never shown
+
+    import chromadb
+    import lancedb
+
+    assert _pg_smoke_tables(pg_url) == []
+    assert _chroma_smoke_collections(chromadb.HttpClient(host="127.0.0.1", port=chroma_http.port)) == []
+    assert _chroma_smoke_collections(chromadb.PersistentClient(str(isolated / ".toolkit" / "chroma"))) == []
+    assert [p for p in (isolated / ".toolkit" / "chroma").iterdir() if p.is_dir()] == []  # no segment dirs
+    assert list((Path.home() / ".memgpt" / "archival").iterdir()) == []
+    assert list((isolated / ".lancedb").iterdir()) == []
+    remote = lancedb.connect("s3://toolkit/lancedb", storage_options=s3_options(s3))
+    assert list(remote.list_tables().tables) == []
+
+
+def test_smoke_table_names_stopped_servers_and_how_to_start_them(toolkit_cli) -> None:  # type: ignore[no-untyped-def]
+    env = {"PGVECTOR_TEST_DB_URL": f"postgresql+pg8000://memgpt:memgpt@127.0.0.1:{free_port()}/memgpt"}
+    done = toolkit_cli("smoke", "--backend", "all", "-n", "10", "--dim", "16", env=env)
+    assert done.returncode == 1
+    lines = {line.split()[0]: line for line in done.stdout.splitlines()[1:-1]}
+    assert "not running" in lines["postgres"] and "`toolkit up`" in lines["postgres"]
+    assert "not running" in lines["chroma-http"] and "`toolkit chroma up`" in lines["chroma-http"]
+    assert "`toolkit s3 up`" in lines["lancedb-s3"]
+    for backend in ("local", "chroma", "lancedb"):
+        assert " pass " in lines[backend]
+    assert done.stdout.splitlines()[-1].startswith("3/6 passed")
+
+
+def test_default_selection_is_memgpt_config_plus_postgres(isolated: Path) -> None:
+    settings = resolve(project_dir=isolated)
+    assert [t.backend for t in smoke.targets(settings, None)] == ["local", "postgres"]
+    config = settings.memgpt_config_path
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f"[defaults]\npreset = x\n\n[archival_storage]\ntype = chroma\npath = {isolated / 'ch'}\n")
+    chosen = smoke.targets(settings, None)
+    assert [t.backend for t in chosen] == ["chroma", "postgres"]
+    assert chosen[0].location is not None and chosen[0].location.location == str(isolated / "ch")
+    config.write_text("[archival_storage]\ntype = postgres\nuri = postgresql://memgpt:memgpt@127.0.0.1:1/memgpt\n")
+    assert [t.backend for t in smoke.targets(settings, None)] == ["postgres"]
+
+
+@pytest.mark.parametrize("backend", ["local", "postgres"])
+def test_a_check_failing_midway_drops_its_table(backend: str, pg_url: str, tmp_path: Path) -> None:
+    where = pg_url if backend == "postgres" else str(tmp_path)
+    location = StoreLocation(backend, where, f"toolkit_smoke_{uuid.uuid4().hex[:8]}")
+    asked = []
+
+    def cancelled() -> bool:  # let the insert happen, then fail the check at the next step
+        asked.append(1)
+        return len(asked) > 1
+
+    with pytest.raises(Exception, match="stopped: past its time bound"):
+        smoke.exercise(location, n=20, dim=8, cancelled=cancelled)
+    with open_store(location) as store:
+        assert not store.exists()
+
+
+def test_a_check_past_its_time_bound_is_reported_and_cleaned_up(pg_url: str) -> None:
+    location = StoreLocation("postgres", pg_url)
+    started = time.monotonic()
+    (result,) = smoke.run([smoke.Target("postgres", location)], n=4000, dim=1536, timeout=0.2)
+    assert result.status == "timeout" and "its table was dropped" in result.detail, result
+    assert time.monotonic() - started < 30
+    assert _pg_smoke_tables(pg_url) == []
+
+
+def test_check_location_for_configure(tmp_path: Path) -> None:
+    result = smoke.check_location(StoreLocation("lancedb", str(tmp_path / "lance")), n=10, dim=8)
+    assert result.ok, result
+    assert list((tmp_path / "lance").iterdir()) == []
+
+
+# -- the helper servers' commands ---------------------------------------------------------------------
+
+def test_chroma_commands_are_idempotent(toolkit_cli, isolated: Path) -> None:  # type: ignore[no-untyped-def]
+    try:
+        first = toolkit_cli("chroma", "up")
+        assert first.returncode == 0, first.stderr
+        assert "chroma: running at http://127.0.0.1:" in first.stdout
+        started = time.monotonic()
+        again = toolkit_cli("chroma", "up", "--json")
+        assert again.returncode == 0 and json.loads(again.stdout)["running"]
+        assert time.monotonic() - started < 5
+        status = toolkit_cli("chroma", "status", "--json")
+        assert status.returncode == 0 and json.loads(status.stdout)["started_by_toolkit"]
+        assert (isolated / ".toolkit" / "chroma.pid").is_file()
+        assert "heartbeat" in toolkit_cli("chroma", "logs", "--tail", "200").stdout or \
+            toolkit_cli("chroma", "logs").stdout.strip()
+        smoked = toolkit_cli("smoke", "--backend", "chroma-http", "-n", "10", "--dim", "8")
+        assert smoked.returncode == 0, smoked.stdout + smoked.stderr
+    finally:
+        down = toolkit_cli("chroma", "down")
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert toolkit_cli("chroma", "status").returncode == 1
+    assert "was not running" in toolkit_cli("chroma", "down").stdout
+    assert not (isolated / ".toolkit" / "chroma.pid").exists()
+
+
+def test_chroma_up_refuses_a_port_held_by_something_else(toolkit_cli) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = toolkit_cli("chroma", "up", "--port", str(port))
+    assert done.returncode == 3
+    assert f"port {port} is taken" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_s3_up_exports_settings_that_smoke_uses(toolkit_cli, isolated: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    try:
+        up = toolkit_cli("s3", "up", "--port", str(port))
+        assert up.returncode == 0, up.stderr
+        env_text = (isolated / ".env").read_text()
+        assert f"TOOLKIT_S3_ENDPOINT='http://127.0.0.1:{port}'" in env_text
+        assert toolkit_cli("s3", "up", "--port", str(port)).returncode == 0  # idempotent
+        assert toolkit_cli("s3", "status").returncode == 0  # port found from TOOLKIT_S3_ENDPOINT in .env
+        smoked = toolkit_cli("smoke", "--backend", "lancedb-s3", "-n", "10", "--dim", "8")
+        assert smoked.returncode == 0, smoked.stdout + smoked.stderr
+    finally:
+        down = toolkit_cli("s3", "down")
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert toolkit_cli("s3", "status").returncode == 1
