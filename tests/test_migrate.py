@@ -108,6 +108,9 @@ def test_rerun_is_idempotent_and_dry_run_writes_nothing(make_spec: Callable[[str
     dry = migrate(source, destination, table=table, dry_run=True)
     assert (dry.rows, dry.copied, dry.dimension) == (N, 0, DIM)
     assert state(destination, table) == (-1, "")
+    chroma = make_spec("chroma", "dry")
+    assert migrate(source, chroma, table=table, dry_run=True).rows == N
+    assert not Path(chroma.location).exists()
     migrate(source, destination, table=table)
     again = migrate(source, destination, table=table)
     assert again.destination_before == N and state(destination, table) == (N, expected.hexdigest())

@@ -159,6 +159,11 @@ def migrate(
         first = _first(src)
         assert first is not None
         dim = first.embedding_dim
+        if dry_run and _missing_directory(destination):  # opening a Chroma directory would create it
+            if on_start:
+                on_start(rows, 0)
+            return Result(str(source), str(destination), table, rows, 0, 0, "", False, True,
+                          time.perf_counter() - started, dim)
         with closing(open_store(destination.store(table))) as dst:
             before = 0
             if dst.exists():  # also the reachability check: an unreachable server raises BackendError here
