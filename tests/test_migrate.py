@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.backend_support import passages
+from tests.backend_support import chroma_http, passages, s3, s3_options  # noqa: F401 - fixtures
 from toolkit import memgpt_config
 from toolkit.backends import open_store
 from toolkit.errors import BackendError, MigrationError
 from toolkit.memgpt_config import ArchivalStorage
 from toolkit.migrate import Checksum, checksum_of, migrate
+from toolkit.services.background import BackgroundServer
 from toolkit.specs import Spec
 
 BACKENDS = ("local", "postgres", "chroma", "chroma-http", "lancedb")
@@ -28,19 +29,8 @@ SHARED = ("postgres", "chroma-http")  # servers that outlive a test: drop what w
 
 
 @pytest.fixture(scope="session")
-def chroma_hostport(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Chroma server process on a free port, for the session."""
-    from toolkit.ports import free_port
-    from toolkit.services.chroma_server import chroma_server
-    from toolkit.settings import resolve
-
-    root = tmp_path_factory.mktemp("chroma-session")
-    server = chroma_server(resolve({}, environ={}, project_dir=root), host="127.0.0.1", port=free_port())
-    server.up(timeout=120)
-    try:
-        yield f"127.0.0.1:{server.port}"
-    finally:
-        server.down()
+def chroma_hostport(chroma_http: BackgroundServer) -> str:  # noqa: F811
+    return f"{chroma_http.host}:{chroma_http.port}"
 
 
 @pytest.fixture
@@ -130,6 +120,19 @@ def test_checksum_is_order_independent_and_float32_exact() -> None:
     c = Checksum()
     c.update(rows)
     assert c.hexdigest() != a.hexdigest()
+
+
+@pytest.mark.slow
+def test_through_lancedb_on_s3(make_spec: Callable[[str, str], Spec], table: str,
+                               s3: BackgroundServer) -> None:  # noqa: F811
+    from toolkit.services.s3_server import BUCKET
+
+    source, back = make_spec("local", "src"), make_spec("local", "back")
+    remote = Spec("lancedb-s3", f"s3://{BUCKET}/{table}", options=s3_options(s3))
+    expected = fill(source, table)
+    assert migrate(source, remote, table=table).checksum == expected.hexdigest()
+    assert migrate(remote, back, table=table).checksum == expected.hexdigest()
+    assert state(back, table) == (N, expected.hexdigest())
 
 
 # -- refusals: a clear message, nothing written -------------------------------------------------------
