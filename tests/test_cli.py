@@ -93,3 +93,19 @@ def test_status_when_nothing_ran_yet() -> None:
     assert done.returncode == 0
     state = json.loads(done.stdout)
     assert state["running"] is False and state["engine"] == "embedded"
+
+
+def test_doctor_reports_a_taken_port() -> None:
+    import os
+    import socket
+
+    port = int(os.environ["TOOLKIT_PG_PORT"])
+    ok = run_toolkit("doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(ok.stdout)}
+    assert checks["embedded wheel"]["ok"] and checks["port"]["ok"]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        taken = run_toolkit("doctor")
+    assert taken.returncode == 1
+    assert f"FAIL port            127.0.0.1:{port} is held by pid {os.getpid()}" in taken.stdout

@@ -27,6 +27,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("toolkit.commands.db", "env"),
     ("toolkit.commands.db", "logs"),
     ("toolkit.commands.db", "psql"),
+    ("toolkit.commands.doctor", "doctor"),
     ("toolkit.commands.smoke", "smoke"),
     ("toolkit.commands.chroma", "chroma"),
     ("toolkit.commands.chroma", "s3"),
