@@ -37,6 +37,8 @@ class _Table:
         self.rows = rows
         self.vectors = vectors
         self.index = {row["id"]: i for i, row in enumerate(rows)}
+        # ||x - q||^2 = ||x||^2 - 2 x.q + ||q||^2: one matrix-vector product per query, no copies
+        self.norms = (vectors.astype("float64") ** 2).sum(axis=1)
 
     def mask(self, filters: Filters | None) -> np.ndarray:
         import numpy as np
@@ -164,10 +166,14 @@ class LocalStore(StoreBase):
         q = np.asarray(embedding, dtype=np.float32)
         if q.shape != (table.vectors.shape[1],):
             raise dim_mismatch(f"local table {self.dir}", table.vectors.shape[1], q.size)
-        candidates = np.flatnonzero(table.mask(filters))
+        distances = table.norms - 2.0 * (table.vectors @ q)
+        if filters and filters.as_dict():
+            candidates = np.flatnonzero(table.mask(filters))
+            distances = distances[candidates]
+        else:
+            candidates = np.arange(len(table.rows))
         if candidates.size == 0:
             return []
-        distances = ((table.vectors[candidates] - q) ** 2).sum(axis=1)
         k = min(k, candidates.size)
         top = np.argpartition(distances, k - 1)[:k]
         top = top[np.argsort(distances[top], kind="stable")]
