@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from toolkit import libpq
 from toolkit.errors import NotReadyError
 from toolkit.urls import PgUrl, redact
 
@@ -44,12 +45,10 @@ class PgProbe:
     connect_timeout: float = 3.0
 
     def __call__(self) -> None:
+        libpq.load()  # a few ms, and fails for good (not transiently) when no libpq can be loaded
         self.tcp()
-        conn = self.connect()
-        try:
+        with self.connect() as conn:
             self.queries(conn)
-        finally:
-            conn.close()
 
     def tcp(self) -> None:
         try:
@@ -57,12 +56,10 @@ class PgProbe:
         except OSError as exc:
             raise Transient("tcp", f"{self.url.host}:{self.url.port}: {exc.strerror or exc}") from None
 
-    def connect(self):  # type: ignore[no-untyped-def]
-        import psycopg
-
+    def connect(self) -> libpq.Connection:
         try:
-            return psycopg.connect(self.url.libpq, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)))
-        except psycopg.OperationalError as exc:
+            return libpq.Connection(self.url.libpq, connect_timeout=max(1, int(self.connect_timeout)))
+        except libpq.PqError as exc:
             message = _first_line(exc)
             lowered = message.lower()
             if "password authentication failed" in lowered:
@@ -76,35 +73,48 @@ class PgProbe:
             # starting up, shutting down, refused, reset: the server is on its way
             raise Transient("auth", message) from None
 
-    def queries(self, conn) -> None:  # type: ignore[no-untyped-def]
-        import psycopg
-
+    def queries(self, conn: libpq.Connection) -> None:
         try:
-            if conn.execute("SELECT 1").fetchone() != (1,):
+            if conn.scalar("SELECT 1") != "1":
                 raise Transient("query", "SELECT 1 returned an unexpected row")
-        except psycopg.OperationalError as exc:
-            raise Transient("query", _first_line(exc)) from None
+        except libpq.PqError as exc:
+            raise _query_error("query", exc) from None
         if not self.extension:
             return
         try:
-            # autocommit: the extension is committed before anyone else needs it
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        except psycopg.errors.InsufficientPrivilege:
-            raise ExtensionMissing(
-                "extension",
-                f"the vector extension is missing in database {self.url.database!r} "
-                f"and role {self.url.user!r} may not create it",
-            ) from None
-        except psycopg.errors.UndefinedFile:
-            raise NotReadyError(
-                "pgvector is not installed on this server (no vector.control)",
-                hint="use an image or package with pgvector (e.g. pgvector/pgvector:pg16), or the embedded engine",
-            ) from None
-        except psycopg.OperationalError as exc:
-            raise Transient("extension", _first_line(exc)) from None
-        row = conn.execute("SELECT '[1,2,3]'::vector <-> '[1,2,4]'").fetchone()
-        if row is None or abs(float(row[0]) - 1.0) > 1e-6:
-            raise NotReadyError(f"vector round trip returned {row!r}, expected 1.0")
+            # libpq autocommits: the extension is committed before anyone else needs it
+            conn.scalar("CREATE EXTENSION IF NOT EXISTS vector")
+        except libpq.PqError as exc:
+            if exc.sqlstate == "42501":  # insufficient_privilege
+                raise ExtensionMissing(
+                    "extension",
+                    f"the vector extension is missing in database {self.url.database!r} "
+                    f"and role {self.url.user!r} may not create it",
+                ) from None
+            if exc.sqlstate == "58P01":  # undefined_file: no vector.control
+                raise NotReadyError(
+                    "pgvector is not installed on this server (no vector.control)",
+                    hint="use an image or package with pgvector (e.g. pgvector/pgvector:pg16), or the embedded engine",
+                ) from None
+            raise _query_error("extension", exc) from None
+        try:
+            value = conn.scalar("SELECT '[1,2,3]'::vector <-> '[1,2,4]'")
+        except libpq.PqError as exc:
+            raise _query_error("vector", exc) from None
+        if value is None or abs(float(value) - 1.0) > 1e-6:
+            raise NotReadyError(f"vector round trip returned {value!r}, expected 1.0")
+
+
+# SQLSTATE classes waiting can fix: connection exception, insufficient resources, operator
+# intervention (57P03 "the database system is starting up"), system error
+_TRANSIENT_CLASSES = ("08", "53", "57", "58")
+
+
+def _query_error(phase: str, exc: libpq.PqError) -> Exception:
+    if exc.sqlstate is None or exc.sqlstate[:2] in _TRANSIENT_CLASSES:  # None: the connection dropped
+        return Transient(phase, _first_line(exc))
+    return NotReadyError(f"{phase} check failed: {_first_line(exc)} (SQLSTATE {exc.sqlstate})",
+                         hint="see the server log (`toolkit logs`)")
 
 
 class RoleOrDatabaseMissing(NotReadyError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -34,8 +35,7 @@ def confirm_or_abort(question: str, *, yes: bool) -> None:
     """Ask before destroying anything; ``--yes`` skips; no terminal means no consent."""
     if yes:
         return
-    stdin = click.get_text_stream("stdin")
-    if not stdin.isatty():
+    if sys.stdin is None or not sys.stdin.isatty():
         raise Aborted(f"refusing to {question} without confirmation", hint="re-run with --yes")
     if not click.confirm(question[0].upper() + question[1:] + "?", default=False):
         raise Aborted("nothing was changed")

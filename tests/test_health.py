@@ -1,0 +1,109 @@
+"""The readiness probe and its libpq client, against the session's real embedded Postgres."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from toolkit import libpq
+from toolkit.errors import EngineUnavailableError, NotReadyError
+from toolkit.health import ExtensionMissing, PgProbe, RoleOrDatabaseMissing, Transient, wait_ready
+from toolkit.settings import Settings
+from toolkit.urls import PgUrl
+
+
+@pytest.fixture(scope="module")
+def admin(pg_settings: Settings) -> PgUrl:
+    password = (pg_settings.state_dir / "embedded" / "superuser.pw").read_text().strip()
+    return PgUrl("postgres", password, "127.0.0.1", pg_settings.db.port, "postgres")
+
+
+@pytest.fixture
+def bare_database(admin: PgUrl) -> Iterator[tuple[PgUrl, PgUrl]]:
+    """A database without the vector extension, and (admin URL, app-role URL) on it; dropped afterwards."""
+    name, role = f"bare_{uuid.uuid4().hex[:8]}", f"app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin.libpq, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw' NOSUPERUSER").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(role)))
+    try:
+        yield (PgUrl(admin.user, admin.password, admin.host, admin.port, name),
+               PgUrl(role, "pw", admin.host, admin.port, name))
+    finally:
+        with psycopg.connect(admin.libpq, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_probe_passes_on_a_ready_server_and_prints_nothing(pg_url: str, capfd: pytest.CaptureFixture[str]) -> None:
+    from toolkit.urls import parse
+
+    PgProbe(parse(pg_url))()
+    # the extension exists already: the server's NOTICE about it must not reach the user's terminal
+    assert capfd.readouterr() == ("", "")
+
+
+def test_probe_creates_and_commits_the_extension(bare_database: tuple[PgUrl, PgUrl]) -> None:
+    admin, _ = bare_database
+    PgProbe(admin)()
+    # a new session sees it: it was committed, not left in an open transaction
+    with psycopg.connect(admin.libpq) as conn:
+        assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() == ("vector",)
+
+
+def test_probe_names_a_missing_extension_the_role_may_not_create(bare_database: tuple[PgUrl, PgUrl]) -> None:
+    _, app = bare_database
+    with pytest.raises(ExtensionMissing) as caught:
+        PgProbe(app)()
+    assert "vector extension is missing" in caught.value.message and app.user in caught.value.message
+    assert caught.value.exit_code == 5 and "CREATE EXTENSION vector" in (caught.value.hint or "")
+
+
+def test_probe_without_extension_phase_skips_it(bare_database: tuple[PgUrl, PgUrl]) -> None:
+    _, app = bare_database
+    PgProbe(app, extension=False)()
+
+
+def test_missing_database_is_told_apart(admin: PgUrl) -> None:
+    missing = PgUrl(admin.user, admin.password, admin.host, admin.port, "no_such_db")
+    with pytest.raises(RoleOrDatabaseMissing):
+        PgProbe(missing)()
+
+
+def test_wrong_password_is_final_not_transient(admin: PgUrl) -> None:
+    wrong = PgUrl(admin.user, "not-the-password", admin.host, admin.port, admin.database)
+    with pytest.raises(NotReadyError, match="password authentication failed"):
+        wait_ready(PgProbe(wrong), timeout=30)  # fails at once, not after 30 s of retries
+
+
+def test_refused_port_is_transient(admin: PgUrl) -> None:
+    from toolkit.ports import free_port
+
+    with pytest.raises(Transient) as caught:
+        PgProbe(PgUrl("u", "p", "127.0.0.1", free_port(), "d"))()
+    assert caught.value.phase == "tcp"
+
+
+def test_libpq_connection_reports_sqlstate_and_autocommits(pg_url: str) -> None:
+    with libpq.Connection(pg_url) as conn:
+        assert conn.scalar("SELECT 41 + 1") == "42"
+        assert conn.scalar("SELECT NULL") is None
+        assert conn.scalar("CREATE TEMP TABLE t (x int)") is None
+        with pytest.raises(libpq.PqError) as caught:
+            conn.scalar("SELECT 1/0")
+        assert caught.value.sqlstate == "22012" and "division by zero" in caught.value.message
+        assert conn.scalar("SELECT 1") == "1"  # no aborted transaction left behind: autocommit
+
+
+def test_no_loadable_libpq_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(libpq, "candidates", lambda: ["/nonexistent/libpq.so.5"])
+    libpq.load.cache_clear()
+    try:
+        with pytest.raises(EngineUnavailableError, match="no loadable libpq") as caught:
+            libpq.load()
+        assert "make venv" in (caught.value.hint or "")
+    finally:
+        libpq.load.cache_clear()
