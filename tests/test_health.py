@@ -107,3 +107,29 @@ def test_no_loadable_libpq_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -
         assert "make venv" in (caught.value.hint or "")
     finally:
         libpq.load.cache_clear()
+
+
+def test_libpq_quotes_literals_and_identifiers(pg_url: str) -> None:
+    with libpq.Connection(pg_url) as conn:
+        assert conn.literal("it's") == "'it''s'"
+        assert conn.identifier('we"ird') == '"we""ird"'
+        assert conn.scalar(f"SELECT {conn.literal(chr(92) + 'x' + chr(39))}") == "\\x'"
+
+
+def test_bootstrap_with_quotes_and_spaces_in_names(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Role, password and database go through libpq's quoting: odd characters neither break nor inject."""
+    import sqlalchemy as sa
+
+    import toolkit
+    from toolkit.ports import free_port
+
+    with toolkit.postgres(port=free_port(), state_dir=str(tmp_path / "state"), project_dir=str(tmp_path),
+                          user="o'brien", password="pa's wo\"rd;--", database="my db") as db:
+        engine = sa.create_engine(db.url)
+        try:
+            with engine.connect() as conn:
+                row = conn.execute(sa.text("SELECT current_user, current_database(), "
+                                           "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)")).one()
+                assert tuple(row) == ("o'brien", "my db", False)
+        finally:
+            engine.dispose()

