@@ -268,3 +268,29 @@ def test_passages_have_numpy_embeddings(tmp_path: Path) -> None:
         store.insert([Passage(text="a", embedding=[0.0, 1.0], user_id=USER)])
         (got,) = store.query([0.0, 1.0], 1)
         assert isinstance(got.embedding, np.ndarray) and got.embedding.dtype == np.float32
+
+
+def test_local_segments_replacements_and_deletes_read_back_exactly(tmp_path: Path) -> None:
+    """Many segments, ids in random order, rows replaced and deleted: scan and query see the live rows."""
+    rng = np.random.default_rng(7)
+    expected: dict[uuid.UUID, np.ndarray] = {}
+    with open_store(StoreLocation("local", str(tmp_path), "archival")) as store:
+        for _ in range(4):  # four segments, each with random (unsorted) ids
+            batch = [Passage(text=f"t{i}", embedding=rng.standard_normal(8).astype(np.float32), user_id=USER)
+                     for i in range(25)]
+            store.insert(batch)
+            expected.update({p.id: np.asarray(p.embedding) for p in batch})
+        replaced = [replace(p, embedding=rng.standard_normal(8).astype(np.float32))
+                    for p in (Passage(text="r", embedding=expected[i], user_id=USER, id=i) for i in list(expected)[10:20])]
+        store.insert(replaced)
+        expected.update({p.id: np.asarray(p.embedding) for p in replaced})
+        gone = list(expected)[:5]
+        store.delete(gone)
+        for i in gone:
+            del expected[i]
+        scanned = {p.id: np.asarray(p.embedding) for rows in store.scan(7) for p in rows}
+        assert scanned.keys() == expected.keys()
+        assert all(np.array_equal(scanned[i], expected[i]) for i in expected)
+        assert [p.id for rows in store.scan(7) for p in rows] == sorted(expected, key=str)
+        for i in list(expected)[::9]:
+            assert store.query(expected[i], 1)[0].id == i

@@ -15,6 +15,7 @@ import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,14 +32,31 @@ COMPACT_AFTER = 32  # segments
 
 
 class _Table:
-    """The live rows of a table, sorted by id string, with their embeddings as one matrix."""
+    """The live rows of a table, sorted by id string. Embeddings stay in their (memory-mapped) segment
+    files until needed: a scan copies one batch at a time, a query gathers them into one matrix once."""
 
-    def __init__(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
+    def __init__(self, rows: list[dict[str, Any]], blocks: list[np.ndarray], order: np.ndarray, dim: int) -> None:
         self.rows = rows
-        self.vectors = vectors
+        self.blocks = blocks  # each segment's embeddings, in file order
+        self.order = order  # row i's embedding is row order[i] of the segments stacked end to end
+        self.dim = dim
         self.index = {row["id"]: i for i, row in enumerate(rows)}
-        # ||x - q||^2 = ||x||^2 - 2 x.q + ||q||^2: one matrix-vector product per query, no copies
-        self.norms = (vectors.astype("float64") ** 2).sum(axis=1)
+
+    @cached_property
+    def vectors(self) -> np.ndarray:
+        return _gather(self.blocks, self.order, self.dim)
+
+    def vectors_of(self, start: int, stop: int) -> np.ndarray:
+        if "vectors" in self.__dict__:
+            return self.vectors[start:stop]
+        return _gather(self.blocks, self.order[start:stop], self.dim)
+
+    @cached_property
+    def norms(self) -> np.ndarray:
+        """||x||^2 per row, for ||x - q||^2 = ||x||^2 - 2 x.q + ||q||^2: one matrix-vector product per query."""
+        import numpy as np
+
+        return np.einsum("ij,ij->i", self.vectors, self.vectors, dtype=np.float64)
 
     def mask(self, filters: Filters | None) -> np.ndarray:
         import numpy as np
@@ -47,6 +65,28 @@ class _Table:
         for key, value in (filters.as_dict() if filters else {}).items():
             keep &= np.fromiter((row.get(key) == str(value) for row in self.rows), dtype=bool, count=len(self.rows))
         return keep
+
+
+def _gather(blocks: list[np.ndarray], order: np.ndarray, dim: int) -> np.ndarray:
+    """Rows ``order`` of the blocks stacked end to end, as one new float32 matrix: each row copied once,
+    a run of consecutive rows from one block as one slice."""
+    import numpy as np
+
+    out = np.empty((len(order), dim), dtype=np.float32)
+    if not len(order):
+        return out
+    start = 0
+    for block in blocks:
+        end = start + len(block)
+        if len(order) and order[0] >= start and order[-1] < end and order[-1] - order[0] == len(order) - 1 \
+                and bool((np.diff(order) == 1).all()):
+            out[:] = block[order[0] - start:order[-1] - start + 1]  # the common case: written in id order
+            return out
+        chosen = np.flatnonzero((order >= start) & (order < end))
+        if chosen.size:
+            out[chosen] = block[order[chosen] - start]
+        start = end
+    return out
 
 
 def _to_row(p: Passage) -> dict[str, Any]:
@@ -113,22 +153,25 @@ class LocalStore(StoreBase):
         manifest = self._manifest()
         if self._cache and self._cache[0] == manifest["version"]:
             return self._cache[1]
-        live: dict[str, tuple[dict[str, Any], np.ndarray]] = {}
+        live: dict[str, tuple[dict[str, Any], int]] = {}  # id -> (row, index into the stacked segments)
+        blocks = []
+        offset = 0
         for seg in manifest["segments"]:
-            vectors = np.load(self.dir / f"{seg}.npy")
+            block = np.load(self.dir / f"{seg}.npy", mmap_mode="r")  # read when a row is wanted
+            blocks.append(block)
             with open(self.dir / f"{seg}.jsonl", encoding="utf-8") as handle:
-                position = 0
+                position = offset
                 for line in handle:
                     row = json.loads(line)
                     if row.get("deleted"):
                         live.pop(row["id"], None)
                     else:
-                        live[row["id"]] = (row, vectors[position])
+                        live[row["id"]] = (row, position)
                         position += 1
+            offset += len(block)
         ids = sorted(live)
-        dim = manifest["dim"] or 0
-        vectors = np.asarray([live[i][1] for i in ids], dtype=np.float32).reshape(len(ids), dim)
-        table = _Table([live[i][0] for i in ids], vectors)
+        order = np.fromiter((live[i][1] for i in ids), dtype=np.intp, count=len(ids))
+        table = _Table([live[i][0] for i in ids], blocks, order, manifest["dim"] or 0)
         self._cache = (manifest["version"], table)
         return table
 
@@ -186,8 +229,9 @@ class LocalStore(StoreBase):
     def scan(self, batch_size: int) -> Iterator[list[Passage]]:
         table = self._load()
         for start in range(0, len(table.rows), batch_size):
-            yield [_to_passage(table.rows[i], table.vectors[i])
-                   for i in range(start, min(start + batch_size, len(table.rows)))]
+            stop = min(start + batch_size, len(table.rows))
+            vectors = table.vectors_of(start, stop)
+            yield [_to_passage(table.rows[i], vectors[i - start]) for i in range(start, stop)]
 
     def delete(self, ids: Iterable[uuid.UUID]) -> int:
         import numpy as np
