@@ -87,8 +87,9 @@ def _first(store: ArchivalStore) -> Passage | None:
             close()
 
 
-def _prefetched(store: ArchivalStore, batch: int, checksum: Checksum, depth: int = 2) -> Iterator[list[Passage]]:
-    """``store.scan(batch)`` read (and checksummed) in a thread, so reading overlaps the destination's writes."""
+def _prefetched(store: ArchivalStore, batch: int, checksum: Checksum | None = None, depth: int = 2) -> Iterator[list[Passage]]:
+    """``store.scan(batch)`` read (and checksummed, if given one) in a thread, so that reading overlaps
+    whatever the consumer does with the rows: the destination's writes, or the verification's checksum."""
     done = object()
     batches: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -105,7 +106,8 @@ def _prefetched(store: ArchivalStore, batch: int, checksum: Checksum, depth: int
     def read() -> None:
         try:
             for rows in store.scan(batch):
-                checksum.update(rows)
+                if checksum is not None:
+                    checksum.update(rows)
                 if not offer(rows):
                     return
             offer(done)
@@ -187,7 +189,9 @@ def migrate(
                     progress(len(passages))
             if on_verify:
                 on_verify()
-            got = checksum_of(dst, batch)
+            got = Checksum()
+            for passages in _prefetched(dst, batch):  # the server reads the next batch while we hash this one
+                got.update(passages)
             dst_rows = dst.count()
     seconds = time.perf_counter() - started
     if dst_rows != expected.count or got.hexdigest() != expected.hexdigest():
