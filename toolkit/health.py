@@ -166,7 +166,10 @@ def wait_ready(
 
         for retry in Retrying(
             stop=stop_after_delay(timeout),
-            wait=wait_exponential(multiplier=0.01, exp_base=1.5, min=0.01, max=0.25),
+            # 10 ms, 15, 22, ... capped at 50 ms: a failed attempt costs a millisecond or two (a refused
+            # TCP connect, a libpq handshake), while a longer cap makes `up` wait on average half of it
+            # after the server is ready (a container's first start takes seconds of polling)
+            wait=wait_exponential(multiplier=0.01, exp_base=1.5, min=0.01, max=0.05),
             retry=retry_if_exception_type(Transient),
             reraise=True,
         ):
