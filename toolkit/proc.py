@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,3 +45,24 @@ def run(
     if check and done.returncode != 0:
         raise CommandError(args, done.returncode, done.stdout, done.stderr)
     return done
+
+
+def pid_alive(pid: int) -> bool:
+    """Does ``pid`` run? A zombie counts as gone (and is reaped when it is our child)."""
+    try:
+        # reap it if it is our child (a zombie still answers kill 0)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True

@@ -216,7 +216,7 @@ class EmbeddedEngine:
         _signal(pid, signal.SIGINT)
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline:
-            if not _pid_alive(pid):
+            if not proc.pid_alive(pid):
                 return
             time.sleep(0.02)
         _signal(pid, signal.SIGQUIT)  # immediate shutdown; recovery runs at next start
@@ -303,22 +303,8 @@ def _ensure_reachable(path: Path) -> None:
             parent.chmod(mode | 0o001)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _is_postgres(pid: int) -> bool:
-    if not _pid_alive(pid):
+    if not proc.pid_alive(pid):
         return False
     try:
         with open(f"/proc/{pid}/comm") as comm:

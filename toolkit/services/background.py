@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toolkit import proc
 from toolkit.errors import NotReadyError, PortInUseError
 from toolkit.health import Transient, wait_ready
 from toolkit.ports import port_holder, port_is_free
@@ -102,7 +103,7 @@ class BackgroundServer:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             cmdline = ""
-        if self.marker in cmdline and _alive(pid):
+        if self.marker in cmdline and proc.pid_alive(pid):
             return pid
         self.pid_file.unlink(missing_ok=True)
         return None
@@ -137,7 +138,7 @@ class BackgroundServer:
             pid = self._spawn()
         try:
             wait_ready(self._probe, timeout=timeout, what=f"{self.name} server",
-                       alive=lambda: None if _alive(pid) else f"process {pid} exited", log_tail=self.logs)
+                       alive=lambda: None if proc.pid_alive(pid) else f"process {pid} exited", log_tail=self.logs)
         except NotReadyError:
             self.down()
             raise
@@ -160,33 +161,13 @@ class BackgroundServer:
             return False
         _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while proc.pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if proc.pid_alive(pid):
             _signal_group(pid, signal.SIGKILL)
-            while _alive(pid) and time.monotonic() < deadline + 5:
+            while proc.pid_alive(pid) and time.monotonic() < deadline + 5:
                 time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
-        return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        # reap it if it is our child (a zombie still answers kill 0)
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
         return True
 
 
