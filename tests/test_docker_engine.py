@@ -225,6 +225,20 @@ def test_pull_failure_points_to_the_offline_image(dsettings: Settings) -> None:
     assert "pulling it failed" in err.value.message and "toolkit image build" in err.value.one_line()
 
 
+def test_auto_falls_back_to_embedded_when_the_image_cannot_be_had(dsettings: Settings, docker_api: Any) -> None:
+    from toolkit import api
+
+    settings = replace(dsettings, engine="auto", image=f"toolkit-test/absent-{uuid.uuid4().hex[:8]}:1")
+    result = api.up(settings, export=False)
+    try:
+        assert result.engine == "embedded"
+        assert result.note and "pulling it failed" in result.note and "toolkit image build" in result.note
+        assert not docker_api.containers.list(all=True, filters={"name": settings.container})
+        assert api.status(settings)["engine"] == "embedded"  # and it keeps to it from now on
+    finally:
+        api.down(settings, purge=True)
+
+
 def test_unreachable_engine_gives_one_line_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
     from toolkit import engines
     from toolkit.engines.docker import docker_available

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import engines, envfile
+from toolkit.errors import ImageUnavailableError
 from toolkit.settings import Settings, resolve
 from toolkit.urls import PgUrl, parse
 
@@ -50,7 +51,17 @@ def env_values(settings: Settings) -> dict[str, str]:
 def up(settings: Settings, *, export: bool = True) -> UpResult:
     """Start (or find running) Postgres+pgvector, wait until usable, write PGVECTOR_TEST_DB_URL."""
     engine, note = engines.select(settings, starting=True)
-    engine.up()
+    try:
+        engine.up()
+    except ImageUnavailableError as exc:
+        # auto chose Docker, but the image cannot be had here (no registry): what works is the
+        # embedded engine. An explicit --engine docker, or a project already on Docker, fails instead.
+        if settings.engine != "auto" or engine.name != "docker" or engines.remembered(settings) is not None:
+            raise
+        engine = engines.load("embedded", settings)
+        note = (f"{exc.message}; using the embedded engine (for Docker without a registry: "
+                "`toolkit image build`, then TOOLKIT_PG_IMAGE=toolkit/pgvector-offline:pg18)")
+        engine.up()
     if engine.name != "external":
         engines.remember(settings, engine.name)
     changed = envfile.write(settings.env_file, env_values(settings)) if export else False

@@ -50,6 +50,10 @@ class EngineUnavailableError(ToolkitError):
     exit_code = 4
 
 
+class ImageUnavailableError(EngineUnavailableError):
+    """The Docker image is not here and cannot be pulled (offline, no registry, rate limit)."""
+
+
 class NotReadyError(ToolkitError):
     """The server did not become usable: died, timed out, refused auth, lacks the extension."""
 

@@ -26,7 +26,7 @@ from typing import Any
 from toolkit import __version__
 from toolkit.engines.base import Endpoint, EngineStatus
 from toolkit.engines.docker_image import OFFLINE_IMAGE
-from toolkit.errors import EngineUnavailableError, NotReadyError, PortInUseError, ToolkitError, UsageError
+from toolkit.errors import EngineUnavailableError, ImageUnavailableError, NotReadyError, PortInUseError, ToolkitError, UsageError
 from toolkit.health import ExtensionMissing, PgProbe, RoleOrDatabaseMissing, wait_ready
 from toolkit.ports import port_holder, port_is_free
 from toolkit.settings import Settings
@@ -382,7 +382,7 @@ def pull(api: Any, image: str) -> None:
         api.images.get(image)
     except Exception as exc:  # noqa: BLE001 - offline, rate limit, unknown image: the same way out
         reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
-        raise EngineUnavailableError(
+        raise ImageUnavailableError(
             f"image {image} is not here and pulling it failed: {reason}",
             hint=f"no registry? build one locally with `toolkit image build`, then use --image {OFFLINE_IMAGE} "
                  "(or TOOLKIT_PG_IMAGE)") from None
