@@ -94,6 +94,8 @@ def test_kill_9_then_up_recovers_without_losing_data(up, isolated: Path) -> None
     _sql(_url(isolated), "CREATE TABLE keep (x int); INSERT INTO keep VALUES (7)")
     os.kill(_pid(isolated), signal.SIGKILL)
     time.sleep(0.05)
+    status = run_toolkit("status")
+    assert "not running" in status.stdout and "died" in status.stdout and "toolkit up" in status.stdout, status.stdout
     again = run_toolkit("up")
     assert again.returncode == 0, again.stderr
     assert _sql(_url(isolated), "SELECT x FROM keep") == [(7,)]

@@ -176,10 +176,12 @@ def wait_ready(
             with retry:
                 attempt()
     except Transient as exc:
+        tail = _tail(log_tail, secrets)
         raise NotReadyError(
             f"{what} not ready after {timeout:g}s: phase {exc.phase} failed: {redact(exc.error, secrets)}",
-            hint="see the log above; raise --timeout if the machine is just slow",
-            detail=_tail(log_tail, secrets),
+            hint=("see the log above; " if tail else "is it running and reachable? ")
+            + "raise --timeout if the machine is just slow",
+            detail=tail,
         ) from None
     except NotReadyError as exc:
         if exc.detail is None:

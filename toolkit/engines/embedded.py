@@ -97,6 +97,8 @@ class EmbeddedEngine:
         extra = {"data_dir": str(self.pgdata), "log": str(self.log_file), "initialized": (self.pgdata / "PG_VERSION").exists()}
         if pid is None:
             detail = "stopped (data kept)" if extra["initialized"] else "no data yet"
+            if info.get("pid") is not None:  # postmaster.pid names a dead process: it was killed
+                detail = "not running: the server died (stale postmaster.pid); `toolkit up` recovers it, data kept"
             return EngineStatus(self.name, False, detail, extra)
         extra.update(pid=pid, port=info.get("port"))
         return EngineStatus(self.name, True, f"pid {pid}, port {info.get('port')}, data {self.pgdata}", extra)
