@@ -46,16 +46,23 @@ def test_unchanged_value_writes_nothing(tmp_path: Path) -> None:
     assert env.stat().st_mtime_ns == before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 def test_unwritable_env_is_a_config_error(tmp_path: Path) -> None:
-    env = tmp_path / ".env"
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    env = folder / ".env"
     env.write_text("A=1\n")
-    tmp_path.chmod(0o500)
+    # root ignores permission bits, but not the immutable attribute
+    lock, unlock = (["chattr", "+i", str(folder)], ["chattr", "-i", str(folder)]) if os.geteuid() == 0 else \
+        (["chmod", "500", str(folder)], ["chmod", "700", str(folder)])
+    if subprocess.run(lock, capture_output=True).returncode != 0:
+        pytest.skip("cannot make a folder unwritable here (root, and no chattr +i on this file system)")
     try:
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError) as err:
             envfile.write(env, {envfile.URL_VAR: URL})
+        assert str(env) in err.value.message and "permissions" in (err.value.hint or "")
     finally:
-        tmp_path.chmod(0o700)
+        subprocess.run(unlock, check=True)
+    assert env.read_text() == "A=1\n"  # nothing the user had is lost
 
 
 def test_env_in_missing_readonly_place_is_a_config_error(tmp_path: Path) -> None:
