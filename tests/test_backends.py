@@ -294,3 +294,64 @@ def test_local_segments_replacements_and_deletes_read_back_exactly(tmp_path: Pat
         assert [p.id for rows in store.scan(7) for p in rows] == sorted(expected, key=str)
         for i in list(expected)[::9]:
             assert store.query(expected[i], 1)[0].id == i
+
+
+def test_postgres_takes_what_other_backends_take_and_refuses_bad_text_in_one_line(pg_url: str) -> None:
+    """Metadata with non-JSON values and naive timestamps (the local backend keeps both) load into Postgres;
+    a NUL byte in a text, which Postgres cannot store, is a BackendError, not a traceback."""
+    from datetime import datetime, timezone
+
+    table = f"t_{uuid.uuid4().hex[:10]}"
+    odd = replace(passages(1, dim=4)[0], metadata={"ref": uuid.UUID(int=5)}, created_at=datetime(2024, 1, 1, 12, 0))
+    with open_store(StoreLocation("postgres", pg_url, table)) as store:
+        try:
+            store.insert([odd])
+            back = next(iter(store.scan(10)))[0]
+            assert back.metadata == {"ref": str(uuid.UUID(int=5))}
+            assert back.created_at == datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)  # naive means UTC
+            with pytest.raises(BackendError, match="rejected the data"):
+                store.insert([replace(passages(1, dim=4, seed=9)[0], text="nul \x00 byte")])
+            assert store.count() == 1
+        finally:
+            store.drop()
+
+
+def test_chroma_reads_naive_timestamps_as_utc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import datetime, timezone
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        with open_store(StoreLocation("chroma", str(tmp_path), "archival")) as store:
+            store.insert([replace(passages(1, dim=4)[0], created_at=datetime(2024, 1, 1, 12, 0))])
+            assert next(iter(store.scan(10)))[0].created_at == datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_local_table_dropped_and_refilled_by_another_instance_is_seen(tmp_path: Path) -> None:
+    where = StoreLocation("local", str(tmp_path), "archival")
+    first, second = passages(2, dim=4, seed=1), passages(2, dim=4, seed=2)
+    with open_store(where) as a, open_store(where) as b:
+        a.insert(first[:1])
+        a.insert(first[1:])
+        assert a.count() == 2
+        b.drop()
+        b.insert(second[:1])
+        b.insert(second[1:])  # the same version number as a's cached table
+        assert {p.id for rows in a.scan(10) for p in rows} == {p.id for p in second}
+        assert a.delete([second[0].id]) == 1
+
+
+def test_local_damaged_files_are_a_backend_error(tmp_path: Path) -> None:
+    where = StoreLocation("local", str(tmp_path), "archival")
+    with open_store(where) as store:
+        store.insert(passages(3, dim=4))
+    segment = next((tmp_path / "archival").glob("*.jsonl"))
+    segment.write_text(segment.read_text()[:-20])  # cut off mid-row
+    with open_store(where) as store, pytest.raises(BackendError, match="cannot read the local table"):
+        store.count()
+    (tmp_path / "archival" / "manifest.json").write_text("[1, 2]")
+    with open_store(where) as store, pytest.raises(BackendError, match="cannot read the local table"):
+        store.count()

@@ -151,6 +151,10 @@ def test_refuses_missing_or_empty_source(make_spec: Callable[[str, str], Spec], 
     with pytest.raises(MigrationError, match="does not exist"):
         migrate(Spec("chroma", str(tmp_path / "nowhere")), destination, table=table)
     assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "not-chroma").mkdir()  # a directory, but no Chroma data in it: refused, and left as it was
+    with pytest.raises(MigrationError, match="does not exist"):
+        migrate(Spec("chroma", str(tmp_path / "not-chroma")), destination, table=table)
+    assert not any((tmp_path / "not-chroma").iterdir())
     empty = make_spec("local", "empty")
     fill(empty, table, n=3)
     with closing(open_store(empty.store(table))) as store:

@@ -91,3 +91,9 @@ def test_memgpt_reads_like_memgpt(settings) -> None:
     assert specs.from_memgpt(ArchivalStorage("lancedb"), settings).location.endswith(".lancedb")
     with pytest.raises(UsageError):
         specs.from_memgpt(ArchivalStorage("faiss"), settings)
+
+
+def test_postgres_shorthand_that_names_itself_is_refused(settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGVECTOR_TEST_DB_URL", "postgres")
+    with pytest.raises(UsageError, match="not a Postgres URL"):
+        specs.parse("postgres", settings)

@@ -130,6 +130,11 @@ def _missing_directory(spec: Spec) -> bool:
     return spec.backend in ("local", "chroma", "lancedb") and not Path(spec.location).exists()
 
 
+def _missing_source(spec: Spec) -> bool:
+    # opening a Chroma directory creates chroma.sqlite3 in it: a source without one is not opened at all
+    return _missing_directory(spec) or spec.backend == "chroma" and not (Path(spec.location) / "chroma.sqlite3").exists()
+
+
 def migrate(
     source: Spec,
     destination: Spec,
@@ -151,7 +156,7 @@ def migrate(
     if source.identity == destination.identity:
         raise MigrationError(f"source and destination are the same store ({source})",
                              hint="pick another destination in --to")
-    if _missing_directory(source):
+    if _missing_source(source):
         raise MigrationError(f"source {source} does not exist", hint="check the path in --from")
     started = time.perf_counter()
     with closing(open_store(source.store(table))) as src:

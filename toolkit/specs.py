@@ -75,6 +75,14 @@ def provisioned_url(settings: Settings) -> str:
     return url or settings.db.url().render("pg8000")
 
 
+def _provisioned(settings: Settings) -> Spec:
+    url = provisioned_url(settings)
+    if "://" not in url:  # PGVECTOR_TEST_DB_URL=postgres would name itself
+        raise UsageError(f"{URL_ENV} is {urls.redact(url)!r}, not a Postgres URL",
+                         hint="run `toolkit up` to write it, or give the URL in --from/--to")
+    return parse(url, settings)
+
+
 def default_local_dir() -> Path:
     return Path.home() / ".memgpt" / "archival"
 
@@ -91,7 +99,7 @@ def parse(text: str, settings: Settings) -> Spec:
     scheme = scheme.lower()
     if not sep:
         defaults = {
-            "postgres": lambda: parse(provisioned_url(settings), settings),
+            "postgres": lambda: _provisioned(settings),
             "chroma": lambda: Spec("chroma", str(settings.chroma_dir)),
             "chroma+http": lambda: Spec("chroma-http", f"{settings.chroma_host}:{settings.chroma_port}"),
             "lancedb": lambda: parse(_lancedb_spec(settings.lancedb_location), settings),

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.backends._util import StoreBase, batched, dim_mismatch, matrix, unique_by_id, uuid_or_none
+from toolkit.backends._util import StoreBase, batched, dim_mismatch, matrix, to_utc, unique_by_id, uuid_or_none
 from toolkit.backends.base import Filters, Passage
 from toolkit.errors import BackendError
 
@@ -215,7 +215,7 @@ def _metadata(p: Passage) -> dict[str, Any]:
     fields = {"user_id": str(p.user_id), "agent_id": p.agent_id and str(p.agent_id),
               "doc_id": p.doc_id and str(p.doc_id), "data_source": p.data_source,
               "embedding_model": p.embedding_model, "embedding_dim": p.embedding_dim,
-              "created_at": p.created_at.timestamp()}
+              "created_at": to_utc(p.created_at).timestamp()}
     meta = {**flat, **{k: v for k, v in fields.items() if v is not None}}
     if rest:
         meta["metadata_"] = json.dumps(rest, default=str, sort_keys=True)

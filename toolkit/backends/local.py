@@ -44,7 +44,9 @@ class _Table:
 
     @cached_property
     def vectors(self) -> np.ndarray:
-        return _gather(self.blocks, self.order, self.dim)
+        matrix = _gather(self.blocks, self.order, self.dim)
+        matrix.setflags(write=False)  # passages handed out are views: nobody may change the cache through them
+        return matrix
 
     def vectors_of(self, start: int, stop: int) -> np.ndarray:
         if "vectors" in self.__dict__:
@@ -89,6 +91,11 @@ def _gather(blocks: list[np.ndarray], order: np.ndarray, dim: int) -> np.ndarray
     return out
 
 
+def _damaged(where: Path, exc: BaseException) -> BackendError:
+    return BackendError(f"cannot read the local table {where}: {type(exc).__name__}: {exc}",
+                        hint="drop it (toolkit migrate from a copy) or restore the directory")
+
+
 def _to_row(p: Passage) -> dict[str, Any]:
     return {"id": str(p.id), "user_id": str(p.user_id), "agent_id": p.agent_id and str(p.agent_id),
             "doc_id": p.doc_id and str(p.doc_id), "text": p.text, "data_source": p.data_source,
@@ -108,18 +115,21 @@ class LocalStore(StoreBase):
 
     def __init__(self, location: StoreLocation) -> None:
         self.dir = Path(location.location).expanduser() / location.table
-        self._cache: tuple[int, _Table] | None = None
+        self._cache: tuple[tuple[str | None, int], _Table] | None = None
 
     # -- files -----------------------------------------------------------------------------------
 
     def _manifest(self) -> dict[str, Any]:
         try:
-            return dict(json.loads((self.dir / "manifest.json").read_text()))
+            manifest = json.loads((self.dir / "manifest.json").read_text())
         except FileNotFoundError:
-            return {"version": 0, "dim": None, "segments": [], "next": 1}
+            # uid: a dropped and re-created table starts its versions again; (uid, version) stays unique
+            return {"uid": uuid.uuid4().hex, "version": 0, "dim": None, "segments": [], "next": 1}
         except (OSError, ValueError) as exc:
-            raise BackendError(f"cannot read the local table {self.dir}: {exc}",
-                               hint="drop it (toolkit migrate from a copy) or restore the directory") from None
+            raise _damaged(self.dir, exc) from None
+        if not isinstance(manifest, dict) or not {"version", "dim", "segments", "next"} <= manifest.keys():
+            raise _damaged(self.dir, ValueError("manifest.json lacks version, dim, segments or next"))
+        return manifest
 
     def _write(self, path: Path, write: Any) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -148,11 +158,24 @@ class LocalStore(StoreBase):
         self._cache = None
 
     def _load(self) -> _Table:
+        manifest = self._manifest()
+        key = (manifest.get("uid"), manifest["version"])
+        if self._cache and self._cache[0] == key:
+            return self._cache[1]
+        try:
+            table = self._read(manifest)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            # a compaction by another process between reading the manifest and its segments looks the same
+            # as damage: read the manifest again once before calling it damage
+            if self._manifest().get("version") == manifest["version"]:
+                raise _damaged(self.dir, exc) from None
+            return self._load()
+        self._cache = (key, table)
+        return table
+
+    def _read(self, manifest: dict[str, Any]) -> _Table:
         import numpy as np
 
-        manifest = self._manifest()
-        if self._cache and self._cache[0] == manifest["version"]:
-            return self._cache[1]
         live: dict[str, tuple[dict[str, Any], int]] = {}  # id -> (row, index into the stacked segments)
         blocks = []
         offset = 0
@@ -171,9 +194,7 @@ class LocalStore(StoreBase):
             offset += len(block)
         ids = sorted(live)
         order = np.fromiter((live[i][1] for i in ids), dtype=np.intp, count=len(ids))
-        table = _Table([live[i][0] for i in ids], blocks, order, manifest["dim"] or 0)
-        self._cache = (manifest["version"], table)
-        return table
+        return _Table([live[i][0] for i in ids], blocks, order, manifest["dim"] or 0)
 
     # -- the Protocol ----------------------------------------------------------------------------
 

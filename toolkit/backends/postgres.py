@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from toolkit.backends._util import StoreBase, dim_mismatch, matrix, unique_by_id, uuid_or_none
+from toolkit.backends._util import StoreBase, dim_mismatch, dumps, matrix, to_utc, unique_by_id, uuid_or_none
 from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage
 from toolkit.errors import BackendError
 from toolkit.urls import parse, redact
@@ -57,9 +57,12 @@ class PostgresStore(StoreBase):
             self.close()
             raise BackendError(f"lost the connection to Postgres at {self.where}: {_first_line(exc)}",
                                hint="is it still running? `toolkit status`, then `toolkit up`") from None
-        except psycopg.errors.DataException as exc:
+        except psycopg.DataError as exc:  # SQLSTATE class 22: bad text (NUL bytes), JSON, numbers
             raise BackendError(f"Postgres rejected the data for {self.where}: {_first_line(exc)}",
                                hint="check the embedding dimension and the passage fields") from None
+        except psycopg.Error as exc:  # permissions, a table of another shape, a read-only server...
+            raise BackendError(f"Postgres refused an operation on {self.where}: {_first_line(exc)}",
+                               hint="check the role's privileges and the table's layout (`toolkit psql`)") from None
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is not None and not self._conn.closed:
@@ -175,7 +178,8 @@ class PostgresStore(StoreBase):
                         for i in range(start, min(start + COPY_ROWS, len(batch))):
                             p = batch[i]
                             copy.write_row((p.id, p.user_id, p.text, p.doc_id, p.agent_id, p.data_source, padded[i],
-                                            dim, p.embedding_model, Json(p.metadata or {}), p.created_at))
+                                            dim, p.embedding_model, Json(p.metadata or {}, dumps=dumps),
+                                            to_utc(p.created_at)))
 
             # new ids (the common case: a load, a migration) COPY straight into the table, as fast as a
             # raw bulk load; if any id exists already, the savepoint rolls that back and we upsert instead
