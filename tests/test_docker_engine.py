@@ -225,6 +225,19 @@ def test_pull_failure_points_to_the_offline_image(dsettings: Settings) -> None:
     assert "pulling it failed" in err.value.message and "toolkit image build" in err.value.one_line()
 
 
+def test_another_projects_container_and_volume_are_left_alone(dsettings: Settings, docker_api: Any,
+                                                             tmp_path: Path) -> None:
+    """The default names are the same in every checkout: a second project must not take over the first's."""
+    _engine(dsettings).up()
+    other = replace(dsettings, project_dir=tmp_path / "other-checkout")
+    for attempt in (lambda: _engine(other).up(), lambda: _engine(other).down(purge=True)):
+        with pytest.raises(ToolkitError, match="belongs to the toolkit project at"):
+            attempt()
+    assert docker_api.containers.get(dsettings.container).status == "running"
+    assert docker_api.volumes.get(dsettings.volume)
+    _engine(dsettings).down(purge=True)
+
+
 def test_auto_falls_back_to_embedded_when_the_image_cannot_be_had(dsettings: Settings, docker_api: Any) -> None:
     from toolkit import api
 

@@ -133,3 +133,17 @@ def test_bootstrap_with_quotes_and_spaces_in_names(tmp_path) -> None:  # type: i
                 assert tuple(row) == ("o'brien", "my db", False)
         finally:
             engine.dispose()
+
+
+def test_library_context_stops_a_server_whose_up_failed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A wrong password on existing data fails `up` after the server started: it must not keep running."""
+    import toolkit
+    from toolkit.ports import free_port, port_is_free
+
+    port, state = free_port(), str(tmp_path / "state")
+    with toolkit.postgres(port=port, state_dir=state, project_dir=str(tmp_path)):
+        pass
+    with pytest.raises(NotReadyError, match="password authentication failed"):
+        with toolkit.postgres(port=port, state_dir=state, project_dir=str(tmp_path), password="not-the-one"):
+            pass
+    assert port_is_free("127.0.0.1", port)

@@ -110,11 +110,13 @@ def postgres(*, engine: str = "embedded", keep: bool = False, export: bool = Fal
     """
     names = {"port", "user", "password", "database", "host", "bind"}
     resolved = resolve({("db." + k if k in names else k): v for k, v in flags.items()} | {"engine": engine})
-    chosen, _ = engines.select(resolved, starting=True)
-    was_running = chosen.status().running
-    up(resolved, export=export)
-    try:
+    used, _ = engines.select(resolved, starting=True)
+    stop = not keep and not used.status().running
+    try:  # a failed up (timeout, wrong password) may have started the server: stop it all the same
+        result = up(resolved, export=export)
+        if result.engine != used.name:  # auto fell back to another engine
+            used = engines.load(result.engine, resolved)
         yield Database(database_url(resolved).render("pg8000"), resolved)
     finally:
-        if not was_running and not keep:
-            chosen.down()
+        if stop:
+            used.down()

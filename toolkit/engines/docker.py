@@ -140,6 +140,7 @@ class DockerEngine:
         if container is not None and container.labels.get(f"{LABEL}.config") != self._config_key():
             # settings changed (port, image, ...): a new container on the same volume keeps the data
             print(f"recreating container {container.name} for the new settings (data kept)", file=sys.stderr)
+            container.stop(timeout=STOP_TIMEOUT)  # a clean shutdown first: no crash recovery at the next start
             container.remove(force=True)
             container = None
         if container is None or container.status != "running":
@@ -222,7 +223,19 @@ class DockerEngine:
             raise ToolkitError(f"container {container.name} exists but was not created by the toolkit; leaving it alone",
                                hint=f"remove it (docker rm -f {container.name}) or pick another name with "
                                     "TOOLKIT_PG_CONTAINER")
+        self._check_project("container", container.name, container.labels)
         return container
+
+    def _check_project(self, kind: str, name: str, found: dict[str, str]) -> None:
+        """The default names are the same in every checkout: never take over another project's."""
+        owner = found.get(f"{LABEL}.project")
+        if owner is not None and owner != str(self.settings.project_dir):
+            raise ToolkitError(
+                f"{kind} {name} belongs to the toolkit project at {owner}; leaving it alone",
+                hint=f"run `toolkit down` there, or give this project its own names with TOOLKIT_PG_CONTAINER and "
+                     f"TOOLKIT_PG_VOLUME (if that project moved here: docker rm -f {name} keeps the data volume)"
+                     if kind == "container" else
+                     "give this project its own volume with TOOLKIT_PG_VOLUME, or purge it from that project")
 
     def _config_key(self) -> str:
         s = self.settings
@@ -243,7 +256,11 @@ class DockerEngine:
             ports={"5432/tcp": (spec.bind, spec.port)},
             volumes={self.settings.volume: {"bind": DATA_DIR, "mode": "rw"}},
         )
-        container.put_archive("/docker-entrypoint-initdb.d", _tar({"zz-toolkit-bootstrap.sh": BOOTSTRAP_SH}))
+        try:
+            container.put_archive("/docker-entrypoint-initdb.d", _tar({"zz-toolkit-bootstrap.sh": BOOTSTRAP_SH}))
+        except BaseException:
+            container.remove(force=True)  # never leave a container that would start without its bootstrap
+            raise
         return container
 
     def _start(self, container: Any) -> None:
@@ -307,9 +324,12 @@ class DockerEngine:
         from docker.errors import NotFound
 
         try:
-            self.client.volumes.get(self.settings.volume)
+            volume = self.client.volumes.get(self.settings.volume)
         except NotFound:
             self.client.volumes.create(self.settings.volume, labels=labels(self.settings))
+            return
+        # an unlabelled volume (the seed's run_postgres.sh made one by this name) is adopted: its data is kept
+        self._check_project("volume", volume.name, volume.attrs.get("Labels") or {})
 
     def _remove_volume(self, name: str) -> None:
         from docker.errors import NotFound
@@ -318,9 +338,11 @@ class DockerEngine:
             volume = self.client.volumes.get(name)
         except NotFound:
             return
-        if (volume.attrs.get("Labels") or {}).get(f"{LABEL}.managed") != "true":
+        found = volume.attrs.get("Labels") or {}
+        if found.get(f"{LABEL}.managed") != "true":
             raise ToolkitError(f"volume {name} was not created by the toolkit; leaving it alone",
                                hint=f"delete it yourself with `docker volume rm {name}`")
+        self._check_project("volume", name, found)
         volume.remove(force=True)
 
     def _check_port(self) -> None:

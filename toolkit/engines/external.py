@@ -32,7 +32,8 @@ class ExternalEngine:
 
     def status(self) -> EngineStatus:
         try:
-            wait_ready(PgProbe(self.url), timeout=2, secrets=(self.url.password,))
+            # read-only: status never creates the extension on a server someone else runs
+            wait_ready(PgProbe(self.url, extension=False), timeout=2, secrets=(self.url.password,))
         except NotReadyError as exc:
             return EngineStatus(self.name, False, exc.one_line())
         return EngineStatus(self.name, True, f"{self.url.host}:{self.url.port} (managed elsewhere)")
