@@ -13,7 +13,9 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# a half-made venv (no pip: python3-venv missing) is made again, not reused
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "cannot create $(VENV) with $(PYTHON); on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }; }
 	@echo "installing toolkit into $(VENV) (first run takes a minute)..."
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev]' --config-settings editable_mode=compat
 	@touch $@
@@ -64,7 +66,10 @@ s3-down: $(STAMP) ## stop it
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
 compose-up: ## docker compose: Postgres+pgvector and Chroma (TOOLKIT_PG_IMAGE=toolkit/pgvector-offline:pg18 offline)
-	$(COMPOSE) -f compose/compose.yaml up -d $(if $(findstring docker compose,$(COMPOSE)),--wait,)
+	@# the superuser's password is only needed at the first start (init SQL runs over the socket): a random one,
+	@# so that a server exposed with TOOLKIT_PG_BIND=0.0.0.0 has no well-known superuser password
+	TOOLKIT_PG_SUPERUSER_PASSWORD="$${TOOLKIT_PG_SUPERUSER_PASSWORD:-$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')}" \
+	  $(COMPOSE) -f compose/compose.yaml up -d $(if $(findstring docker compose,$(COMPOSE)),--wait,)
 
 compose-down: ## stop the compose services (volumes kept)
 	$(COMPOSE) -f compose/compose.yaml down

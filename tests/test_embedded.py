@@ -166,3 +166,21 @@ def test_library_context_manager(tmp_path: Path) -> None:
     # stopped on exit because it was not running before
     assert not resolve({"db.port": port, "state_dir": tmp_path / "state"}, environ={}).state_dir.joinpath(
         "embedded/pgdata/postmaster.pid").exists()
+
+
+def test_run_postgres_sh_exports_the_server_it_started(isolated: Path) -> None:
+    """`eval "$(bash db/run_postgres.sh --port N)"` must export port N, not the default."""
+    import subprocess
+
+    from tests.conftest import REPO
+
+    port = free_port()
+    done = subprocess.run(["bash", str(REPO / "db" / "run_postgres.sh"), "--engine", "embedded", "--port", str(port)],
+                          env={**os.environ, "TOOLKIT_PROJECT_DIR": str(isolated)}, capture_output=True, text=True,
+                          timeout=300)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"export PGVECTOR_TEST_DB_URL=postgresql+pg8000://memgpt:memgpt@localhost:{port}/memgpt"
+        assert "postgres ready" in done.stderr
+    finally:
+        run_toolkit("down", "--purge", "--yes", "--engine", "embedded", "--port", str(port))
