@@ -355,3 +355,22 @@ def test_local_damaged_files_are_a_backend_error(tmp_path: Path) -> None:
     (tmp_path / "archival" / "manifest.json").write_text("[1, 2]")
     with open_store(where) as store, pytest.raises(BackendError, match="cannot read the local table"):
         store.count()
+
+
+def test_local_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    """Writers in several processes at once (an agent and a migration, say): every row survives."""
+    script = (
+        "import sys\n"
+        "from tests.backend_support import passages\n"
+        "from toolkit.backends import open_store, StoreLocation\n"
+        "seed = int(sys.argv[1])\n"
+        "with open_store(StoreLocation('local', sys.argv[2], 'archival')) as store:\n"
+        "    for start in range(0, 60, 3):\n"
+        "        store.insert(passages(3, dim=4, seed=seed, start=start))\n"
+    )
+    repo, where = Path(__file__).resolve().parent.parent, tmp_path / "store"
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(seed), str(where)], cwd=repo) for seed in (1, 2, 3)]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+    with open_store(StoreLocation("local", str(where), "archival")) as store:
+        assert store.count() == 180
+    assert [p.name for p in where.iterdir()] == ["archival"]  # no lock or temp files left beside it

@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -198,18 +199,38 @@ class LocalStore(StoreBase):
 
     # -- the Protocol ----------------------------------------------------------------------------
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time, across threads and processes: each write reads the manifest, adds a
+        segment and renames a new manifest in, and two at once would lose one's segment. The lock is on
+        the directory holding the tables (drop renames a table's own directory away; no lock file is left)."""
+        import fcntl
+
+        try:
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir.parent, os.O_RDONLY)
+        except OSError as exc:
+            raise BackendError(f"local path {self.dir} is not writable: {exc.strerror or exc}",
+                               hint="choose a writable directory or fix its permissions") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def insert(self, passages: Iterable[Passage]) -> int:
         batch = unique_by_id(passages)
         if not batch:
             return 0
         vectors = matrix(batch)
-        manifest = self._manifest()
-        if manifest["dim"] is not None and manifest["dim"] != vectors.shape[1]:
-            raise dim_mismatch(f"local table {self.dir}", manifest["dim"], vectors.shape[1])
-        manifest["dim"] = vectors.shape[1]
-        self._commit(manifest, [_to_row(p) for p in batch], vectors)
-        if len(manifest["segments"]) + 1 >= COMPACT_AFTER:
-            self._compact()
+        with self._writing():
+            manifest = self._manifest()
+            if manifest["dim"] is not None and manifest["dim"] != vectors.shape[1]:
+                raise dim_mismatch(f"local table {self.dir}", manifest["dim"], vectors.shape[1])
+            manifest["dim"] = vectors.shape[1]
+            self._commit(manifest, [_to_row(p) for p in batch], vectors)
+            if len(manifest["segments"]) + 1 >= COMPACT_AFTER:
+                self._compact()
         return len(batch)
 
     def _compact(self) -> None:
@@ -257,15 +278,24 @@ class LocalStore(StoreBase):
     def delete(self, ids: Iterable[uuid.UUID]) -> int:
         import numpy as np
 
-        table = self._load()
-        gone = sorted({str(i) for i in ids} & table.index.keys())
-        if gone:
-            manifest = self._manifest()
-            self._commit(manifest, [{"id": i, "deleted": True} for i in gone],
-                         np.zeros((0, manifest["dim"] or 0), dtype=np.float32))
+        wanted = {str(i) for i in ids}
+        if not self.exists():
+            return 0
+        with self._writing():
+            gone = sorted(wanted & self._load().index.keys())
+            if gone:
+                manifest = self._manifest()
+                self._commit(manifest, [{"id": i, "deleted": True} for i in gone],
+                             np.zeros((0, manifest["dim"] or 0), dtype=np.float32))
         return len(gone)
 
     def drop(self) -> None:
+        if not self.dir.exists():
+            return
+        with self._writing():
+            self._drop()
+
+    def _drop(self) -> None:
         if not self.dir.exists():
             return
         # rename first so a half-deleted table is never mistaken for a table
