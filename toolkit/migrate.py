@@ -37,7 +37,7 @@ class Checksum:
         import numpy as np
 
         for p in passages:
-            text = (p.text or "").encode("utf-8")
+            text = (p.text or "").encode("utf-8", "surrogatepass")  # a lone surrogate hashes, not raises
             # float32 like Postgres' float4, Chroma and LanceDB store them; "+ 0" folds -0.0 into 0.0
             vector = (np.asarray(p.embedding, dtype="<f4") + np.float32(0)).tobytes()
             digest = hashlib.blake2b(p.id.bytes, digest_size=16)
