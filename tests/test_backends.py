@@ -75,6 +75,13 @@ def test_conformance(location: StoreLocation) -> None:
         filtered = store.query(data[1].embedding, 6, Filters(agent_id=AGENTS[0]))
         assert len(filtered) == 6 and all(p.agent_id == AGENTS[0] for p in filtered)
 
+        wanted = [data[9].id, uuid.uuid4(), data[2].id, data[9].id]  # order kept, unknown and repeated ids dropped
+        fetched = store.get(wanted)
+        assert [p.id for p in fetched] == [data[9].id, data[2].id]
+        assert fetched[1].text == data[2].text and fetched[1].metadata == data[2].metadata
+        np.testing.assert_allclose(np.asarray(fetched[0].embedding), np.asarray(data[9].embedding), rtol=1e-6)
+        assert store.get([]) == []
+
         batches = list(store.scan(7))
         assert [len(b) for b in batches] == [7, 7, 7, 7, 7, 5]
         ids = [p.id for b in batches for p in b]

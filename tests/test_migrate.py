@@ -260,3 +260,38 @@ def test_cli_refusal_is_one_line_and_no_switch(make_spec: Callable[[str, str], S
     assert done.returncode == MigrationError.exit_code
     assert done.stderr.strip().count("\n") == 0 and "8-dimensional" in done.stderr
     assert not Path(os.environ["MEMGPT_CONFIG_PATH"]).exists()
+
+
+@pytest.mark.parametrize("dst", ["postgres", "local"])  # read back while copying; re-read at the end
+def test_verification_catches_a_destination_that_stores_something_else(
+        make_spec: Callable[[str, str], Spec], table: str, dst: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from toolkit.backends import BACKENDS as REGISTRY
+
+    source, destination = make_spec("local", "src"), make_spec(dst, "dst")
+    fill(source, table)
+    module, _, name = REGISTRY[dst].partition(":")
+    store_class = getattr(__import__(module, fromlist=[name]), name)
+    original = store_class.insert
+
+    def lossy(self, batch):  # type: ignore[no-untyped-def]
+        # one embedding changed on its way in, as a lossy driver or a float16 column would
+        batch = [dataclasses.replace(p, embedding=np.asarray(p.embedding) + np.float32(1e-3)) if i == 0 else p
+                 for i, p in enumerate(batch)]
+        return original(self, batch)
+
+    monkeypatch.setattr(store_class, "insert", lossy)
+    with pytest.raises(MigrationError, match="verification failed"):
+        migrate(source, destination, table=table, batch=50)
+
+
+def test_verification_catches_rows_the_source_does_not_have(make_spec: Callable[[str, str], Spec], table: str) -> None:
+    source, destination = make_spec("local", "src"), make_spec("postgres", "dst")
+    fill(source, table)
+    with closing(open_store(destination.store(table))) as store:
+        store.insert(passages(1, DIM, seed=99))  # a row that is not in the source
+    with pytest.raises(MigrationError, match="held rows before"):
+        migrate(source, destination, table=table)

@@ -3,7 +3,8 @@
 Speaks only the ArchivalStore Protocol. Rows stream in batches (scan in id order -> upsert by id),
 so a run killed midway is resumed by running it again: nothing is duplicated or lost. The source
 is only ever read. At the end both sides must agree on the row count and on a checksum over ids,
-texts and embeddings (float32, as every backend stores them), computed independently of order.
+texts and embeddings (float32, as every backend stores them), computed independently of order. Where the
+destination allows it (Postgres), each batch is read back by id while the next one is copied.
 """
 
 from __future__ import annotations
@@ -126,6 +127,57 @@ def _prefetched(store: ArchivalStore, batch: int, checksum: Checksum | None = No
         reader.join()
 
 
+class _ReadBack:
+    """Verification that overlaps the copy: a thread with its own destination handle reads back each
+    batch by id as soon as it is written, and checksums what it finds, while the next batch is copied.
+    Rows just written are still in the server's cache, so this costs little next to a final re-read."""
+
+    _DONE = object()
+
+    def __init__(self, destination: Spec, table: str, checksum: Checksum) -> None:
+        self.checksum = checksum
+        self.error: BaseException | None = None
+        self._ids: queue.Queue[Any] = queue.Queue(maxsize=4)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(destination, table), name="migrate-verify",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, destination: Spec, table: str) -> None:
+        try:
+            with closing(open_store(destination.store(table))) as store:
+                while (ids := self._ids.get()) is not self._DONE:
+                    self.checksum.update(store.get(ids))
+        except BaseException as exc:  # noqa: BLE001 - handed to the copying thread, raised there
+            self.error = exc
+            self._stop.set()
+
+    def add(self, ids: list[Any]) -> None:
+        while not self._stop.is_set():
+            try:
+                self._ids.put(ids, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._raise()
+
+    def finish(self) -> None:
+        self.add(self._DONE)  # type: ignore[arg-type]
+        self._thread.join()
+        self._raise()
+
+    def abandon(self) -> None:
+        self._stop.set()
+        try:
+            self._ids.put_nowait(self._DONE)
+        except queue.Full:
+            pass  # the thread is busy; it ends with the process (daemon) or at its next get
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
 def _missing_directory(spec: Spec) -> bool:
     return spec.backend in ("local", "chroma", "lancedb") and not Path(spec.location).exists()
 
@@ -187,19 +239,31 @@ def migrate(
                 return Result(str(source), str(destination), table, rows, 0, before, "", False, True,
                               time.perf_counter() - started, dim)
 
-            expected = Checksum()
-            for passages in _prefetched(src, batch, expected):
-                dst.insert(passages)
-                if progress:
-                    progress(len(passages))
-            if on_verify:
-                on_verify()
-            got = Checksum()
-            for passages in _prefetched(dst, batch):  # the server reads the next batch while we hash this one
-                got.update(passages)
+            expected, got = Checksum(), Checksum()
+            read_back = _ReadBack(destination, table, got) if dst.reads_while_writing else None
+            try:
+                for passages in _prefetched(src, batch, expected):
+                    dst.insert(passages)
+                    if read_back:
+                        read_back.add([p.id for p in passages])
+                    if progress:
+                        progress(len(passages))
+                if on_verify:
+                    on_verify()
+                if read_back:
+                    read_back.finish()
+                else:
+                    for passages in _prefetched(dst, batch):  # the server reads the next batch while we hash
+                        got.update(passages)
+            except BaseException:
+                if read_back:
+                    read_back.abandon()
+                raise
             dst_rows = dst.count()
     seconds = time.perf_counter() - started
-    if dst_rows != expected.count or got.hexdigest() != expected.hexdigest():
+    # got holds what the destination has for every source id (read back by id, or the whole table):
+    # equal checksums and equal counts mean the destination holds exactly the source's rows
+    if dst_rows != expected.count or got.count != expected.count or got.hexdigest() != expected.hexdigest():
         extra = " (it held rows before that are not in the source)" if dst_rows > expected.count else ""
         raise MigrationError(
             f"verification failed: source {expected.count} rows checksum {expected.hexdigest()}, destination "

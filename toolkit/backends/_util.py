@@ -19,6 +19,7 @@ class StoreBase:
     """Context-manager support for every store: ``with open_store(loc) as store: ...``."""
 
     name: str
+    reads_while_writing = False
 
     def close(self) -> None:  # pragma: no cover - overridden where there is something to close
         pass

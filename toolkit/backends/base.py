@@ -55,6 +55,9 @@ class ArchivalStore(Protocol):
     """One table/collection of passages in one backend. Writes are upserts by ``id``."""
 
     name: str  # backend name: local, postgres, chroma, chroma-http, lancedb, lancedb-s3
+    # True when a second handle's get() sees what this one's insert() committed, at little cost: a
+    # migration then verifies each batch while the next is copied, instead of re-reading at the end
+    reads_while_writing: bool
 
     def insert(self, passages: Iterable[Passage]) -> int:
         """Upsert passages by id; return how many were written."""
@@ -66,6 +69,9 @@ class ArchivalStore(Protocol):
 
     def scan(self, batch_size: int) -> Iterator[list[Passage]]:
         """Every passage, in batches, in a stable order (by id)."""
+
+    def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
+        """The stored passages with these ids, in the order first asked; ids not stored are left out."""
 
     def delete(self, ids: Iterable[uuid.UUID]) -> int: ...
 

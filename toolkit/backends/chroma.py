@@ -137,11 +137,19 @@ class ChromaStore(StoreBase):
         with self._guard():
             ids = sorted(collection.get(include=[])["ids"])
         for part in batched(ids, batch_size):
-            with self._guard():
-                got = collection.get(ids=part, include=["embeddings", "documents", "metadatas"])
-            rows = {i: (i, d, m, e) for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"],
-                                                          got["embeddings"], strict=True)}
-            yield [_passage(*rows[i]) for i in part if i in rows]
+            yield self._get_ids(collection, part)
+
+    def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
+        collection = self._get(create=False)
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        return self._get_ids(collection, wanted) if collection is not None and wanted else []
+
+    def _get_ids(self, collection: Any, ids: list[str]) -> list[Passage]:
+        with self._guard():
+            got = collection.get(ids=ids, include=["embeddings", "documents", "metadatas"])
+        rows = {i: (i, d, m, e) for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"],
+                                                      got["embeddings"], strict=True)}
+        return [_passage(*rows[i]) for i in ids if i in rows]
 
     def delete(self, ids: Iterable[uuid.UUID]) -> int:
         collection = self._get(create=False)

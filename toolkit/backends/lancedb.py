@@ -173,9 +173,17 @@ class LanceStore(StoreBase):
         with self._guard():
             ids = sorted(table.search().select(["id"]).limit(None).to_arrow()["id"].to_pylist())
         for part in batched(ids, batch_size):
-            with self._guard():
-                rows = {p.id: p for p in _passages(table.search().where(_in(part)).limit(None).to_arrow())}
-            yield [rows[uuid.UUID(i)] for i in part if uuid.UUID(i) in rows]
+            yield self._get_ids(table, part)
+
+    def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
+        table = self._open()
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        return self._get_ids(table, wanted) if table is not None and wanted else []
+
+    def _get_ids(self, table: Any, ids: list[str]) -> list[Passage]:
+        with self._guard():
+            rows = {p.id: p for p in _passages(table.search().where(_in(ids)).limit(None).to_arrow())}
+        return [rows[uuid.UUID(i)] for i in ids if uuid.UUID(i) in rows]
 
     def delete(self, ids: Iterable[uuid.UUID]) -> int:
         wanted = sorted({str(i) for i in ids})

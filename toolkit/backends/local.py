@@ -275,6 +275,11 @@ class LocalStore(StoreBase):
             vectors = table.vectors_of(start, stop)
             yield [_to_passage(table.rows[i], vectors[i - start]) for i in range(start, stop)]
 
+    def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
+        table = self._load()
+        found = [table.index[k] for k in dict.fromkeys(str(i) for i in ids) if k in table.index]
+        return [_to_passage(table.rows[i], table.vectors_of(i, i + 1)[0]) for i in found]
+
     def delete(self, ids: Iterable[uuid.UUID]) -> int:
         import numpy as np
 

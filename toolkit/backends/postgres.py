@@ -35,6 +35,7 @@ COPY_ROWS = 2000  # rows per COPY statement within one insert
 
 class PostgresStore(StoreBase):
     name = "postgres"
+    reads_while_writing = True  # another connection reads committed rows, from shared buffers
 
     def __init__(self, location: StoreLocation) -> None:
         self.url = parse(location.location)
@@ -239,6 +240,16 @@ class PostgresStore(StoreBase):
                 return
             yield rows
             last = rows[-1].id
+
+    def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
+        wanted = list(dict.fromkeys(i if isinstance(i, uuid.UUID) else uuid.UUID(str(i)) for i in ids))
+        if not wanted or not self.exists():
+            return []
+        with self._cursor(binary=True) as cur:
+            cur.execute(self._sql("SELECT {cols} FROM {table} WHERE id = ANY(%s)", cols=_select_list(self._subvector)),
+                        [wanted])
+            found = {p.id: p for p in self._rows(cur)}
+        return [found[i] for i in wanted if i in found]
 
     def delete(self, ids: Iterable[uuid.UUID]) -> int:
         wanted = [i if isinstance(i, uuid.UUID) else uuid.UUID(str(i)) for i in ids]
