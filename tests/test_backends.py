@@ -381,3 +381,15 @@ def test_local_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     with open_store(StoreLocation("local", str(where), "archival")) as store:
         assert store.count() == 180
     assert [p.name for p in where.iterdir()] == ["archival"]  # no lock or temp files left beside it
+
+
+def test_chroma_collection_written_by_another_program_is_one_clear_error(tmp_path: Path) -> None:
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(path=str(tmp_path), settings=Settings(anonymized_telemetry=False))
+    foreign = client.create_collection("archival", embedding_function=None)
+    foreign.add(ids=["doc-1"], documents=["hello"], embeddings=[[0.1, 0.2, 0.3]], metadatas=[{"source": "elsewhere"}])
+    with open_store(StoreLocation("chroma", str(tmp_path), "archival")) as store:
+        with pytest.raises(BackendError, match="is not a MemGPT passage"):
+            list(store.scan(10))

@@ -149,7 +149,17 @@ class ChromaStore(StoreBase):
             got = collection.get(ids=ids, include=["embeddings", "documents", "metadatas"])
         rows = {i: (i, d, m, e) for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"],
                                                       got["embeddings"], strict=True)}
-        return [_passage(*rows[i]) for i in ids if i in rows]
+        passages = []
+        for i in ids:
+            if i not in rows:
+                continue
+            try:
+                passages.append(_passage(*rows[i]))
+            except (KeyError, ValueError, TypeError) as exc:  # a collection some other program wrote
+                what = "no user_id" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+                raise BackendError(f"record {i!r} in chroma collection {self.table} is not a MemGPT passage ({what})",
+                                   hint="only collections written by MemGPT or the toolkit can be read") from None
+        return passages
 
     def delete(self, ids: Iterable[uuid.UUID]) -> int:
         collection = self._get(create=False)
