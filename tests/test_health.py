@@ -147,3 +147,10 @@ def test_library_context_stops_a_server_whose_up_failed(tmp_path) -> None:  # ty
         with toolkit.postgres(port=port, state_dir=state, project_dir=str(tmp_path), password="not-the-one"):
             pass
     assert port_is_free("127.0.0.1", port)
+
+
+def test_probe_passes_libpq_parameters_from_the_url(pg_url: str) -> None:
+    from toolkit.urls import parse
+
+    with libpq.Connection(parse(pg_url + "?application_name=toolkit-probe-test").libpq) as conn:
+        assert conn.scalar("SELECT current_setting('application_name')") == "toolkit-probe-test"

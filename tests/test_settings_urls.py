@@ -70,3 +70,11 @@ def test_env_example_documents_every_variable() -> None:
     text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
     missing = [f.env for f in FIELDS if f"{f.env}=" not in text]
     assert not missing, f".env.example lacks {missing}"
+
+
+def test_libpq_parameters_are_kept_where_the_driver_takes_them() -> None:
+    url = parse("postgresql://u:secret@db.example:5433/app?sslmode=verify-full&sslrootcert=/etc/ca.pem")
+    assert url.libpq == "postgresql://u:secret@db.example:5433/app?sslmode=verify-full&sslrootcert=/etc/ca.pem"
+    assert url.render("psycopg").endswith("/app?sslmode=verify-full&sslrootcert=/etc/ca.pem")
+    assert url.render("pg8000") == "postgresql+pg8000://u:secret@db.example:5433/app"  # pg8000 takes no libpq options
+    assert "secret" not in url.redacted("plain")

@@ -27,15 +27,21 @@ class PgUrl:
     host: str
     port: int
     database: str
+    # libpq connection parameters from the URL's query (sslmode=verify-full, connect_timeout, ...)
+    options: str = ""
 
     def render(self, driver: str = "pg8000") -> str:
-        """``pg8000`` (MemGPT's tests), ``psycopg`` (SQLAlchemy + psycopg 3) or ``plain`` (libpq, psql)."""
+        """``pg8000`` (MemGPT's tests), ``psycopg`` (SQLAlchemy + psycopg 3) or ``plain`` (libpq, psql).
+
+        libpq parameters are kept for libpq and psycopg; pg8000 does not take them (its TLS is set in
+        code), so its URL goes without."""
         scheme = {"pg8000": "postgresql+pg8000", "psycopg": "postgresql+psycopg", "plain": "postgresql"}[driver]
         auth = quote(self.user, safe="")
         if self.password:
             auth += ":" + quote(self.password, safe="")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{auth}@{host}:{self.port}/{quote(self.database, safe='')}"
+        query = f"?{self.options}" if self.options and driver != "pg8000" else ""
+        return f"{scheme}://{auth}@{host}:{self.port}/{quote(self.database, safe='')}{query}"
 
     @property
     def libpq(self) -> str:
@@ -65,6 +71,7 @@ def parse(url: str) -> PgUrl:
         host=parts.hostname,
         port=port or 5432,
         database=unquote(parts.path.lstrip("/")),
+        options=parts.query,
     )
 
 
