@@ -295,3 +295,25 @@ def test_verification_catches_rows_the_source_does_not_have(make_spec: Callable[
         store.insert(passages(1, DIM, seed=99))  # a row that is not in the source
     with pytest.raises(MigrationError, match="held rows before"):
         migrate(source, destination, table=table)
+
+
+def test_a_failing_copy_stops_the_read_back_thread(make_spec: Callable[[str, str], Spec], table: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from toolkit.backends.postgres import PostgresStore
+
+    source, destination = make_spec("local", "src"), make_spec("postgres", "dst")
+    fill(source, table)
+    original, calls = PostgresStore.insert, []
+
+    def failing(self, batch):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:
+            raise BackendError("the destination went away")
+        return original(self, batch)
+
+    monkeypatch.setattr(PostgresStore, "insert", failing)
+    with pytest.raises(BackendError, match="went away"):
+        migrate(source, destination, table=table, batch=30)
+    assert not [t for t in threading.enumerate() if t.name.startswith("migrate-")]

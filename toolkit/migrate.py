@@ -146,7 +146,13 @@ class _ReadBack:
     def _run(self, destination: Spec, table: str) -> None:
         try:
             with closing(open_store(destination.store(table))) as store:
-                while (ids := self._ids.get()) is not self._DONE:
+                while not self._stop.is_set():  # set when the copy failed: stop early, close the handle
+                    try:
+                        ids = self._ids.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    if ids is self._DONE:
+                        return
                     self.checksum.update(store.get(ids))
         except BaseException as exc:  # noqa: BLE001 - handed to the copying thread, raised there
             self.error = exc
@@ -168,10 +174,7 @@ class _ReadBack:
 
     def abandon(self) -> None:
         self._stop.set()
-        try:
-            self._ids.put_nowait(self._DONE)
-        except queue.Full:
-            pass  # the thread is busy; it ends with the process (daemon) or at its next get
+        self._thread.join(timeout=10)  # it ends after the read it is in, if any
 
     def _raise(self) -> None:
         if self.error is not None:
