@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CI room: make a Docker engine answer for the Docker tests, and stop only what we started.
 #   bash .ci/docker.sh start   install what the Docker tests need (Debian's docker.io, docker-compose,
-#                              busybox-static), start dockerd (overlay2, else vfs) unless an engine
-#                              answers, wait for it, build the offline image
+#                              busybox-static, docker-registry), start dockerd (overlay2, else vfs)
+#                              unless an engine answers, wait for it, build the offline image
 #   bash .ci/docker.sh stop    stop the dockerd this script started (nothing else)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +35,8 @@ install_packages() {
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   # a static busybox gives the offline image its shell and a few debugging tools
   command -v busybox >/dev/null || missing+=(busybox-static)
+  # a registry on 127.0.0.1, so the test of pulling a missing image pulls for real (no Docker Hub here)
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "docker.sh: installing ${missing[*]}"
     apt_install "${missing[@]}"

@@ -219,6 +219,90 @@ def test_down_all_removes_only_this_projects_labelled_containers(dsettings: Sett
     assert not docker_api.volumes.list(filters={"name": dsettings.volume})
 
 
+@pytest.fixture(scope="session")
+def registry(docker_api: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real registry (Debian's docker-registry) on 127.0.0.1, which dockerd reaches over plain HTTP."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("docker-registry is missing (bash .ci/docker.sh start installs it)")
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    (root / "config.yml").write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+                                     f"    rootdirectory: {root / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    with open(root / "log", "wb") as log:
+        server = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"docker-registry did not start: {(root / 'log').read_text()[-2000:]}")
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _push(docker_api: Any, image: Any, ref: str) -> None:
+    repository, tag = ref.rsplit(":", 1)
+    image.tag(repository, tag)
+    for event in docker_api.images.push(repository, tag=tag, stream=True, decode=True):
+        assert "error" not in event, event
+    docker_api.images.remove(ref)  # gone from here: only the registry has it now
+
+
+def test_missing_image_is_pulled_with_progress(docker_api: Any, registry: str, capfd: pytest.CaptureFixture[str]) -> None:
+    import io
+    import tarfile
+
+    from toolkit.engines.docker import pull
+
+    # a small image of its own (random content: no layer of it is here yet), so bytes really move
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        payload = os.urandom(2_000_000)
+        info = tarfile.TarInfo("payload.bin")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    ref = f"{registry}/toolkit-test/pull-{uuid.uuid4().hex[:8]}:1"
+    import json
+
+    answer = docker_api.api.import_image_from_data(buffer.getvalue())  # one JSON line, as a string
+    local = docker_api.images.get(json.loads(answer.strip().splitlines()[-1])["status"])
+    try:
+        _push(docker_api, local, ref)  # untagging its only name deleted the image here
+        with pytest.raises(Exception, match="No such image"):
+            docker_api.images.get(local.id)
+        pull(docker_api, ref)
+        assert docker_api.images.get(ref)
+        err = capfd.readouterr().err
+        assert f"pulling {ref}: 1 layers done, 2.0/2.0 MB" in err and f"pulled {ref}" in err
+    finally:
+        for name in (ref, local.id):
+            try:
+                docker_api.images.remove(name, force=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
+def test_up_pulls_a_missing_image_and_runs_it(dsettings: Settings, docker_api: Any, registry: str) -> None:
+    ref = f"{registry}/toolkit-test/pgvector-{uuid.uuid4().hex[:8]}:pg18"
+    _push(docker_api, docker_api.images.get(OFFLINE), ref)
+    try:
+        settings = replace(dsettings, image=ref)
+        _engine(settings).up()
+        assert _sql(settings, "SELECT extname FROM pg_extension WHERE extname = 'vector'") == [("vector",)]
+    finally:
+        _engine(replace(dsettings, image=ref)).down(purge=True)
+        docker_api.images.remove(ref, force=True)
+
+
 def test_pull_failure_points_to_the_offline_image(dsettings: Settings) -> None:
     with pytest.raises(EngineUnavailableError) as err:
         _engine(replace(dsettings, image=f"toolkit-test/absent-{uuid.uuid4().hex[:8]}:1")).up()

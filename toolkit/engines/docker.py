@@ -390,10 +390,12 @@ def pull(api: Any, image: str) -> None:
             detail = event.get("progressDetail") or {}
             if detail.get("total"):
                 layers[layer] = (detail.get("current", 0), detail["total"])
-            if status in ("Pull complete", "Already exists"):
+            finished = status in ("Pull complete", "Already exists") and layer not in done
+            if finished:
                 done.add(layer)
             now = time.monotonic()
-            if tty and now - last > 0.2 or not tty and status == "Pull complete":
+            # a terminal gets one line redrawn; a log gets a line per finished layer
+            if tty and now - last > 0.2 or not tty and finished:
                 last = now
                 got = sum(layers[k][1] if k in done else layers[k][0] for k in layers) / 1e6
                 total = sum(t for _, t in layers.values()) / 1e6
@@ -402,6 +404,7 @@ def pull(api: Any, image: str) -> None:
         if tty:
             print(file=sys.stderr)
         api.images.get(image)
+        print(f"pulled {image}", file=sys.stderr, flush=True)
     except Exception as exc:  # noqa: BLE001 - offline, rate limit, unknown image: the same way out
         reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
         raise ImageUnavailableError(
