@@ -88,6 +88,18 @@ def _first(store: ArchivalStore) -> Passage | None:
             close()
 
 
+def _offer(handoff: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Put ``item`` for the other thread, waiting while the queue is full; False once ``stop`` is set
+    (the other side is gone, and a blocking put would wait forever)."""
+    while not stop.is_set():
+        try:
+            handoff.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _prefetched(store: ArchivalStore, batch: int, checksum: Checksum | None = None, depth: int = 2) -> Iterator[list[Passage]]:
     """``store.scan(batch)`` read (and checksummed, if given one) in a thread, so that reading overlaps
     whatever the consumer does with the rows: the destination's writes, or the verification's checksum."""
@@ -95,25 +107,16 @@ def _prefetched(store: ArchivalStore, batch: int, checksum: Checksum | None = No
     batches: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def offer(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                batches.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False  # the consumer is gone
-
     def read() -> None:
         try:
             for rows in store.scan(batch):
                 if checksum is not None:
                     checksum.update(rows)
-                if not offer(rows):
+                if not _offer(batches, rows, stop):
                     return
-            offer(done)
+            _offer(batches, done, stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            offer(exc)
+            _offer(batches, exc, stop)
 
     reader = threading.Thread(target=read, name="migrate-reader", daemon=True)
     reader.start()
@@ -159,12 +162,7 @@ class _ReadBack:
             self._stop.set()
 
     def add(self, ids: list[Any]) -> None:
-        while not self._stop.is_set():
-            try:
-                self._ids.put(ids, timeout=0.1)
-                break
-            except queue.Full:
-                continue
+        _offer(self._ids, ids, self._stop)
         self._raise()
 
     def finish(self) -> None:

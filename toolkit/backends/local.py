@@ -78,12 +78,14 @@ def _gather(blocks: list[np.ndarray], order: np.ndarray, dim: int) -> np.ndarray
     out = np.empty((len(order), dim), dtype=np.float32)
     if not len(order):
         return out
+    first, last = int(order[0]), int(order[-1])
+    # the common case, rows written in id order: one slice of one block
+    consecutive = last - first == len(order) - 1 and bool((np.diff(order) == 1).all())
     start = 0
     for block in blocks:
         end = start + len(block)
-        if len(order) and order[0] >= start and order[-1] < end and order[-1] - order[0] == len(order) - 1 \
-                and bool((np.diff(order) == 1).all()):
-            out[:] = block[order[0] - start:order[-1] - start + 1]  # the common case: written in id order
+        if consecutive and start <= first and last < end:
+            out[:] = block[first - start:last - start + 1]
             return out
         chosen = np.flatnonzero((order >= start) & (order < end))
         if chosen.size:
@@ -295,13 +297,13 @@ class LocalStore(StoreBase):
         return len(gone)
 
     def drop(self) -> None:
-        if not self.dir.exists():
+        if not self.dir.exists():  # nothing to drop: take no lock (and create no parent directory)
             return
         with self._writing():
             self._drop()
 
     def _drop(self) -> None:
-        if not self.dir.exists():
+        if not self.dir.exists():  # dropped by another writer while we waited for the lock
             return
         # rename first so a half-deleted table is never mistaken for a table
         trash = self.dir.with_name(f".{self.dir.name}.dropped.{os.getpid()}")
