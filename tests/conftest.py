@@ -20,6 +20,11 @@ from toolkit.settings import Settings, resolve
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+# isolated environments of older clients (chromadb 0.5, pylance 0.8) are built once per checkout, not per
+# test; uv's cache stays the real one, although HOME moves
+CLIENTS = REPO / ".toolkit" / "test-clients"
+UV_CACHE = os.environ.get("UV_CACHE_DIR") or str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uv")
+
 # variables the toolkit reads; cleared so the developer's own shell cannot leak into a test
 _READ_VARS = ("PGVECTOR_TEST_DB_URL", "MEMGPT_CONFIG_PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -38,6 +43,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MEMGPT_CONFIG_PATH", str(home / ".memgpt" / "config"))
     monkeypatch.setenv("TOOLKIT_PG_PORT", str(free_port()))
     monkeypatch.setenv("TOOLKIT_CHROMA_PORT", str(free_port()))
+    monkeypatch.setenv("TOOLKIT_CLIENTS_DIR", str(CLIENTS))
+    monkeypatch.setenv("UV_CACHE_DIR", UV_CACHE)
     monkeypatch.chdir(project)
     return project
 

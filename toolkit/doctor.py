@@ -28,6 +28,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _docker(settings),
         _module("chromadb", "Chroma backend"),
         _module("lancedb", "LanceDB backend"),
+        _archival(settings),
         Check("psql", True, shutil.which("psql") or "not on PATH; `toolkit psql` uses the wheel's"),
     ]
     if os.geteuid() == 0:
@@ -99,6 +100,38 @@ def _docker(settings: Settings) -> Check:
 def _module(name: str, what: str) -> Check:
     found = importlib.util.find_spec(name) is not None
     return Check(name, found, f"{what}: {'installed' if found else 'missing'}", "make venv")
+
+
+def _archival(settings: Settings) -> Check:
+    """Which store MemGPT's config selects, the format its data is in, and what new data is written as."""
+    from pathlib import Path
+
+    from toolkit import memgpt_config, specs
+    from toolkit.backends import chroma, formats, lancedb
+    from toolkit.errors import ToolkitError
+
+    default = formats.default(settings.archival_format, settings.memgpt_config_path)
+    tail = f"new Chroma/LanceDB data: {default.format} ({default.why})"
+    try:
+        storage = memgpt_config.read(settings.memgpt_config_path)
+        if storage is None:
+            return Check("archival", True, f"no MemGPT archival store configured; {tail}")
+        spec = specs.from_memgpt(storage, settings)
+        found: str | None = None
+        if spec.backend == "chroma":
+            found = chroma.detect_format(Path(spec.location))
+            found = found and f"format {found} ({chroma.FORMATS.get(found, found)})"
+        elif spec.backend == "chroma-http":
+            host, _, port = spec.location.rpartition(":")
+            found = chroma.server_format(host, int(port), timeout=1.0)
+            found = f"format {found} ({chroma.FORMATS.get(found, found)})" if found else "server not answering"
+        elif spec.backend == "lancedb":
+            tables = {p.stem: lancedb.detect_format(p) for p in sorted(Path(spec.location).glob("*.lance"))}
+            found = ", ".join(f"{name}: {f[0]} (Lance files {f[1]})" for name, f in tables.items() if f) or None
+        data = found or ("one format" if spec.backend in ("local", "postgres") else "no data yet")
+        return Check("archival", True, f"MemGPT uses {spec}: {data}; {tail}")
+    except ToolkitError as exc:
+        return Check("archival", False, exc.message, exc.hint or "")
 
 
 def as_dicts(checks: list[Check]) -> list[dict[str, object]]:

@@ -2,7 +2,9 @@
 
 Speaks only the ArchivalStore Protocol. Rows stream in batches (scan in id order -> upsert by id),
 so a run killed midway is resumed by running it again: nothing is duplicated or lost. The source
-is only ever read. At the end both sides must agree on the row count and on a checksum over ids,
+is only ever read, and a source directory is read through a private copy (the clients of some
+generations write to what they open), so it stays byte for byte as it was. At the end both sides
+must agree on the row count and on a checksum over ids,
 texts and embeddings (float32, as every backend stores them), computed independently of order. Where the
 destination allows it (Postgres), each batch is read back by id while the next one is copied.
 """
@@ -212,7 +214,7 @@ def migrate(
     if _missing_source(source):
         raise MigrationError(f"source {source} does not exist", hint="check the path in --from")
     started = time.perf_counter()
-    with closing(open_store(source.store(table))) as src:
+    with closing(open_store(source.store(table, snapshot=True))) as src:
         if not src.exists() or not (rows := src.count()):
             raise MigrationError(f"source table {table} in {source} is missing or empty; nothing to migrate",
                                  hint="check --from and --table")

@@ -55,6 +55,8 @@ class Settings:
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     memgpt_config: Path | None = None  # None: ~/.memgpt/config
+    archival_format: str = "auto"  # auto | memgpt | current: what new Chroma/LanceDB data is written as
+    clients_dir: Path | None = None  # None: state_dir / "clients" (isolated envs of older clients)
 
     # where each value came from ("flag", "env", ".env", "default"); for `toolkit status`/doctor
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -65,6 +67,10 @@ class Settings:
     @property
     def chroma_dir(self) -> Path:
         return self.chroma_path or self.state_dir / "chroma"
+
+    @property
+    def clients_path(self) -> Path:
+        return self.clients_dir or self.state_dir / "clients"
 
     @property
     def lancedb_location(self) -> str:
@@ -101,6 +107,12 @@ def _engine(value: str) -> str:
     if value not in ENGINES:
         raise ValueError(f"must be one of {', '.join(ENGINES)}")
     return value
+
+
+def _format(value: str) -> str:
+    if value.strip().lower() not in ("auto", "memgpt", "current"):
+        raise ValueError("must be auto, memgpt or current")
+    return value.strip().lower()
 
 
 def _bool(value: str) -> bool:
@@ -150,6 +162,9 @@ FIELDS: tuple[Field, ...] = (
     Field("s3_access_key_id", "AWS_ACCESS_KEY_ID", _nonempty, "S3 access key"),
     Field("s3_secret_access_key", "AWS_SECRET_ACCESS_KEY", _nonempty, "S3 secret key"),
     Field("memgpt_config", "MEMGPT_CONFIG_PATH", Path, "MemGPT config file (default ~/.memgpt/config)"),
+    Field("archival_format", "TOOLKIT_ARCHIVAL_FORMAT", _format,
+          "auto | memgpt | current: format of new Chroma/LanceDB data (default auto)"),
+    Field("clients_dir", "TOOLKIT_CLIENTS_DIR", Path, "isolated envs of older clients (default ./.toolkit/clients)"),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -210,7 +225,7 @@ def resolve(
     state_dir = Path(top.pop("state_dir", root / ".toolkit")).expanduser()
     if not state_dir.is_absolute():
         state_dir = root / state_dir
-    for key in ("chroma_path", "memgpt_config"):
+    for key in ("chroma_path", "memgpt_config", "clients_dir"):
         if key in top:
             path = Path(top[key]).expanduser()
             top[key] = path if path.is_absolute() else root / path

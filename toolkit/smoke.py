@@ -5,6 +5,10 @@ For each backend, in a uniquely named temporary table: insert N passages with se
 filter by agent, delete some, count again, and drop the table in ``finally``. Checks run in parallel
 threads, each time-bounded; a backend whose server is not running is reported with the command that
 starts it, without trying.
+
+Formats: a Chroma directory written by another client generation (MemGPT's chromadb 0.5) is checked on
+a private copy through that generation's client, so the user's directory stays byte for byte as it was;
+the result line names the format and the client that checked it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Result:
     seconds: float
     detail: str
     location: str = ""
+    format: str = ""  # the on-disk format checked (chroma 0.5 / 1, lancedb legacy / stable), where it applies
 
     @property
     def ok(self) -> bool:
@@ -44,7 +49,7 @@ class Result:
 
     def as_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "result": self.status, "ok": self.ok, "seconds": round(self.seconds, 3),
-                "detail": self.detail, "location": self.location}
+                "detail": self.detail, "location": self.location, "format": self.format or None}
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,34 @@ class Target:
 
 # -- which backends, where ----------------------------------------------------------------------------
 
-def targets(settings: Settings, selection: str | None) -> list[Target]:
-    """``selection``: a backend name, ``all``, or None for the MemGPT config's backend plus postgres."""
+def targets(settings: Settings, selection: str | None, fmt: str | None = None) -> list[Target]:
+    """``selection``: a backend name, ``all``, or None for the MemGPT config's backend plus postgres.
+    ``fmt``: the format to write (memgpt, current, or a backend's own name), where it applies."""
+    chosen = _targets(settings, selection)
+    return [_with_format(t, fmt, chosen) for t in chosen]
+
+
+def _with_format(t: Target, fmt: str | None, chosen: list[Target]) -> Target:
+    """``t`` writing ``fmt``; a backend-specific name (``0.5``) applies to the backends that know it, and an
+    unknown one to none is an error."""
+    from toolkit.backends import formats
+
+    if t.location is None or fmt is None:
+        return t
+    try:
+        wanted = formats.normalize(t.backend, fmt)
+    except UsageError:
+        for other in chosen:
+            try:
+                formats.normalize(other.backend, fmt)
+                return t  # another backend's format: not this one's business
+            except UsageError:
+                continue
+        raise
+    return replace(t, location=replace(t.location, format=wanted))
+
+
+def _targets(settings: Settings, selection: str | None) -> list[Target]:
     from toolkit import specs
 
     if selection == "all":
@@ -89,14 +120,13 @@ def target(backend: str, settings: Settings) -> Target:
             return Target(backend, None, "no S3 endpoint is configured; start the test server with `toolkit s3 up`")
         uri = settings.lancedb_uri or ""
         uri = uri if uri.startswith("s3://") else "s3://toolkit/lancedb"
-        location = StoreLocation(backend, uri, options=specs.s3_options(settings))
+        spec = specs.Spec(backend, uri, options=specs.s3_options(settings))
     elif backend == "lancedb":
-        location = StoreLocation(backend, settings.lancedb_location if "://" not in settings.lancedb_location
-                                 else str(settings.project_dir / ".lancedb"))
+        spec = specs.Spec(backend, settings.lancedb_location if "://" not in settings.lancedb_location
+                          else str(settings.project_dir / ".lancedb"))
     else:
-        word = {"chroma-http": "chroma+http"}.get(backend, backend)
-        location = specs.parse(word, settings).store()
-    return _preflight(backend, location, settings)
+        spec = specs.parse({"chroma-http": "chroma+http"}.get(backend, backend), settings)
+    return _preflight(backend, specs.with_defaults(spec, settings).store(), settings)
 
 
 def _preflight(backend: str, location: StoreLocation, settings: Settings) -> Target:
@@ -117,6 +147,19 @@ def _preflight(backend: str, location: StoreLocation, settings: Settings) -> Tar
         return Target(backend, location, f"not running at {endpoint[0]}:{endpoint[1]}; start it with "
                                           f"`{START[backend]}`")
     return Target(backend, location)
+
+
+def _private(location: StoreLocation) -> StoreLocation:
+    """A Chroma directory holding data of a generation other than the one imported here is checked on a
+    private copy: the check must not change what its own client will read."""
+    if location.backend != "chroma":
+        return location
+    from pathlib import Path
+
+    from toolkit.backends.chroma import IN_PROCESS, detect_format
+
+    found = detect_format(Path(location.location).expanduser())
+    return replace(location, snapshot=True) if found not in (None, IN_PROCESS) else location
 
 
 def _answers(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -144,6 +187,12 @@ def exercise(location: StoreLocation, *, n: int = 100, dim: int = 1536, seed: in
 
     ``cancelled()`` is asked between steps: a check past its time bound stops there and drops its table.
     """
+    return _exercise(location, n=n, dim=dim, seed=seed, on_open=on_open, cancelled=cancelled)[0]
+
+
+def _exercise(location: StoreLocation, *, n: int, dim: int, seed: int, on_open: Callable[[Any], None] | None,
+              cancelled: Callable[[], bool]) -> tuple[str, str]:
+    """(detail line, format) of one check; see ``exercise``."""
     if n < 2:
         raise UsageError("smoke needs at least 2 passages", hint="use -n 2 or more")
     data = seeded_passages(n, dim, seed)
@@ -177,7 +226,9 @@ def exercise(location: StoreLocation, *, n: int = 100, dim: int = 1536, seed: in
         store.drop()
         if store.exists():
             raise AssertionError("the table still exists after drop")
-        return f"{n} x {dim}: upsert, {len(data[::every])} self-queries, agent filter, delete, drop"
+        detail = f"{n} x {dim}: upsert, {len(data[::every])} self-queries, agent filter, delete, drop"
+        note = getattr(store, "format_note", "")
+        return (f"{detail}; {note}" if note else detail), getattr(store, "format", "")
     except ToolkitError as exc:
         raise ToolkitError(f"{step}: {exc.one_line()}") from None
     except AssertionError as exc:
@@ -223,8 +274,8 @@ def run(chosen: list[Target], *, n: int = 100, dim: int = 1536, timeout: float =
     def work(i: int, t: Target, location: StoreLocation) -> None:
         start = time.monotonic()
         try:
-            detail = exercise(location, n=n, dim=dim, cancelled=cancel.is_set)
-            outcome = Result(t.backend, "pass", time.monotonic() - start, detail, location.describe())
+            detail, fmt = _exercise(_private(location), n=n, dim=dim, seed=0, on_open=None, cancelled=cancel.is_set)
+            outcome = Result(t.backend, "pass", time.monotonic() - start, detail, location.describe(), fmt)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a row of the table
             message = exc.one_line() if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
             outcome = Result(t.backend, "fail", time.monotonic() - start, redact(message), location.describe())

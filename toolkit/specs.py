@@ -9,6 +9,10 @@
     local:///ABS/PATH                      local files (MemGPT's default ~/.memgpt/archival)
     chroma | chroma+http | lancedb | local the backend's default location from settings
 
+Chroma and LanceDB SPECs take ``?format=F`` (``chroma:///path?format=0.5``, ``lancedb:///path?format=legacy``,
+or ``memgpt`` / ``current``): the format new data is written in; without it, the one already there, else
+the settings' default (``backends/formats.py``).
+
 Also the mapping between a SPEC and MemGPT's ``[archival_storage]`` section (type/path/uri).
 """
 
@@ -37,10 +41,23 @@ class Spec:
     backend: str  # local, postgres, chroma, chroma-http, lancedb, lancedb-s3
     location: str
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    format: str | None = None  # explicit, in the backend's words; None: on disk, else default_format
+    default_format: str = field(default="current", compare=False)
+    clients_dir: str | None = field(default=None, compare=False)
 
-    def store(self, table: str = DEFAULT_TABLE) -> StoreLocation:
-        """Where ``table`` lives in this store, for ``toolkit.backends.open_store``."""
-        return StoreLocation(self.backend, self.location, table, dict(self.options))
+    def store(self, table: str = DEFAULT_TABLE, *, snapshot: bool = False) -> StoreLocation:
+        """Where ``table`` lives in this store, for ``toolkit.backends.open_store``; ``snapshot``: read a
+        private copy, leaving the directory itself untouched (a migration's source)."""
+        return StoreLocation(self.backend, self.location, table, dict(self.options), format=self.format,
+                             default_format=self.default_format, snapshot=snapshot, clients_dir=self.clients_dir)
+
+    def with_format(self, text: str | None) -> Spec:
+        """This SPEC writing ``text`` (``memgpt``, ``current``, ``0.5``, ``legacy``...); None keeps it."""
+        from dataclasses import replace
+
+        from toolkit.backends import formats
+
+        return self if text is None else replace(self, format=formats.normalize(self.backend, text))
 
     def __str__(self) -> str:
         """The canonical SPEC, passwords redacted: safe to print."""
@@ -52,7 +69,7 @@ class Spec:
             return urls.parse(self.location).render("pg8000")
         scheme = {"local": "local://", "chroma": "chroma://", "chroma-http": "chroma+http://",
                   "lancedb": "lancedb://", "lancedb-s3": ""}[self.backend]
-        return scheme + self.location
+        return scheme + self.location + (f"?format={self.format}" if self.format else "")
 
     @property
     def identity(self) -> tuple[str, ...]:
@@ -93,7 +110,42 @@ def default_chroma_dir() -> Path:
 
 def parse(text: str, settings: Settings) -> Spec:
     """Parse a SPEC; a bad one raises UsageError naming the grammar."""
-    raw = text.strip()
+    raw, wanted = _split_format(text.strip())
+    return with_defaults(_parse(raw, settings), settings, wanted)
+
+
+def with_defaults(spec: Spec, settings: Settings, wanted: str | None = None) -> Spec:
+    """``spec`` with the settings' format default and clients directory, and ``wanted`` as its format."""
+    from dataclasses import replace
+
+    from toolkit.backends import formats
+
+    if spec.backend not in ("chroma", "chroma-http", "lancedb", "lancedb-s3"):
+        if wanted is not None:
+            raise UsageError(f"?format= does not apply to {spec.backend} stores ({spec})",
+                             hint="only chroma and lancedb SPECs take ?format=")
+        return spec
+    default = formats.default(settings.archival_format, settings.memgpt_config_path)
+    return replace(spec, format=formats.normalize(spec.backend, wanted), default_format=default.format,
+                   clients_dir=str(settings.clients_path))
+
+
+def _split_format(raw: str) -> tuple[str, str | None]:
+    """``chroma:///p?format=0.5`` -> (``chroma:///p``, ``0.5``). Postgres URLs keep their own query string."""
+    scheme = raw.partition("://")[0].lower()
+    if scheme.startswith("postgres") or "?" not in raw:
+        return raw, None
+    base, _, query = raw.partition("?")
+    from urllib.parse import parse_qsl
+
+    pairs = dict(parse_qsl(query, keep_blank_values=True))
+    if set(pairs) != {"format"}:
+        raise UsageError(f"unknown SPEC parameter(s) {sorted(set(pairs) - {'format'})} in {urls.redact(raw)!r}",
+                         hint="the one parameter is ?format=, e.g. chroma:///path?format=0.5")
+    return base, pairs["format"]
+
+
+def _parse(raw: str, settings: Settings) -> Spec:
     shown = urls.redact(raw)
     scheme, sep, rest = raw.partition("://")
     scheme = scheme.lower()
@@ -159,6 +211,10 @@ def s3_options(settings: Settings) -> dict[str, str]:
 
 def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
     """The SPEC of the store a MemGPT ``[archival_storage]`` section selects, read as MemGPT reads it."""
+    return with_defaults(_from_memgpt(storage, settings), settings)
+
+
+def _from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
     kind = storage.type.strip().lower()
     if kind == "postgres":
         if not storage.uri:

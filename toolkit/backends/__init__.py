@@ -42,12 +42,22 @@ class StoreLocation:
     chroma-http ``host:port``; lancedb-s3 ``s3://bucket/prefix``. ``table``: table/collection name.
     ``options``: storage options (lancedb: ``aws_endpoint``, ``aws_region``, ``allow_http``,
     ``aws_access_key_id``, ``aws_secret_access_key``); ignored by the other backends.
+
+    Formats (chroma, lancedb; see ``backends/formats.py``): ``format`` is an explicit one in the backend's
+    words (``0.5``, ``legacy``...), None for the one already on disk, else ``default_format`` (``memgpt``
+    or ``current``). ``snapshot``: work on a private copy of the directory, so the original stays byte
+    for byte as it was (a migration's source, a smoke check of someone else's data). ``clients_dir``:
+    where isolated environments of older clients are cached (None: ``./.toolkit/clients``).
     """
 
     backend: str
     location: str
     table: str = DEFAULT_TABLE
     options: Mapping[str, str] = field(default_factory=dict)
+    format: str | None = None
+    default_format: str = "current"
+    snapshot: bool = False
+    clients_dir: str | None = None
 
     def describe(self) -> str:
         """A redacted one-liner for messages: ``postgres postgresql://u:***@h:5432/db table t``."""

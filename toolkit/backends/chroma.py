@@ -5,6 +5,15 @@ fields as MemGPT writes them (UUIDs as strings, ``created_at`` a numeric timesta
 the passage's own scalar metadata merged in; non-scalar values go JSON-encoded under ``metadata_``).
 Embeddings are always passed explicitly and the collection has no embedding function, so Chroma never
 downloads a model. Writes are ``upsert``; search is L2, Chroma's (and MemGPT's) default.
+
+Formats: a directory is written by one client generation and read by the same (chromadb 1.x upgrades a
+0.5 directory in place; 0.5 cannot open a 1.x one). ``detect_format`` reads the generation from
+``chroma.sqlite3`` (read-only), ``server_format`` from a server's version endpoint. The store keeps to
+what is on disk, talks to chromadb 0.4/0.5 through a worker in an isolated environment
+(``backends/compat``), and in those formats writes MemGPT's own layout: every embedding zero-padded to
+4096 (``embedding_dim`` in the metadata), ``created_at`` an integer, the passage's metadata as JSON under
+``metadata_`` (MemGPT's reader passes every other key to its Passage constructor). Reading cuts each
+vector back to ``embedding_dim`` whatever the layout.
 """
 
 from __future__ import annotations
@@ -12,6 +21,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
+import tempfile
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -20,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.backends._util import StoreBase, batched, dim_mismatch, matrix, to_utc, unique_by_id, uuid_or_none
-from toolkit.backends.base import Filters, Passage
+from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage
 from toolkit.errors import BackendError
 
 if TYPE_CHECKING:
@@ -29,7 +42,14 @@ if TYPE_CHECKING:
     from toolkit.backends import StoreLocation
 
 FIELDS = ("user_id", "agent_id", "doc_id", "data_source", "embedding_model", "embedding_dim", "created_at")
-_DIM = re.compile(r"dimension of (\d+), got (\d+)")
+_DIM = re.compile(r"dimension of (\d+), got (\d+)")  # chromadb 1.x: existing, new
+_DIM_OLD = re.compile(r"Embedding dimension (\d+) does not match collection dimensionality (\d+)")  # 0.4/0.5: new, existing
+
+# format -> who reads it; the toolkit reads and writes each of these
+FORMATS = {"0.4": "chromadb 0.4 (MemGPT 0.2.x)", "0.5": "chromadb 0.5/0.6 (MemGPT 0.3.x)", "1": "chromadb 1.x (current)"}
+ALIASES = {"memgpt": "0.5", "current": "1"}
+IN_PROCESS = "1"  # the generation imported here; the others run in a worker
+MEMGPT_LAYOUT = ("0.4", "0.5")
 _SCALARS = (str, int, float, bool)
 
 
@@ -42,11 +62,67 @@ class ChromaStore(StoreBase):
         self.path = None if self.http else Path(location.location).expanduser()
         self.where = (f"Chroma server {self.address[0]}:{self.address[1]}" if self.address
                       else f"Chroma directory {self.path}")
-        with self._guard():
-            self.client = self._client()
+        self._scratch: Path | None = None
         self._collection: Any = None
+        self._shape: tuple[int, int] | None = None  # (stored width, embedding_dim) of the collection
+        self.client: Any = None
+        self.format, self.on_disk = self._choose_format(location)
+        if location.snapshot and self.path is not None:
+            self._take_snapshot()
+        with self._guard():
+            self.client = self._client(location)
+        self.format_note = self._note(location)
 
-    def _client(self) -> Any:
+    def _choose_format(self, location: StoreLocation) -> tuple[str, str | None]:
+        """(the format this store reads and writes, the one found on disk or on the server)."""
+        wanted = location.format
+        if self.address:
+            found = server_format(*self.address)
+            if wanted and found and wanted != found:
+                raise BackendError(f"{self.where} runs {FORMATS.get(found, 'chromadb ' + found)}, not format {wanted}",
+                                   hint=f"start a server of that format with `toolkit chroma up --format {wanted}`")
+            return found or IN_PROCESS, found
+        assert self.path is not None
+        found = detect_format(self.path)
+        if found is not None and found not in FORMATS:
+            raise BackendError(f"{self.where} was written by chromadb {found}, which the toolkit does not run",
+                               hint=f"the toolkit reads and writes {', '.join(FORMATS.values())}; "
+                                    "open it with the client that wrote it")
+        if found and wanted and wanted != found and not location.snapshot:
+            raise BackendError(f"{self.where} holds {FORMATS[found]} data; writing format {wanted} would make it "
+                               f"unreadable to chromadb {found}",
+                               hint=f"write into another directory, or use --format {found} (or auto)")
+        return found or wanted or ALIASES[location.default_format], found
+
+    def _take_snapshot(self) -> None:
+        """Work on a private copy: the directory itself is never opened by a client, so stays byte-identical."""
+        assert self.path is not None
+        self._scratch = Path(tempfile.mkdtemp(prefix="toolkit-chroma-"))
+        copy = self._scratch / "chroma"
+        try:
+            if self.on_disk is not None:
+                shutil.copytree(self.path, copy, symlinks=True)
+        except OSError as exc:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            raise BackendError(f"cannot copy {self.where} to read it untouched: {exc}",
+                               hint="free space in the temporary directory (TMPDIR)") from None
+        self.path = copy
+
+    def _client(self, location: StoreLocation) -> Any:
+        if self.format != IN_PROCESS:
+            from toolkit.backends.compat import envs
+            from toolkit.backends.compat.chroma_client import WorkerClient
+
+            if location.clients_dir:
+                clients = Path(location.clients_dir)
+            else:  # a location built by hand: the settings' directory, as the CLI would use
+                from toolkit.settings import resolve
+
+                clients = resolve().clients_path
+            python = envs.python(envs.CHROMA[self.format], clients)
+            if self.address:
+                return WorkerClient(python, host=self.address[0], port=self.address[1])
+            return WorkerClient(python, path=str(self.path))
         import chromadb
         from chromadb.config import Settings
 
@@ -56,57 +132,99 @@ class ChromaStore(StoreBase):
         assert self.path is not None
         return chromadb.PersistentClient(path=str(self.path), settings=settings)
 
+    def _note(self, location: StoreLocation) -> str:
+        client = getattr(self.client, "version", None)
+        text = f"format {self.format} ({FORMATS[self.format]})"
+        if client:
+            text += f" through chromadb {client} in an isolated environment"
+        if location.snapshot and self.on_disk:
+            text += "; on a private copy, the directory itself untouched"
+        return text
+
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        """Chroma's errors, as one line with the fix."""
-        from chromadb.errors import InvalidArgumentError
+        """Chroma's errors (in-process or from the worker), as one line with the fix."""
+        from toolkit.backends.compat.chroma_client import InvalidArgument, WorkerError
 
         try:
             yield
         except BackendError:
             raise
-        except InvalidArgumentError as exc:
-            found = _DIM.search(str(exc))
+        except InvalidArgument as exc:
+            found = _DIM_OLD.search(str(exc))
             if found:
-                raise dim_mismatch(f"chroma collection {self.table}", int(found[1]), int(found[2])) from None
+                raise dim_mismatch(f"chroma collection {self.table}", int(found[2]), int(found[1])) from None
             raise BackendError(f"{self.where} rejected the request: {_first_line(exc)}") from None
+        except WorkerError as exc:
+            raise self._failure(exc) from None
         except Exception as exc:  # noqa: BLE001 - transport and storage errors have many types
-            if self.address:
-                raise BackendError(f"{self.where} is unreachable ({_first_line(exc)})",
-                                   hint="start it with `toolkit chroma up` (or `make chroma-up`)") from None
-            raise BackendError(f"{self.where} is not usable: {_first_line(exc)}",
-                               hint="choose a writable directory (--path) or fix its permissions") from None
+            if type(exc).__name__ == "InvalidArgumentError":  # chromadb 1.x; no import of chromadb for this
+                found = _DIM.search(str(exc))
+                if found:
+                    raise dim_mismatch(f"chroma collection {self.table}", int(found[1]), int(found[2])) from None
+                raise BackendError(f"{self.where} rejected the request: {_first_line(exc)}") from None
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: BaseException) -> BackendError:
+        if self.address:
+            return BackendError(f"{self.where} is unreachable ({_first_line(exc)})",
+                                hint="start it with `toolkit chroma up` (or `make chroma-up`)")
+        return BackendError(f"{self.where} is not usable: {_first_line(exc)}",
+                            hint="choose a writable directory (--path) or fix its permissions")
 
     def _get(self, *, create: bool) -> Any:
         """The collection, or None when it does not exist and ``create`` is false."""
         if self._collection is not None:
             return self._collection
-        from chromadb.errors import NotFoundError
-
         with self._guard():
             if create:
                 self._collection = self.client.get_or_create_collection(self.table, embedding_function=None)
             else:
                 try:
                     self._collection = self.client.get_collection(self.table, embedding_function=None)
-                except NotFoundError:
-                    return None
+                except Exception as exc:  # noqa: BLE001 - NotFoundError (1.x) or the worker's NotFound
+                    if type(exc).__name__ in ("NotFoundError", "NotFound"):
+                        return None
+                    raise
         return self._collection
+
+    def _stored_shape(self, collection: Any) -> tuple[int, int] | None:
+        """(width of the stored vectors, their embedding_dim): MemGPT's layout pads, so the two differ."""
+        if self._shape is None:
+            with self._guard():
+                got = collection.get(limit=1, include=["embeddings", "metadatas"])
+            if len(got["ids"]):
+                width = len(got["embeddings"][0])
+                meta = (got["metadatas"] or [{}])[0] or {}
+                self._shape = (width, int(meta.get("embedding_dim") or width))
+        return self._shape
 
     # -- the Protocol ----------------------------------------------------------------------------
 
     def insert(self, passages: Iterable[Passage]) -> int:
+        import numpy as np
+
         batch = unique_by_id(passages)
         if not batch:
             return 0
         vectors = matrix(batch)
+        dim = vectors.shape[1]
         collection = self._get(create=True)
+        stored = self._stored_shape(collection)
+        if stored and stored[1] != dim:
+            raise dim_mismatch(f"chroma collection {self.table}", stored[1], dim)
+        memgpt = self.format in MEMGPT_LAYOUT
+        width = stored[0] if stored else (MAX_EMBEDDING_DIM if memgpt else dim)
+        if width > dim:
+            vectors = np.pad(vectors, ((0, 0), (0, width - dim)))
         size = min(1000, self.client.get_max_batch_size())
         with self._guard():
             for start in range(0, len(batch), size):
                 part = batch[start:start + size]
                 collection.upsert(ids=[str(p.id) for p in part], embeddings=vectors[start:start + size],
-                                  documents=[p.text for p in part], metadatas=[_metadata(p) for p in part])
+                                  documents=[p.text for p in part],
+                                  metadatas=[_metadata(p, memgpt=memgpt) for p in part])
+        self._shape = (width, dim)
         return len(batch)
 
     def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
@@ -115,9 +233,15 @@ class ChromaStore(StoreBase):
         collection = self._get(create=False)
         if collection is None or k <= 0:
             return []
+        q = np.asarray(embedding, dtype=np.float32)
+        stored = self._stored_shape(collection)
+        if stored and stored[1] != q.size:
+            raise dim_mismatch(f"chroma collection {self.table}", stored[1], q.size)
+        if stored and stored[0] > q.size:
+            q = np.pad(q, (0, stored[0] - q.size))  # as MemGPT queries its padded vectors
         with self._guard():
-            found = collection.query(query_embeddings=[np.asarray(embedding, dtype=np.float32)], n_results=k,
-                                     where=_where(filters), include=["embeddings", "documents", "metadatas"])
+            found = collection.query(query_embeddings=[q], n_results=k, where=_where(filters),
+                                     include=["embeddings", "documents", "metadatas"])
         return [_passage(*row) for row in zip(found["ids"][0], found["documents"][0], found["metadatas"][0],
                                               found["embeddings"][0], strict=True)]
 
@@ -173,15 +297,15 @@ class ChromaStore(StoreBase):
         return len(present)
 
     def drop(self) -> None:
-        from chromadb.errors import NotFoundError
-
         self._collection = None
+        self._shape = None
         with self._guard():
             segments = self._segment_dirs()
             try:
                 self.client.delete_collection(self.table)
-            except NotFoundError:
-                pass
+            except Exception as exc:  # noqa: BLE001 - NotFoundError (1.x), ValueError (0.5) or the worker's NotFound
+                if type(exc).__name__ not in ("NotFoundError", "NotFound") and "does not exist" not in str(exc):
+                    raise
         for directory in segments:
             shutil.rmtree(directory, ignore_errors=True)
 
@@ -193,8 +317,6 @@ class ChromaStore(StoreBase):
         """
         if self.path is None or not (self.path / "chroma.sqlite3").is_file():
             return []
-        import sqlite3
-
         try:
             with closing(sqlite3.connect(f"file:{self.path / 'chroma.sqlite3'}?mode=ro", uri=True)) as db:
                 rows = db.execute("SELECT s.id FROM segments s JOIN collections c ON s.collection = c.id "
@@ -208,6 +330,57 @@ class ChromaStore(StoreBase):
 
     def close(self) -> None:
         self._collection = None
+        if self.client is not None and hasattr(self.client, "close") and self.format != IN_PROCESS:
+            self.client.close()  # the worker process
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+
+# -- formats ----------------------------------------------------------------------------------------
+
+def detect_format(path: Path) -> str | None:
+    """The client generation that wrote the Chroma directory ``path`` ("0.4", "0.5", "1"), from its
+    ``chroma.sqlite3`` opened read-only; None when there is none. Each generation adds schema
+    migrations, recorded in the ``migrations`` table: 0.5.0 brought ``sysdb/00005-remove-topic``, 1.0
+    ``metadb/00005-max-seq-id-int`` (sequence ids became integers, which 0.5 cannot decode). 0.5.x and
+    0.6.x share one schema (0.5.23 and 0.6.3 apply the same 15 migrations), so "0.5" covers both."""
+    database = path / "chroma.sqlite3"
+    if not database.is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            applied = {f"{d}/{name.split('.')[0]}" for d, name in db.execute("SELECT dir, filename FROM migrations")}
+    except sqlite3.Error as exc:
+        raise BackendError(f"{database} is not a Chroma database ({exc})",
+                           hint="point at the directory MemGPT or Chroma wrote") from None
+    if "metadb/00005-max-seq-id-int" in applied:
+        return "1"
+    if "sysdb/00005-remove-topic" in applied:
+        return "0.5"
+    if any(name.startswith("sysdb/") for name in applied):
+        return "0.4"
+    raise BackendError(f"{database} records no Chroma schema migrations",
+                       hint="point at the directory MemGPT or Chroma wrote")
+
+
+def server_format(host: str, port: int, timeout: float = 2.0) -> str | None:
+    """The generation of the Chroma server at host:port, from the version it states (1.x answers on
+    /api/v2 only; late 0.5 releases on both), or None when nothing answers."""
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    for path in ("/api/v2/version", "/api/v1/version"):
+        try:
+            with urllib.request.urlopen(base + path, timeout=timeout) as response:
+                version = str(json.loads(response.read() or b'""'))
+        except urllib.error.HTTPError:
+            continue
+        except (OSError, ValueError):
+            return None
+        if not version.startswith("0."):
+            return "1"
+        major_minor = ".".join(version.split(".")[:2])
+        return major_minor if major_minor in FORMATS else version
+    return None
 
 
 def _host_port(location: str) -> tuple[str, int]:
@@ -225,15 +398,19 @@ def _where(filters: Filters | None) -> dict[str, Any] | None:
     return conditions[0] if len(conditions) == 1 else {"$and": conditions}
 
 
-def _metadata(p: Passage) -> dict[str, Any]:
-    """As MemGPT's chroma connector: fields flattened, UUIDs as strings, no Nones, own metadata merged."""
+def _metadata(p: Passage, *, memgpt: bool = False) -> dict[str, Any]:
+    """As MemGPT's chroma connector: fields flattened, UUIDs as strings, no Nones. Outside MemGPT's layout
+    the passage's scalar metadata is merged in (the rest JSON under ``metadata_``); in it, all of it goes
+    under ``metadata_``, and ``created_at`` is an integer, as MemGPT writes it."""
     own = p.metadata or {}
-    flat = {k: v for k, v in own.items() if isinstance(v, _SCALARS) and k not in FIELDS and k != "metadata_"}
+    flat = {} if memgpt else {k: v for k, v in own.items()
+                              if isinstance(v, _SCALARS) and k not in FIELDS and k != "metadata_"}
     rest = {k: v for k, v in own.items() if k not in flat}
+    stamp = to_utc(p.created_at).timestamp()
     fields = {"user_id": str(p.user_id), "agent_id": p.agent_id and str(p.agent_id),
               "doc_id": p.doc_id and str(p.doc_id), "data_source": p.data_source,
               "embedding_model": p.embedding_model, "embedding_dim": p.embedding_dim,
-              "created_at": to_utc(p.created_at).timestamp()}
+              "created_at": int(stamp) if memgpt else stamp}
     meta = {**flat, **{k: v for k, v in fields.items() if v is not None}}
     if rest:
         meta["metadata_"] = json.dumps(rest, default=str, sort_keys=True)
@@ -248,10 +425,12 @@ def _passage(record_id: str, text: str, meta: dict[str, Any] | None, embedding: 
     if "metadata_" in meta:
         own.update(json.loads(meta["metadata_"]))
     created = meta.get("created_at")
+    vector = np.asarray(embedding, dtype=np.float32)
+    dim = int(meta.get("embedding_dim") or vector.size)
     return Passage(id=uuid.UUID(record_id), user_id=uuid.UUID(str(meta["user_id"])), text=text or "",
                    agent_id=uuid_or_none(meta.get("agent_id")), doc_id=uuid_or_none(meta.get("doc_id")),
                    data_source=meta.get("data_source"), embedding_model=meta.get("embedding_model"),
-                   embedding=np.asarray(embedding, dtype=np.float32), metadata=own,
+                   embedding=vector[:dim], metadata=own,
                    created_at=datetime.fromtimestamp(float(created), timezone.utc) if created is not None
                    else datetime.now(timezone.utc))
 

@@ -4,11 +4,18 @@ One table with the passage fields (UUIDs as strings, ``metadata_`` as JSON text,
 timestamp) and a fixed-size float32 ``embedding`` column of the table's dimension. Writes are
 ``merge_insert`` on ``id`` (upsert); search is exact L2. Storage options (endpoint, region, allow_http,
 keys) come with the location, from settings.
+
+Formats: a Lance table's data files are written in one file format for its whole life. MemGPT 0.3.x
+pins lancedb 0.3, which reads through pylance 0.8: it reads the "legacy" files (format 0.1) and finds
+no rows in today's default (2.x) ones. A new table is created in the format asked for, else the one
+the directory's other tables share, else the default; ``detect_format`` reads a table's format from
+its newest manifest, without opening it through lance.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +32,17 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from toolkit.backends import StoreLocation
+
+# format -> who reads it; lance's own name is what create_table takes as data_storage_version
+FORMATS = {"legacy": "Lance file format 0.1 (lancedb 0.3 / pylance 0.8: MemGPT 0.3.x)",
+           "stable": "Lance file format 2.x (current lancedb)"}
+ALIASES = {"memgpt": "legacy", "current": "stable"}
+# storage options for a new table: pylance 0.8 also needs the version-numbered manifest names (with
+# today's default names, u64::MAX - version, it silently reads the table's first version only)
+CREATE = {"legacy": {"new_table_data_storage_version": "legacy", "new_table_enable_v2_manifest_paths": "false"},
+          "stable": {"new_table_data_storage_version": "stable"}}
+# in a manifest, field 15 (data_format) = DataStorageFormat{file_format "lance", version "X.Y"}
+_DATA_FORMAT = re.compile(rb"z[\x00-\x7f]\n\x05lance\x12([\x00-\x7f])", re.S)
 
 STRINGS = ("id", "user_id", "agent_id", "doc_id", "text", "data_source", "embedding_model", "metadata_")
 _CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden")
@@ -51,6 +69,28 @@ class LanceStore(StoreBase):
         self.options = {k: str(v) for k, v in location.options.items()}
         self._db: Any = None
         self._table: Any = None
+        self.wanted = location.format
+        self.default = ALIASES[location.default_format]
+        self.format = self._table_format() or self.wanted or self.default
+        self.format_note = f"format {self.format} ({FORMATS[self.format]})"
+
+    def _table_format(self) -> str | None:
+        """The format of this table when it exists, else of the directory's other tables (when they agree);
+        refuses an explicit format the existing table cannot take."""
+        if self.remote:
+            return None  # nothing to read without a client; the default or the asked-for format applies
+        root = Path(self.uri).expanduser()
+        own = detect_format(root / f"{self.table}.lance")
+        if own is not None:
+            if self.wanted and self.wanted != own[0]:
+                raise BackendError(f"lancedb table {self.table} in {self.uri} is in format {own[0]} "
+                                   f"(Lance files {own[1]}); it cannot be written as {self.wanted}",
+                                   hint=f"use another --table, or --format {own[0]} (or auto)")
+            return own[0]
+        if self.wanted:
+            return None
+        others = {found[0] for found in map(detect_format, root.glob("*.lance")) if found}
+        return others.pop() if len(others) == 1 else None
 
     # -- connection and errors -------------------------------------------------------------------
 
@@ -109,7 +149,8 @@ class LanceStore(StoreBase):
                     raise
                 if dim is None:
                     return None
-                self._table = db.create_table(self.table, schema=schema(dim), exist_ok=True)
+                self._table = db.create_table(self.table, schema=schema(dim), exist_ok=True,
+                                              storage_options={**self.options, **CREATE[self.format]})
         return self._table
 
     def _dim(self, table: Any) -> int:
@@ -208,6 +249,31 @@ class LanceStore(StoreBase):
     def close(self) -> None:
         self._table = None
         self._db = None
+
+
+def detect_format(table_dir: Path) -> tuple[str, str] | None:
+    """(``legacy`` | ``stable``, the Lance file version) of the table at ``table_dir`` (``NAME.lance``),
+    read from its newest manifest; None when there is no table there."""
+    versions = table_dir / "_versions"
+    try:
+        manifests = [m for m in versions.iterdir() if m.suffix == ".manifest" and m.stem.isdigit()]
+    except OSError:
+        return None
+    if not manifests:
+        return None
+    # manifests are named by version, or (v2 paths, numbers near 2**64) by u64::MAX - version
+    numbers = {int(m.stem): m for m in manifests}
+    newest = numbers[min(numbers)] if max(numbers) > 2**63 else numbers[max(numbers)]
+    try:
+        data = newest.read_bytes()
+    except OSError:
+        return None
+    found = list(_DATA_FORMAT.finditer(data))
+    if not found:
+        return ("legacy", "0.1")  # manifests before the field existed: only legacy files were written then
+    size = found[-1].group(1)[0]
+    version = data[found[-1].end():found[-1].end() + size].decode("ascii", "replace")
+    return ("legacy" if version.startswith("0.") and version not in ("0.3",) else "stable", version)
 
 
 def _where(filters: Filters | None) -> str | None:

@@ -16,43 +16,67 @@ def _timeout_option(func: Any) -> Any:
 
 @click.group()
 def chroma() -> None:
-    """Run a Chroma server (`chroma run` from the installed chromadb) in the background.
+    """Run a Chroma server (`chroma run`) in the background, in the format its clients read.
 
     \b
-    Data in ./.toolkit/chroma-server (or --path); pid file and log in ./.toolkit.
+    --format 0.5 (or memgpt) runs chromadb 0.5 from an isolated environment built on first use: the
+    server MemGPT 0.3.x's HttpClient talks to. --format 1 (or current) runs the chromadb installed here.
+    Data in ./.toolkit/chroma-server (-0.5 for 0.5; or --path); pid file and log in ./.toolkit.
     Example:
       toolkit chroma up --port 8001 && toolkit smoke --backend chroma-http
+      toolkit chroma up --format memgpt     # for MemGPT 0.3.x (archival_storage uri 127.0.0.1:8000)
     """
 
 
-def _chroma(ctx: click.Context, port: int | None = None, path: str | None = None) -> Any:
+def _chroma(ctx: click.Context, port: int | None = None, path: str | None = None, fmt: str | None = None,
+            build: bool = False) -> Any:
     from pathlib import Path
 
-    from toolkit.services.chroma_server import chroma_server
+    from toolkit.backends import formats
+    from toolkit.services.chroma_server import chroma_server, server_format
 
     settings = settings_from(ctx, chroma_port=port)
-    return settings, chroma_server(settings, path=Path(path).absolute() if path else None)
+    where = Path(path).absolute() if path else None
+    chosen = server_format(settings, formats.normalize("chroma", fmt), where)
+    progress = (lambda line: echo(line, settings, err=True)) if build else None
+    return settings, chroma_server(settings, path=where, fmt=chosen, progress=progress, build=build), chosen
 
 
 @chroma.command("up")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port on 127.0.0.1 [default: 8000].")
 @click.option("--path", type=click.Path(file_okay=False), help="Data directory [default: ./.toolkit/chroma-server].")
+@click.option("--format", "fmt", metavar="FORMAT",
+              help="memgpt (= 0.5: chromadb 0.5, what MemGPT 0.3.x reads), current (= 1), 0.4, 0.5 or 1 "
+                   "[default: what --path holds, else memgpt when MemGPT is installed or configured, else current].")
 @_timeout_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def chroma_up(ctx: click.Context, port: int | None, path: str | None, timeout: float, as_json: bool) -> None:
-    """Start the Chroma server and wait on /api/v2/heartbeat; idempotent."""
-    _, server = _chroma(ctx, port, path)
+def chroma_up(ctx: click.Context, port: int | None, path: str | None, fmt: str | None, timeout: float,
+              as_json: bool) -> None:
+    """Start the Chroma server and wait on its heartbeat; idempotent."""
+    from toolkit.backends.chroma import FORMATS
+    from toolkit.backends.chroma import server_format as running_format
+    from toolkit.errors import UsageError
+
+    _, server, chosen = _chroma(ctx, port, path, fmt, build=True)
+    running = running_format(server.host, server.port)
+    if running is not None and running != chosen:
+        raise UsageError(f"a Chroma server of format {running} ({FORMATS.get(running, running)}) already answers "
+                         f"on port {server.port}, not format {chosen}",
+                         hint="stop it with `toolkit chroma down`, or choose another --port")
     state = server.up(timeout=timeout)
     data = server.argv[server.argv.index("--path") + 1]
-    echo_json({**state.as_dict(), "path": data}) if as_json else echo(f"{state.line()}; data in {data}")
+    if as_json:
+        echo_json({**state.as_dict(), "path": data, "format": chosen})
+    else:
+        echo(f"{state.line()}; format {chosen} ({FORMATS[chosen]}); data in {data}")
 
 
 @chroma.command("down")
 @click.pass_context
 def chroma_down(ctx: click.Context) -> None:
     """Stop the Chroma server the toolkit started (data kept)."""
-    _, server = _chroma(ctx)
+    _, server, _ = _chroma(ctx)
     echo("chroma: stopped" if server.down() else "chroma: was not running")
 
 
@@ -61,10 +85,17 @@ def chroma_down(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_context
 def chroma_status(ctx: click.Context, port: int | None, as_json: bool) -> None:
-    """Is the Chroma server running? Exit 0 when it answers, 1 when not."""
-    _, server = _chroma(ctx, port)
+    """Is the Chroma server running, and of which format? Exit 0 when it answers, 1 when not."""
+    from toolkit.backends.chroma import FORMATS
+    from toolkit.backends.chroma import server_format as running_format
+
+    _, server, _ = _chroma(ctx, port)
     state = server.status()
-    echo_json(state.as_dict()) if as_json else echo(state.line())
+    running = running_format(server.host, server.port) if state.running else None
+    if as_json:
+        echo_json({**state.as_dict(), "format": running})
+    else:
+        echo(state.line() + (f"; format {running} ({FORMATS.get(running, 'chromadb ' + running)})" if running else ""))
     ctx.exit(0 if state.running else 1)
 
 
@@ -73,7 +104,7 @@ def chroma_status(ctx: click.Context, port: int | None, as_json: bool) -> None:
 @click.pass_context
 def chroma_logs(ctx: click.Context, tail: int) -> None:
     """The Chroma server log's tail."""
-    _, server = _chroma(ctx)
+    _, server, _ = _chroma(ctx)
     echo(server.logs(tail) or f"no log yet at {server.log_file}")
 
 

@@ -16,17 +16,23 @@ from toolkit.commands._common import echo, echo_json, settings_from
 @click.option("--to", "destination", required=True, metavar="SPEC", help="Store to copy into (upsert by id).")
 @click.option("--table", default=DEFAULT_TABLE, show_default=True, help="Table / collection name on both sides.")
 @click.option("--batch", type=click.IntRange(min=1), default=1000, show_default=True, help="Rows per batch.")
+@click.option("--format", "fmt", metavar="FORMAT",
+              help="Format to write a new Chroma/LanceDB destination in: memgpt (chromadb 0.5, Lance legacy: what "
+                   "MemGPT 0.3.x reads), current, or the backend's own name (0.5, 1, legacy, stable) "
+                   "[default: what the destination holds, else memgpt when MemGPT is installed or configured, "
+                   "else current].")
 @click.option("--dry-run", is_flag=True, help="Check both sides and count; write nothing.")
 @click.option("--switch", is_flag=True, help="After verification, point MemGPT's config at the destination.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def migrate(ctx: click.Context, source: str, destination: str, table: str, batch: int, dry_run: bool,
-            switch: bool, as_json: bool) -> None:
+def migrate(ctx: click.Context, source: str, destination: str, table: str, batch: int, fmt: str | None,
+            dry_run: bool, switch: bool, as_json: bool) -> None:
     """Copy archival passages from one backend to another and verify the copy.
 
     Rows stream in batches and are upserted by id, so an interrupted run is resumed by running it
     again. At the end both sides must hold the same number of rows with the same checksum over ids,
-    texts and embeddings. The source is never modified. Refused, with nothing written: same source
+    texts and embeddings. The source is never modified (a source directory is read through a private
+    copy, by the client generation that wrote it). Refused, with nothing written: same source
     and destination, a missing or empty source, an unreachable destination, a destination table
     holding embeddings of another dimension.
 
@@ -40,18 +46,20 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
       s3://BUCKET/PREFIX                    LanceDB on S3 (TOOLKIT_S3_ENDPOINT, AWS_ACCESS_KEY_ID, ...)
       local:///ABS/PATH                     local files
       chroma | chroma+http | lancedb | local   that backend's default location
+    Chroma and LanceDB SPECs take ?format=F, as --format does for the destination.
 
     \b
     Examples:
       toolkit migrate --from chroma:///home/me/.memgpt/chroma --to postgres --switch
       toolkit migrate --from local:///data/archival --to lancedb:///data/lance --dry-run
+      toolkit migrate --from postgres --to chroma:///home/me/.memgpt/chroma --format memgpt
       toolkit migrate --from chroma+http://127.0.0.1:8000 --to postgresql://memgpt:memgpt@localhost:8888/memgpt
     """
     from toolkit import memgpt_config, specs
     from toolkit.migrate import migrate as run
 
     settings = settings_from(ctx)
-    src, dst = specs.parse(source, settings), specs.parse(destination, settings)
+    src, dst = specs.parse(source, settings), specs.parse(destination, settings).with_format(fmt)
     bar: Any = None
 
     def start(rows: int, before: int) -> None:

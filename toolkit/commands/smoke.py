@@ -18,14 +18,22 @@ CHOICES = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3"
 @click.option("--dim", type=click.IntRange(1, 4096), default=1536, show_default=True, help="Embedding dimension.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
               help="Seconds each backend's check may take.")
+@click.option("--format", "fmt", metavar="FORMAT",
+              help="Format a new Chroma/LanceDB store is written in: memgpt (chromadb 0.5, Lance legacy), current, "
+                   "or a backend's own name (0.5, 1, legacy, stable) [default: what is there, else memgpt when "
+                   "MemGPT is installed or configured, else current].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_context
-def smoke(ctx: click.Context, backend: str | None, count: int, dim: int, timeout: float, as_json: bool) -> None:
+def smoke(ctx: click.Context, backend: str | None, count: int, dim: int, timeout: float, fmt: str | None,
+          as_json: bool) -> None:
     """Check archival backends: insert, upsert, nearest neighbours, agent filter, delete, drop.
 
     Each backend is checked in a temporary table that is dropped afterwards, all in parallel.
     Servers are not started for you: a stopped one is reported with the command that starts it
     (toolkit up, toolkit chroma up, toolkit s3 up). Exit 0 only when every check passes.
+
+    A Chroma directory another client generation wrote (MemGPT 0.3.x's chromadb 0.5) is checked on a
+    private copy, through that client in an isolated environment: the directory stays as it was.
 
     \b
     Example:
@@ -35,7 +43,7 @@ def smoke(ctx: click.Context, backend: str | None, count: int, dim: int, timeout
 
     settings = settings_from(ctx)
     started = time.monotonic()
-    results = lib.run(lib.targets(settings, backend), n=count, dim=dim, timeout=timeout)
+    results = lib.run(lib.targets(settings, backend, fmt), n=count, dim=dim, timeout=timeout)
     wall = time.monotonic() - started
     if as_json:
         echo_json({"ok": all(r.ok for r in results), "seconds": round(wall, 3),

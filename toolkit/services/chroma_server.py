@@ -1,32 +1,57 @@
-"""The Chroma server the toolkit runs (room: services/): ``chroma run`` from the installed chromadb.
+"""The Chroma server the toolkit runs (room: services/): ``chroma run`` from the chromadb of a format.
 
-Data in ``state_dir/chroma-server`` (not ``settings.chroma_dir``: the persistent backend's); pid file
-and log in ``settings.state_dir``; readiness on ``/api/v2/heartbeat``. ``toolkit chroma up|down|status|logs``
-are thin wrappers over this.
+Format ``1``: the chromadb imported here, readiness on ``/api/v2/heartbeat``. Format ``0.5`` (``0.4``):
+chromadb 0.5 from its isolated environment (``backends/compat``), readiness on ``/api/v1/heartbeat``:
+the server MemGPT 0.3.x's ``HttpClient`` talks to. Data in ``state_dir/chroma-server`` (``-0.5`` for the
+older formats: the two cannot share a directory; never ``settings.chroma_dir``, the persistent
+backend's); pid file and log in ``settings.state_dir``. ``toolkit chroma up|down|status|logs`` are thin
+wrappers over this.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from toolkit.services.background import BackgroundServer
 from toolkit.settings import Settings
 
-HEARTBEAT = "/api/v2/heartbeat"
+HEARTBEAT = {"1": "/api/v2/heartbeat", "0.5": "/api/v1/heartbeat", "0.4": "/api/v1/heartbeat"}
+_RUN = "import sys; from chromadb.cli.cli import app; sys.argv[0] = 'chroma'; app()"
 
 
-def data_dir(settings: Settings) -> Path:
+def data_dir(settings: Settings, fmt: str = "1") -> Path:
     """The server's own directory: never the persistent backend's (two writers on one sqlite file corrupt it)."""
-    return settings.state_dir / "chroma-server"
+    return settings.state_dir / ("chroma-server" if fmt == "1" else f"chroma-server-{fmt}")
+
+
+def server_format(settings: Settings, wanted: str | None, path: Path | None) -> str:
+    """The format to serve: ``wanted`` (in chroma's words), else what the data directory holds, else the
+    settings' default (memgpt: 0.5)."""
+    from toolkit.backends import chroma, formats
+
+    if wanted:
+        return wanted
+    default = chroma.ALIASES[formats.default(settings.archival_format, settings.memgpt_config_path).format]
+    found = chroma.detect_format(path or data_dir(settings, default))
+    return found if found in chroma.FORMATS else default
 
 
 def chroma_server(settings: Settings, *, host: str | None = None, port: int | None = None,
-                  path: Path | None = None) -> BackgroundServer:
+                  path: Path | None = None, fmt: str = "1",
+                  progress: Callable[[str], None] | None = None, build: bool = False) -> BackgroundServer:
+    """The server of format ``fmt``; ``build``: provision the older client's environment when needed
+    (only ``up`` needs the interpreter; ``down``/``status``/``logs`` do not)."""
     host = host or settings.chroma_host
     port = port or settings.chroma_port
+    python = sys.executable
+    if fmt != "1" and build:
+        from toolkit.backends.compat import envs
+
+        python = str(envs.python(envs.CHROMA[fmt], settings.clients_path, progress=progress))
     # the chromadb console script is `chroma`; calling its app through this interpreter needs no PATH
-    argv = (sys.executable, "-c", "import sys; from chromadb.cli.cli import app; sys.argv[0] = 'chroma'; app()",
-            "run", "--path", str(path or data_dir(settings)), "--host", host, "--port", str(port))
-    return BackgroundServer(name="chroma", argv=argv, host=host, port=port, health_path=HEARTBEAT,
+    argv = (python, "-c", _RUN, "run", "--path", str(path or data_dir(settings, fmt)), "--host", host,
+            "--port", str(port))
+    return BackgroundServer(name="chroma", argv=argv, host=host, port=port, health_path=HEARTBEAT[fmt],
                             state_dir=settings.state_dir, marker="chromadb.cli.cli", start_hint="toolkit chroma up")
