@@ -315,3 +315,46 @@ def test_lancedb_new_tables_follow_the_directory_and_smoke_reports_the_format(tm
     again = run_toolkit("migrate", "--from", f"lancedb://{tmp_path / 'x'}", "--to", f"lancedb://{where}?format=stable",
                         "--table", "t_first")
     assert again.returncode == 6 and "cannot be written as stable" in again.stderr
+
+
+# -- hostile and clumsy input ------------------------------------------------------------------------
+
+def test_text_chroma_cannot_store_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from toolkit.errors import BackendError
+
+    rows = passages(4, dim=8)
+    rows[2].text = "bad \ud83d half emoji"
+    for fmt in ("0.5", "1"):
+        with open_store(StoreLocation("chroma", str(tmp_path / fmt), TABLE, format=fmt)) as store:
+            with pytest.raises(BackendError, match=f"passage {rows[2].id} holds text that is not valid UTF-8"):
+                store.insert(rows)
+            assert store.count() == 0
+
+
+def test_spec_format_parameters_are_checked(tmp_path: Path) -> None:
+    source = tmp_path / "local"
+    with open_store(StoreLocation("local", str(source), TABLE)) as store:
+        store.insert(passages(2, dim=8))
+    for bad, words in (("postgresql://a:b@127.0.0.1:1/db?format=0.5", "does not apply to Postgres"),
+                       (f"chroma://{tmp_path / 'c'}?format=0.5&format=1", "more than one ?format="),
+                       (f"chroma://{tmp_path / 'c'}?format=0.5&x=1", "unknown SPEC parameter")):
+        done = run_toolkit("migrate", "--from", f"local://{source}", "--to", bad)
+        assert done.returncode == 2 and words in done.stderr, done.stderr
+
+
+def test_an_explicit_format_that_differs_from_the_data_is_refused_on_reads_too(memgpt_dir: Path) -> None:
+    before = digest(memgpt_dir)
+    done = run_toolkit("smoke", "--backend", "chroma", "--format", "1", "-n", "4", "--dim", "8",
+                       env={"TOOLKIT_CHROMA_PATH": str(memgpt_dir)})
+    assert done.returncode == 1 and "not format 1" in done.stdout, done.stdout
+    assert digest(memgpt_dir) == before
+
+
+def test_private_copies_of_killed_runs_are_removed(tmp_path: Path, memgpt_dir: Path) -> None:
+    import tempfile
+
+    stale = Path(tempfile.gettempdir()) / "toolkit-chroma-999999999-left"  # no such pid
+    (stale / "chroma").mkdir(parents=True)
+    with open_store(StoreLocation("chroma", str(memgpt_dir), TABLE, snapshot=True)) as store:
+        assert store.count() == 20
+    assert not stale.exists()

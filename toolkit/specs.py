@@ -132,17 +132,24 @@ def with_defaults(spec: Spec, settings: Settings, wanted: str | None = None) -> 
 
 def _split_format(raw: str) -> tuple[str, str | None]:
     """``chroma:///p?format=0.5`` -> (``chroma:///p``, ``0.5``). Postgres URLs keep their own query string."""
-    scheme = raw.partition("://")[0].lower()
-    if scheme.startswith("postgres") or "?" not in raw:
-        return raw, None
-    base, _, query = raw.partition("?")
     from urllib.parse import parse_qsl
 
-    pairs = dict(parse_qsl(query, keep_blank_values=True))
-    if set(pairs) != {"format"}:
-        raise UsageError(f"unknown SPEC parameter(s) {sorted(set(pairs) - {'format'})} in {urls.redact(raw)!r}",
-                         hint="the one parameter is ?format=, e.g. chroma:///path?format=0.5")
-    return base, pairs["format"]
+    scheme = raw.partition("://")[0].lower()
+    if "?" not in raw:
+        return raw, None
+    base, _, query = raw.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    keys = [key for key, _ in pairs]
+    if scheme.startswith("postgres"):  # libpq parameters stay in the URL; format is not one of them
+        if "format" in keys:
+            raise UsageError(f"?format= does not apply to Postgres ({urls.redact(raw)!r})",
+                             hint="the postgres backend has one format; drop ?format=")
+        return raw, None
+    if keys != ["format"]:
+        unknown = sorted(set(keys) - {"format"})
+        raise UsageError(f"{'unknown SPEC parameter(s) ' + str(unknown) if unknown else 'more than one ?format='} "
+                         f"in {urls.redact(raw)!r}", hint="the one parameter is ?format=, e.g. chroma:///path?format=0.5")
+    return base, pairs[0][1]
 
 
 def _parse(raw: str, settings: Settings) -> Spec:

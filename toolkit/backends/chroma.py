@@ -19,6 +19,7 @@ vector back to ``embedding_dim`` whatever the layout.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -88,7 +89,10 @@ class ChromaStore(StoreBase):
             raise BackendError(f"{self.where} was written by chromadb {found}, which the toolkit does not run",
                                hint=f"the toolkit reads and writes {', '.join(FORMATS.values())}; "
                                     "open it with the client that wrote it")
-        if found and wanted and wanted != found and not location.snapshot:
+        if found and wanted and wanted != found:
+            if location.snapshot:  # read (or checked on a copy): by the generation that wrote it, or not at all
+                raise BackendError(f"{self.where} holds {FORMATS[found]} data, not format {wanted}",
+                                   hint=f"drop --format (or ?format=), or use {found}")
             raise BackendError(f"{self.where} holds {FORMATS[found]} data; writing format {wanted} would make it "
                                f"unreadable to chromadb {found}",
                                hint=f"write into another directory, or use --format {found} (or auto)")
@@ -97,7 +101,8 @@ class ChromaStore(StoreBase):
     def _take_snapshot(self) -> None:
         """Work on a private copy: the directory itself is never opened by a client, so stays byte-identical."""
         assert self.path is not None
-        self._scratch = Path(tempfile.mkdtemp(prefix="toolkit-chroma-"))
+        _remove_stale_snapshots()
+        self._scratch = Path(tempfile.mkdtemp(prefix=f"toolkit-chroma-{os.getpid()}-"))
         copy = self._scratch / "chroma"
         try:
             if self.on_disk is not None:
@@ -209,6 +214,7 @@ class ChromaStore(StoreBase):
             return 0
         vectors = matrix(batch)
         dim = vectors.shape[1]
+        _check_encodable(batch, self.table)  # chromadb 0.5 would store the row and fail on reading it
         collection = self._get(create=True)
         stored = self._stored_shape(collection)
         if stored and stored[1] != dim:
@@ -383,6 +389,16 @@ def server_format(host: str, port: int, timeout: float = 2.0) -> str | None:
     return None
 
 
+def _remove_stale_snapshots() -> None:
+    """Private copies left by a process that was killed (SIGTERM, kill -9) before it could remove them."""
+    from toolkit import proc
+
+    for stale in Path(tempfile.gettempdir()).glob("toolkit-chroma-*-*"):
+        pid = stale.name.split("-")[2]
+        if pid.isdigit() and stale.is_dir() and stale.stat().st_uid == os.geteuid() and not proc.pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _host_port(location: str) -> tuple[str, int]:
     text = location.split("://", 1)[-1].rstrip("/")
     host, _, port = text.rpartition(":")
@@ -396,6 +412,20 @@ def _where(filters: Filters | None) -> dict[str, Any] | None:
     if not conditions:
         return None
     return conditions[0] if len(conditions) == 1 else {"$and": conditions}
+
+
+def _check_encodable(batch: list[Passage], table: str) -> None:
+    for p in batch:
+        values = [p.text, p.data_source, p.embedding_model, *(p.metadata or {}).keys(),
+                  *(v for v in (p.metadata or {}).values() if isinstance(v, str))]
+        for value in values:
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise BackendError(f"passage {p.id} holds text that is not valid UTF-8 (a lone surrogate); "
+                                       f"nothing of this batch was written to chroma collection {table}",
+                                       hint="fix or drop that passage's text and metadata, then write again") from None
 
 
 def _metadata(p: Passage, *, memgpt: bool = False) -> dict[str, Any]:
