@@ -267,6 +267,8 @@ def run(chosen: list[Target], *, n: int = 100, dim: int = 1536, timeout: float =
     A check past its bound is reported as a timeout and told to stop; we then wait up to ``grace``
     seconds for it to drop its table, so a slow backend leaves nothing behind either.
     """
+    import zoneinfo  # noqa: F401 - imported here, not first by pyarrow inside racing threads (seen failing in CI)
+
     cancel = threading.Event()
     results: dict[int, Result] = {}
     threads: dict[int, tuple[threading.Thread, float, StoreLocation]] = {}

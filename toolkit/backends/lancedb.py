@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+import zoneinfo  # noqa: F401 - pyarrow imports it to read UTC timestamps; a first import racing in threads failed
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timezone
