@@ -120,11 +120,11 @@ def _archival(settings: Settings) -> Check:
         found: str | None = None
         if spec.backend == "chroma":
             found = chroma.detect_format(Path(spec.location))
-            found = found and f"format {found} ({chroma.FORMATS.get(found, found)})"
+            found = found and chroma.describe(found)
         elif spec.backend == "chroma-http":
             host, _, port = spec.location.rpartition(":")
             found = chroma.server_format(host, int(port), timeout=1.0)
-            found = f"format {found} ({chroma.FORMATS.get(found, found)})" if found else "server not answering"
+            found = chroma.describe(found) if found else "server not answering"
         elif spec.backend == "lancedb":
             tables = {p.stem: lancedb.detect_format(p) for p in sorted(Path(spec.location).glob("*.lance"))}
             found = ", ".join(f"{name}: {f[0]} (Lance files {f[1]})" for name, f in tables.items() if f) or None

@@ -19,7 +19,7 @@ Also the mapping between a SPEC and MemGPT's ``[archival_storage]`` section (typ
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,6 @@ class Spec:
 
     def with_format(self, text: str | None) -> Spec:
         """This SPEC writing ``text`` (``memgpt``, ``current``, ``0.5``, ``legacy``...); None keeps it."""
-        from dataclasses import replace
-
         from toolkit.backends import formats
 
         return self if text is None else replace(self, format=formats.normalize(self.backend, text))
@@ -116,11 +114,9 @@ def parse(text: str, settings: Settings) -> Spec:
 
 def with_defaults(spec: Spec, settings: Settings, wanted: str | None = None) -> Spec:
     """``spec`` with the settings' format default and clients directory, and ``wanted`` as its format."""
-    from dataclasses import replace
-
     from toolkit.backends import formats
 
-    if spec.backend not in ("chroma", "chroma-http", "lancedb", "lancedb-s3"):
+    if not formats.has_formats(spec.backend):
         if wanted is not None:
             raise UsageError(f"?format= does not apply to {spec.backend} stores ({spec})",
                              hint="only chroma and lancedb SPECs take ?format=")

@@ -51,6 +51,11 @@ FORMATS = {"0.4": "chromadb 0.4 (MemGPT 0.2.x)", "0.5": "chromadb 0.5/0.6 (MemGP
 ALIASES = {"memgpt": "0.5", "current": "1"}
 IN_PROCESS = "1"  # the generation imported here; the others run in a worker
 MEMGPT_LAYOUT = ("0.4", "0.5")
+
+
+def describe(fmt: str) -> str:
+    """``format 0.5 (chromadb 0.5/0.6 (MemGPT 0.3.x))``: a format and who reads it, for messages."""
+    return f"format {fmt} ({FORMATS.get(fmt, 'chromadb ' + fmt)})"
 _SCALARS = (str, int, float, bool)
 
 
@@ -80,7 +85,7 @@ class ChromaStore(StoreBase):
         if self.address:
             found = server_format(*self.address)
             if wanted and found and wanted != found:
-                raise BackendError(f"{self.where} runs {FORMATS.get(found, 'chromadb ' + found)}, not format {wanted}",
+                raise BackendError(f"{self.where} runs {describe(found)}, not format {wanted}",
                                    hint=f"start a server of that format with `toolkit chroma up --format {wanted}`")
             return found or IN_PROCESS, found
         assert self.path is not None
@@ -139,7 +144,7 @@ class ChromaStore(StoreBase):
 
     def _note(self, location: StoreLocation) -> str:
         client = getattr(self.client, "version", None)
-        text = f"format {self.format} ({FORMATS[self.format]})"
+        text = describe(self.format)
         if client:
             text += f" through chromadb {client} in an isolated environment"
         if location.snapshot and self.on_disk:
@@ -187,8 +192,8 @@ class ChromaStore(StoreBase):
             else:
                 try:
                     self._collection = self.client.get_collection(self.table, embedding_function=None)
-                except Exception as exc:  # noqa: BLE001 - NotFoundError (1.x) or the worker's NotFound
-                    if type(exc).__name__ in ("NotFoundError", "NotFound"):
+                except Exception as exc:  # noqa: BLE001 - only a missing collection is an answer here
+                    if _missing(exc):
                         return None
                     raise
         return self._collection
@@ -309,8 +314,8 @@ class ChromaStore(StoreBase):
             segments = self._segment_dirs()
             try:
                 self.client.delete_collection(self.table)
-            except Exception as exc:  # noqa: BLE001 - NotFoundError (1.x), ValueError (0.5) or the worker's NotFound
-                if type(exc).__name__ not in ("NotFoundError", "NotFound") and "does not exist" not in str(exc):
+            except Exception as exc:  # noqa: BLE001 - only a missing collection is fine here
+                if not _missing(exc):
                     raise
         for directory in segments:
             shutil.rmtree(directory, ignore_errors=True)
@@ -336,7 +341,7 @@ class ChromaStore(StoreBase):
 
     def close(self) -> None:
         self._collection = None
-        if self.client is not None and hasattr(self.client, "close") and self.format != IN_PROCESS:
+        if self.client is not None and self.format != IN_PROCESS:
             self.client.close()  # the worker process
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
@@ -387,6 +392,12 @@ def server_format(host: str, port: int, timeout: float = 2.0) -> str | None:
         major_minor = ".".join(version.split(".")[:2])
         return major_minor if major_minor in FORMATS else version
     return None
+
+
+def _missing(exc: Exception) -> bool:
+    """A collection that does not exist: chromadb 1.x's NotFoundError (not imported for this), or the
+    worker's NotFound (which chromadb 0.4/0.5's errors for it become)."""
+    return type(exc).__name__ in ("NotFoundError", "NotFound")
 
 
 def _remove_stale_snapshots() -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 MEMGPT = "memgpt"
 CURRENT = "current"
 AUTO = "auto"
-CHOICES = (AUTO, MEMGPT, CURRENT)
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,13 @@ def normalize(backend: str, text: str | None) -> str | None:
     raise UsageError(f"unknown {backend} format {text!r}", hint=f"choose one of {choices}")
 
 
+def has_formats(backend: str) -> bool:
+    """Does ``backend`` store data in more than one format (and so take ``--format``)?"""
+    return _module(backend) is not None
+
+
 def _module(backend: str):  # type: ignore[no-untyped-def]
     import importlib
 
-    name = {"chroma": "chroma", "chroma-http": "chroma", "lancedb": "lancedb", "lancedb-s3": "lancedb"}.get(backend)
-    return importlib.import_module(f"toolkit.backends.{name}") if name else None
+    name = {"chroma-http": "chroma", "lancedb-s3": "lancedb"}.get(backend, backend)
+    return importlib.import_module(f"toolkit.backends.{name}") if name in ("chroma", "lancedb") else None

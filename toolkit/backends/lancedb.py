@@ -274,7 +274,7 @@ def detect_format(table_dir: Path) -> tuple[str, str] | None:
         return ("legacy", "0.1")  # manifests before the field existed: only legacy files were written then
     size = found[-1].group(1)[0]
     version = data[found[-1].end():found[-1].end() + size].decode("ascii", "replace")
-    return ("legacy" if version.startswith("0.") and version not in ("0.3",) else "stable", version)
+    return ("legacy" if version.startswith("0.") else "stable", version)
 
 
 def _where(filters: Filters | None) -> str | None:

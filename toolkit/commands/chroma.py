@@ -33,11 +33,11 @@ def _chroma(ctx: click.Context, port: int | None = None, path: str | None = None
     from pathlib import Path
 
     from toolkit.backends import formats
-    from toolkit.services.chroma_server import chroma_server, server_format
+    from toolkit.services.chroma_server import chroma_server, format_to_serve
 
     settings = settings_from(ctx, chroma_port=port)
     where = Path(path).absolute() if path else None
-    chosen = server_format(settings, formats.normalize("chroma", fmt), where)
+    chosen = format_to_serve(settings, formats.normalize("chroma", fmt), where)
     progress = (lambda line: echo(line, settings, err=True)) if build else None
     return settings, chroma_server(settings, path=where, fmt=chosen, progress=progress, build=build), chosen
 
@@ -54,22 +54,21 @@ def _chroma(ctx: click.Context, port: int | None = None, path: str | None = None
 def chroma_up(ctx: click.Context, port: int | None, path: str | None, fmt: str | None, timeout: float,
               as_json: bool) -> None:
     """Start the Chroma server and wait on its heartbeat; idempotent."""
-    from toolkit.backends.chroma import FORMATS
-    from toolkit.backends.chroma import server_format as running_format
+    from toolkit.backends.chroma import describe, server_format
     from toolkit.errors import UsageError
 
     _, server, chosen = _chroma(ctx, port, path, fmt, build=True)
-    running = running_format(server.host, server.port)
+    running = server_format(server.host, server.port)
     if running is not None and running != chosen:
-        raise UsageError(f"a Chroma server of format {running} ({FORMATS.get(running, running)}) already answers "
-                         f"on port {server.port}, not format {chosen}",
+        raise UsageError(f"a Chroma server of {describe(running)} already answers on port {server.port}, "
+                         f"not format {chosen}",
                          hint="stop it with `toolkit chroma down`, or choose another --port")
     state = server.up(timeout=timeout)
     data = server.argv[server.argv.index("--path") + 1]
     if as_json:
         echo_json({**state.as_dict(), "path": data, "format": chosen})
     else:
-        echo(f"{state.line()}; format {chosen} ({FORMATS[chosen]}); data in {data}")
+        echo(f"{state.line()}; {describe(chosen)}; data in {data}")
 
 
 @chroma.command("down")
@@ -86,16 +85,15 @@ def chroma_down(ctx: click.Context) -> None:
 @click.pass_context
 def chroma_status(ctx: click.Context, port: int | None, as_json: bool) -> None:
     """Is the Chroma server running, and of which format? Exit 0 when it answers, 1 when not."""
-    from toolkit.backends.chroma import FORMATS
-    from toolkit.backends.chroma import server_format as running_format
+    from toolkit.backends.chroma import describe, server_format
 
     _, server, _ = _chroma(ctx, port)
     state = server.status()
-    running = running_format(server.host, server.port) if state.running else None
+    running = server_format(server.host, server.port) if state.running else None
     if as_json:
         echo_json({**state.as_dict(), "format": running})
     else:
-        echo(state.line() + (f"; format {running} ({FORMATS.get(running, 'chromadb ' + running)})" if running else ""))
+        echo(state.line() + (f"; {describe(running)}" if running else ""))
     ctx.exit(0 if state.running else 1)
 
 

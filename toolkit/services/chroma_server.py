@@ -26,7 +26,7 @@ def data_dir(settings: Settings, fmt: str = "1") -> Path:
     return settings.state_dir / ("chroma-server" if fmt == "1" else f"chroma-server-{fmt}")
 
 
-def server_format(settings: Settings, wanted: str | None, path: Path | None) -> str:
+def format_to_serve(settings: Settings, wanted: str | None, path: Path | None) -> str:
     """The format to serve: ``wanted`` (in chroma's words), else what the data directory holds, else the
     settings' default (memgpt: 0.5)."""
     from toolkit.backends import chroma, formats

@@ -23,10 +23,9 @@ WORKER = Path(__file__).with_name("chroma_worker.py")
 class WorkerError(Exception):
     """A call the worker answered with a failure, or a worker that died."""
 
-    def __init__(self, kind: str, message: str, type_name: str = "") -> None:
+    def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-        self.type_name = type_name
 
 
 class NotFound(WorkerError):
@@ -73,10 +72,6 @@ class WorkerClient:
     def delete_collection(self, name: str) -> None:
         self._call({"op": "delete_collection", "name": name})
 
-    def list_collection_names(self) -> list[str]:
-        answer, _ = self._call({"op": "list_collections"})
-        return list(answer["names"])
-
     def close(self) -> None:
         self._finalizer()
 
@@ -105,7 +100,7 @@ class WorkerClient:
             if answer is None:
                 raise WorkerError("other", f"the chromadb worker stopped ({self._last_error()})")
         if not answer.pop("ok"):
-            raise _KINDS.get(answer["kind"], WorkerError)(answer["kind"], answer["message"], answer["type"])
+            raise _KINDS.get(answer["kind"], WorkerError)(answer["kind"], answer["message"])
         matrix = None
         if answer.get("shape"):
             matrix = np.frombuffer(payload, dtype=np.float32).reshape(answer["shape"])
@@ -142,22 +137,22 @@ class WorkerCollection:
         answer, matrix = self._client._call({"op": "get", "name": self.name, "ids": ids, "where": where,
                                              "limit": limit, "offset": offset, "include": include})
         return {"ids": answer["ids"], "documents": answer["documents"], "metadatas": answer["metadatas"],
-                "embeddings": matrix if matrix is not None or "embeddings" not in include else _empty(0)}
+                "embeddings": matrix if matrix is not None or "embeddings" not in include else _empty()}
 
     def query(self, *, query_embeddings: Any, n_results: int, where: dict[str, Any] | None = None,
               include: list[str] | None = None) -> dict[str, Any]:
         include = list(include if include is not None else ["documents", "metadatas", "distances"])
         answer, matrix = self._client._call({"op": "query", "name": self.name, "n_results": n_results,
                                              "where": where, "include": include}, query_embeddings)
-        embeddings = matrix if matrix is not None else (_empty(0) if "embeddings" in include else None)
+        embeddings = matrix if matrix is not None else (_empty() if "embeddings" in include else None)
         return {"ids": [answer["ids"]], "documents": [answer["documents"]], "metadatas": [answer["metadatas"]],
                 "embeddings": [embeddings]}
 
 
-def _empty(dim: int) -> Any:
+def _empty() -> Any:
     import numpy as np
 
-    return np.zeros((0, dim), dtype=np.float32)
+    return np.zeros((0, 0), dtype=np.float32)
 
 
 def _stop(proc: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:

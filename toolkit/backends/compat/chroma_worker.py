@@ -3,7 +3,7 @@
 It imports nothing of the toolkit. Protocol, one request at a time over stdin/stdout: a line of JSON (the
 request or the answer), followed by ``nbytes`` raw bytes when the line says so: a float32 matrix of
 ``shape`` (embeddings) in C order. Answers carry ``ok``; failures carry ``kind`` (not_found,
-invalid_argument, other), the exception's type and its message. End of stdin ends the worker.
+invalid_argument, other) and the message. End of stdin ends the worker.
 """
 
 import json
@@ -73,8 +73,6 @@ def main() -> None:
             state["collections"].pop(name, None)
             client.delete_collection(name)
             return {}, b""
-        if op == "list_collections":
-            return {"names": [getattr(c, "name", c) for c in client.list_collections()]}, b""
         if op == "count":
             return {"count": int(collection(name).count())}, b""
         if op == "upsert":
@@ -114,7 +112,7 @@ def main() -> None:
                 kind = "not_found"
             elif isinstance(exc, ValueError) or "dimension" in text.lower():
                 kind = "invalid_argument"
-            send({"ok": False, "kind": kind, "type": type(exc).__name__, "message": text})
+            send({"ok": False, "kind": kind, "message": text})
 
 
 if __name__ == "__main__":
