@@ -358,3 +358,66 @@ def test_private_copies_of_killed_runs_are_removed(tmp_path: Path, memgpt_dir: P
     with open_store(StoreLocation("chroma", str(memgpt_dir), TABLE, snapshot=True)) as store:
         assert store.count() == 20
     assert not stale.exists()
+
+
+def test_a_failed_open_leaves_no_private_copy(tmp_path: Path, memgpt_dir: Path) -> None:
+    import os
+    import tempfile
+
+    from toolkit.errors import BackendError
+
+    not_a_dir = tmp_path / "clients-file"
+    not_a_dir.write_text("")
+    mine = f"toolkit-chroma-{os.getpid()}-*"
+    before = set(Path(tempfile.gettempdir()).glob(mine))
+    with pytest.raises(BackendError, match="cannot create"):
+        open_store(StoreLocation("chroma", str(memgpt_dir), TABLE, snapshot=True, clients_dir=str(not_a_dir / "x")))
+    assert set(Path(tempfile.gettempdir()).glob(mine)) == before
+
+
+@pytest.mark.parametrize(("version", "expected"), [("0.6.3", "0.5"), ("0.5.23", "0.5"), ("1.0.0", "1"),
+                                                   ("0.3.29", "0.3.29")])
+def test_server_generations_are_named_and_unknown_ones_refused(version: str, expected: str) -> None:
+    """A server states its version; 0.6 shares 0.5's API, and a generation the toolkit has no client for is
+    one clear error, not an internal one."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from toolkit.backends.chroma import server_format
+    from toolkit.errors import BackendError
+
+    class Version(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            body = json.dumps(version).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Version)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert server_format("127.0.0.1", port) == expected
+        if expected == version:
+            with pytest.raises(BackendError, match="does not speak to"):
+                open_store(StoreLocation("chroma-http", f"127.0.0.1:{port}", TABLE))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_format_04_round_trip(tmp_path: Path) -> None:
+    """MemGPT 0.2.x's generation: written and read back through chromadb 0.4.24."""
+    from toolkit.backends.chroma import detect_format
+
+    rows = passages(6, dim=8)
+    with open_store(StoreLocation("chroma", str(tmp_path / "c04"), TABLE, format="0.4")) as store:
+        store.insert(rows)
+    assert detect_format(tmp_path / "c04") == "0.4"
+    with open_store(StoreLocation("chroma", str(tmp_path / "c04"), TABLE)) as store:
+        assert store.format == "0.4" and store.count() == 6
+        assert store.query(rows[2].embedding, 1)[0].id == rows[2].id

@@ -75,8 +75,12 @@ class ChromaStore(StoreBase):
         self.format, self.on_disk = self._choose_format(location)
         if location.snapshot and self.path is not None:
             self._take_snapshot()
-        with self._guard():
-            self.client = self._client(location)
+        try:
+            with self._guard():
+                self.client = self._client(location)
+        except BaseException:
+            self.close()  # no caller will: the private copy goes now, not at some later run
+            raise
         self.format_note = self._note(location)
 
     def _choose_format(self, location: StoreLocation) -> tuple[str, str | None]:
@@ -84,6 +88,9 @@ class ChromaStore(StoreBase):
         wanted = location.format
         if self.address:
             found = server_format(*self.address)
+            if found is not None and found not in FORMATS:
+                raise BackendError(f"{self.where} runs chromadb {found}, which the toolkit does not speak to",
+                                   hint=f"the toolkit speaks to servers of {', '.join(FORMATS.values())}")
             if wanted and found and wanted != found:
                 raise BackendError(f"{self.where} runs {describe(found)}, not format {wanted}",
                                    hint=f"start a server of that format with `toolkit chroma up --format {wanted}`")
@@ -390,6 +397,8 @@ def server_format(host: str, port: int, timeout: float = 2.0) -> str | None:
         if not version.startswith("0."):
             return "1"
         major_minor = ".".join(version.split(".")[:2])
+        if major_minor == "0.6":  # one schema and API with 0.5, as for directories
+            return "0.5"
         return major_minor if major_minor in FORMATS else version
     return None
 
@@ -406,7 +415,11 @@ def _remove_stale_snapshots() -> None:
 
     for stale in Path(tempfile.gettempdir()).glob("toolkit-chroma-*-*"):
         pid = stale.name.split("-")[2]
-        if pid.isdigit() and stale.is_dir() and stale.stat().st_uid == os.geteuid() and not proc.pid_alive(int(pid)):
+        try:
+            ours = stale.is_dir() and stale.stat().st_uid == os.geteuid()
+        except OSError:  # another process removed it first
+            continue
+        if pid.isdigit() and ours and not proc.pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
 
