@@ -133,3 +133,112 @@ def _local(path: Path):  # type: ignore[no-untyped-def]
     from toolkit.backends import StoreLocation
 
     return StoreLocation("local", str(path), DEFAULT_TABLE)
+
+
+# -- repairing what MemGPT cannot use: an unknown type, a duplicate section or key --------------------
+
+def _memgpt_type(config: Path) -> str:
+    """``type`` as MemGPT 0.3.x reads it: ``configparser.ConfigParser().read()``, strict."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    assert parser.read(config) == [str(config)]
+    return parser["archival_storage"]["type"]
+
+
+def _others(text: str) -> list[str]:
+    """Every line outside [archival_storage] sections, in order."""
+    out, inside = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("["):
+            inside = line.strip() == "[archival_storage]"
+        if not inside:
+            out.append(line)
+    return out
+
+
+def _assert_repaired(config: Path, original: str, backend: str) -> None:
+    text = config.read_text()
+    assert _memgpt_type(config) == backend and text.count("[archival_storage]") == 1
+    assert _others(text) == _others(original)
+    backups = list(config.parent.glob("config.*.bak"))
+    assert len(backups) == 1 and backups[0].read_text() == original
+
+
+@pytest.mark.parametrize("bad", ["foo", ""])
+def test_unknown_type_is_repaired(config: Path, toolkit_cli, bad: str) -> None:
+    config.parent.mkdir(parents=True)
+    original = FOREIGN.format(path="/old").replace("type = chroma", f"type = {bad}")
+    config.write_text(original)
+
+    done = toolkit_cli("configure", "--backend", "local", "--no-input")
+
+    assert done.returncode == 0, done.stderr
+    assert f"unknown archival storage type {bad!r}" in done.stderr and "local check passed" in done.stdout
+    _assert_repaired(config, original, "local")
+    assert memgpt_config.read(config) == ArchivalStorage("local", str(config.parent / "archival"), "")
+
+
+def test_unknown_type_is_repaired_interactively(config: Path) -> None:
+    config.parent.mkdir(parents=True)
+    original = FOREIGN.format(path="/old").replace("type = chroma", "type = foo")
+    config.write_text(original)
+
+    result = invoke("--no-check", input="lancedb\n\n")
+
+    assert result.exit_code == 0, result.output
+    _assert_repaired(config, original, "lancedb")
+
+
+DUPLICATE_SECTION = FOREIGN.format(path="/old/chroma") + "\n[archival_storage]\ntype = postgres\nuri = x\n"
+DUPLICATE_KEY = FOREIGN.format(path="/old/chroma").replace("type = chroma\n", "type = chroma\ntype = local\n")
+
+
+@pytest.mark.parametrize("original", [DUPLICATE_SECTION, DUPLICATE_KEY], ids=["section", "key"])
+def test_duplicate_is_repaired(config: Path, toolkit_cli, original: str) -> None:
+    config.parent.mkdir(parents=True)
+    config.write_text(original)
+
+    done = toolkit_cli("configure", "--backend", "local", "--no-input")
+
+    assert done.returncode == 0, done.stderr
+    assert "twice" in done.stderr and "local check passed" in done.stdout
+    _assert_repaired(config, original, "local")
+    # and a second run finds nothing to repair
+    again = toolkit_cli("configure", "--backend", "lancedb", "--no-input", "--no-check")
+    assert again.returncode == 0 and "warning" not in again.stderr and _memgpt_type(config) == "lancedb"
+
+
+@pytest.mark.parametrize("original, what", [(DUPLICATE_SECTION, "[archival_storage] twice (again on line 16)"),
+                                            (DUPLICATE_KEY, "'type' twice in [archival_storage]")],
+                         ids=["section", "key"])
+def test_readers_name_the_duplicate(config: Path, toolkit_cli, original: str, what: str) -> None:
+    config.parent.mkdir(parents=True)
+    config.write_text(original)
+
+    smoke = toolkit_cli("smoke", "-n", "2", "--dim", "4")
+    assert smoke.returncode == 2 and smoke.stdout == ""
+    line = smoke.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert str(config) in line and what in line and "toolkit configure --backend" in line
+
+    doctor = toolkit_cli("doctor")  # doctor reports it as its failing archival line
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr
+    failing = [row for row in doctor.stdout.splitlines() if row.startswith("FAIL archival")]
+    assert len(failing) == 1 and str(config) in failing[0] and what in failing[0]
+    assert "toolkit configure --backend" in failing[0]
+    assert config.read_text() == original
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe[\x00a\x00]\x00\n", b"\x7fELF\x02\x01\x01\x00\x00\x00"])
+def test_binary_config_is_one_line_error(config: Path, toolkit_cli, data: bytes) -> None:
+    config.parent.mkdir(parents=True)
+    config.write_bytes(data)
+    for args in (("configure", "--backend", "local", "--no-input"), ("smoke", "-n", "2", "--dim", "4")):
+        done = toolkit_cli(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.strip().count("\n") == 0 and str(config) in done.stderr, (args, done.stderr)
+    doctor = toolkit_cli("doctor")
+    failing = [row for row in doctor.stdout.splitlines() if row.startswith("FAIL archival")]
+    assert "Traceback" not in doctor.stderr and len(failing) == 1 and str(config) in failing[0]
+    assert config.read_bytes() == data

@@ -125,3 +125,133 @@ def test_unreadable_config_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         memgpt_config.read(config)
     assert "\n" not in info.value.one_line()
+
+
+# -- what MemGPT 0.3.x itself cannot read: repaired by write, named by read ---------------------------
+
+def _memgpt_reads(path: Path) -> configparser.ConfigParser:
+    """The file as MemGPT 0.3.x loads it: ``configparser.ConfigParser().read(path)`` (strict, interpolating)."""
+    parser = configparser.ConfigParser()
+    assert parser.read(path) == [str(path)]
+    return parser
+
+
+DUPLICATED = FOREIGN.replace("[client]\n", """\
+[archival_storage]
+# added by a second `memgpt configure`
+type = local
+path = /home/me/.memgpt/archival
+other = from the copy
+
+[client]
+""")
+
+
+def test_duplicate_section_becomes_one(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text(DUPLICATED)
+    with pytest.raises(configparser.DuplicateSectionError):
+        configparser.ConfigParser().read(config)
+
+    backup = memgpt_config.write(config, ArchivalStorage("lancedb", "", "/data/lance"))
+
+    text = config.read_text()
+    assert text.count("[archival_storage]") == 1
+    assert _without_section(text, "archival_storage") == _without_section(DUPLICATED, "archival_storage")
+    section = _memgpt_reads(config)["archival_storage"]
+    assert dict(section) == {"type": "lancedb", "path": "", "uri": "/data/lance", "extra": "keep me",
+                             "other": "from the copy"}
+    assert backup is not None and backup.read_text() == DUPLICATED
+    assert memgpt_config.read(config) == ArchivalStorage("lancedb", "", "/data/lance")
+
+
+def test_duplicate_keys_become_one(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    original = ("[defaults]\npreset = memgpt_chat\n\n[archival_storage]\ntype = local\nTYPE = chroma\n"
+                "path = /a\npath = /b\n  continued\nextra = 1\nextra = 2\n\n[client]\nid = 1\n")
+    config.write_text(original)
+
+    memgpt_config.write(config, ArchivalStorage("chroma", "/c", ""))
+
+    assert config.read_text() == ("[defaults]\npreset = memgpt_chat\n\n[archival_storage]\ntype = chroma\n"
+                                  "path = /c\nextra = 1\nuri = \n\n[client]\nid = 1\n")
+    assert _memgpt_reads(config)["archival_storage"]["type"] == "chroma"
+
+
+def test_keys_are_found_as_configparser_finds_them(tmp_path: Path) -> None:
+    # indented keys are keys; an indented line after a key (even past a blank line) continues its value;
+    # `[ archival_storage ]` is another section to configparser
+    config = tmp_path / "config"
+    original = ("[ archival_storage ]\ntype = x\n\n[archival_storage]\n  type = foo\n  extra = 1\n"
+                "  uri = a\n\n    b\n")
+    config.write_text(original)
+
+    memgpt_config.write(config, ArchivalStorage("local", "/l"))
+
+    parsed = _memgpt_reads(config)
+    assert dict(parsed["archival_storage"]) == {"type": "local", "path": "/l", "uri": "", "extra": "1"}
+    assert dict(parsed[" archival_storage "]) == {"type": "x"}
+
+
+def test_read_names_a_duplicate_and_the_repair(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    for text, what in ((DUPLICATED, "[archival_storage] twice (again on line 24)"),
+                       ("[archival_storage]\ntype = local\ntype = chroma\n", "'type' twice in [archival_storage]")):
+        config.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            memgpt_config.read(config)
+        line = info.value.one_line()
+        assert "\n" not in line and str(config) in line and what in line
+        assert "toolkit configure --backend" in line and info.value.exit_code == 2
+
+
+def test_duplicate_elsewhere_is_not_repaired(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    original = FOREIGN + "\n[model]\nmodel = gpt-3.5\n"
+    config.write_text(original)
+    with pytest.raises(ConfigError, match=r"\[model\] twice") as info:
+        memgpt_config.read(config)
+    assert "toolkit configure" not in info.value.one_line()
+    with pytest.raises(ConfigError, match=r"\[model\] twice"):
+        memgpt_config.write(config, ArchivalStorage("local", "/x"))
+    assert config.read_text() == original and not list(tmp_path.glob("config.*.bak"))
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe[\x00a\x00]\x00", b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00",
+                                  b"[archival_storage]\ntype = local\x00\x00\n"])
+def test_binary_or_not_utf8_is_one_line_error(tmp_path: Path, data: bytes) -> None:
+    config = tmp_path / "config"
+    config.write_bytes(data)
+    for call in (lambda: memgpt_config.read(config), lambda: memgpt_config.write(config, ArchivalStorage("local"))):
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert "\n" not in info.value.one_line() and str(config) in info.value.one_line()
+    assert config.read_bytes() == data
+
+
+def test_line_break_in_a_value_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text(FOREIGN)
+    with pytest.raises(ConfigError, match="line break"):
+        memgpt_config.write(config, ArchivalStorage("local", "/x\n[defaults]\npreset = evil"))
+    assert config.read_text() == FOREIGN
+
+
+def test_duplicate_elsewhere_is_named_before_the_repairable_one(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    original = "[archival_storage]\ntype = local\n\n[archival_storage]\ntype = chroma\n\n[model]\na = 1\na = 2\n"
+    config.write_text(original)
+    with pytest.raises(ConfigError, match=r"key 'a' twice in \[model\] \(again on line 9\)") as info:
+        memgpt_config.read(config)
+    assert not isinstance(info.value, memgpt_config.DuplicateSection)
+    with pytest.raises(ConfigError, match=r"key 'a' twice in \[model\] \(again on line 9\)"):
+        memgpt_config.write(config, ArchivalStorage("local", "/x"))
+    assert config.read_text() == original
+
+
+def test_empty_section_at_end_without_newline(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("[model]\nmodel = gpt-4\n\n[archival_storage]")
+    memgpt_config.write(config, ArchivalStorage("local", "/x"))
+    assert config.read_text() == "[model]\nmodel = gpt-4\n\n[archival_storage]\ntype = local\npath = /x\nuri = \n"
+    assert _memgpt_reads(config)["archival_storage"]["type"] == "local"

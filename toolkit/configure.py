@@ -52,10 +52,19 @@ def spec_for(choice: Choice, settings: Settings) -> Spec:
     raise UsageError(f"unknown backend {backend!r}", hint=f"choose one of {', '.join(BACKEND_CHOICES)}")
 
 
-def current(settings: Settings) -> Spec | None:
-    """The store MemGPT's config selects now, or None when it selects none."""
-    section = memgpt_config.read(settings.memgpt_config_path)
-    return specs.from_memgpt(section, settings) if section else None
+def current(settings: Settings) -> tuple[Spec | None, str | None]:
+    """The store MemGPT's config selects now (None: none), and what is wrong with its [archival_storage]
+    when writing that section repairs it: the section or a key in it twice, an unknown type, a bad value.
+    A file that cannot be read otherwise raises ConfigError."""
+    path = settings.memgpt_config_path
+    try:
+        section = memgpt_config.read(path)
+    except memgpt_config.DuplicateSection as exc:
+        return None, exc.message
+    try:
+        return (specs.from_memgpt(section, settings) if section else None), None
+    except UsageError as exc:
+        return None, f"{exc.message} ({path})"
 
 
 def count_rows(spec: Spec, table: str = DEFAULT_TABLE) -> int:

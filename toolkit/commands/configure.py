@@ -30,7 +30,8 @@ def configure(ctx: click.Context, backend: str | None, uri: str | None, path: st
 
     Asks as `memgpt configure` does (or takes --backend/--uri/--path with --no-input), runs the
     backend's smoke check, and rewrites only the [archival_storage] section of ~/.memgpt/config (or
-    $MEMGPT_CONFIG_PATH), atomically, keeping a backup. When the backend you switch away from holds
+    $MEMGPT_CONFIG_PATH), atomically, keeping a backup. A section MemGPT cannot use (an unknown type,
+    the section or a key in it twice) is repaired the same way. When the backend you switch away from holds
     archival data, it tells you how many rows and the `toolkit migrate` command that copies them.
 
     \b
@@ -44,7 +45,9 @@ def configure(ctx: click.Context, backend: str | None, uri: str | None, path: st
     from toolkit import specs
 
     settings = settings_from(ctx)
-    before = lib.current(settings)
+    before, problem = lib.current(settings)
+    if problem:  # MemGPT cannot use the section as it is: the choice below replaces it
+        echo(f"warning: {problem}; the [archival_storage] written now replaces it", settings, err=True)
     old = specs.to_memgpt(before) if before else None
 
     if backend is None and not no_input:
