@@ -78,3 +78,14 @@ def test_libpq_parameters_are_kept_where_the_driver_takes_them() -> None:
     assert url.render("psycopg").endswith("/app?sslmode=verify-full&sslrootcert=/etc/ca.pem")
     assert url.render("pg8000") == "postgresql+pg8000://u:secret@db.example:5433/app"  # pg8000 takes no libpq options
     assert "secret" not in url.redacted("plain")
+
+
+def test_redact_hides_passwords_in_sql_statements_of_server_logs() -> None:
+    from toolkit.urls import redact
+
+    line = "ERROR:  syntax error at end of input STATEMENT:  ALTER ROLE memgpt PASSWORD 'Hunter2-Secret'"
+    assert "Hunter2" not in redact(line) and "PASSWORD '***'" in redact(line)
+    assert "it''s" not in redact("CREATE ROLE a LOGIN PASSWORD 'it''s' NOSUPERUSER")
+    # words after "password" that are not a quoted value stay readable
+    kept = 'FATAL:  password authentication failed for user "memgpt"'
+    assert redact(kept) == kept

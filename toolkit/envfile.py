@@ -36,7 +36,8 @@ def write(env_file: Path, values: dict[str, str]) -> bool:
 
 
 def _replace(text: str, values: dict[str, str]) -> str:
-    """Rewrite only the bindings of ``values``' keys (python-dotenv's parser finds them)."""
+    """Rewrite only the bindings of ``values``' keys (python-dotenv's parser finds them), every one of a key
+    bound twice: python-dotenv reads the last binding and a shell keeps the last, so none may stay stale."""
     import io
 
     from dotenv.parser import parse_stream
@@ -45,7 +46,7 @@ def _replace(text: str, values: dict[str, str]) -> str:
     done: set[str] = set()
     for binding in parse_stream(io.StringIO(text)):
         original = binding.original.string
-        if binding.key in values and binding.key not in done:
+        if binding.key in values:
             body = original.lstrip("\n")
             lead = original[: len(original) - len(body)]  # blank lines the parser glued to this binding
             export = "export " if body.lstrip().startswith("export ") else ""

@@ -1,4 +1,5 @@
-"""Configuration, resolved once: flags > environment (``TOOLKIT_*``) > ``.env`` > defaults.
+"""Configuration, resolved once: flags > environment (``TOOLKIT_*``) > ``.env`` > defaults (the port:
+the last ``toolkit up``'s, then 8888).
 
 ``resolve()`` builds one frozen ``Settings``; nothing else in the package reads ``os.environ`` for
 toolkit settings. To add a setting, add a field to ``Settings`` and one row to ``FIELDS``.
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import UsageError
+from toolkit.errors import ConfigError, UsageError
+from toolkit.state import last_up
 from toolkit.urls import PgUrl
 
 ENGINES = ("auto", "docker", "embedded", "external")
@@ -170,15 +172,28 @@ FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """The key/values of a .env file, or {} when there is none."""
-    if not path.is_file():
-        return {}
+    """The key/values of a .env file, or {} when there is none; ConfigError when it cannot be one (a
+    directory, binary, not UTF-8: python-dotenv would raise UnicodeDecodeError, or pass NUL bytes on)."""
+    import io
+
     from dotenv import dotenv_values
 
+    fix = "save it as UTF-8 text of KEY=value lines, or move it away (or point --env-file elsewhere)"
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a .env file",
+                          hint="move it away, or point --env-file (TOOLKIT_ENV_FILE) at a file")
+    if not path.is_file():
+        return {}
     try:
-        return {k: v for k, v in dotenv_values(path).items() if v is not None}
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}", hint="check its permissions") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})",
+                          hint=fix) from None
+    if "\x00" in text:
+        raise ConfigError(f"{path} is not a text file (it holds NUL bytes)", hint=fix)
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
 def resolve(
@@ -220,11 +235,16 @@ def resolve(
     if flags:
         raise UsageError(f"unknown setting(s): {', '.join(sorted(flags))}")
 
-    db = DbSpec(**{k[3:]: v for k, v in values.items() if k.startswith("db.")})
     top = {k: v for k, v in values.items() if not k.startswith("db.")}
     state_dir = Path(top.pop("state_dir", root / ".toolkit")).expanduser()
     if not state_dir.is_absolute():
         state_dir = root / state_dir
+    if "db.port" not in values:
+        # below .env, above the default: the port the last `toolkit up` here used (its server's)
+        port = last_up(state_dir).get("port")
+        if port is not None:
+            values["db.port"], sources["db.port"] = port, "last `toolkit up`"
+    db = DbSpec(**{k[3:]: v for k, v in values.items() if k.startswith("db.")})
     for key in ("chroma_path", "memgpt_config", "clients_dir"):
         if key in top:
             path = Path(top[key]).expanduser()

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from toolkit.backends import StoreLocation, open_store
 from toolkit.backends.base import Filters, Passage
-from toolkit.errors import ToolkitError, UsageError
+from toolkit.errors import BackendError, ToolkitError, UsageError
 from toolkit.settings import Settings
 from toolkit.urls import redact
 
@@ -57,6 +57,12 @@ class Target:
     backend: str
     location: StoreLocation | None
     problem: str | None = None  # why it cannot be checked (not running, not configured)
+    hint: str | None = None  # how to fix that: the command that starts the server
+
+    @property
+    def why(self) -> str:
+        """``problem; hint``: the detail of its row in the table."""
+        return "; ".join(part for part in (self.problem, self.hint) if part)
 
 
 # -- which backends, where ----------------------------------------------------------------------------
@@ -117,7 +123,7 @@ def target(backend: str, settings: Settings) -> Target:
 
     if backend == "lancedb-s3":
         if not settings.s3_endpoint:
-            return Target(backend, None, "no S3 endpoint is configured; start the test server with `toolkit s3 up`")
+            return Target(backend, None, "no S3 endpoint is configured", "start the test server with `toolkit s3 up`")
         uri = settings.lancedb_uri or ""
         uri = uri if uri.startswith("s3://") else "s3://toolkit/lancedb"
         spec = specs.Spec(backend, uri, options=specs.s3_options(settings))
@@ -144,9 +150,17 @@ def _preflight(backend: str, location: StoreLocation, settings: Settings) -> Tar
         parts = urlsplit(location.options["aws_endpoint"])
         endpoint = (parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80))
     if endpoint and not _answers(*endpoint):
-        return Target(backend, location, f"not running at {endpoint[0]}:{endpoint[1]}; start it with "
-                                          f"`{START[backend]}`")
+        return Target(backend, location, f"not running at {endpoint[0]}:{endpoint[1]}", f"start it with `{START[backend]}`")
     return Target(backend, location)
+
+
+def nothing_checked(chosen: list[Target]) -> BackendError | None:
+    """The error for a run in which no backend could be checked at all (``--backend postgres`` with the
+    server down): a backend failure (exit 6), not a failed check. None when at least one check could run."""
+    if not chosen or any(t.problem is None for t in chosen):
+        return None
+    hints = list(dict.fromkeys(t.hint for t in chosen if t.hint))
+    return BackendError("; ".join(f"{t.backend}: {t.problem}" for t in chosen), hint="; ".join(hints) or None)
 
 
 def _private(location: StoreLocation) -> StoreLocation:
@@ -286,7 +300,7 @@ def run(chosen: list[Target], *, n: int = 100, dim: int = 1536, timeout: float =
     for i, t in enumerate(chosen):
         if t.location is None or t.problem:
             shown = t.location.describe() if t.location else ""
-            results[i] = Result(t.backend, "not running" if t.location else "fail", 0.0, t.problem or "", shown)
+            results[i] = Result(t.backend, "not running" if t.location else "fail", 0.0, t.why, shown)
             continue
         location = replace(t.location, table=f"toolkit_smoke_{uuid.uuid4().hex[:12]}")
         thread = threading.Thread(target=work, args=(i, t, location), name=f"smoke-{t.backend}", daemon=True)

@@ -16,8 +16,13 @@ _SCHEMES = {
     "postgresql+psycopg": "psycopg",
     "postgresql+psycopg2": "psycopg",
 }
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]+:)([^@\s]*)(@)")
+# the password runs to the last "@" before whitespace (an unencoded "@", "/", "#" or "?" in it stays hidden),
+# but not into the next URL of the same line
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]+:)((?:(?!://)\S)*)(@)")
+_ENCODE_HINT = "percent-encode it: / as %2F, # as %23, ? as %3F, @ as %40 (and % as %25)"
 _PASSWORD_KV = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
+# SQL in server logs: CREATE/ALTER ROLE ... PASSWORD 'secret' ('' escapes a quote)
+_PASSWORD_SQL = re.compile(r"(?i)(password\s+)('(?:[^']|'')*'?)")
 
 
 @dataclass(frozen=True)
@@ -53,12 +58,14 @@ class PgUrl:
 
 def parse(url: str) -> PgUrl:
     """Parse any accepted Postgres URL; raise UsageError naming what is wrong."""
+    _check_credentials(url)
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise UsageError(f"invalid database URL {redact(url)!r}: {exc}",
-                         hint="use postgresql+pg8000://USER:PASSWORD@HOST:PORT/DATABASE") from None
+        raise UsageError(f"invalid database URL {redact(url)!r}: {redact(str(exc))}",
+                         hint="use postgresql+pg8000://USER:PASSWORD@HOST:PORT/DATABASE, special characters "
+                              "in the password percent-encoded") from None
     if parts.scheme not in _SCHEMES:
         raise UsageError(f"unsupported URL scheme {parts.scheme!r} in {redact(url)!r}",
                          hint="use postgresql://, postgresql+pg8000:// or postgresql+psycopg://")
@@ -75,10 +82,28 @@ def parse(url: str) -> PgUrl:
     )
 
 
+def _check_credentials(url: str) -> None:
+    """Refuse a password holding an unencoded "/", "?", "#" or "@": the URL then splits inside the password
+    (its start read as the port, the rest as the path or the host), and an error quoting any part of it
+    would show the password. The message shows only the user and what follows the last "@"."""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep or "@" not in rest:
+        return
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, after = rest[:end], rest[end:]
+    if "@" not in after and authority.count("@") <= 1:
+        return
+    user = rest.split(":", 1)[0].split("@", 1)[0].split("/", 1)[0]
+    shown = f"{scheme}://{user}:***@{rest.rsplit('@', 1)[1]}"
+    raise UsageError(f"the password in database URL {shown!r} holds an unencoded '/', '?', '#' or '@'",
+                     hint=_ENCODE_HINT)
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Hide passwords in URLs, ``password=...`` pairs, and any extra secret strings given."""
     text = _PASSWORD_IN_URL.sub(r"\1***\3", text)
     text = _PASSWORD_KV.sub(r"\1***", text)
+    text = _PASSWORD_SQL.sub(r"\1'***'", text)
     for secret in secrets:
         if secret and len(secret) >= 3:
             text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")

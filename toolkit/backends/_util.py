@@ -56,6 +56,31 @@ def matrix(passages: list[Passage]) -> np.ndarray:
     return np.asarray([np.asarray(p.embedding, dtype=np.float32) for p in passages], dtype=np.float32)
 
 
+def check_encodable(batch: list[Passage], where: str) -> None:
+    """Refuse, before anything is written, a passage holding text that is not valid UTF-8 (a lone
+    surrogate, as a broken decoder leaves it): Postgres and LanceDB cannot encode it, and chromadb 0.5
+    stores the row and then fails on reading it. ``where`` names the store (``postgres table X``)."""
+    for p in batch:
+        if not all(_encodable(v) for v in (p.text, p.data_source, p.embedding_model, p.metadata)):
+            raise BackendError(f"passage {p.id} holds text that is not valid UTF-8 (a lone surrogate); "
+                               f"nothing of this batch was written to {where}",
+                               hint="fix or drop that passage's text and metadata, then write again")
+
+
+def _encodable(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_encodable(v) for v in value)
+    return True
+
+
 def dim_mismatch(where: str, existing: int, new: int) -> BackendError:
     return BackendError(f"{where} holds {existing}-dimensional embeddings, not {new}",
                         hint="use the embedding model that filled it, or another table (--table)")

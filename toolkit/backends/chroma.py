@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.backends._util import StoreBase, batched, dim_mismatch, matrix, to_utc, unique_by_id, uuid_or_none
+from toolkit.backends._util import StoreBase, batched, check_encodable, dim_mismatch, matrix, to_utc, unique_by_id, uuid_or_none
 from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage
 from toolkit.errors import BackendError
 
@@ -226,7 +226,7 @@ class ChromaStore(StoreBase):
             return 0
         vectors = matrix(batch)
         dim = vectors.shape[1]
-        _check_encodable(batch, self.table)  # chromadb 0.5 would store the row and fail on reading it
+        check_encodable(batch, f"chroma collection {self.table}")  # chromadb 0.5 stores it, then cannot read it
         collection = self._get(create=True)
         stored = self._stored_shape(collection)
         if stored and stored[1] != dim:
@@ -436,20 +436,6 @@ def _where(filters: Filters | None) -> dict[str, Any] | None:
     if not conditions:
         return None
     return conditions[0] if len(conditions) == 1 else {"$and": conditions}
-
-
-def _check_encodable(batch: list[Passage], table: str) -> None:
-    for p in batch:
-        values = [p.text, p.data_source, p.embedding_model, *(p.metadata or {}).keys(),
-                  *(v for v in (p.metadata or {}).values() if isinstance(v, str))]
-        for value in values:
-            if isinstance(value, str):
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise BackendError(f"passage {p.id} holds text that is not valid UTF-8 (a lone surrogate); "
-                                       f"nothing of this batch was written to chroma collection {table}",
-                                       hint="fix or drop that passage's text and metadata, then write again") from None
 
 
 def _metadata(p: Passage, *, memgpt: bool = False) -> dict[str, Any]:

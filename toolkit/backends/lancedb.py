@@ -24,7 +24,17 @@ from datetime import timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.backends._util import StoreBase, batched, dim_mismatch, dumps, matrix, to_utc, unique_by_id, uuid_or_none
+from toolkit.backends._util import (
+    StoreBase,
+    batched,
+    check_encodable,
+    dim_mismatch,
+    dumps,
+    matrix,
+    to_utc,
+    unique_by_id,
+    uuid_or_none,
+)
 from toolkit.backends.base import Filters, Passage
 from toolkit.errors import BackendError
 
@@ -167,6 +177,7 @@ class LanceStore(StoreBase):
             return 0
         vectors = matrix(batch)
         dim = vectors.shape[1]
+        check_encodable(batch, f"lancedb table {self.table}")  # pyarrow cannot encode it
         table = self._open(dim=dim)
         if self._dim(table) != dim:
             raise dim_mismatch(f"lancedb table {self.table}", self._dim(table), dim)

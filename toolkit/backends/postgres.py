@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from toolkit.backends._util import StoreBase, dim_mismatch, dumps, matrix, to_utc, unique_by_id, uuid_or_none
+from toolkit.backends._util import StoreBase, check_encodable, dim_mismatch, dumps, matrix, to_utc, unique_by_id, uuid_or_none
 from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage
 from toolkit.errors import BackendError
 from toolkit.urls import parse, redact
@@ -31,6 +31,8 @@ DDL = """CREATE TABLE IF NOT EXISTS {table} (
     data_source varchar, embedding vector(4096), embedding_dim bigint, embedding_model varchar,
     metadata_ json, created_at timestamptz DEFAULT now())"""
 COPY_ROWS = 2000  # rows per COPY statement within one insert
+# pg_advisory_xact_lock(LOCK_CLASS, hashtext(name)) serializes the toolkit's own DDL on one name
+LOCK_CLASS = 0x746B6974  # "tkit"
 
 
 class PostgresStore(StoreBase):
@@ -96,7 +98,14 @@ class PostgresStore(StoreBase):
         if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
             return
         try:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            # two first connections at once would both pass IF NOT EXISTS, and one fail on pg_extension's
+            # unique index: the advisory lock (per database, as extensions are) makes the second wait
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext('extension vector'))", [LOCK_CLASS])
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.errors.UniqueViolation:  # created at this moment by a client that takes no lock
+            if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+                raise
         except psycopg.Error as exc:
             raise BackendError(f"the vector extension is missing in database {self.url.database!r} "
                                f"({_first_line(exc)})",
@@ -146,6 +155,27 @@ class PostgresStore(StoreBase):
         self._dim = int(found[0]) if found and found[0] is not None else None
         return self._dim
 
+    def _create_table(self, cur: psycopg.Cursor[Any]) -> None:
+        """CREATE TABLE IF NOT EXISTS, safe against another session creating it at the same moment (two
+        migrations into a new table): both would pass IF NOT EXISTS and one fail on pg_type's unique index.
+        Only while the table is missing, a lock held to the end of this transaction makes the others wait."""
+        import psycopg
+
+        if self._table_exists(cur):
+            return
+        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema() || '.' || %s))",
+                    [LOCK_CLASS, self.table])
+        try:
+            with cur.connection.transaction():
+                cur.execute(self._sql(DDL))
+        except psycopg.errors.UniqueViolation:  # created at this moment by a client that takes no lock
+            if not self._table_exists(cur):
+                raise
+
+    def _table_exists(self, cur: psycopg.Cursor[Any]) -> bool:
+        row = cur.execute("SELECT to_regclass(%s) IS NOT NULL", [self._ident().as_string(cur)]).fetchone()
+        return bool(row and row[0])
+
     def _rows(self, cur: psycopg.Cursor[Any]) -> list[Passage]:
         return [_passage(row) for row in cur.fetchall()]
 
@@ -162,12 +192,13 @@ class PostgresStore(StoreBase):
             return 0
         vectors = matrix(batch)
         dim = vectors.shape[1]
+        check_encodable(batch, f"postgres table {self.table}")  # psycopg cannot encode it
         padded = np.zeros((len(batch), MAX_EMBEDDING_DIM), dtype=np.float32)
         padded[:, :dim] = vectors
         columns = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
         updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in COLUMNS[1:])
         with self._cursor() as cur, cur.connection.transaction():
-            cur.execute(self._sql(DDL))
+            self._create_table(cur)
             existing = self._existing_dim(cur)
             if existing is not None and existing != dim:
                 raise dim_mismatch(f"postgres table {self.table}", existing, dim)
@@ -266,8 +297,7 @@ class PostgresStore(StoreBase):
 
     def exists(self) -> bool:
         with self._cursor() as cur:
-            row = cur.execute("SELECT to_regclass(%s) IS NOT NULL", [self._ident().as_string(cur)]).fetchone()
-            return bool(row and row[0])
+            return self._table_exists(cur)
 
 
 def _select_list(subvector: bool = False) -> Any:

@@ -30,7 +30,8 @@ def smoke(ctx: click.Context, backend: str | None, count: int, dim: int, timeout
 
     Each backend is checked in a temporary table that is dropped afterwards, all in parallel.
     Servers are not started for you: a stopped one is reported with the command that starts it
-    (toolkit up, toolkit chroma up, toolkit s3 up). Exit 0 only when every check passes.
+    (toolkit up, toolkit chroma up, toolkit s3 up). Exit 0 only when every check passes; 6 when
+    no backend could be checked at all (the one asked for is not running).
 
     A Chroma directory another client generation wrote (MemGPT 0.3.x's chromadb 0.5) is checked on a
     private copy, through that client in an isolated environment: the directory stays as it was.
@@ -43,7 +44,8 @@ def smoke(ctx: click.Context, backend: str | None, count: int, dim: int, timeout
 
     settings = settings_from(ctx)
     started = time.monotonic()
-    results = lib.run(lib.targets(settings, backend, fmt), n=count, dim=dim, timeout=timeout)
+    chosen = lib.targets(settings, backend, fmt)
+    results = lib.run(chosen, n=count, dim=dim, timeout=timeout)
     wall = time.monotonic() - started
     if as_json:
         echo_json({"ok": all(r.ok for r in results), "seconds": round(wall, 3),
@@ -52,4 +54,7 @@ def smoke(ctx: click.Context, backend: str | None, count: int, dim: int, timeout
         echo(lib.table(results), settings)
         passed = sum(r.ok for r in results)
         echo(f"{passed}/{len(results)} passed in {wall:.2f}s", settings)
+    unchecked = lib.nothing_checked(chosen)
+    if unchecked:
+        raise unchecked
     ctx.exit(0 if all(r.ok for r in results) else 1)
