@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit import engines, envfile
+from toolkit import engines, envfile, state
 from toolkit.errors import ImageUnavailableError
+from toolkit.lock import state_lock
 from toolkit.settings import Settings, resolve
 from toolkit.urls import PgUrl, parse
+
+LOCK_GRACE = 120.0  # seconds beyond the readiness timeout a waiting up/down gives the holder
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,21 @@ def env_values(settings: Settings) -> dict[str, str]:
     return {envfile.URL_VAR: database_url(settings).render("pg8000")}
 
 
+def _lifecycle(settings: Settings, purpose: str):  # type: ignore[no-untyped-def]
+    """The state dir's lock, held across a whole up/down: concurrent calls take turns. Waits as long
+    as another call may legitimately take (its own readiness timeout, plus a cold start)."""
+    return state_lock(settings.state_dir, purpose, timeout=settings.timeout + LOCK_GRACE)
+
+
 def up(settings: Settings, *, export: bool = True) -> UpResult:
     """Start (or find running) Postgres+pgvector, wait until usable, write PGVECTOR_TEST_DB_URL."""
+    with _lifecycle(settings, "up"):
+        return _up(settings, export=export)
+
+
+def _up(settings: Settings, *, export: bool) -> UpResult:
+    """``up`` for a caller that holds the lock."""
+    state.check_recordable(settings.state_dir)
     engine, note = engines.select(settings, starting=True)
     try:
         engine.up()
@@ -69,22 +85,30 @@ def up(settings: Settings, *, export: bool = True) -> UpResult:
 
 
 def down(settings: Settings, *, purge: bool = False) -> str:
-    engine, _ = engines.select(settings)
-    engine.down(purge=purge)
-    if purge:
-        marker = settings.state_dir / "engine"
-        marker.unlink(missing_ok=True)
+    with _lifecycle(settings, "down --purge" if purge else "down"):
+        engine, _ = engines.select(settings)
+        engine.down(purge=purge)
+        if purge:
+            state.forget(settings.state_dir)
     return engine.name
+
+
+def down_all(settings: Settings, *, purge: bool = False) -> list[str]:
+    """Docker: remove every container (with ``purge``, volume) labelled as this project's."""
+    from toolkit.engines.docker import DockerEngine
+
+    with _lifecycle(settings, "down --all"):
+        return DockerEngine(settings).down_all(purge=purge)
 
 
 def status(settings: Settings) -> dict[str, Any]:
     engine, _ = engines.select(settings)
-    state = engine.status()
+    found = engine.status()
     url = database_url(settings)
-    if state.running and isinstance(state.extra.get("port"), int):
-        url = settings.db.url(port=state.extra["port"]) if engine.name != "external" else url
-    return {"engine": state.engine, "running": state.running, "detail": state.detail,
-            "url": url.redacted(), **state.extra}
+    if found.running and isinstance(found.extra.get("port"), int):
+        url = settings.db.url(port=found.extra["port"]) if engine.name != "external" else url
+    return {"engine": found.engine, "running": found.running, "detail": found.detail,
+            "url": url.redacted(), **found.extra}
 
 
 def logs(settings: Settings, tail: int = 100) -> str:
@@ -110,13 +134,17 @@ def postgres(*, engine: str = "embedded", keep: bool = False, export: bool = Fal
     """
     names = {"port", "user", "password", "database", "host", "bind"}
     resolved = resolve({("db." + k if k in names else k): v for k, v in flags.items()} | {"engine": engine})
-    used, _ = engines.select(resolved, starting=True)
-    stop = not keep and not used.status().running
+    stop = False
     try:  # a failed up (timeout, wrong password) may have started the server: stop it all the same
-        result = up(resolved, export=export)
+        with _lifecycle(resolved, "up"):
+            # decided under the lock: the server this call finds stopped is the one it must stop
+            used, _ = engines.select(resolved, starting=True)
+            stop = not keep and not used.status().running
+            result = _up(resolved, export=export)
         if result.engine != used.name:  # auto fell back to another engine
             used = engines.load(result.engine, resolved)
         yield Database(database_url(resolved).render("pg8000"), resolved)
     finally:
         if stop:
-            used.down()
+            with _lifecycle(resolved, "down"):
+                used.down()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -16,7 +17,7 @@ from typing import Any
 import click
 
 from toolkit import __version__
-from toolkit.errors import ToolkitError
+from toolkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, ToolkitError
 from toolkit.urls import redact
 
 # (module, attribute): one line per command; order is the order in --help
@@ -87,12 +88,17 @@ def _unexpected(exc: BaseException) -> int:
         log.write(text)
     click.echo(f"toolkit: internal error: {redact(str(exc)) or type(exc).__name__} "
                f"(traceback in {path}; please report it)", err=True)
-    return 3
+    return EXIT_INTERNAL
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map exceptions to exit codes in this one place."""
     debug = "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("TOOLKIT_DEBUG") == "1"
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         # without standalone mode click returns ctx.exit(N)'s code instead of exiting
         code = cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
@@ -103,18 +109,25 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(redact(exc.detail), err=True)
         click.echo(f"toolkit: error: {redact(exc.one_line())}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C (and so our SIGTERM) into Abort
+        if isinstance(exc.__cause__, Terminated):
+            click.echo("toolkit: terminated", err=True)
+            sys.exit(EXIT_TERMINATED)
         click.echo("toolkit: aborted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         # bad flags/arguments: click's own message, one line, exit 2
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Terminated:
+        click.echo("toolkit: terminated", err=True)
+        sys.exit(EXIT_TERMINATED)
     except KeyboardInterrupt:
         click.echo("toolkit: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the boundary
         if debug:
             raise

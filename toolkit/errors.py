@@ -72,6 +72,17 @@ class MigrationError(ToolkitError):
     exit_code = 7
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a CI job cancelled): unwinds like Ctrl-C, so children are killed and scratch
+    files removed on the way out."""
+
+
+# exit codes that are not a ToolkitError's
+EXIT_INTERRUPTED = 130  # SIGINT / Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM, as a shell reports it
+EXIT_INTERNAL = 70  # an unexpected error (EX_SOFTWARE): a bug to report
+
+
 class Aborted(ToolkitError):
     """The user declined a confirmation."""
 

@@ -63,7 +63,7 @@ class PgProbe:
             message = _first_line(exc)
             lowered = message.lower()
             if "password authentication failed" in lowered:
-                raise NotReadyError(
+                raise AuthFailed(
                     f"password authentication failed for role {self.url.user!r}",
                     hint="use the password this database was created with (TOOLKIT_PG_PASSWORD), "
                     "or start over with `toolkit down --purge`",
@@ -123,6 +123,10 @@ class RoleOrDatabaseMissing(NotReadyError):
     def __init__(self, phase: str, error: str) -> None:
         super().__init__(error, hint="run `toolkit up` to create them, or check the user/database settings")
         self.phase = phase
+
+
+class AuthFailed(NotReadyError):
+    """Password authentication failed: a wrong password, or (under scram) a role that does not exist."""
 
 
 class ExtensionMissing(NotReadyError):

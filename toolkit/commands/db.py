@@ -91,11 +91,9 @@ def down(ctx: click.Context, purge: bool, yes: bool, all_: bool, **kwargs: Any) 
 
     settings = settings_from(ctx, **_flags(**kwargs))
     if all_:
-        from toolkit.engines.docker import DockerEngine
-
         if purge:
             confirm_or_abort(f"delete every toolkit container and volume of {settings.project_dir}", yes=yes)
-        removed = DockerEngine(settings).down_all(purge=purge)
+        removed = api.down_all(settings, purge=purge)
         echo(f"removed {len(removed)}: {', '.join(removed) or 'nothing labelled as this project'}", settings)
         return
     if purge:

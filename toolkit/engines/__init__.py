@@ -8,8 +8,8 @@ answers a ping, else embedded.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
+from toolkit import state
 from toolkit.engines.base import Endpoint, Engine, EngineStatus
 from toolkit.errors import EngineUnavailableError, UsageError
 from toolkit.settings import Settings
@@ -37,23 +37,13 @@ def load(name: str, settings: Settings) -> Engine:
     return engine
 
 
-def _marker(settings: Settings) -> Path:
-    return settings.state_dir / "engine"
-
-
 def remember(settings: Settings, name: str) -> None:
-    """Record which engine ``up`` used, so auto keeps to it for down/status/logs and the next up."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    marker = _marker(settings)
-    if not marker.exists() or marker.read_text().strip() != name:
-        marker.write_text(name + "\n")
+    """Record which engine ``up`` used (and its port), so auto keeps to it for down/status/logs and the next up."""
+    state.record_up(settings.state_dir, name, settings.db.port)
 
 
 def remembered(settings: Settings) -> str | None:
-    try:
-        name = _marker(settings).read_text().strip()
-    except OSError:
-        return None
+    name = state.last_up(settings.state_dir).get("engine")
     return name if name in ENGINES else None
 
 

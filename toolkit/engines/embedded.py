@@ -6,7 +6,9 @@ initdb with scram auth and a random superuser password kept in the state dir; th
 superuser creates the ``vector`` extension. As root, every server process runs as a system user,
 because Postgres refuses to run as root.
 
-State dir layout (``<state>/embedded``): ``pgdata/``, ``postgres.log``, ``superuser.pw``.
+State dir layout (``<state>/embedded``, 0700): ``pgdata/``, ``postgres.log`` (0600), ``superuser.pw``
+(0600, the invoking user's: the server's system user cannot read it). As root, the system user gets an
+ACL entry to traverse the home and the wheel's directories, for itself alone.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from toolkit import libpq, proc
+from toolkit import libpq, perms, proc
 from toolkit.engines.base import Endpoint, EngineStatus
-from toolkit.errors import EngineUnavailableError, NotReadyError, PortInUseError, ToolkitError
-from toolkit.health import PgProbe, RoleOrDatabaseMissing, wait_ready
+from toolkit.errors import ConfigError, EngineUnavailableError, NotReadyError, PortInUseError, ToolkitError
+from toolkit.health import AuthFailed, ExtensionMissing, PgProbe, RoleOrDatabaseMissing, Transient, wait_ready
 from toolkit.ports import port_holder, port_is_free
 from toolkit.settings import Settings
 from toolkit.urls import PgUrl, redact
@@ -32,6 +35,10 @@ from toolkit.urls import PgUrl, redact
 SYSTEM_USER = "toolkit-postgres"  # who runs the server when we are root
 SUPERUSER = "postgres"
 STOP_TIMEOUT = 30.0
+INITDB_PWFILE = ".initdb.pw"
+INITDB_TIMEOUT = 300
+HBA_MARK = "# toolkit: --bind beyond loopback"
+_SERVER_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 
 
 def install_dir() -> Path:
@@ -59,18 +66,21 @@ class EmbeddedEngine:
         self.pw_file = self.home / "superuser.pw"
         self._server: subprocess.Popen[bytes] | None = None
         self._restarts = 0
+        self._log_offset = 0  # where the log of the server this call started begins
 
-    # --- Engine protocol -------------------------------------------------------------------------
+    # --- Engine protocol (the caller holds the state dir's lock for up and down) ------------------
 
     def up(self) -> Endpoint:
-        fresh = not (self.pgdata / "PG_VERSION").exists()
-        running = self._running_pid()
-        if running is not None:
-            self._check_running_port()
+        self._prepare_home()
+        fresh = False
+        if self._running_pid() is not None:
+            self._check_running_matches()
         else:
             self._check_port_free()
-            if fresh:
+            if not self._initialized():
                 self._initdb()
+                fresh = True
+            self._configure_hba()
             self._start()
         app = self.spec.url(host=self._connect_host())
         if fresh:
@@ -78,9 +88,12 @@ class EmbeddedEngine:
             self._bootstrap()
         try:
             self._wait(app)
-        except RoleOrDatabaseMissing:
-            # data dir from an earlier run with another user/database name: create them now
-            self._bootstrap()
+        except (RoleOrDatabaseMissing, ExtensionMissing, AuthFailed):
+            # an earlier `up` was stopped mid-bootstrap, or the settings name another role or database
+            # (under scram a missing role looks like a wrong password): the superuser creates what is
+            # missing; when nothing was, the password really is wrong
+            if not self._bootstrap():
+                raise
             self._wait(app)
         return Endpoint(host=self.spec.host, port=self.spec.port, url=self.spec.url().render())
 
@@ -89,15 +102,19 @@ class EmbeddedEngine:
         if pid is not None:
             self._stop(pid)
         if purge and self.home.exists():
-            shutil.rmtree(self.home)
+            # renamed first, then deleted: a purge cut short leaves a tombstone the next call removes,
+            # never a half-deleted data dir that looks like one
+            tombstone = self.home.with_name(f".{self.home.name}.purged-{os.getpid()}")
+            self.home.rename(tombstone)
+            shutil.rmtree(tombstone, ignore_errors=True)
 
     def status(self) -> EngineStatus:
         pid = self._running_pid()
         info = self._postmaster_info()
-        extra = {"data_dir": str(self.pgdata), "log": str(self.log_file), "initialized": (self.pgdata / "PG_VERSION").exists()}
+        extra = {"data_dir": str(self.pgdata), "log": str(self.log_file), "initialized": self._initialized()}
         if pid is None:
             detail = "stopped (data kept)" if extra["initialized"] else "no data yet"
-            if info.get("pid") is not None:  # postmaster.pid names a dead process: it was killed
+            if info.get("pid") is not None:  # postmaster.pid names a process that is not our server
                 detail = "not running: the server died (stale postmaster.pid); `toolkit up` recovers it, data kept"
             return EngineStatus(self.name, False, detail, extra)
         extra.update(pid=pid, port=info.get("port"))
@@ -119,33 +136,96 @@ class EmbeddedEngine:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
+    def _initialized(self) -> bool:
+        return (self.pgdata / "PG_VERSION").exists()
+
+    def _prepare_home(self) -> None:
+        """The home is ours and 0700. Leftovers of calls that were killed (kill -9 leaves them; the
+        lock we hold says no other call is using them) are removed: a partial initdb, its password
+        copy, a purge's tombstone."""
+        for tombstone in self.home.parent.glob(f".{self.home.name}.purged-*"):
+            shutil.rmtree(tombstone, ignore_errors=True)
+        self.home.mkdir(mode=0o700, exist_ok=True)
+        st = self.home.lstat()
+        if not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{self.home} is not a directory (a symlink or a file)",
+                              hint="move it away; the embedded engine keeps its data in a directory of its own")
+        if st.st_uid != os.geteuid():
+            user = self._system_user()
+            if user is None or st.st_uid != user.pw_uid:
+                raise ConfigError(f"{self.home} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
+                                  hint="run as its owner, or use another state dir (--state-dir)")
+            os.chown(self.home, 0, 0)  # an older toolkit gave the home to the server's user
+        if st.st_mode & 0o067:
+            # made looser by an older toolkit (0701); group x is the ACL mask that lets the system user in
+            self.home.chmod(0o700)
+        (self.home / INITDB_PWFILE).unlink(missing_ok=True)
+        for partial in self.home.glob("pgdata.initdb-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+
     def _initdb(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.home, 0o700)
-        password = secrets.token_urlsafe(24)
-        self.pw_file.write_text(password)
-        os.chmod(self.pw_file, 0o600)
+        """initdb into a scratch dir renamed into place when complete: a data dir exists whole or not at all."""
+        if self.pgdata.exists() or self.pgdata.is_symlink():
+            raise ToolkitError(f"{self.pgdata} exists but holds no complete Postgres data dir (no PG_VERSION)",
+                               hint="move it away (the toolkit deletes only what it made), then `toolkit up`")
         user = self._system_user()
-        # initdb reads the password from a file; give it a copy it may read, then remove it
-        pwcopy = self.home / ".initdb.pw"
-        pwcopy.write_text(password)
-        if user is not None:
-            self._own(self.home, user)
-            shutil.chown(pwcopy, user=user.pw_uid, group=user.pw_gid)
+        owner = {} if user is None else {"uid": user.pw_uid, "gid": user.pw_gid}
+        password = secrets.token_urlsafe(24)
+        perms.write_private(self.pw_file, password)  # the invoking user's; the server cannot read it
+        # initdb reads the password from a file: a copy it may read, 0600 from its first byte
+        pwcopy = self.home / INITDB_PWFILE
+        scratch = self.home / f"pgdata.initdb-{os.getpid()}"
+        scratch.mkdir(mode=0o700)
         try:
-            proc.run([bin_path("initdb"), "-D", self.pgdata, "-U", SUPERUSER, "--pwfile", pwcopy,
-                      "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"],
-                     **self._as_user(user), timeout=300)
+            perms.write_private(pwcopy, password, **owner)
+            if user is not None:
+                os.chown(scratch, user.pw_uid, user.pw_gid)
+                perms.grant_traverse(self.home, user.pw_uid)
+            _run_group([bin_path("initdb"), "-D", scratch, "-U", SUPERUSER, "--pwfile", pwcopy,
+                        "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"], user=user)
+            scratch.rename(self.pgdata)
         except ToolkitError as exc:
-            shutil.rmtree(self.pgdata, ignore_errors=True)
             raise ToolkitError(f"initdb failed in {self.pgdata}", hint="see the output above", detail=exc.detail) from None
         finally:
+            # also on SIGTERM/SIGINT: initdb and its children are killed by the time we get here
             pwcopy.unlink(missing_ok=True)
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _configure_hba(self) -> None:
+        """Password (scram) entries for remote clients when the server listens beyond loopback, the
+        superuser refused from there; none otherwise (initdb's own entries cover 127.0.0.1 and ::1).
+        The file is the server's user's: a symlink it planted is never written through."""
+        hba = self.pgdata / "pg_hba.conf"
+        try:
+            fd = os.open(hba, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ToolkitError(f"cannot open {hba}: {exc.strerror or exc}",
+                               hint="the data dir is damaged: restore that file (initdb writes one), or start over "
+                               "with `toolkit down --purge` (deletes the data)") from None
+        with os.fdopen(fd, "r+b") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ToolkitError(f"{hba} is not a regular file", hint="restore it; see `toolkit logs`")
+            text = handle.read().decode("utf-8", "surrogateescape")
+            kept = [line for line in text.splitlines(keepends=True) if not line.rstrip().endswith(HBA_MARK)]
+            if kept and not kept[-1].endswith("\n"):
+                kept[-1] += "\n"
+            if not _loopback_only(self.spec.bind):
+                kept += [f"host all {SUPERUSER} 0.0.0.0/0 reject {HBA_MARK}\n",
+                         f"host all {SUPERUSER} ::/0 reject {HBA_MARK}\n",
+                         f"host all all 0.0.0.0/0 scram-sha-256 {HBA_MARK}\n",
+                         f"host all all ::/0 scram-sha-256 {HBA_MARK}\n"]
+            wanted = "".join(kept)
+            if wanted != text:
+                handle.seek(0)
+                handle.truncate()  # in place: the file keeps its owner and mode
+                handle.write(wanted.encode("utf-8", "surrogateescape"))
 
     def _start(self) -> None:
         user = self._system_user()
-        if user is not None and self.pgdata.stat().st_uid != user.pw_uid:
-            self._own(self.home, user)  # first start as root, or data dir copied in: hand it over once
+        if user is not None:
+            if self.pgdata.stat().st_uid != user.pw_uid:
+                self._own(self.pgdata, user)  # a data dir copied in, or made by an older toolkit
+            perms.grant_traverse(self.home, user.pw_uid)
         self._recover_stale_pid()
         self._restarts = 0
         self._spawn(user)
@@ -155,9 +235,21 @@ class EmbeddedEngine:
                 "-c", f"listen_addresses={self.spec.bind}", "-c", f"port={self.spec.port}",
                 # TCP only: no socket path length limits, nothing outside the state dir
                 "-c", "unix_socket_directories="]
-        with self.log_file.open("ab") as log:
+        log = perms.open_private_log(self.log_file)
+        self._log_offset = os.fstat(log).st_size
+        try:
             self._server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            start_new_session=True, **self._as_user(user))
+                                            start_new_session=True, env=server_env(), **self._as_user(user))
+        finally:
+            os.close(log)
+
+    def _log_since_spawn(self) -> str:
+        try:
+            with self.log_file.open("rb") as log:
+                log.seek(self._log_offset)
+                return log.read(64 * 1024).decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def _refused_for_stale_state(self) -> bool:
         tail = self.logs(5)
@@ -165,15 +257,31 @@ class EmbeddedEngine:
 
     def _recover_stale_pid(self) -> None:
         """After a crash (kill -9), postmaster.pid names a dead process; Postgres handles that itself
-        unless the pid was reused by an unrelated process, which we detect and clear."""
+        unless the pid was reused by another process (another cluster's postmaster, even), which
+        Postgres would take for a live owner: we clear it."""
         info = self._postmaster_info()
         pid = info.get("pid")
-        if pid is not None and not _is_postgres(pid):
+        if pid is not None and not _serves(pid, self.pgdata):
             (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
 
     def _wait(self, url: PgUrl, *, extension: bool = True) -> None:
-        wait_ready(PgProbe(url, extension=extension), timeout=self.settings.timeout, what="postgres (embedded)",
+        probe = PgProbe(url, extension=extension)
+
+        def ours_then_probe() -> None:
+            self._started_ready()
+            probe()
+
+        wait_ready(ours_then_probe, timeout=self.settings.timeout, what="postgres (embedded)",
                    alive=self._alive, log_tail=self.logs, secrets=self.settings.secrets)
+
+    def _started_ready(self) -> None:
+        """A server this call started answers only once its postmaster.pid says "ready": until then
+        whatever answers on the port may be another checkout's server that won a race for it."""
+        if self._server is None:
+            return
+        info = self._postmaster_info()
+        if info.get("pid") != self._server.pid or info.get("status") != "ready":
+            raise Transient("start", "the server is not accepting connections yet")
 
     def _alive(self) -> str | None:
         if self._server is None:
@@ -188,30 +296,39 @@ class EmbeddedEngine:
             time.sleep(0.05)
             self._spawn(self._system_user())
             return None
+        if "Address already in use" in self._log_since_spawn():
+            raise PortInUseError(f"port {self.spec.port} on {self.spec.bind} was taken while the server started",
+                                 hint="another server won it a moment ago; pick another port with --port N")
         return f"the server exited with code {code}"
 
-    def _bootstrap(self) -> None:
-        """As the superuser: the application role (not a superuser), its database, the extension."""
+    def _bootstrap(self) -> list[str]:
+        """As the superuser: the application role (not a superuser), its database, the extension.
+        Idempotent; returns what it had to create."""
         try:
-            self._bootstrap_as(self._superuser_url())
+            return self._bootstrap_as(self._superuser_url())
         except libpq.PqError as exc:
             raise NotReadyError(f"creating role {self.spec.user!r}, database {self.spec.database!r} and the vector "
                                 f"extension failed: {redact(exc.message, self.settings.secrets)}",
-                                hint="see `toolkit logs`; `toolkit down --purge` starts over (deletes the data)") from None
+                                hint="see `toolkit logs`") from None
 
-    def _bootstrap_as(self, admin: PgUrl) -> None:
+    def _bootstrap_as(self, admin: PgUrl) -> list[str]:
         spec = self.spec
+        created: list[str] = []
         with libpq.Connection(admin.libpq) as conn:
             role, database = conn.identifier(spec.user), conn.identifier(spec.database)
-            if conn.scalar(f"SELECT 1 FROM pg_roles WHERE rolname = {conn.literal(spec.user)}") is None:
-                conn.scalar(f"CREATE ROLE {role} LOGIN PASSWORD {conn.literal(spec.password)} "
-                            "NOSUPERUSER NOCREATEDB NOCREATEROLE")
-            if conn.scalar(f"SELECT 1 FROM pg_database WHERE datname = {conn.literal(spec.database)}") is None:
-                conn.scalar(f"CREATE DATABASE {database} OWNER {role}")
+            if _create(conn, f"SELECT 1 FROM pg_roles WHERE rolname = {conn.literal(spec.user)}",
+                       f"CREATE ROLE {role} LOGIN PASSWORD {conn.literal(spec.password)} "
+                       "NOSUPERUSER NOCREATEDB NOCREATEROLE"):
+                created.append("role")
+            if _create(conn, f"SELECT 1 FROM pg_database WHERE datname = {conn.literal(spec.database)}",
+                       f"CREATE DATABASE {database} OWNER {role}"):
+                created.append("database")
         target = PgUrl(admin.user, admin.password, admin.host, admin.port, spec.database)
         with libpq.Connection(target.libpq) as conn:
-            conn.scalar("CREATE EXTENSION IF NOT EXISTS vector")
+            if _create(conn, "SELECT 1 FROM pg_extension WHERE extname = 'vector'", "CREATE EXTENSION IF NOT EXISTS vector"):
+                created.append("extension")
             conn.scalar(f"GRANT ALL ON SCHEMA public TO {role}")
+        return created
 
     def _stop(self, pid: int) -> None:
         # SIGINT is Postgres' "fast" shutdown: roll back sessions, checkpoint, exit cleanly
@@ -226,27 +343,37 @@ class EmbeddedEngine:
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    def _postmaster_info(self) -> dict[str, int]:
+    def _postmaster_info(self) -> dict[str, Any]:
+        """postmaster.pid: line 1 the pid, 4 the port, 6 the first listen address, 8 the status."""
         try:
             lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
         except OSError:
             return {}
-        info: dict[str, int] = {}
+        info: dict[str, Any] = {}
         if lines and lines[0].strip().isdigit():
             info["pid"] = int(lines[0])
         if len(lines) > 3 and lines[3].strip().isdigit():
             info["port"] = int(lines[3])
+        if len(lines) > 5:
+            info["listen"] = lines[5].strip()
+        if len(lines) > 7:
+            info["status"] = lines[7].strip()
         return info
 
     def _running_pid(self) -> int | None:
         pid = self._postmaster_info().get("pid")
-        return pid if pid is not None and _is_postgres(pid) else None
+        return pid if pid is not None and _serves(pid, self.pgdata) else None
 
-    def _check_running_port(self) -> None:
-        port = self._postmaster_info().get("port")
+    def _check_running_matches(self) -> None:
+        info = self._postmaster_info()
+        port, listen = info.get("port"), info.get("listen")
         if port is not None and port != self.spec.port:
             raise ToolkitError(f"the embedded server is already running on port {port}, not {self.spec.port}",
                                hint="run `toolkit down` first to move it, or use --port " + str(port))
+        wanted = self.spec.bind.split(",")[0].strip()
+        if listen and listen != wanted:
+            raise ToolkitError(f"the embedded server is already running, listening on {listen}, not {wanted}",
+                               hint=f"run `toolkit down` first to change it, or use --bind {listen}")
 
     def _check_port_free(self) -> None:
         if port_is_free(self.spec.bind, self.spec.port):
@@ -258,14 +385,14 @@ class EmbeddedEngine:
         )
 
     def _connect_host(self) -> str:
-        bind = self.spec.bind
+        bind = self.spec.bind.split(",")[0].strip()
         return "127.0.0.1" if bind in ("0.0.0.0", "*", "") else ("::1" if bind == "::" else bind)
 
     def _superuser_url(self) -> PgUrl:
         try:
-            password = self.pw_file.read_text().strip()
-        except OSError:
-            raise ToolkitError(f"the superuser password file {self.pw_file} is missing",
+            password = perms.read_private(self.pw_file)
+        except OSError as exc:
+            raise ToolkitError(f"cannot read the superuser password file {self.pw_file}: {exc.strerror or exc}",
                                hint="restore it, or start over with `toolkit down --purge`") from None
         return PgUrl(SUPERUSER, password, self._connect_host(), self.spec.port, "postgres")
 
@@ -279,17 +406,14 @@ class EmbeddedEngine:
         except KeyError:
             proc.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER])
             entry = pwd.getpwnam(SYSTEM_USER)
-        _ensure_reachable(install_dir())
+        perms.grant_traverse(install_dir(), entry.pw_uid)
         return entry
 
-    def _own(self, path: Path, user) -> None:  # type: ignore[no-untyped-def]
-        _ensure_reachable(path)
+    @staticmethod
+    def _own(path: Path, user) -> None:  # type: ignore[no-untyped-def]
         for root, dirs, files in os.walk(path):
             for name in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
-                if name == str(self.pw_file):
-                    continue  # stays the invoking user's, unreadable to the server
-                st = os.lstat(name)
-                if st.st_uid != user.pw_uid:
+                if os.lstat(name).st_uid != user.pw_uid:
                     os.lchown(name, user.pw_uid, user.pw_gid)
 
     @staticmethod
@@ -297,22 +421,81 @@ class EmbeddedEngine:
         return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid}
 
 
-def _ensure_reachable(path: Path) -> None:
-    """Let the system user traverse every parent of ``path`` (o+x only: nothing becomes listable)."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
+# unique_violation, duplicate_object (role), duplicate_database: created by another session meanwhile
+_ALREADY = ("23505", "42710", "42P04")
 
 
-def _is_postgres(pid: int) -> bool:
+def _create(conn: libpq.Connection, exists: str, create: str) -> bool:
+    """Run ``create`` unless ``exists`` finds the object; True when this call created it. A session of an
+    earlier `up` that was killed may still be creating it on the server: its commit makes ours a
+    duplicate, which is success, not an error."""
+    if conn.scalar(exists) is not None:
+        return False
+    try:
+        conn.scalar(create)
+    except libpq.PqError as exc:
+        if exc.sqlstate in _ALREADY and conn.scalar(exists) is not None:
+            return False
+        raise
+    return True
+
+
+def _run_group(argv: list[Any], *, user) -> None:  # type: ignore[no-untyped-def]
+    """Run ``argv`` (initdb) in a process group of its own; when we are interrupted (SIGINT, SIGTERM)
+    the whole group is killed before we go on, so no child keeps writing into what we clean up."""
+    child = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, env=server_env(), start_new_session=True,
+                             **EmbeddedEngine._as_user(user))
+    try:
+        output, _ = child.communicate(timeout=INITDB_TIMEOUT)
+    except BaseException as exc:
+        _kill_group(child.pid)
+        child.wait()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise ToolkitError(f"{Path(str(argv[0])).name} did not finish in {INITDB_TIMEOUT}s",
+                               hint="is the disk very slow or full?") from None
+        raise
+    if child.returncode != 0:
+        text = output.decode("utf-8", "replace")
+        raise proc.CommandError([str(a) for a in argv], child.returncode, text, "")
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def server_env() -> dict[str, str]:
+    """What initdb and the server inherit: locale and path, never a password, key or token of the
+    toolkit's or the user's (a server's environment is readable by its system user)."""
+    return {k: v for k, v in os.environ.items() if k in _SERVER_ENV or k.startswith("LC_")}
+
+
+def _loopback_only(bind: str) -> bool:
+    return all(part.strip() in ("127.0.0.1", "localhost", "::1") for part in bind.split(","))
+
+
+def _serves(pid: int, pgdata: Path) -> bool:
+    """Is ``pid`` the postmaster of ``pgdata``? Its name starts with "postgres" and its working
+    directory is the data dir: the name alone is not enough (another cluster's server may hold a
+    reused pid), nor the directory (any process may chdir there)."""
     if not proc.pid_alive(pid):
         return False
     try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip().startswith("postgres")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except PermissionError:
+        return False  # another user's process: ours run as us, or (as root) are readable
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # gone, unless there is no /proc (macOS): then trust the pid
     except OSError:
-        return True  # no /proc (macOS): trust the pid
+        return False
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return False
+    return name.startswith("postgres") and os.path.realpath(cwd) == os.path.realpath(pgdata)
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -1,0 +1,600 @@
+"""The lifecycle under concurrency, interruption and other users, on real processes (issue 8):
+no secret readable by another user, one lifecycle at a time per state dir, interrupted cold starts
+that never strand a project, only our own postmaster signalled, exit codes that mean what they say.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_toolkit
+from toolkit.ports import free_port
+
+AS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not AS_ROOT, reason="needs root: the server runs as a system user, polled by `nobody`")
+
+
+def _env_url(project: Path) -> str:
+    from dotenv import dotenv_values
+
+    return str(dotenv_values(project / ".env")["PGVECTOR_TEST_DB_URL"])
+
+
+def _query(url: str, sql: str):  # type: ignore[no-untyped-def]
+    import psycopg
+
+    plain = url.replace("postgresql+pg8000://", "postgresql://")
+    with psycopg.connect(plain, connect_timeout=5) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _postmaster(state: Path) -> int | None:
+    try:
+        return int((state / "embedded/pgdata/postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _superuser(state: Path, port: int, database: str = "postgres") -> str:
+    password = (state / "embedded/superuser.pw").read_text().strip()
+    return f"postgresql://postgres:{password}@127.0.0.1:{port}/{database}"
+
+
+def _spawn(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "toolkit", *args], cwd=cwd, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+@pytest.fixture
+def down_after(isolated: Path) -> Iterator[Path]:
+    yield isolated
+    run_toolkit("down", "--purge", "--yes", "--engine", "embedded", cwd=isolated)
+
+
+# --- 1. no secret readable by another user --------------------------------------------------------------
+
+
+@pytest.fixture
+def reachable_project() -> Iterator[Path]:
+    """A project any user may reach (pytest's tmp dirs are 0700, which would hide everything anyway)."""
+    root = Path(tempfile.mkdtemp(prefix="toolkit-reach-", dir="/tmp"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        run_toolkit("down", "--purge", "--yes", "--engine", "embedded", cwd=root)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+@needs_root
+def test_another_user_polling_during_a_cold_up_reads_no_secret(reachable_project: Path) -> None:
+    project = reachable_project
+    home = project / ".toolkit/embedded"
+    targets = [home / ".initdb.pw", home / "superuser.pw", home / "postgres.log", project / ".env",
+               home / "pgdata/postgresql.conf"]
+    script = "while :; do for f in " + " ".join(f"'{t}'" for t in targets) + \
+        "; do cat \"$f\" 2>/dev/null && echo \"READ $f\"; done; done"
+    poller = subprocess.Popen(["/bin/sh", "-c", script], user="nobody", group="nogroup", stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        time.sleep(0.2)
+        done = run_toolkit("up", "--engine", "embedded", cwd=project,
+                           env={"TOOLKIT_PG_PASSWORD": "Hunter2-App", "AWS_SECRET_ACCESS_KEY": "aws-Secret-9"})
+    finally:
+        os.killpg(poller.pid, signal.SIGKILL)
+    leaked = poller.communicate()[0]
+    assert done.returncode == 0, done.stderr
+    assert "READ" not in leaked, leaked[:500]
+    # files holding secrets: 0600, the password copy for initdb gone
+    assert not (home / ".initdb.pw").exists()
+    for path in (home / "superuser.pw", home / "postgres.log", project / ".env"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(home.stat().st_mode) & 0o067 == 0  # group x: the ACL mask for the server's user
+    # the server's environment carries no password and no S3 secret
+    pid = _postmaster(project / ".toolkit")
+    assert pid is not None
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"Hunter2-App" not in environ and b"aws-Secret-9" not in environ
+    assert b"PASSWORD" not in environ.upper()
+
+
+@needs_root
+def test_a_0700_parent_gains_nothing_for_others(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    project = private / "project"
+    project.mkdir(parents=True)
+    private.chmod(0o700)
+    before = {p: stat.S_IMODE(p.stat().st_mode) for p in [private, *private.parents]}
+    done = run_toolkit("up", "--engine", "embedded", cwd=project)
+    try:
+        assert done.returncode == 0, done.stderr
+        for path, mode in before.items():
+            assert stat.S_IMODE(path.stat().st_mode) & 0o007 == mode & 0o007, path
+        # nobody (a user other than the server's) still cannot enter
+        probe = subprocess.run(["ls", str(project)], user="nobody", group="nogroup", capture_output=True)
+        assert probe.returncode != 0
+        assert _query(_env_url(project), "SELECT 1") == [(1,)]
+    finally:
+        run_toolkit("down", "--purge", "--yes", cwd=project)
+
+
+# --- 2. one lifecycle at a time -------------------------------------------------------------------------
+
+
+def test_five_concurrent_cold_ups_give_one_server_and_one_env_write(down_after: Path) -> None:
+    project = down_after
+    procs = [_spawn("up", "--engine", "embedded", cwd=project) for _ in range(5)]
+    results = [(p.wait(timeout=240), *p.communicate()) for p in procs]
+    assert [code for code, _, _ in results] == [0] * 5, [err for _, _, err in results]
+    outputs = [out for _, out, _ in results]
+    assert sum("written to .env" in out for out in outputs) == 1, outputs
+    assert sum("is current" in out for out in outputs) == 4, outputs
+    assert _query(_env_url(project), "SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == [(1,)]
+    postmasters = _processes_mentioning(str(project / ".toolkit/embedded/pgdata"))
+    assert len([p for p in postmasters if "/bin/postgres " in p]) == 1, postmasters
+
+
+def test_up_and_down_racing_leave_a_consistent_state(down_after: Path) -> None:
+    project = down_after
+    for _ in range(3):
+        procs = [_spawn(verb, "--engine", "embedded", cwd=project) for verb in ("up", "down", "up", "down")]
+        for p in procs:
+            p.wait(timeout=240)
+            out, err = p.communicate()
+            assert p.returncode == 0, err
+        status = run_toolkit("status", "--json", "--engine", "embedded", cwd=project)
+        running = '"running": true' in status.stdout
+        assert running == (_postmaster(project / ".toolkit") is not None and
+                           _alive(_postmaster(project / ".toolkit") or 0))
+    final = run_toolkit("up", "--engine", "embedded", cwd=project)
+    assert final.returncode == 0, final.stderr
+    assert _query(_env_url(project), "SELECT 1") == [(1,)]
+
+
+def test_a_waiting_call_names_the_holder_when_it_gives_up(tmp_path: Path) -> None:
+    from toolkit.lock import LockTimeout, state_lock
+
+    with state_lock(tmp_path, "up", timeout=1):
+        code = ("from pathlib import Path; from toolkit.lock import state_lock\n"
+                f"with state_lock(Path({str(tmp_path)!r}), 'down', timeout=0.3): pass")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"another toolkit process (pid {os.getpid()}, `toolkit up`)" in done.stderr
+    assert LockTimeout.__name__ in done.stderr
+    with state_lock(tmp_path, "up", timeout=0.1):  # released: free again at once
+        pass
+
+
+def test_a_state_dir_that_is_a_file_is_a_usage_error(isolated: Path) -> None:
+    (isolated / "state").write_text("not a dir")
+    done = run_toolkit("up", "--engine", "embedded", env={"TOOLKIT_STATE_DIR": "state"})
+    assert "state dir" in done.stderr and "is a file, not a directory" in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert (isolated / "state").read_text() == "not a dir"
+
+
+def test_a_state_dir_we_cannot_create_is_a_usage_error(isolated: Path) -> None:
+    done = run_toolkit("up", "--engine", "embedded", env={"TOOLKIT_STATE_DIR": "/sys/toolkit-state"})  # EPERM, even as root
+    assert done.returncode == 2, done.stderr
+    assert "cannot create the state dir /sys/toolkit-state" in done.stderr and "permissions" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+# --- 3. an interrupted cold start never strands the project ---------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_up_interrupted_at_any_moment_of_a_cold_start_recovers(isolated: Path, sig: signal.Signals) -> None:
+    state = isolated / ".toolkit"
+    try:
+        for delay in (0.15, 0.4, 0.8, 1.3):
+            run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+            victim = _spawn("up", "--engine", "embedded", cwd=isolated)
+            time.sleep(delay)
+            victim.send_signal(sig)
+            code = victim.wait(timeout=60)
+            if sig == signal.SIGTERM:
+                assert code in (0, 143), victim.communicate()
+            if sig != signal.SIGKILL:
+                time.sleep(0.1)
+                # killed with the call: no initdb left behind, no password copy
+                assert not _processes_mentioning(str(state / "embedded/pgdata.initdb-")), delay
+                assert not (state / "embedded/.initdb.pw").exists()
+            again = run_toolkit("up", "--engine", "embedded")
+            assert again.returncode == 0, f"after {sig.name} at {delay}s: {again.stderr}"
+            assert _query(_env_url(isolated), "SELECT 1") == [(1,)]
+    finally:
+        run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+
+
+def test_bootstrap_cut_short_is_completed_by_the_next_up(down_after: Path) -> None:
+    project, state = down_after, down_after / ".toolkit"
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    port = int(os.environ["TOOLKIT_PG_PORT"])
+    import psycopg
+
+    # what a kill between initdb and the end of bootstrap leaves: no app role, no database
+    with psycopg.connect(_superuser(state, port), autocommit=True) as admin:
+        admin.execute("DROP DATABASE memgpt")
+        admin.execute("DROP ROLE memgpt")
+    running = run_toolkit("up", "--engine", "embedded")  # server still running
+    assert running.returncode == 0, running.stderr
+    assert _query(_env_url(project), "SELECT extname FROM pg_extension WHERE extname = 'vector'") == [("vector",)]
+    # the same with the server stopped, and with only the extension missing
+    with psycopg.connect(_superuser(state, port, "memgpt"), autocommit=True) as admin:
+        admin.execute("DROP EXTENSION vector")
+    assert run_toolkit("down", "--engine", "embedded").returncode == 0
+    stopped = run_toolkit("up", "--engine", "embedded")
+    assert stopped.returncode == 0, stopped.stderr
+    # a wrong password is still a wrong password, not a reason to create anything
+    wrong = run_toolkit("up", "--engine", "embedded", env={"TOOLKIT_PG_PASSWORD": "not-the-one"})
+    assert wrong.returncode == 5 and "password authentication failed" in wrong.stderr
+
+
+def test_bootstrap_racing_a_session_of_a_killed_up_still_succeeds(down_after: Path) -> None:
+    """A killed `up` leaves its session on the server, still creating the role: ours must not fail on
+    the duplicate when that one commits."""
+    state = down_after / ".toolkit"
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    port = int(os.environ["TOOLKIT_PG_PORT"])
+    import psycopg
+
+    with psycopg.connect(_superuser(state, port), autocommit=True) as admin:
+        admin.execute("DROP DATABASE memgpt")
+        admin.execute("DROP ROLE memgpt")
+    with psycopg.connect(_superuser(state, port)) as orphan:  # a transaction, like the killed call's
+        orphan.execute("CREATE ROLE memgpt LOGIN PASSWORD 'memgpt' NOSUPERUSER")
+        racing = _spawn("up", "--engine", "embedded", cwd=down_after)
+        time.sleep(1.5)  # ours now waits on the role name's unique index
+        orphan.commit()
+    out, err = racing.communicate(timeout=60)
+    assert racing.returncode == 0, err
+    assert _query(_env_url(down_after), "SELECT current_user") == [("memgpt",)]
+
+
+def test_another_user_name_on_existing_data_gets_its_role(down_after: Path) -> None:
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    other = run_toolkit("up", "--engine", "embedded", env={"TOOLKIT_PG_USER": "agent2", "TOOLKIT_PG_DATABASE": "agent2"})
+    assert other.returncode == 0, other.stderr
+    url = _env_url(down_after)
+    assert "agent2:" in url
+    assert _query(url, "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user") == [("agent2", False)]
+
+
+# --- 4. only our own postmaster is ever signalled -------------------------------------------------------
+
+
+def test_a_stale_pid_of_another_clusters_postmaster_is_left_alone(tmp_path: Path, isolated: Path) -> None:
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other_port = free_port()
+    mine = run_toolkit("up", "--engine", "embedded")
+    other = run_toolkit("up", "--engine", "embedded", "--port", str(other_port), cwd=other_dir,
+                        env={"TOOLKIT_PG_PORT": str(other_port)})
+    try:
+        assert mine.returncode == 0 and other.returncode == 0, (mine.stderr, other.stderr)
+        assert run_toolkit("down", "--engine", "embedded").returncode == 0
+        other_pid = _postmaster(other_dir / ".toolkit")
+        assert other_pid is not None
+        # our postmaster.pid now names the other cluster's live postmaster (a reused pid)
+        pidfile = isolated / ".toolkit/embedded/pgdata/postmaster.pid"
+        lines = (other_dir / ".toolkit/embedded/pgdata/postmaster.pid").read_text().splitlines()
+        lines[1] = str(isolated / ".toolkit/embedded/pgdata")
+        pidfile.write_text("\n".join(lines) + "\n")
+        status = run_toolkit("status", "--engine", "embedded")
+        assert "not running" in status.stdout, status.stdout
+        assert run_toolkit("down", "--engine", "embedded").returncode == 0
+        assert _alive(other_pid)
+        again = run_toolkit("up", "--engine", "embedded")
+        assert again.returncode == 0, again.stderr
+        assert _alive(other_pid)
+        assert _query(_env_url(isolated), "SELECT 1") == [(1,)]
+    finally:
+        run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+        run_toolkit("down", "--purge", "--yes", "--engine", "embedded", cwd=other_dir,
+                    env={"TOOLKIT_PG_PORT": str(other_port)})
+
+
+# --- 5. exit codes --------------------------------------------------------------------------------------
+
+
+def test_an_unexpected_error_exits_70_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from toolkit import api
+    from toolkit.cli import main
+
+    def broken(settings):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug, postgresql://u:Sekrit99@h/db")
+
+    monkeypatch.setattr(api, "status", broken)
+    with pytest.raises(SystemExit) as exit_:
+        main(["status"])
+    assert exit_.value.code == 70
+    err = capsys.readouterr().err
+    assert err.startswith("toolkit: internal error: a bug") and "Sekrit99" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# --- 8. --bind beyond loopback --------------------------------------------------------------------------
+
+
+def _outside_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_bind_all_lets_remote_clients_in_with_the_password(down_after: Path) -> None:
+    address = _outside_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    port = int(os.environ["TOOLKIT_PG_PORT"])
+    done = run_toolkit("up", "--engine", "embedded", "--bind", "0.0.0.0")
+    assert done.returncode == 0, done.stderr
+    remote = f"postgresql://memgpt:memgpt@{address}:{port}/memgpt"
+    assert _query(remote, "SELECT 1") == [(1,)]
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        _query(remote.replace("memgpt:memgpt@", "memgpt:wrong@"), "SELECT 1")
+    # back to the default: loopback only, and no entry for remote clients left behind
+    assert run_toolkit("down", "--engine", "embedded").returncode == 0
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    hba = (down_after / ".toolkit/embedded/pgdata/pg_hba.conf").read_text()
+    assert "0.0.0.0/0" not in hba
+    with pytest.raises(psycopg.OperationalError):
+        _query(remote, "SELECT 1")
+    # a running server is not silently taken for one with another bind address
+    moved = run_toolkit("up", "--engine", "embedded", "--bind", "0.0.0.0")
+    assert moved.returncode == 1 and "listening on 127.0.0.1, not 0.0.0.0" in moved.stderr
+
+
+# --- 9. env, psql and status follow the server that runs ------------------------------------------------
+
+
+def test_env_psql_and_status_follow_the_port_up_used(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOOLKIT_PG_PORT")
+    port = free_port()
+    try:
+        assert run_toolkit("up", "--engine", "embedded", "--port", str(port)).returncode == 0
+        env = run_toolkit("env")
+        assert f"@localhost:{port}/memgpt" in env.stdout, env.stdout
+        assert env.stdout.strip().split("=", 1)[1].strip("'") == _env_url(isolated)
+        psql = run_toolkit("psql", "-c", "SHOW port")
+        assert psql.returncode == 0 and str(port) in psql.stdout, psql.stderr
+        status = run_toolkit("status")
+        assert status.returncode == 0 and f":{port}/" in status.stdout
+        # a later flag still wins
+        assert ":5999/" in run_toolkit("env", "--port", "5999").stdout
+    finally:
+        run_toolkit("down", "--purge", "--yes")
+    # after a purge the default is back
+    assert ":8888/" in run_toolkit("env").stdout
+
+
+# --- attacks on the state dir, the ACLs and the data dir (an adversarial pass) --------------------------
+
+
+def _set_acl(path: Path, entries: list[tuple[int, int, int]]) -> None:
+    """Write a POSIX access ACL: (tag, perm, id) entries (tags: 1 user_obj, 2 user, 4 group_obj,
+    8 group, 0x10 mask, 0x20 other)."""
+    import struct
+
+    data = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in sorted(entries, key=lambda e: (e[0], e[2])))
+    os.setxattr(path, "system.posix_acl_access", data)
+
+
+NO_ID = 0xFFFFFFFF
+
+
+def test_a_state_dir_of_another_user_is_refused_and_nothing_is_written_through_it(isolated: Path) -> None:
+    victim = isolated / "victim"
+    victim.write_text("root:x:0:0::/root:/bin/bash\n")
+    state = isolated / "shared"
+    state.mkdir()
+    (state / ".lock").symlink_to(victim)
+    if AS_ROOT:
+        os.chown(state, 65534, 65534)
+        os.lchown(state / ".lock", 65534, 65534)
+        theirs = run_toolkit("up", "--engine", "embedded", env={"TOOLKIT_STATE_DIR": str(state)})
+        assert theirs.returncode == 2, theirs.stderr
+        assert "belongs to uid 65534, not to you" in theirs.stderr
+        os.chown(state, 0, 0)
+    # ours, but with a symlink planted as the lock: refused, not followed
+    mine = run_toolkit("up", "--engine", "embedded", env={"TOOLKIT_STATE_DIR": str(state)})
+    assert mine.returncode == 2 and "cannot open the lock file" in mine.stderr, mine.stderr
+    assert victim.read_text() == "root:x:0:0::/root:/bin/bash\n"
+
+
+@needs_root
+def test_granting_the_server_traverse_never_widens_what_others_have(reachable_project: Path) -> None:
+    """A 0700 dir whose ACL names nobody rwx under a mask of --- (the owner revoked access): after `up`
+    beneath it, nobody and the owning group still cannot enter."""
+    tmp_path = reachable_project
+    base = tmp_path / "b"
+    alice = base / "alice"
+    alice.mkdir(parents=True)
+    base.chmod(0o755)
+    (alice / "notes").write_text("private")
+    (alice / "notes").chmod(0o644)
+    _set_acl(alice, [(1, 7, NO_ID), (2, 7, 65534), (4, 5, NO_ID), (8, 7, 65534), (0x10, 0, NO_ID), (0x20, 0, NO_ID)])
+    for parent in tmp_path.parents:
+        if not parent.stat().st_mode & 0o001:
+            pytest.skip(f"{parent} is closed to nobody already")
+    project = alice / "proj"
+    project.mkdir()
+
+    def nobody_reads() -> bool:
+        return subprocess.run(["cat", str(alice / "notes")], user="nobody", group="nogroup",
+                              capture_output=True).returncode == 0
+
+    assert not nobody_reads()
+    done = run_toolkit("up", "--engine", "embedded", cwd=project)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert not nobody_reads()
+        assert _query(_env_url(project), "SELECT 1") == [(1,)]
+    finally:
+        run_toolkit("down", "--purge", "--yes", cwd=project)
+
+
+@needs_root
+def test_a_symlinked_state_dir_under_a_closed_directory_works(tmp_path: Path, isolated: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "state").mkdir(parents=True)
+    elsewhere.chmod(0o700)
+    (isolated / ".toolkit").symlink_to(elsewhere / "state")
+    try:
+        done = run_toolkit("up", "--engine", "embedded")
+        assert done.returncode == 0, done.stderr
+        assert stat.S_IMODE(elsewhere.stat().st_mode) & 0o007 == 0
+    finally:
+        run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+
+
+@needs_root
+def test_an_explicit_no_entry_for_the_server_user_is_overridden_only_for_it(tmp_path: Path, isolated: Path) -> None:
+    import pwd
+
+    run_toolkit("up", "--engine", "embedded")  # creates the system user
+    run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+    uid = pwd.getpwnam("toolkit-postgres").pw_uid
+    tmp_path.chmod(0o711)
+    _set_acl(tmp_path, [(1, 7, NO_ID), (2, 0, uid), (4, 1, NO_ID), (0x10, 1, NO_ID), (0x20, 1, NO_ID)])
+    try:
+        done = run_toolkit("up", "--engine", "embedded")
+        assert done.returncode == 0, done.stderr
+    finally:
+        run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_purge_cut_short_never_strands_the_project(isolated: Path, sig: signal.Signals) -> None:
+    try:
+        for delay in (0.05, 0.2, 0.4, 0.6):
+            assert run_toolkit("up", "--engine", "embedded").returncode == 0
+            assert run_toolkit("down", "--engine", "embedded").returncode == 0
+            victim = _spawn("down", "--purge", "--yes", "--engine", "embedded", cwd=isolated)
+            time.sleep(delay)
+            victim.send_signal(sig)
+            victim.wait(timeout=60)
+            again = run_toolkit("up", "--engine", "embedded")
+            assert again.returncode == 0, f"after {sig.name} at {delay}s: {again.stderr}"
+            assert _query(_env_url(isolated), "SELECT 1") == [(1,)]
+            assert not list((isolated / ".toolkit").glob(".embedded.purged-*"))
+    finally:
+        run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+
+
+@needs_root
+def test_a_pg_hba_symlink_planted_by_the_server_user_is_not_written_through(down_after: Path) -> None:
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    assert run_toolkit("down", "--engine", "embedded").returncode == 0
+    target = down_after / "root-owned"
+    target.write_text("precious\n")
+    hba = down_after / ".toolkit/embedded/pgdata/pg_hba.conf"
+    hba.rename(hba.with_name("pg_hba.conf.real"))
+    hba.symlink_to(target)
+    done = run_toolkit("up", "--engine", "embedded", "--bind", "0.0.0.0")
+    assert done.returncode == 1 and "pg_hba.conf" in done.stderr, done.stderr
+    assert target.read_text() == "precious\n"
+    hba.unlink()
+    done = run_toolkit("up", "--engine", "embedded")
+    assert done.returncode == 1 and "cannot open" in done.stderr and "Traceback" not in done.stderr
+    hba.with_name("pg_hba.conf.real").rename(hba)
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+
+
+def test_two_checkouts_racing_for_one_port_never_both_report_ready(tmp_path: Path) -> None:
+    port = free_port()
+    projects = [tmp_path / "a", tmp_path / "b"]
+    env = {"TOOLKIT_PG_PORT": str(port)}
+    try:
+        for project in projects:
+            project.mkdir()
+            assert run_toolkit("up", "--engine", "embedded", cwd=project, env=env).returncode == 0
+            assert run_toolkit("down", "--engine", "embedded", cwd=project, env=env).returncode == 0
+        for _ in range(4):
+            racers = [_spawn("up", "--engine", "embedded", cwd=p, env=env) for p in projects]
+            codes = [r.wait(timeout=120) for r in racers]
+            errors = [r.communicate()[1] for r in racers]
+            assert sorted(codes)[0] == 0 and sorted(codes)[1] in (3,), errors
+            for project in projects:
+                run_toolkit("down", "--engine", "embedded", cwd=project, env=env)
+    finally:
+        for project in projects:
+            run_toolkit("down", "--purge", "--yes", "--engine", "embedded", cwd=project, env=env)
+
+
+@pytest.mark.parametrize("record", ['{"engine": ["embedded"]}', '{"engine": {}}', '{"engine":' * 100000,
+                                    '{"engine": "embedded", "port": true}', "dir"])
+def test_a_damaged_engine_record_is_no_internal_error(isolated: Path, record: str) -> None:
+    path = isolated / ".toolkit/engine"
+    path.parent.mkdir()
+    if record == "dir":
+        path.mkdir()
+    else:
+        path.write_text(record)
+    try:
+        for args in (["status"], ["env"], ["up", "--engine", "embedded"]):
+            done = run_toolkit(*args)
+            assert done.returncode in (0, 1, 2), (args, done.stderr)
+            assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+            if args == ["env"]:
+                assert "True" not in done.stdout
+        if record == "dir":
+            assert "is a directory" in done.stderr and _postmaster(isolated / ".toolkit") is None
+    finally:
+        run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+
+
+def test_a_process_that_merely_sits_in_the_data_dir_is_not_ours(down_after: Path) -> None:
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    assert run_toolkit("down", "--engine", "embedded").returncode == 0
+    pgdata = down_after / ".toolkit/embedded/pgdata"
+    sitter = subprocess.Popen(["sleep", "1000"], cwd=pgdata)
+    try:
+        (pgdata / "postmaster.pid").write_text(f"{sitter.pid}\n{pgdata}\n0\n{os.environ['TOOLKIT_PG_PORT']}\n\n127.0.0.1\n0\nready\n")
+        assert "not running" in run_toolkit("status", "--engine", "embedded").stdout
+        assert run_toolkit("down", "--engine", "embedded").returncode == 0
+        assert sitter.poll() is None
+        assert run_toolkit("up", "--engine", "embedded").returncode == 0
+        assert sitter.poll() is None
+    finally:
+        sitter.kill()
