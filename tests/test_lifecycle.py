@@ -598,3 +598,111 @@ def test_a_process_that_merely_sits_in_the_data_dir_is_not_ours(down_after: Path
         assert sitter.poll() is None
     finally:
         sitter.kill()
+
+
+# --- a second adversarial pass ---------------------------------------------------------------------------
+
+
+@needs_root
+def test_a_state_dir_symlink_made_by_another_user_is_refused(reachable_project: Path) -> None:
+    shared = reachable_project / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    mine = reachable_project / "rootdir"
+    (mine / "embedded").mkdir(parents=True)
+    (mine / "embedded/important.txt").write_text("keep")
+    project = reachable_project / "proj"
+    project.mkdir()
+    os.chown(project, 65534, 65534)
+    for target in (shared, mine):
+        link = project / ".toolkit"
+        link.unlink(missing_ok=True)
+        subprocess.run(["ln", "-s", str(target), str(link)], user="nobody", group="nogroup", check=True)
+        for args in (["up", "--engine", "embedded"], ["down", "--purge", "--yes", "--engine", "embedded"]):
+            done = run_toolkit(*args, cwd=project)
+            assert done.returncode == 2, done.stderr
+            assert "is a symlink made by uid 65534" in done.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert (mine / "embedded/important.txt").read_text() == "keep"
+
+
+def test_a_shared_world_writable_state_dir_is_refused_not_changed(isolated: Path) -> None:
+    shared = isolated / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    done = run_toolkit("up", "--engine", "embedded", env={"TOOLKIT_STATE_DIR": str(shared)})
+    assert done.returncode == 2 and "writable by every user" in done.stderr, done.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+
+
+def test_a_fifo_or_endless_postmaster_pid_neither_hangs_nor_eats_memory(down_after: Path) -> None:
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    assert run_toolkit("down", "--engine", "embedded").returncode == 0
+    pidfile = down_after / ".toolkit/embedded/pgdata/postmaster.pid"
+    for plant in ("fifo", "zero"):
+        pidfile.unlink(missing_ok=True)
+        if plant == "fifo":
+            os.mkfifo(pidfile)
+        else:
+            pidfile.symlink_to("/dev/zero")
+        status = run_toolkit("status", "--engine", "embedded", timeout=30)
+        assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    pidfile.unlink()
+    assert run_toolkit("up", "--engine", "embedded", timeout=60).returncode == 0
+
+
+@needs_root
+def test_the_server_users_own_acl_entry_gains_only_traverse(reachable_project: Path) -> None:
+    import pwd
+
+    run_toolkit("up", "--engine", "embedded", cwd=reachable_project)  # creates the system user
+    run_toolkit("down", "--purge", "--yes", "--engine", "embedded", cwd=reachable_project)
+    uid = pwd.getpwnam("toolkit-postgres").pw_uid
+    parent = reachable_project / "parent"
+    project = parent / "proj"
+    project.mkdir(parents=True)
+    parent.chmod(0o750)
+    # u::rwx u:server:rwx g::r-x g:nogroup:rwx m::r-- o::---
+    _set_acl(parent, [(1, 7, NO_ID), (2, 7, uid), (4, 5, NO_ID), (8, 7, 65534), (0x10, 4, NO_ID), (0x20, 0, NO_ID)])
+    try:
+        assert run_toolkit("up", "--engine", "embedded", cwd=project).returncode == 0
+        planted = subprocess.run(["touch", str(parent / "planted")], user="toolkit-postgres",
+                                 group=pwd.getpwnam("toolkit-postgres").pw_gid, capture_output=True)
+        assert planted.returncode != 0 and not (parent / "planted").exists()
+    finally:
+        run_toolkit("down", "--purge", "--yes", "--engine", "embedded", cwd=project)
+
+
+@needs_root
+def test_an_old_home_of_the_server_user_is_taken_back_without_its_plants(down_after: Path) -> None:
+    import pwd
+
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    assert run_toolkit("down", "--engine", "embedded").returncode == 0
+    server = pwd.getpwnam("toolkit-postgres")
+    home = down_after / ".toolkit/embedded"
+    secret = down_after / "root-secret"
+    secret.write_text("secret-root\n")
+    secret.chmod(0o600)
+    os.chown(home, server.pw_uid, server.pw_gid)  # as an older toolkit left it
+    (home / "postgres.log").unlink()
+    (home / "postgres.log").symlink_to(secret)
+    os.lchown(home / "postgres.log", server.pw_uid, server.pw_gid)
+    logs = run_toolkit("logs", "--engine", "embedded")
+    assert "secret-root" not in logs.stdout + logs.stderr
+    up = run_toolkit("up", "--engine", "embedded")
+    assert up.returncode == 0, up.stderr
+    assert home.stat().st_uid == 0 and not (home / "postgres.log").is_symlink()
+    assert secret.read_text() == "secret-root\n"
+    assert "secret-root" not in run_toolkit("logs", "--engine", "embedded").stdout
+
+
+def test_embedded_data_without_a_record_keeps_auto_on_embedded(down_after: Path) -> None:
+    from toolkit import engines
+    from toolkit.settings import resolve
+
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    (down_after / ".toolkit/engine").unlink()  # an `up` killed after its server started, before the record
+    engine, note = engines.select(resolve({}), starting=True)
+    assert engine.name == "embedded" and note is None
+    assert run_toolkit("up").returncode == 0

@@ -33,6 +33,7 @@ def ensure_state_dir(state_dir: Path) -> None:
     elsewhere = "or point --state-dir / TOOLKIT_STATE_DIR elsewhere"
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        link = state_dir.lstat()
         st = state_dir.stat()
     except (FileExistsError, NotADirectoryError):
         raise ConfigError(f"the state dir {state_dir} (or a parent) is a file, not a directory",
@@ -45,11 +46,17 @@ def ensure_state_dir(state_dir: Path) -> None:
                           hint=f"fix its permissions, {elsewhere}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"the state dir {state_dir} is a file, not a directory", hint=f"move that file away, {elsewhere}")
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(f"the state dir {state_dir} is a symlink made by uid {link.st_uid}, not by you",
+                          hint=f"remove that link (whoever made it chooses where we write), {elsewhere}")
     if st.st_uid != os.geteuid():
         raise ConfigError(f"the state dir {state_dir} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
                           hint=f"only its owner may use it: run as that user, remove it, {elsewhere}")
-    if st.st_mode & 0o022:
-        state_dir.chmod(stat.S_IMODE(st.st_mode) & ~0o022)  # ours: no one else may plant files in it
+    if st.st_mode & 0o002:
+        raise ConfigError(f"the state dir {state_dir} is writable by every user (mode {stat.S_IMODE(st.st_mode):o}): "
+                          "a shared directory, not a state dir", hint=f"use a directory of its own, {elsewhere}")
+    if st.st_mode & 0o020:
+        state_dir.chmod(stat.S_IMODE(st.st_mode) & ~0o020)  # ours: the group may not plant files in it
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -45,8 +46,23 @@ def read_private(path: Path) -> str:
         return handle.read().decode("utf-8", "replace").strip()
 
 
+def read_bounded(path: Path, limit: int = 64 * 1024) -> str:
+    """The start of a small file another user may control (postmaster.pid is the server's user's):
+    never through a symlink, never blocking on a FIFO, never more than ``limit`` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.read(fd, limit).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
 def open_private_log(path: Path) -> int:
-    """An append-only fd on ``path``, 0600 (an older log made world-readable is tightened)."""
+    """An append-only fd on ``path``, 0600 (an older log made world-readable is tightened). A symlink
+    in its place (planted when the directory was another user's) is removed, never written through."""
+    if path.is_symlink():
+        path.unlink()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     if os.fstat(fd).st_mode & 0o077:
         os.fchmod(fd, 0o600)
@@ -94,7 +110,8 @@ def _acl_add_execute(directory: Path, uid: int, mode: int) -> None:
         for key, perm in entries.items():
             if key[0] in (_USER, _GROUP_OBJ, _GROUP):
                 entries[key] = perm & mask
-    entries[(_USER, uid)] = (current or 0) | _X
+    # ours too: it gains x, nothing the mask denied it before
+    entries[(_USER, uid)] = ((current or 0) & (mask if mask is not None else 7)) | _X
     group_class = [perm for (tag, _), perm in entries.items() if tag in (_USER, _GROUP_OBJ, _GROUP)]
     # the smallest mask that lets every (clamped) entry keep exactly what it had, and ours x
     entries[(_MASK, _NO_ID)] = _union(group_class)

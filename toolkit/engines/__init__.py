@@ -47,6 +47,12 @@ def remembered(settings: Settings) -> str | None:
     return name if name in ENGINES else None
 
 
+def _holding_data(settings: Settings) -> str | None:
+    """No record (an `up` killed before writing it), but embedded data here: keep to it, rather than
+    start an empty Docker database beside it (or find our own server holding the port)."""
+    return "embedded" if (settings.state_dir / "embedded" / "pgdata" / "PG_VERSION").exists() else None
+
+
 def docker_unavailable_reason(settings: Settings) -> str | None:
     """None when a Docker engine answers, else why not (one line)."""
     try:
@@ -63,7 +69,7 @@ def select(settings: Settings, *, starting: bool = False) -> tuple[Engine, str |
         return load(name, settings), None
     if settings.external_url:
         return load("external", settings), None
-    previous = remembered(settings)
+    previous = remembered(settings) or _holding_data(settings)
     if previous is not None:
         return load(previous, settings), None
     if not starting:

@@ -98,6 +98,8 @@ class EmbeddedEngine:
         return Endpoint(host=self.spec.host, port=self.spec.port, url=self.spec.url().render())
 
     def down(self, *, purge: bool = False) -> None:
+        if self.home.exists() or self.home.is_symlink():
+            self._check_home()
         pid = self._running_pid()
         if pid is not None:
             self._stop(pid)
@@ -121,9 +123,16 @@ class EmbeddedEngine:
         return EngineStatus(self.name, True, f"pid {pid}, port {info.get('port')}, data {self.pgdata}", extra)
 
     def logs(self, tail: int = 100) -> str:
-        if not self.log_file.exists():
+        try:
+            fd = os.open(self.log_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
             return ""
-        with self.log_file.open("rb") as log:
+        except OSError as exc:
+            raise ToolkitError(f"cannot read {self.log_file}: {exc.strerror or exc}",
+                               hint="it should be a plain file the toolkit wrote; move it away") from None
+        with os.fdopen(fd, "rb") as log:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
             # read only the end of a possibly large log
             log.seek(0, os.SEEK_END)
             size = log.tell()
@@ -146,6 +155,19 @@ class EmbeddedEngine:
         for tombstone in self.home.parent.glob(f".{self.home.name}.purged-*"):
             shutil.rmtree(tombstone, ignore_errors=True)
         self.home.mkdir(mode=0o700, exist_ok=True)
+        st = self._check_home()
+        if st.st_uid != os.geteuid():
+            os.chown(self.home, 0, 0)  # an older toolkit gave the home to the server's user
+        if st.st_mode & 0o067:
+            # made looser by an older toolkit (0701); group x is the ACL mask that lets the system user in
+            self.home.chmod(0o700)
+        (self.home / INITDB_PWFILE).unlink(missing_ok=True)
+        for partial in self.home.glob("pgdata.initdb-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def _check_home(self) -> os.stat_result:
+        """The home must be a real directory, ours (or, as root, the server's user's: an older toolkit
+        gave it away); nothing is read, started or deleted in anyone else's."""
         st = self.home.lstat()
         if not stat.S_ISDIR(st.st_mode):
             raise ConfigError(f"{self.home} is not a directory (a symlink or a file)",
@@ -155,13 +177,7 @@ class EmbeddedEngine:
             if user is None or st.st_uid != user.pw_uid:
                 raise ConfigError(f"{self.home} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
                                   hint="run as its owner, or use another state dir (--state-dir)")
-            os.chown(self.home, 0, 0)  # an older toolkit gave the home to the server's user
-        if st.st_mode & 0o067:
-            # made looser by an older toolkit (0701); group x is the ACL mask that lets the system user in
-            self.home.chmod(0o700)
-        (self.home / INITDB_PWFILE).unlink(missing_ok=True)
-        for partial in self.home.glob("pgdata.initdb-*"):
-            shutil.rmtree(partial, ignore_errors=True)
+        return st
 
     def _initdb(self) -> None:
         """initdb into a scratch dir renamed into place when complete: a data dir exists whole or not at all."""
@@ -245,11 +261,12 @@ class EmbeddedEngine:
 
     def _log_since_spawn(self) -> str:
         try:
-            with self.log_file.open("rb") as log:
-                log.seek(self._log_offset)
-                return log.read(64 * 1024).decode("utf-8", "replace")
+            fd = os.open(self.log_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return ""
+        with os.fdopen(fd, "rb") as log:
+            log.seek(self._log_offset)
+            return log.read(64 * 1024).decode("utf-8", "replace")
 
     def _refused_for_stale_state(self) -> bool:
         tail = self.logs(5)
@@ -346,7 +363,7 @@ class EmbeddedEngine:
     def _postmaster_info(self) -> dict[str, Any]:
         """postmaster.pid: line 1 the pid, 4 the port, 6 the first listen address, 8 the status."""
         try:
-            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+            lines = perms.read_bounded(self.pgdata / "postmaster.pid", 4096).splitlines()
         except OSError:
             return {}
         info: dict[str, Any] = {}
