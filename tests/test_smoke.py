@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import uuid
@@ -130,6 +131,20 @@ def test_chroma_commands_are_idempotent(toolkit_cli, isolated: Path) -> None:  #
     assert toolkit_cli("chroma", "status").returncode == 1
     assert "was not running" in toolkit_cli("chroma", "down").stdout
     assert not (isolated / ".toolkit" / "chroma.pid").exists()
+
+
+def test_chroma_status_finds_a_current_server_where_memgpt_is_configured(toolkit_cli) -> None:  # type: ignore[no-untyped-def]
+    """MemGPT configured makes 0.5 the default format; status must still see a format-1 server (chromadb
+    1.x refuses the /api/v1 heartbeat) and down must stop it."""
+    config = Path(os.environ["MEMGPT_CONFIG_PATH"])
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[archival_storage]\ntype = local\npath = /tmp/nowhere\n")
+    try:
+        assert toolkit_cli("chroma", "up", "--format", "1").returncode == 0
+        status = toolkit_cli("chroma", "status")
+        assert status.returncode == 0 and "format 1" in status.stdout, status.stdout
+    finally:
+        assert "chroma: stopped" in toolkit_cli("chroma", "down").stdout
 
 
 def test_chroma_up_refuses_a_port_held_by_something_else(toolkit_cli) -> None:  # type: ignore[no-untyped-def]

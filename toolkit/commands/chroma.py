@@ -28,18 +28,11 @@ def chroma() -> None:
     """
 
 
-def _chroma(ctx: click.Context, port: int | None = None, path: str | None = None, fmt: str | None = None,
-            build: bool = False) -> Any:
-    from pathlib import Path
+def _chroma(ctx: click.Context, port: int | None = None) -> Any:
+    """The server for down/status/logs: its pid file, log and heartbeat, whatever its format."""
+    from toolkit.services.chroma_server import chroma_server
 
-    from toolkit.backends import formats
-    from toolkit.services.chroma_server import chroma_server, format_to_serve
-
-    settings = settings_from(ctx, chroma_port=port)
-    where = Path(path).absolute() if path else None
-    chosen = format_to_serve(settings, formats.normalize("chroma", fmt), where)
-    progress = (lambda line: echo(line, settings, err=True)) if build else None
-    return settings, chroma_server(settings, path=where, fmt=chosen, progress=progress, build=build), chosen
+    return chroma_server(settings_from(ctx, chroma_port=port))
 
 
 @chroma.command("up")
@@ -54,10 +47,17 @@ def _chroma(ctx: click.Context, port: int | None = None, path: str | None = None
 def chroma_up(ctx: click.Context, port: int | None, path: str | None, fmt: str | None, timeout: float,
               as_json: bool) -> None:
     """Start the Chroma server and wait on its heartbeat; idempotent."""
+    from pathlib import Path
+
+    from toolkit.backends import formats
     from toolkit.backends.chroma import describe, server_format
     from toolkit.errors import UsageError
+    from toolkit.services.chroma_server import chroma_server, format_to_serve
 
-    _, server, chosen = _chroma(ctx, port, path, fmt, build=True)
+    settings = settings_from(ctx, chroma_port=port)
+    where = Path(path).absolute() if path else None
+    chosen = format_to_serve(settings, formats.normalize("chroma", fmt), where)
+    server = chroma_server(settings, path=where, fmt=chosen, progress=lambda line: echo(line, settings, err=True))
     running = server_format(server.host, server.port)
     if running is not None and running != chosen:
         raise UsageError(f"a Chroma server of {describe(running)} already answers on port {server.port}, "
@@ -75,8 +75,7 @@ def chroma_up(ctx: click.Context, port: int | None, path: str | None, fmt: str |
 @click.pass_context
 def chroma_down(ctx: click.Context) -> None:
     """Stop the Chroma server the toolkit started (data kept)."""
-    _, server, _ = _chroma(ctx)
-    echo("chroma: stopped" if server.down() else "chroma: was not running")
+    echo("chroma: stopped" if _chroma(ctx).down() else "chroma: was not running")
 
 
 @chroma.command("status")
@@ -87,7 +86,7 @@ def chroma_status(ctx: click.Context, port: int | None, as_json: bool) -> None:
     """Is the Chroma server running, and of which format? Exit 0 when it answers, 1 when not."""
     from toolkit.backends.chroma import describe, server_format
 
-    _, server, _ = _chroma(ctx, port)
+    server = _chroma(ctx, port)
     state = server.status()
     running = server_format(server.host, server.port) if state.running else None
     if as_json:
@@ -102,7 +101,7 @@ def chroma_status(ctx: click.Context, port: int | None, as_json: bool) -> None:
 @click.pass_context
 def chroma_logs(ctx: click.Context, tail: int) -> None:
     """The Chroma server log's tail."""
-    _, server, _ = _chroma(ctx)
+    server = _chroma(ctx)
     echo(server.logs(tail) or f"no log yet at {server.log_file}")
 
 

@@ -1,8 +1,9 @@
 """The Chroma server the toolkit runs (room: services/): ``chroma run`` from the chromadb of a format.
 
-Format ``1``: the chromadb imported here, readiness on ``/api/v2/heartbeat``. Format ``0.5`` (``0.4``):
-chromadb 0.5 from its isolated environment (``backends/compat``), readiness on ``/api/v1/heartbeat``:
-the server MemGPT 0.3.x's ``HttpClient`` talks to. Data in ``state_dir/chroma-server`` (``-0.5`` for the
+Format ``1``: the chromadb imported here. Format ``0.5`` (``0.4``): chromadb 0.5 (0.4) from its isolated
+environment (``backends/compat``): the server MemGPT 0.3.x's ``HttpClient`` talks to. Readiness on
+``/api/v2/heartbeat``, which chromadb 1.x and 0.5.23 both serve (1.x refuses every ``/api/v1`` path);
+0.4 has only ``/api/v1/heartbeat``. Data in ``state_dir/chroma-server`` (``-0.5`` for the
 older formats: the two cannot share a directory; never ``settings.chroma_dir``, the persistent
 backend's); pid file and log in ``settings.state_dir``. ``toolkit chroma up|down|status|logs`` are thin
 wrappers over this.
@@ -17,7 +18,7 @@ from pathlib import Path
 from toolkit.services.background import BackgroundServer
 from toolkit.settings import Settings
 
-HEARTBEAT = {"1": "/api/v2/heartbeat", "0.5": "/api/v1/heartbeat", "0.4": "/api/v1/heartbeat"}
+HEARTBEAT = {"1": "/api/v2/heartbeat", "0.5": "/api/v2/heartbeat", "0.4": "/api/v1/heartbeat"}
 _RUN = "import sys; from chromadb.cli.cli import app; sys.argv[0] = 'chroma'; app()"
 
 
@@ -40,13 +41,13 @@ def format_to_serve(settings: Settings, wanted: str | None, path: Path | None) -
 
 def chroma_server(settings: Settings, *, host: str | None = None, port: int | None = None,
                   path: Path | None = None, fmt: str = "1",
-                  progress: Callable[[str], None] | None = None, build: bool = False) -> BackgroundServer:
-    """The server of format ``fmt``; ``build``: provision the older client's environment when needed
-    (only ``up`` needs the interpreter; ``down``/``status``/``logs`` do not)."""
+                  progress: Callable[[str], None] | None = None) -> BackgroundServer:
+    """The server of format ``fmt``, provisioning the older client's environment it runs in when needed.
+    ``down``/``status``/``logs`` need no format: the default one finds any server the toolkit started."""
     host = host or settings.chroma_host
     port = port or settings.chroma_port
     python = sys.executable
-    if fmt != "1" and build:
+    if fmt != "1":
         from toolkit.backends.compat import envs
 
         python = str(envs.python(envs.CHROMA[fmt], settings.clients_path, progress=progress))
