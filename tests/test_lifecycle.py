@@ -590,7 +590,8 @@ def test_a_process_that_merely_sits_in_the_data_dir_is_not_ours(down_after: Path
     pgdata = down_after / ".toolkit/embedded/pgdata"
     sitter = subprocess.Popen(["sleep", "1000"], cwd=pgdata)
     try:
-        (pgdata / "postmaster.pid").write_text(f"{sitter.pid}\n{pgdata}\n0\n{os.environ['TOOLKIT_PG_PORT']}\n\n127.0.0.1\n0\nready\n")
+        port = os.environ["TOOLKIT_PG_PORT"]
+        (pgdata / "postmaster.pid").write_text(f"{sitter.pid}\n{pgdata}\n0\n{port}\n\n127.0.0.1\n0\nready\n")
         assert "not running" in run_toolkit("status", "--engine", "embedded").stdout
         assert run_toolkit("down", "--engine", "embedded").returncode == 0
         assert sitter.poll() is None

@@ -12,7 +12,7 @@ import signal
 import sys
 import tempfile
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -95,6 +95,15 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _interrupted(cause: BaseException | None, word: str) -> NoReturn:
+    """Exit for Ctrl-C (130, ``word``) or SIGTERM (143)."""
+    if isinstance(cause, Terminated):
+        click.echo("toolkit: terminated", err=True)
+        sys.exit(EXIT_TERMINATED)
+    click.echo(f"toolkit: {word}", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map exceptions to exit codes in this one place."""
     debug = "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("TOOLKIT_DEBUG") == "1"
@@ -110,24 +119,15 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"toolkit: error: {redact(exc.one_line())}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort as exc:
-        # click turns Ctrl-C (and so our SIGTERM) into Abort
-        if isinstance(exc.__cause__, Terminated):
-            click.echo("toolkit: terminated", err=True)
-            sys.exit(EXIT_TERMINATED)
-        click.echo("toolkit: aborted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted(exc.__cause__, "aborted")  # click turns Ctrl-C (and so our SIGTERM) into Abort
     except click.ClickException as exc:
         # bad flags/arguments: click's own message, one line, exit 2
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except Terminated:
-        click.echo("toolkit: terminated", err=True)
-        sys.exit(EXIT_TERMINATED)
-    except KeyboardInterrupt:
-        click.echo("toolkit: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, "interrupted")
     except Exception as exc:  # noqa: BLE001 - the boundary
         if debug:
             raise

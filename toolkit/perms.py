@@ -46,13 +46,16 @@ def read_private(path: Path) -> str:
         return handle.read().decode("utf-8", "replace").strip()
 
 
-def read_bounded(path: Path, limit: int = 64 * 1024) -> str:
-    """The start of a small file another user may control (postmaster.pid is the server's user's):
-    never through a symlink, never blocking on a FIFO, never more than ``limit`` bytes."""
+def read_bounded(path: Path, limit: int = 64 * 1024, *, start: int = 0) -> str:
+    """Up to ``limit`` bytes of a file another user may control (postmaster.pid and the server's log
+    are the server's user's, or were), from ``start`` (negative: that far before the end): never
+    through a symlink, never blocking on a FIFO; "" for anything but a regular file."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return ""
+        os.lseek(fd, max(0, st.st_size + start) if start < 0 else start, os.SEEK_SET)
         return os.read(fd, limit).decode("utf-8", "replace")
     finally:
         os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,19 +33,43 @@ def run(
     input: str | None = None,
     timeout: float | None = None,
     check: bool = True,
+    own_session: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run argv, capture text output; raise CommandError on a non-zero exit when ``check``."""
+    """Run argv, capture text output; raise CommandError on a non-zero exit when ``check``.
+
+    ``own_session``: the command runs in a process group of its own, and when we are interrupted
+    (Ctrl-C, SIGTERM, the timeout) the whole group is killed before we go on, so no child of it (as
+    initdb's) keeps writing into what our caller then cleans up."""
     args = [str(a) for a in argv]
     try:
-        done = subprocess.run(args, capture_output=True, text=True, user=user, group=group, env=env,
-                              cwd=cwd, input=input, timeout=timeout, check=False)
+        child = subprocess.Popen(args, stdin=subprocess.PIPE if input is not None else None,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, user=user,
+                                 group=group, env=env, cwd=cwd, start_new_session=own_session)
     except FileNotFoundError:
         raise ToolkitError(f"command not found: {args[0]}", hint="is it installed and on PATH?") from None
-    except subprocess.TimeoutExpired:
-        raise ToolkitError(f"command timed out after {timeout}s: {' '.join(redact(a) for a in args)}") from None
+    with child:
+        try:
+            stdout, stderr = child.communicate(input, timeout=timeout)
+        except BaseException as exc:
+            _kill(child, group=own_session)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise ToolkitError(f"command timed out after {timeout}s: {' '.join(redact(a) for a in args)}") from None
+            raise
+    done = subprocess.CompletedProcess(args, child.returncode, stdout, stderr)
     if check and done.returncode != 0:
         raise CommandError(args, done.returncode, done.stdout, done.stderr)
     return done
+
+
+def _kill(child: subprocess.Popen[str], *, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(child.pid, signal.SIGKILL)
+        else:
+            child.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+    child.wait()
 
 
 def pid_alive(pid: int) -> bool:

@@ -161,7 +161,7 @@ class ChromaStore(StoreBase):
     @contextmanager
     def _guard(self) -> Iterator[None]:
         """Chroma's errors (in-process or from the worker), as one line with the fix."""
-        from toolkit.backends.compat.chroma_client import InvalidArgument, WorkerError
+        from toolkit.backends.compat.chroma_client import InvalidArgument
 
         try:
             yield
@@ -172,8 +172,6 @@ class ChromaStore(StoreBase):
             if found:
                 raise dim_mismatch(f"chroma collection {self.table}", int(found[2]), int(found[1])) from None
             raise BackendError(f"{self.where} rejected the request: {_first_line(exc)}") from None
-        except WorkerError as exc:
-            raise self._failure(exc) from None
         except Exception as exc:  # noqa: BLE001 - transport and storage errors have many types
             if type(exc).__name__ == "InvalidArgumentError":  # chromadb 1.x; no import of chromadb for this
                 found = _DIM.search(str(exc))

@@ -50,7 +50,9 @@ def remembered(settings: Settings) -> str | None:
 def _holding_data(settings: Settings) -> str | None:
     """No record (an `up` killed before writing it), but embedded data here: keep to it, rather than
     start an empty Docker database beside it (or find our own server holding the port)."""
-    return "embedded" if (settings.state_dir / "embedded" / "pgdata" / "PG_VERSION").exists() else None
+    from toolkit.engines.embedded import EmbeddedEngine
+
+    return "embedded" if EmbeddedEngine(settings).initialized() else None
 
 
 def docker_unavailable_reason(settings: Settings) -> str | None:

@@ -13,6 +13,7 @@ ACL entry to traverse the home and the wheel's directories, for itself alone.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import secrets
@@ -37,6 +38,7 @@ SUPERUSER = "postgres"
 STOP_TIMEOUT = 30.0
 INITDB_PWFILE = ".initdb.pw"
 INITDB_TIMEOUT = 300
+LOG_READ = 256 * 1024  # bytes of the log's end that `logs` reads
 HBA_MARK = "# toolkit: --bind beyond loopback"
 _SERVER_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 
@@ -77,7 +79,7 @@ class EmbeddedEngine:
             self._check_running_matches()
         else:
             self._check_port_free()
-            if not self._initialized():
+            if not self.initialized():
                 self._initdb()
                 fresh = True
             self._configure_hba()
@@ -113,7 +115,7 @@ class EmbeddedEngine:
     def status(self) -> EngineStatus:
         pid = self._running_pid()
         info = self._postmaster_info()
-        extra = {"data_dir": str(self.pgdata), "log": str(self.log_file), "initialized": self._initialized()}
+        extra = {"data_dir": str(self.pgdata), "log": str(self.log_file), "initialized": self.initialized()}
         if pid is None:
             detail = "stopped (data kept)" if extra["initialized"] else "no data yet"
             if info.get("pid") is not None:  # postmaster.pid names a process that is not our server
@@ -124,28 +126,21 @@ class EmbeddedEngine:
 
     def logs(self, tail: int = 100) -> str:
         try:
-            fd = os.open(self.log_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            text = perms.read_bounded(self.log_file, LOG_READ, start=-LOG_READ)  # only the end of a large log
         except FileNotFoundError:
             return ""
         except OSError as exc:
             raise ToolkitError(f"cannot read {self.log_file}: {exc.strerror or exc}",
                                hint="it should be a plain file the toolkit wrote; move it away") from None
-        with os.fdopen(fd, "rb") as log:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return ""
-            # read only the end of a possibly large log
-            log.seek(0, os.SEEK_END)
-            size = log.tell()
-            log.seek(max(0, size - 256 * 1024))
-            lines = log.read().decode("utf-8", "replace").splitlines()
-        return "\n".join(lines[-tail:]) if tail > 0 else ""
+        return "\n".join(text.splitlines()[-tail:]) if tail > 0 else ""
 
     def psql_argv(self, url: str) -> list[str]:
         return [str(bin_path("psql")), url]
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def _initialized(self) -> bool:
+    def initialized(self) -> bool:
+        """Does the state dir hold a complete data dir?"""
         return (self.pgdata / "PG_VERSION").exists()
 
     def _prepare_home(self) -> None:
@@ -173,7 +168,7 @@ class EmbeddedEngine:
             raise ConfigError(f"{self.home} is not a directory (a symlink or a file)",
                               hint="move it away; the embedded engine keeps its data in a directory of its own")
         if st.st_uid != os.geteuid():
-            user = self._system_user()
+            user = self._server_user
             if user is None or st.st_uid != user.pw_uid:
                 raise ConfigError(f"{self.home} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
                                   hint="run as its owner, or use another state dir (--state-dir)")
@@ -184,7 +179,7 @@ class EmbeddedEngine:
         if self.pgdata.exists() or self.pgdata.is_symlink():
             raise ToolkitError(f"{self.pgdata} exists but holds no complete Postgres data dir (no PG_VERSION)",
                                hint="move it away (the toolkit deletes only what it made), then `toolkit up`")
-        user = self._system_user()
+        user = self._server_user
         owner = {} if user is None else {"uid": user.pw_uid, "gid": user.pw_gid}
         password = secrets.token_urlsafe(24)
         perms.write_private(self.pw_file, password)  # the invoking user's; the server cannot read it
@@ -197,8 +192,9 @@ class EmbeddedEngine:
             if user is not None:
                 os.chown(scratch, user.pw_uid, user.pw_gid)
                 perms.grant_traverse(self.home, user.pw_uid)
-            _run_group([bin_path("initdb"), "-D", scratch, "-U", SUPERUSER, "--pwfile", pwcopy,
-                        "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"], user=user)
+            proc.run([bin_path("initdb"), "-D", scratch, "-U", SUPERUSER, "--pwfile", pwcopy,
+                      "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"],
+                     env=server_env(), timeout=INITDB_TIMEOUT, own_session=True, **self._as_user(user))
             scratch.rename(self.pgdata)
         except ToolkitError as exc:
             raise ToolkitError(f"initdb failed in {self.pgdata}", hint="see the output above", detail=exc.detail) from None
@@ -237,7 +233,7 @@ class EmbeddedEngine:
                 handle.write(wanted.encode("utf-8", "surrogateescape"))
 
     def _start(self) -> None:
-        user = self._system_user()
+        user = self._server_user
         if user is not None:
             if self.pgdata.stat().st_uid != user.pw_uid:
                 self._own(self.pgdata, user)  # a data dir copied in, or made by an older toolkit
@@ -261,12 +257,9 @@ class EmbeddedEngine:
 
     def _log_since_spawn(self) -> str:
         try:
-            fd = os.open(self.log_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return perms.read_bounded(self.log_file, start=self._log_offset)
         except OSError:
             return ""
-        with os.fdopen(fd, "rb") as log:
-            log.seek(self._log_offset)
-            return log.read(64 * 1024).decode("utf-8", "replace")
 
     def _refused_for_stale_state(self) -> bool:
         tail = self.logs(5)
@@ -311,7 +304,7 @@ class EmbeddedEngine:
         if self._refused_for_stale_state() and self._restarts < 100:
             self._restarts += 1
             time.sleep(0.05)
-            self._spawn(self._system_user())
+            self._spawn(self._server_user)
             return None
         if "Address already in use" in self._log_since_spawn():
             raise PortInUseError(f"port {self.spec.port} on {self.spec.bind} was taken while the server started",
@@ -413,7 +406,10 @@ class EmbeddedEngine:
                                hint="restore it, or start over with `toolkit down --purge`") from None
         return PgUrl(SUPERUSER, password, self._connect_host(), self.spec.port, "postgres")
 
-    def _system_user(self):  # type: ignore[no-untyped-def]
+    @functools.cached_property
+    def _server_user(self):  # type: ignore[no-untyped-def]
+        """As root, who runs the server (created on first use, let through to the wheel's binaries);
+        looked up once per engine, not at every step that needs it."""
         if os.geteuid() != 0:
             return None
         import pwd
@@ -455,33 +451,6 @@ def _create(conn: libpq.Connection, exists: str, create: str) -> bool:
             return False
         raise
     return True
-
-
-def _run_group(argv: list[Any], *, user) -> None:  # type: ignore[no-untyped-def]
-    """Run ``argv`` (initdb) in a process group of its own; when we are interrupted (SIGINT, SIGTERM)
-    the whole group is killed before we go on, so no child keeps writing into what we clean up."""
-    child = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, env=server_env(), start_new_session=True,
-                             **EmbeddedEngine._as_user(user))
-    try:
-        output, _ = child.communicate(timeout=INITDB_TIMEOUT)
-    except BaseException as exc:
-        _kill_group(child.pid)
-        child.wait()
-        if isinstance(exc, subprocess.TimeoutExpired):
-            raise ToolkitError(f"{Path(str(argv[0])).name} did not finish in {INITDB_TIMEOUT}s",
-                               hint="is the disk very slow or full?") from None
-        raise
-    if child.returncode != 0:
-        text = output.decode("utf-8", "replace")
-        raise proc.CommandError([str(a) for a in argv], child.returncode, text, "")
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def server_env() -> dict[str, str]:

@@ -13,13 +13,13 @@ import fcntl
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit import proc
 from toolkit.errors import BackendError
 
 READY = ".toolkit-ready"
@@ -95,7 +95,7 @@ def _build(env: ClientEnv, home: Path, progress: Callable[[str], None] | None) -
 
 
 def _step(argv: list[str], env: ClientEnv) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    done = proc.run(argv, check=False)
     if done.returncode != 0:
         lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
         last = lines[-1].strip() if lines else f"exit code {done.returncode}"
