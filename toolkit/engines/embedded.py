@@ -277,21 +277,23 @@ class EmbeddedEngine:
     def _wait(self, url: PgUrl, *, extension: bool = True) -> None:
         probe = PgProbe(url, extension=extension)
 
-        def ours_then_probe() -> None:
-            self._started_ready()
+        def probe_then_ours() -> None:
             probe()
+            self._answered_by_ours()
 
-        wait_ready(ours_then_probe, timeout=self.settings.timeout, what="postgres (embedded)",
+        wait_ready(probe_then_ours, timeout=self.settings.timeout, what="postgres (embedded)",
                    alive=self._alive, log_tail=self.logs, secrets=self.settings.secrets)
 
-    def _started_ready(self) -> None:
-        """A server this call started answers only once its postmaster.pid says "ready": until then
-        whatever answers on the port may be another checkout's server that won a race for it."""
+    def _answered_by_ours(self) -> None:
+        """The server that just answered is the one this call started only if its postmaster.pid says
+        "ready" (Postgres writes that as it starts accepting connections): else another checkout's
+        server won a race for the port, and we wait until ours is ready or dies of it. Checked after
+        the probe, not before: polling the file first would delay every start by a backoff step."""
         if self._server is None:
             return
         info = self._postmaster_info()
         if info.get("pid") != self._server.pid or info.get("status") != "ready":
-            raise Transient("start", "the server is not accepting connections yet")
+            raise Transient("start", "the server answering is not (yet) the one this call started")
 
     def _alive(self) -> str | None:
         if self._server is None:
