@@ -60,10 +60,11 @@ def ensure_state_dir(state_dir: Path) -> None:
 
 
 @contextmanager
-def state_lock(state_dir: Path, purpose: str, *, timeout: float) -> Iterator[None]:
-    """Hold the lifecycle lock of ``state_dir`` for the block; wait up to ``timeout`` seconds for it."""
+def state_lock(state_dir: Path, purpose: str, *, timeout: float, name: str = ".lock") -> Iterator[None]:
+    """Hold the lifecycle lock of ``state_dir`` for the block; wait up to ``timeout`` seconds for it.
+    ``name``: a lock of its own (a background server's), so its up/down never wait for the database's."""
     ensure_state_dir(state_dir)
-    path = state_dir / ".lock"
+    path = state_dir / name
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:

@@ -22,6 +22,8 @@ def chroma() -> None:
     --format 0.5 (or memgpt) runs chromadb 0.5 from an isolated environment built on first use: the
     server MemGPT 0.3.x's HttpClient talks to. --format 1 (or current) runs the chromadb installed here.
     Data in ./.toolkit/chroma-server (-0.5 for 0.5; or --path); pid file and log in ./.toolkit.
+    One server per checkout: status, down and logs follow it to the port and data it was started on;
+    up refuses another port or --path while it runs (`toolkit chroma down` first).
     Example:
       toolkit chroma up --port 8001 && toolkit smoke --backend chroma-http
       toolkit chroma up --format memgpt     # for MemGPT 0.3.x (archival_storage uri 127.0.0.1:8000)
@@ -29,10 +31,18 @@ def chroma() -> None:
 
 
 def _chroma(ctx: click.Context, port: int | None = None) -> Any:
-    """The server for down/status/logs: its pid file, log and heartbeat, whatever its format."""
+    """The server for down/status/logs: its pid file and log; they follow the pid file's record to where
+    ours runs, whatever its port and format."""
     from toolkit.services.chroma_server import chroma_server
 
     return chroma_server(settings_from(ctx, chroma_port=port))
+
+
+def _down(server: Any) -> None:
+    running = server.running()
+    stopped = server.down()
+    where = f" (was at {server.at(running).url})" if stopped and running else ""
+    echo(f"{server.name}: stopped{where}" if stopped else f"{server.name}: was not running")
 
 
 @chroma.command("up")
@@ -46,7 +56,11 @@ def _chroma(ctx: click.Context, port: int | None = None) -> Any:
 @click.pass_context
 def chroma_up(ctx: click.Context, port: int | None, path: str | None, fmt: str | None, timeout: float,
               as_json: bool) -> None:
-    """Start the Chroma server and wait on its heartbeat; idempotent."""
+    """Start the Chroma server and wait on its heartbeat; idempotent.
+
+    When the toolkit's server already runs on another port or data path, this refuses (stop it with
+    `toolkit chroma down` first); when it fails, only the process it started is stopped.
+    """
     from pathlib import Path
 
     from toolkit.backends import formats
@@ -59,7 +73,7 @@ def chroma_up(ctx: click.Context, port: int | None, path: str | None, fmt: str |
     chosen = format_to_serve(settings, formats.normalize("chroma", fmt), where)
     server = chroma_server(settings, path=where, fmt=chosen, progress=lambda line: echo(line, settings, err=True))
     running = server_format(server.host, server.port)
-    if running is not None and running != chosen:
+    if running is not None and running != chosen:  # ours or not: the client would get the wrong format
         raise UsageError(f"a Chroma server of {describe(running)} already answers on port {server.port}, "
                          f"not format {chosen}",
                          hint="stop it with `toolkit chroma down`, or choose another --port")
@@ -74,21 +88,29 @@ def chroma_up(ctx: click.Context, port: int | None, path: str | None, fmt: str |
 @chroma.command("down")
 @click.pass_context
 def chroma_down(ctx: click.Context) -> None:
-    """Stop the Chroma server the toolkit started (data kept)."""
-    echo("chroma: stopped" if _chroma(ctx).down() else "chroma: was not running")
+    """Stop the Chroma server the toolkit started in this checkout, on whichever port it runs (data kept)."""
+    _down(_chroma(ctx))
 
 
 @chroma.command("status")
-@click.option("--port", type=click.IntRange(1, 65535), help="Port on 127.0.0.1 [default: 8000].")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Report this port on 127.0.0.1 [default: where the toolkit's server runs, else 8000].")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_context
 def chroma_status(ctx: click.Context, port: int | None, as_json: bool) -> None:
-    """Is the Chroma server running, and of which format? Exit 0 when it answers, 1 when not."""
+    """Is the Chroma server running, and of which format? Exit 0 when it answers, 1 when not.
+
+    Without --port: the toolkit's server where it runs. With --port: that port (naming where the
+    toolkit's server runs when that is elsewhere).
+    """
+    from urllib.parse import urlsplit
+
     from toolkit.backends.chroma import describe, server_format
 
     server = _chroma(ctx, port)
-    state = server.status()
-    running = server_format(server.host, server.port) if state.running else None
+    state = server.status(exact=port is not None)
+    where = urlsplit(state.url)
+    running = server_format(where.hostname or server.host, where.port or server.port) if state.running else None
     if as_json:
         echo_json({**state.as_dict(), "format": running})
     else:
@@ -100,7 +122,7 @@ def chroma_status(ctx: click.Context, port: int | None, as_json: bool) -> None:
 @click.option("--tail", type=click.IntRange(min=0), default=100, show_default=True, help="Lines to show.")
 @click.pass_context
 def chroma_logs(ctx: click.Context, tail: int) -> None:
-    """The Chroma server log's tail."""
+    """The Chroma server log's tail (one log per checkout, whatever the port)."""
     server = _chroma(ctx)
     echo(server.logs(tail) or f"no log yet at {server.log_file}")
 
@@ -110,7 +132,8 @@ def s3() -> None:
     """Run an S3-compatible test server (moto) on 127.0.0.1 for LanceDB on s3://.
 
     `s3 up` creates the bucket `toolkit` and writes TOOLKIT_S3_ENDPOINT, TOOLKIT_S3_REGION,
-    TOOLKIT_S3_ALLOW_HTTP and test keys into .env, so smoke and migrate reach it.
+    TOOLKIT_S3_ALLOW_HTTP into .env, so smoke and migrate reach it, and test keys unless .env already
+    has AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (those are kept: moto accepts any keys).
 
     \b
     Example:
@@ -132,34 +155,46 @@ def _s3(ctx: click.Context, port: int | None = None) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def s3_up(ctx: click.Context, port: int | None, timeout: float, no_export: bool, as_json: bool) -> None:
-    """Start the S3 test server, create the bucket, export its settings; idempotent."""
+    """Start the S3 test server, create the bucket, export its settings; idempotent.
+
+    AWS keys already in .env are kept; test keys are written only where there are none. When the
+    toolkit's S3 server already runs on another port, this refuses (`toolkit s3 down` first).
+    """
     from toolkit import envfile
-    from toolkit.services.s3_server import BUCKET, create_bucket, env_values
+    from toolkit.services.s3_server import BUCKET, create_bucket, env_to_write
+    from toolkit.settings import read_dotenv
 
     settings, server = _s3(ctx, port)
     state = server.up(timeout=timeout)
     create_bucket(server)
-    changed = False if no_export else envfile.write(settings.env_file, env_values(server))
+    changed = False
+    kept: list[str] = []
+    if not no_export:
+        values, kept = env_to_write(server, read_dotenv(settings.env_file))
+        changed = envfile.write(settings.env_file, values)
     if as_json:
-        echo_json({**state.as_dict(), "bucket": BUCKET, "env_changed": changed})
+        echo_json({**state.as_dict(), "bucket": BUCKET, "env_changed": changed, "env_kept": kept})
     else:
         where = f"; settings written to {settings.env_file.name}" if changed else ""
-        echo(f"{state.line()}; bucket {BUCKET}{where}")
+        keys = f"; kept {' and '.join(kept)} already in {settings.env_file.name}" if kept else ""
+        echo(f"{state.line()}; bucket {BUCKET}{where}{keys}")
 
 
 @s3.command("down")
 @click.pass_context
 def s3_down(ctx: click.Context) -> None:
-    """Stop the S3 test server (its data lives in memory and is gone)."""
+    """Stop the S3 test server the toolkit started, on whichever port it runs (its data lives in memory
+    and is gone)."""
     _, server = _s3(ctx)
-    echo("s3: stopped" if server.down() else "s3: was not running")
+    _down(server)
 
 
 @s3.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_context
 def s3_status(ctx: click.Context, as_json: bool) -> None:
-    """Is the S3 test server running? Exit 0 when it answers, 1 when not."""
+    """Is the S3 test server running (where the toolkit's runs, else the .env's port or 9000)? Exit 0
+    when it answers, 1 when not."""
     _, server = _s3(ctx)
     state = server.status()
     echo_json(state.as_dict()) if as_json else echo(state.line())

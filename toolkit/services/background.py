@@ -1,30 +1,45 @@
 """A helper server the toolkit runs in the background (room: services/): pid file, log, HTTP readiness.
 
-``BackgroundServer`` owns one process started in its own session: ``up`` is idempotent (a healthy
-server of ours is left alone), waits with ``toolkit.health.wait_ready`` (fast polls, fails at once when
-the process dies, log tail on failure), ``down`` stops it (TERM, then KILL), ``status`` and ``logs``
-read the state files. The Chroma server and the S3 test server are two instances of it.
+``BackgroundServer`` owns one process started in its own session, with the state dir as its working
+directory. The pid file (JSON, 0600, replaced atomically) records the pid and where the server listens
+and on which data: a pid counts as ours only when that process is alive, its command line holds the
+marker, its working directory is this state dir and (when recorded) its ``--path`` is the recorded one,
+so a pid file copied from another checkout, or a recycled pid, never makes us signal someone else.
+
+``up`` and ``down`` of one service hold a lock of that service (an ``flock`` on
+``<state_dir>/.<name>.lock``) for the whole operation, so concurrent ``up`` start one server. ``up`` is
+idempotent (our healthy server where asked is left alone), refuses when ours runs elsewhere (another
+host, port or data path), waits with ``toolkit.health.wait_ready`` and, when that fails, stops only the
+process it spawned itself. ``down`` stops ours wherever it runs (TERM, then KILL); ``status`` reports it
+where it runs. The Chroma server and the S3 test server are two instances of it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from toolkit import proc
-from toolkit.errors import NotReadyError, PortInUseError
+from toolkit import perms, proc
+from toolkit.errors import NotReadyError, PortInUseError, UsageError
 from toolkit.health import Transient, wait_ready
+from toolkit.lock import state_lock
 from toolkit.ports import port_holder, port_is_free
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_LOCK_MARGIN = 30.0  # beyond the readiness timeout: a waiting `up` outlasts the `up` it waits for
+_DOWN_LOCK_WAIT = 90.0  # `down` may wait for an `up` of the default timeout (60 s) to finish
+_LOG_READ = 4 * 1024 * 1024  # the tail shown comes from the log's last 4 MiB
 
 
 @dataclass(frozen=True)
@@ -44,7 +59,24 @@ class ServiceStatus:
         if not self.running:
             return f"{self.name}: stopped{f' ({self.detail})' if self.detail else ''}"
         who = f"pid {self.pid}" if self.ours else "not started by the toolkit"
-        return f"{self.name}: running at {self.url} ({who})"
+        return f"{self.name}: running at {self.url} ({who}{f'; {self.detail}' if self.detail else ''})"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a pid file says: the pid, and where the server listens and on which data. A plain-integer
+    pid file (an older toolkit's) gives the pid only: the other fields are None."""
+
+    pid: int
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    fmt: str | None = None
+    health_path: str | None = None
+
+    @property
+    def legacy(self) -> bool:
+        return self.host is None or self.port is None
 
 
 @dataclass(frozen=True)
@@ -57,6 +89,8 @@ class BackgroundServer:
     state_dir: Path
     marker: str  # a string in the process's command line, so a recycled pid is not taken for ours
     start_hint: str  # the command that starts it, for messages
+    data_path: str | None = None  # the server's data directory (its `--path`), when it has one
+    fmt: str | None = None  # the data format it serves, when that varies
 
     @property
     def url(self) -> str:
@@ -70,6 +104,14 @@ class BackgroundServer:
     @property
     def log_file(self) -> Path:
         return self.state_dir / f"{self.name}.log"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / f".{self.name}.lock"
+
+    @property
+    def down_hint(self) -> str:
+        return f"toolkit {self.name} down"
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -93,82 +135,224 @@ class BackgroundServer:
             raise Transient("http", f"{self.host}:{self.port}: {getattr(reason, 'strerror', None) or reason}") \
                 from None
 
-    def pid(self) -> int | None:
-        """The pid of our server process when it is alive, else None (a stale pid file is removed)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            cmdline = ""
-        if self.marker in cmdline and proc.pid_alive(pid):
-            return pid
-        self.pid_file.unlink(missing_ok=True)
-        return None
+    def running(self) -> Record | None:
+        """The pid file's record when it names our live server, else None. Changes nothing: a stale
+        pid file is removed only by ``up``/``down``, under the service's lock."""
+        record = self._read_record()
+        return record if record is not None and self._is_ours(record) else None
 
-    def status(self) -> ServiceStatus:
-        pid = self.pid()
-        if pid is not None:
-            ready = self.healthy()
-            return ServiceStatus(self.name, ready, self.url, pid, detail="" if ready else "starting or unhealthy")
+    def pid(self) -> int | None:
+        """The pid of our server process when it is alive, else None."""
+        record = self.running()
+        return record.pid if record else None
+
+    def at(self, record: Record) -> BackgroundServer:
+        """This server moved to where ``record`` says ours listens (a pid-only record: where asked)."""
+        if record.legacy:
+            return self
+        return replace(self, host=record.host or self.host, port=record.port or self.port,
+                       health_path=record.health_path or self.health_path, data_path=record.path,
+                       fmt=record.fmt)
+
+    def status(self, *, exact: bool = False) -> ServiceStatus:
+        """Our server where it runs; else whatever answers where asked. ``exact``: report the asked
+        host and port only (a server of ours elsewhere is named in the detail)."""
+        record = self.running()
+        if record is not None and (not exact or record.legacy or (record.host, record.port) == (self.host, self.port)):
+            where = self.at(record)
+            ready = where.healthy()
+            return ServiceStatus(self.name, ready, where.url, record.pid, detail="" if ready else "starting or unhealthy")
+        elsewhere = f"the toolkit's {self.name} server runs at {self.at(record).url} (pid {record.pid})" if record else ""
         if self.healthy():
-            return ServiceStatus(self.name, True, self.url, None, ours=False)
+            return ServiceStatus(self.name, True, self.url, None, ours=False, detail=elsewhere)
+        if record is not None:
+            return ServiceStatus(self.name, False, self.url, detail=f"nothing answers at {self.url}; {elsewhere}")
         return ServiceStatus(self.name, False, self.url, detail=f"start it with `{self.start_hint}`")
 
     def logs(self, tail: int = 100) -> str:
         try:
-            lines = _ANSI.sub("", self.log_file.read_text(errors="replace")).splitlines()
-        except FileNotFoundError:
+            text = perms.read_bounded(self.log_file, _LOG_READ, start=-_LOG_READ)  # never through a symlink
+        except OSError:
             return ""
+        lines = _ANSI.sub("", text).splitlines()
+        with contextlib.suppress(OSError):
+            if self.log_file.lstat().st_size > _LOG_READ:
+                lines = lines[1:]  # read from the middle of a line
         return "\n".join(lines[-tail:]) if tail > 0 else ""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def up(self, *, timeout: float = 60.0) -> ServiceStatus:
-        pid = self.pid()
-        if pid is None:
+        """Start the server where asked and wait until it answers; a healthy one of ours there is kept.
+        Refuses (UsageError) when ours runs elsewhere; on failure stops only what this call spawned."""
+        with self._lock(timeout + _LOCK_MARGIN, "up"):
+            record = self.running()
+            if record is not None:
+                return self._await_existing(record, timeout)
+            self._drop_stale_pid_file()
             if self.healthy():
                 return ServiceStatus(self.name, True, self.url, None, ours=False)
             if not port_is_free(self.host, self.port):
                 holder = port_holder(self.port)
                 raise PortInUseError(f"port {self.port} is taken{f' by {holder}' if holder else ''}",
                                      hint=f"free it, or choose another port for the {self.name} server")
-            pid = self._spawn()
+            process = self._spawn()
+            try:
+                self._write_record(Record(process.pid, self.host, self.port, self.data_path, self.fmt, self.health_path))
+                wait_ready(self._probe, timeout=timeout, what=f"{self.name} server",
+                           alive=lambda: None if process.poll() is None else f"process {process.pid} exited",
+                           log_tail=self.logs)
+            except BaseException:
+                # only the process this call started: the pid file may by now name nothing else
+                _stop(process.pid, timeout=10.0)
+                process.poll()
+                self._drop_record_of(process.pid)
+                raise
+            return ServiceStatus(self.name, True, self.url, process.pid)
+
+    def _await_existing(self, record: Record, timeout: float) -> ServiceStatus:
+        if not self._matches(record):
+            where = self.at(record)
+            data = f" with data in {where.data_path}" if where.data_path else ""
+            at = f"at {where.url}" if not record.legacy else "with other settings (started by an older toolkit)"
+            use = f"use port {where.port}" if not record.legacy else "use the running one"
+            raise UsageError(f"the toolkit's {self.name} server already runs {at}{data} (pid {record.pid}), "
+                             f"not at {self.url}{f' with data in {self.data_path}' if self.data_path else ''}",
+                             hint=f"stop it with `{self.down_hint}` first, or {use}")
         try:
             wait_ready(self._probe, timeout=timeout, what=f"{self.name} server",
-                       alive=lambda: None if proc.pid_alive(pid) else f"process {pid} exited", log_tail=self.logs)
-        except NotReadyError:
-            self.down()
+                       alive=lambda: None if proc.pid_alive(record.pid) else f"process {record.pid} exited",
+                       log_tail=self.logs)
+        except NotReadyError as exc:
+            # not started by this call: never stopped by it
+            exc.hint = f"{exc.hint}; it was left running (pid {record.pid}): `{self.down_hint}` stops it"
             raise
-        return ServiceStatus(self.name, True, self.url, pid)
+        return ServiceStatus(self.name, True, self.url, record.pid)
 
-    def _spawn(self) -> int:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self.argv)}\n".encode())
-            log.flush()
-            process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True, cwd=self.state_dir)
-        self.pid_file.write_text(f"{process.pid}\n")
-        return process.pid
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        log = perms.open_private_log(self.log_file)
+        try:
+            os.write(log, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self.argv)}\n".encode())
+            return subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=self.state_dir)
+        finally:
+            os.close(log)
 
     def down(self, *, timeout: float = 10.0) -> bool:
-        """Stop our server; True when one was running. Never touches a server we did not start."""
-        pid = self.pid()
-        if pid is None:
+        """Stop our server wherever it runs; True when one was running. Never touches a server we did
+        not start: a pid file naming anything else is stale, and removed."""
+        if not self.state_dir.is_dir():
+            return False  # nothing was ever started here: no state dir to create
+        with self._lock(_DOWN_LOCK_WAIT, "down"):
+            record = self.running()
+            if record is None:
+                self._drop_stale_pid_file()
+                return False
+            _stop(record.pid, timeout=timeout)
+            self._drop_record_of(record.pid)
+            return True
+
+    # -- the pid file and its lock -----------------------------------------------------------------
+
+    def _matches(self, record: Record) -> bool:
+        """Is ``record`` the server this object asks for (host, port, data path, format)?"""
+        if record.legacy:
+            # an older toolkit's pid-only file: the same command line is the same server
+            args = _cmdline(record.pid)
+            return args is not None and args[1:] == list(self.argv[1:])
+        return (record.host == self.host and record.port == self.port
+                and (record.path is None or self.data_path is None or _same_path(record.path, self.data_path))
+                and (record.fmt is None or self.fmt is None or record.fmt == self.fmt))
+
+    def _is_ours(self, record: Record) -> bool:
+        args = _cmdline(record.pid)
+        if args is None or self.marker not in " ".join(args) or not proc.pid_alive(record.pid):
             return False
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while proc.pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if proc.pid_alive(pid):
-            _signal_group(pid, signal.SIGKILL)
-            while proc.pid_alive(pid) and time.monotonic() < deadline + 5:
-                time.sleep(0.05)
-        self.pid_file.unlink(missing_ok=True)
+        try:
+            # the servers run in the state dir: a server of another checkout (its pid file copied here) does not
+            if not os.path.samestat(os.stat(f"/proc/{record.pid}/cwd"), os.stat(self.state_dir)):
+                return False
+        except OSError:  # gone, or another user's
+            return False
+        if record.path is not None:
+            given = args[args.index("--path") + 1] if "--path" in args[:-1] else None
+            return given == record.path
         return True
+
+    def _read_record(self) -> Record | None:
+        try:
+            text = perms.read_bounded(self.pid_file, 4096).strip()  # never through a symlink, never a FIFO
+        except OSError:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(data, int) and not isinstance(data, bool):
+            return Record(data) if data > 0 else None
+        if not isinstance(data, dict):
+            return None
+        pid, port = data.get("pid"), data.get("port")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return None
+
+        def text_of(key: str) -> str | None:
+            value = data.get(key)
+            return value if isinstance(value, str) else None
+
+        return Record(pid, text_of("host"), port if isinstance(port, int) and not isinstance(port, bool) else None,
+                      text_of("path"), text_of("format"), text_of("health_path"))
+
+    def _write_record(self, record: Record) -> None:
+        data = {"pid": record.pid, "host": record.host, "port": record.port, "path": record.path,
+                "format": record.fmt, "health_path": record.health_path}
+        # a temp file renamed over it: a reader never sees half a file, and a symlink in its place is replaced
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.name}.pid.", dir=self.state_dir)  # 0600
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(data) + "\n")
+            os.replace(tmp, self.pid_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _drop_record_of(self, pid: int) -> None:
+        record = self._read_record()
+        if record is not None and record.pid == pid:
+            self.pid_file.unlink(missing_ok=True)
+
+    def _drop_stale_pid_file(self) -> None:
+        # unlink removes a symlink itself, never its target; called under the lock, after running() said None
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
+
+    def _lock(self, wait: float, purpose: str) -> Any:
+        """This service's lock (an flock the kernel drops when we exit, however we exit)."""
+        return state_lock(self.state_dir, f"{self.name} {purpose}", timeout=wait, name=self.lock_file.name)
+
+
+def _same_path(a: str, b: str) -> bool:
+    return a == b or os.path.realpath(a) == os.path.realpath(b)
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]] if raw else None
+
+
+def _stop(pid: int, *, timeout: float) -> None:
+    """TERM the server's group, then KILL it when it outlives ``timeout``."""
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while proc.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.pid_alive(pid):
+        _signal_group(pid, signal.SIGKILL)
+        while proc.pid_alive(pid) and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -43,7 +43,8 @@ def chroma_server(settings: Settings, *, host: str | None = None, port: int | No
                   path: Path | None = None, fmt: str = "1",
                   progress: Callable[[str], None] | None = None) -> BackgroundServer:
     """The server of format ``fmt``, provisioning the older client's environment it runs in when needed.
-    ``down``/``status``/``logs`` need no format: the default one finds any server the toolkit started."""
+    ``down``/``status``/``logs`` need no format: the pid file records where (host, port, data path) and
+    in which format the toolkit's server runs, and they follow it."""
     host = host or settings.chroma_host
     port = port or settings.chroma_port
     python = sys.executable
@@ -52,7 +53,8 @@ def chroma_server(settings: Settings, *, host: str | None = None, port: int | No
 
         python = str(envs.python(envs.CHROMA[fmt], settings.clients_path, progress=progress))
     # the chromadb console script is `chroma`; calling its app through this interpreter needs no PATH
-    argv = (python, "-c", _RUN, "run", "--path", str(path or data_dir(settings, fmt)), "--host", host,
-            "--port", str(port))
+    data = str(path or data_dir(settings, fmt))
+    argv = (python, "-c", _RUN, "run", "--path", data, "--host", host, "--port", str(port))
     return BackgroundServer(name="chroma", argv=argv, host=host, port=port, health_path=HEARTBEAT[fmt],
-                            state_dir=settings.state_dir, marker="chromadb.cli.cli", start_hint="toolkit chroma up")
+                            state_dir=settings.state_dir, marker="chromadb.cli.cli", start_hint="toolkit chroma up",
+                            data_path=data, fmt=fmt)
