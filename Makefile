@@ -66,10 +66,7 @@ s3-down: $(STAMP) ## stop it
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
 compose-up: ## docker compose: Postgres+pgvector and Chroma (TOOLKIT_PG_IMAGE=toolkit/pgvector-offline:pg18 offline)
-	@# the superuser's password is only needed at the first start (init SQL runs over the socket): a random one,
-	@# so that a server exposed with TOOLKIT_PG_BIND=0.0.0.0 has no well-known superuser password
-	TOOLKIT_PG_SUPERUSER_PASSWORD="$${TOOLKIT_PG_SUPERUSER_PASSWORD:-$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')}" \
-	  $(COMPOSE) -f compose/compose.yaml up -d $(if $(findstring docker compose,$(COMPOSE)),--wait,)
+	$(COMPOSE) -f compose/compose.yaml up -d $(if $(findstring docker compose,$(COMPOSE)),--wait,)
 
 compose-down: ## stop the compose services (volumes kept)
 	$(COMPOSE) -f compose/compose.yaml down

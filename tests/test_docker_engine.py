@@ -84,7 +84,7 @@ def made(docker_api: Any) -> Iterator[dict[str, list[str]]]:
 def dsettings(docker_api: Any, offline_image: str, isolated: Path, made: dict[str, list[str]]) -> Settings:
     """Docker settings with unique container/volume names and a free port, cleaned up afterwards."""
     container, volume = _names()
-    made["containers"].append(container)
+    made["containers"] += [container, container + "-replaced"]
     made["volumes"].append(volume)
     return resolve({"engine": "docker", "image": offline_image, "container": container, "volume": volume,
                     "db.port": free_port(), "timeout": 60.0}, environ={}, project_dir=isolated)
@@ -447,9 +447,9 @@ def test_compose_file_validates_and_postgres_starts_healthy(offline_image: str, 
     tag = uuid.uuid4().hex[:8]
     project, port = f"tktest{tag}", free_port()
     env = {**os.environ, "TOOLKIT_PG_IMAGE": offline_image, "TOOLKIT_PG_PORT": str(port),
-           "TOOLKIT_PG_VOLUME": f"tk_compose_pg_{tag}", "TOOLKIT_CHROMA_VOLUME": f"tk_compose_chroma_{tag}",
+           "TOOLKIT_COMPOSE_PG_VOLUME": f"tk_compose_pg_{tag}", "TOOLKIT_CHROMA_VOLUME": f"tk_compose_chroma_{tag}",
            "TOOLKIT_CHROMA_PORT": str(free_port())}
-    made["volumes"] += [env["TOOLKIT_PG_VOLUME"], env["TOOLKIT_CHROMA_VOLUME"]]
+    made["volumes"] += [env["TOOLKIT_COMPOSE_PG_VOLUME"], env["TOOLKIT_CHROMA_VOLUME"]]
     argv = [compose, "-p", project, "-f", str(REPO / "compose" / "compose.yaml")]
     check = subprocess.run([*argv, "config", "-q"], env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
@@ -462,6 +462,13 @@ def test_compose_file_validates_and_postgres_starts_healthy(offline_image: str, 
         settings = resolve({"db.port": port}, environ={})
         assert _sql(settings, "SELECT extname FROM pg_extension") == [("plpgsql",), ("vector",)]
         assert container.ports["5432/tcp"][0]["HostIp"] == "127.0.0.1"
+        # no well-known superuser password on any path: the default in the file was removed at the first start
+        import psycopg
+
+        for password in ("removed-at-first-start", "postgres"):
+            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+                psycopg.connect(f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres", connect_timeout=5)
+        assert _sql(settings, "SELECT rolname FROM pg_roles WHERE rolsuper") == [("postgres",)]
     finally:
         subprocess.run([*argv, "down", "-v"], env=env, capture_output=True, text=True)
 

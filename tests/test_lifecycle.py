@@ -707,3 +707,27 @@ def test_embedded_data_without_a_record_keeps_auto_on_embedded(down_after: Path)
     engine, note = engines.select(resolve({}), starting=True)
     assert engine.name == "embedded" and note is None
     assert run_toolkit("up").returncode == 0
+
+
+def test_an_explicit_engine_never_starts_an_empty_database_beside_the_data(down_after: Path) -> None:
+    """Embedded data, then --engine docker (or TOOLKIT_ENGINE in .env): refused before any engine is
+    touched, with the way to do it anyway; a Docker record, then --engine embedded: the same."""
+    from toolkit import state
+
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    assert run_toolkit("down").returncode == 0
+    for argv, env in ((["--engine", "docker"], {}), ([], {"TOOLKIT_ENGINE": "docker"})):
+        refused = run_toolkit("up", *argv, env={"DOCKER_HOST": "unix:///nonexistent.sock", **env})
+        assert refused.returncode == 2, refused.stderr
+        assert "this project's database is on the embedded engine" in refused.stderr
+        assert "--switch-engine" in refused.stderr and "Traceback" not in refused.stderr
+    assert "TOOLKIT_ENGINE (environment) docker" in refused.stderr
+    # the flag gets past the check (here to the missing engine, exit 4)
+    switched = run_toolkit("up", "--engine", "docker", "--switch-engine", env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert switched.returncode == 4 and "does not exist" in switched.stderr
+    assert run_toolkit("up").returncode == 0  # auto stayed on the embedded data
+    assert run_toolkit("down", "--purge", "--yes").returncode == 0
+    state.record_up(down_after / ".toolkit", "docker", 8888)  # a project whose data is in a Docker volume
+    refused = run_toolkit("up", "--engine", "embedded")
+    assert refused.returncode == 2 and "on the docker engine (Docker volume memgpt_db_test)" in refused.stderr
+    assert not (down_after / ".toolkit" / "embedded").exists()

@@ -32,7 +32,8 @@ def test_precedence_flags_env_dotenv_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name,value", [("TOOLKIT_PG_PORT", "abc"), ("TOOLKIT_PG_PORT", "70000"),
-                                        ("TOOLKIT_ENGINE", "podman"), ("TOOLKIT_TIMEOUT", "-1")])
+                                        ("TOOLKIT_ENGINE", "podman"), ("TOOLKIT_TIMEOUT", "-1"),
+                                        ("TOOLKIT_PG_USER", "postgres"), ("TOOLKIT_PG_PASSWORD", "")])
 def test_bad_values_name_the_variable(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(UsageError) as err:
         resolve(environ={name: value}, project_dir=tmp_path)
@@ -89,3 +90,15 @@ def test_redact_hides_passwords_in_sql_statements_of_server_logs() -> None:
     # words after "password" that are not a quoted value stay readable
     kept = 'FATAL:  password authentication failed for user "memgpt"'
     assert redact(kept) == kept
+
+
+def test_the_application_role_is_never_the_superuser_and_never_passwordless(tmp_path: Path) -> None:
+    """`postgres` would make the app role the superuser (COPY TO PROGRAM runs); an empty password set on
+    purpose must not silently become the default. Flags, environment and .env alike."""
+    with pytest.raises(UsageError, match="superuser"):
+        resolve({"db.user": "postgres"}, environ={}, project_dir=tmp_path)
+    (tmp_path / ".env").write_text("TOOLKIT_PG_PASSWORD=\n")
+    with pytest.raises(UsageError, match=r"TOOLKIT_PG_PASSWORD \(.env\): must not be empty"):
+        resolve(environ={}, project_dir=tmp_path)
+    (tmp_path / ".env").write_text("TOOLKIT_PG_IMAGE=\n")  # other empty values still mean "unset"
+    assert resolve(environ={"TOOLKIT_PG_PORT": ""}, project_dir=tmp_path).image == "pgvector/pgvector:pg16"

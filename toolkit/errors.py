@@ -38,10 +38,14 @@ class ConfigError(ToolkitError):
     exit_code = 2
 
 
-class PortInUseError(ToolkitError):
-    """The port we must listen on is held by something that is not ours."""
+class InUseError(ToolkitError):
+    """Something we must own alone (a port, a data volume) is held by something that is not ours."""
 
     exit_code = 3
+
+
+class PortInUseError(InUseError):
+    """The port we must listen on is held by something that is not ours."""
 
 
 class EngineUnavailableError(ToolkitError):

@@ -59,6 +59,7 @@ class Settings:
     memgpt_config: Path | None = None  # None: ~/.memgpt/config
     archival_format: str = "auto"  # auto | memgpt | current: what new Chroma/LanceDB data is written as
     clients_dir: Path | None = None  # None: state_dir / "clients" (isolated envs of older clients)
+    switch_engine: bool = False  # up: start an engine other than the one holding the data (an empty database)
 
     # where each value came from ("flag", "env", ".env", "default"); for `toolkit status`/doctor
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -132,18 +133,30 @@ def _nonempty(value: str) -> str:
     return value
 
 
+def _app_user(value: str) -> str:
+    # the engines make "postgres" the superuser: an application role by that name would be the superuser
+    # itself, with the application's password (COPY TO PROGRAM runs shell commands)
+    if _nonempty(value) == "postgres":
+        raise ValueError("that is the superuser's name, and the application role must not be the superuser")
+    return value
+
+
 @dataclass(frozen=True)
 class Field:
     name: str  # "db.port" for DbSpec fields
     env: str  # environment / .env variable
     parse: Callable[[str], Any] = str
     help: str = ""
+    # an empty variable means "unset" (CI templates expand missing values to ""), except where an empty
+    # value can only be a mistake that must not silently become the default (an empty password)
+    empty_is_unset: bool = True
 
 
 FIELDS: tuple[Field, ...] = (
     Field("engine", "TOOLKIT_ENGINE", _engine, "auto | docker | embedded | external"),
-    Field("db.user", "TOOLKIT_PG_USER", _nonempty, "application role (default memgpt)"),
-    Field("db.password", "TOOLKIT_PG_PASSWORD", _nonempty, "its password (default memgpt)"),
+    Field("db.user", "TOOLKIT_PG_USER", _app_user, "application role, not postgres (default memgpt)"),
+    Field("db.password", "TOOLKIT_PG_PASSWORD", _nonempty, "its password, not empty (default memgpt)",
+          empty_is_unset=False),
     Field("db.database", "TOOLKIT_PG_DATABASE", _nonempty, "database name (default memgpt)"),
     Field("db.port", "TOOLKIT_PG_PORT", _port, "port on this machine (default 8888)"),
     Field("db.host", "TOOLKIT_PG_HOST", _nonempty, "host written into the URL (default localhost)"),
@@ -167,6 +180,8 @@ FIELDS: tuple[Field, ...] = (
     Field("archival_format", "TOOLKIT_ARCHIVAL_FORMAT", _format,
           "auto | memgpt | current: format of new Chroma/LanceDB data (default auto)"),
     Field("clients_dir", "TOOLKIT_CLIENTS_DIR", Path, "isolated envs of older clients (default ./.toolkit/clients)"),
+    Field("switch_engine", "TOOLKIT_SWITCH_ENGINE", _bool,
+          "up: start another engine than the one holding the data, with an empty database"),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -218,9 +233,9 @@ def resolve(
     for spec in FIELDS:
         if spec.name in flags:
             raw, origin = flags.pop(spec.name), "flag"
-        elif environ.get(spec.env) not in (None, ""):
+        elif environ.get(spec.env) not in (None, "") or spec.env in environ and not spec.empty_is_unset:
             raw, origin = environ[spec.env], "environment"
-        elif dotenv.get(spec.env) not in (None, ""):
+        elif dotenv.get(spec.env) not in (None, "") or spec.env in dotenv and not spec.empty_is_unset:
             raw, origin = dotenv[spec.env], str(env_file.name)
         else:
             continue

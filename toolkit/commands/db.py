@@ -45,6 +45,9 @@ def _flags(**kwargs: Any) -> dict[str, Any]:
 @click.option("--no-export", is_flag=True, help="Do not write PGVECTOR_TEST_DB_URL into .env.")
 @click.option("--image", help="Docker image [default: pgvector/pgvector:pg16]; with --build, the base image.")
 @click.option("--build", is_flag=True, help="Docker: build db/Dockerfile (role memgpt, vector) and run that image.")
+@click.option("--switch-engine", is_flag=True, default=None,
+              help="Start --engine even though another engine holds this project's data (an empty database; "
+                   "the old data stays where it is).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def up(ctx: click.Context, no_export: bool, as_json: bool, build: bool, **kwargs: Any) -> None:

@@ -48,11 +48,35 @@ def remembered(settings: Settings) -> str | None:
 
 
 def _holding_data(settings: Settings) -> str | None:
-    """No record (an `up` killed before writing it), but embedded data here: keep to it, rather than
-    start an empty Docker database beside it (or find our own server holding the port)."""
+    """No record (an `up` killed before writing it, a `down --purge` of Docker), but embedded data here:
+    keep to it, rather than start an empty Docker database beside it (or find our own server holding the port)."""
     from toolkit.engines.embedded import EmbeddedEngine
 
     return "embedded" if EmbeddedEngine(settings).initialized() else None
+
+
+def holding_data(settings: Settings) -> str | None:
+    """The engine that holds this project's database: the last `up`'s (when embedded, if its data is
+    still there), else embedded when its data exists."""
+    previous = remembered(settings)
+    if previous == "embedded" or previous is None:
+        return _holding_data(settings)
+    return previous
+
+
+def _check_switch(settings: Settings, name: str) -> None:
+    """An explicit engine other than the one holding the data would start an empty database beside it,
+    and the next auto would follow it: the user's rows would seem gone. Only with --switch-engine."""
+    held = holding_data(settings) if name in ("docker", "embedded") and not settings.switch_engine else None
+    if held is None or held == name:
+        return
+    where = f"Docker volume {settings.volume}" if held == "docker" else f"{settings.state_dir / 'embedded'}"
+    origin = settings.sources.get("engine", "flag")
+    given = "--engine" if origin == "flag" else f"TOOLKIT_ENGINE ({origin})"
+    raise UsageError(f"this project's database is on the {held} engine ({where}); {given} {name} would start an "
+                     "empty one beside it",
+                     hint=f"drop {given} to keep using it, copy the data over with `toolkit migrate`, or start the "
+                          f"empty {name} database anyway with --switch-engine (the {held} data stays where it is)")
 
 
 def docker_unavailable_reason(settings: Settings) -> str | None:
@@ -68,6 +92,8 @@ def select(settings: Settings, *, starting: bool = False) -> tuple[Engine, str |
     """The engine for these settings, and a note to show the user when auto chose a fallback."""
     name = settings.engine
     if name != "auto":
+        if starting:
+            _check_switch(settings, name)
         return load(name, settings), None
     if settings.external_url:
         return load("external", settings), None

@@ -26,7 +26,15 @@ from typing import Any
 from toolkit import __version__
 from toolkit.engines.base import Endpoint, EngineStatus
 from toolkit.engines.docker_image import OFFLINE_IMAGE
-from toolkit.errors import EngineUnavailableError, ImageUnavailableError, NotReadyError, PortInUseError, ToolkitError, UsageError
+from toolkit.errors import (
+    EngineUnavailableError,
+    ImageUnavailableError,
+    InUseError,
+    NotReadyError,
+    PortInUseError,
+    ToolkitError,
+    UsageError,
+)
 from toolkit.health import ExtensionMissing, PgProbe, RoleOrDatabaseMissing, wait_ready
 from toolkit.ports import port_holder, port_is_free
 from toolkit.settings import Settings
@@ -37,6 +45,7 @@ SUPERUSER = "postgres"
 STOP_TIMEOUT = 30
 PING_TIMEOUT = 3  # seconds; `toolkit up` with engine auto pays it when no engine answers
 BUILD_IMAGE = "memgpt-pg-test:latest"  # `toolkit up --build` (the seed's pg-test)
+ASIDE = "-replaced"  # suffix of a container kept aside while its replacement starts
 
 # Sourced by the image's entrypoint on first start (or run through `docker exec sh -c`): the superuser,
 # over the local socket, creates what the application needs. Values come from the environment, so
@@ -73,7 +82,7 @@ def docker_host() -> str:
     return "unix:///var/run/docker.sock"
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, timeout: float = PING_TIMEOUT) -> str:
     """One line saying why no engine answers."""
     host = docker_host()
     text = str(exc)
@@ -85,7 +94,7 @@ def _reason(exc: BaseException) -> str:
     if "Connection refused" in text or "ConnectionRefused" in text:
         return f"the Docker daemon at {host} is not running (connection refused)"
     if "timed out" in text.lower() or "timeout" in text.lower():
-        return f"the Docker daemon at {host} did not answer within {PING_TIMEOUT}s"
+        return f"the Docker daemon at {host} did not answer within {timeout:g}s"
     return f"the Docker engine at {host} does not answer: {text.splitlines()[0] if text else type(exc).__name__}"
 
 
@@ -96,10 +105,12 @@ def client(timeout: float = 60) -> Any:
     except ImportError:
         raise EngineUnavailableError("the docker Python package is not installed", hint="run `make venv`") from None
     try:
-        # version "auto" asks the daemon for its API version: that round trip is the ping
-        api = docker.from_env(timeout=timeout)
+        # version "auto" asks the daemon for its API version: that round trip is the ping, with the short
+        # timeout (a socket that accepts but never answers must not cost a minute); later calls get `timeout`
+        api = docker.from_env(timeout=min(timeout, PING_TIMEOUT))
     except Exception as exc:  # noqa: BLE001 - every failure here means "no usable engine"
         raise EngineUnavailableError(_reason(exc), hint="start Docker, or use --engine embedded") from None
+    api.api.timeout = timeout
     return api
 
 
@@ -136,25 +147,21 @@ class DockerEngine:
     # --- Engine protocol -------------------------------------------------------------------------
 
     def up(self) -> Endpoint:
-        container = self._find()
+        container = self._find(recover=True)
+        if container is not None and container.status == "paused":
+            # `docker pause` froze it: up means "make it serve" (and the port check would blame it on itself)
+            container.unpause()
+            container.reload()
         if container is not None and container.labels.get(f"{LABEL}.config") != self._config_key():
-            # settings changed (port, image, ...): a new container on the same volume keeps the data
-            print(f"recreating container {container.name} for the new settings (data kept)", file=sys.stderr)
-            container.stop(timeout=STOP_TIMEOUT)  # a clean shutdown first: no crash recovery at the next start
-            container.remove(force=True)
-            container = None
-        if container is None or container.status != "running":
+            self._replace(container)
+        elif container is not None and container.status == "running":
+            self._ready(container)
+        else:
+            self._check_volume_free(container)
             self._check_port()
             container = container or self._create()
             self._start(container)
-        self._container = container
-        self._restarts = container.attrs.get("RestartCount", 0)
-        try:
-            self._wait()
-        except (RoleOrDatabaseMissing, ExtensionMissing):
-            # a volume made with other settings (or by the seed's script): create what is missing
-            self._bootstrap()
-            self._wait()
+            self._ready(container)
         return Endpoint(host=self.spec.host, port=self.spec.port, url=self.spec.url().render())
 
     def down(self, *, purge: bool = False) -> None:
@@ -170,6 +177,9 @@ class DockerEngine:
         wanted = [f"{key}={value}" for key, value in labels(self.settings).items() if not key.endswith(".version")]
         removed = []
         for container in self.client.containers.list(all=True, filters={"label": wanted}):
+            if container.status == "paused":
+                container.unpause()
+            container.stop(timeout=STOP_TIMEOUT)  # a clean shutdown (a checkpoint), not SIGKILL's crash recovery
             container.remove(force=True)
             removed.append(f"container {container.name}")
         if purge:
@@ -212,11 +222,24 @@ class DockerEngine:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def _find(self) -> Any:
+    def _find(self, *, recover: bool = False) -> Any:
+        """Our container, or None; ``recover``: finish a replacement an interrupted ``up`` left half done."""
+        container = self._get(self.settings.container)
+        if recover:
+            aside = self._get(self.settings.container + ASIDE)
+            if aside is not None and container is None:  # interrupted before its replacement existed: put it back
+                aside.rename(self.settings.container)
+                aside.reload()
+                container = aside
+            elif aside is not None:  # the replacement exists: the data is in the volume, the old container is spare
+                aside.remove(force=True)
+        return container
+
+    def _get(self, name: str) -> Any:
         from docker.errors import NotFound
 
         try:
-            container = self.client.containers.get(self.settings.container)
+            container = self.client.containers.get(name)
         except NotFound:
             return None
         if container.labels.get(f"{LABEL}.managed") != "true":
@@ -242,7 +265,48 @@ class DockerEngine:
         key = "|".join(map(str, (s.image, s.volume, self.spec.bind, self.spec.port, self.spec.user, self.spec.database)))
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
+    def _replace(self, old: Any) -> None:
+        """Settings changed (port, image, ...): a new container on the same volume keeps the data. What the new
+        one needs is checked before the old one is touched; the old one waits aside (stopped, renamed) until
+        the new one is ready, and is put back, as it was, when the new one cannot start."""
+        self._ensure_image()
+        self._check_volume_free(old)
+        published = [(b.get("HostIp"), str(b.get("HostPort"))) for b in (old.ports or {}).get("5432/tcp") or ()]
+        if (self.spec.bind, str(self.spec.port)) not in published:
+            self._check_port()
+        print(f"recreating container {old.name} for the new settings (data kept)", file=sys.stderr)
+        running = old.status == "running"
+        if running:
+            old.stop(timeout=STOP_TIMEOUT)  # a clean shutdown first: no crash recovery at the next start
+        old.rename(self.settings.container + ASIDE)
+        new = None
+        try:
+            new = self._create()
+            self._start(new)
+            self._ready(new)
+        except BaseException:
+            if new is not None:
+                new.remove(force=True)
+            old.rename(self.settings.container)
+            if running:
+                old.start()
+            raise
+        old.remove(force=True)
+
+    def _ready(self, container: Any) -> None:
+        """Wait until ``container`` serves the application role; create what an older volume lacks."""
+        self._container = container
+        self._restarts = container.attrs.get("RestartCount", 0)
+        try:
+            self._wait()
+        except (RoleOrDatabaseMissing, ExtensionMissing):
+            # a volume made with other settings (or by the seed's script): create what is missing
+            self._bootstrap()
+            self._wait()
+
     def _create(self) -> Any:
+        from docker.errors import APIError
+
         self._ensure_image()
         self._ensure_volume()
         spec = self.spec
@@ -250,12 +314,20 @@ class DockerEngine:
                # nobody needs the superuser's password: bootstrap uses the local socket
                "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
                "TOOLKIT_APP_USER": spec.user, "TOOLKIT_APP_PASSWORD": spec.password, "TOOLKIT_APP_DB": spec.database}
-        container = self.client.containers.create(
-            self.settings.image, name=self.settings.container, environment=env, detach=True,
-            labels={**labels(self.settings), f"{LABEL}.config": self._config_key()},
-            ports={"5432/tcp": (spec.bind, spec.port)},
-            volumes={self.settings.volume: {"bind": DATA_DIR, "mode": "rw"}},
-        )
+        try:
+            container = self.client.containers.create(
+                self.settings.image, name=self.settings.container, environment=env, detach=True,
+                labels={**labels(self.settings), f"{LABEL}.config": self._config_key()},
+                ports={"5432/tcp": (spec.bind, spec.port)},
+                volumes={self.settings.volume: {"bind": DATA_DIR, "mode": "rw"}},
+            )
+        except APIError as exc:
+            if exc.status_code != 409:
+                raise
+            # the name was taken a moment ago (another checkout with the default names): whose is it?
+            self._find()  # raises when it is not this project's
+            raise InUseError(f"container {self.settings.container} was created meanwhile by another toolkit process",
+                             hint="run `toolkit up` again") from None
         try:
             container.put_archive("/docker-entrypoint-initdb.d", _tar({"zz-toolkit-bootstrap.sh": BOOTSTRAP_SH}))
         except BaseException:
@@ -326,10 +398,23 @@ class DockerEngine:
         try:
             volume = self.client.volumes.get(self.settings.volume)
         except NotFound:
-            self.client.volumes.create(self.settings.volume, labels=labels(self.settings))
-            return
+            # create returns an existing volume as it is: another checkout may have made it a moment ago
+            volume = self.client.volumes.create(self.settings.volume, labels=labels(self.settings))
         # an unlabelled volume (the seed's run_postgres.sh made one by this name) is adopted: its data is kept
         self._check_project("volume", volume.name, volume.attrs.get("Labels") or {})
+
+    def _check_volume_free(self, ours: Any = None) -> None:
+        """Two postmasters on one data directory corrupt it, and Postgres cannot tell: in each container
+        the other's postmaster.pid names pid 1, which is itself, so the file looks stale. A volume that a
+        running container other than ours mounts (compose's, another checkout's) is never mounted again."""
+        for other in self.client.containers.list(filters={"volume": self.settings.volume}):
+            if ours is not None and other.id == ours.id:
+                continue
+            project = other.labels.get("com.docker.compose.project")
+            who = f"container {other.name}" + (f" of compose project {project}" if project else "")
+            raise InUseError(f"volume {self.settings.volume} is mounted by the running {who}: a second server on "
+                             "it would corrupt the data", hint=f"stop that one first (docker stop {other.name}), or "
+                                                               "give this project its own volume with TOOLKIT_PG_VOLUME")
 
     def _remove_volume(self, name: str) -> None:
         from docker.errors import NotFound

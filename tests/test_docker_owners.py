@@ -1,0 +1,290 @@
+"""One owner per volume, nothing destroyed before its replacement is proven: the Docker engine and the
+compose stack against a real engine (issue 16). Skips without an engine, except under CI=true."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI, REPO, run_toolkit
+from tests.test_docker_engine import _engine, _sql, _wait, docker_api, dsettings, made, offline_image  # noqa: F401
+from toolkit.errors import ImageUnavailableError, InUseError, NotReadyError, ToolkitError
+from toolkit.ports import free_port
+from toolkit.settings import Settings
+
+pytestmark = pytest.mark.docker
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {"TOOLKIT_PG_IMAGE": settings.image, "TOOLKIT_PG_CONTAINER": settings.container,
+            "TOOLKIT_PG_VOLUME": settings.volume, "TOOLKIT_PG_PORT": str(settings.db.port), **extra}
+
+
+@pytest.fixture
+def compose(docker_api: Any, offline_image: str, made: dict[str, list[str]]) -> Iterator[Any]:  # noqa: F811
+    """compose/compose.yaml's postgres service under a unique project name: start(env) -> its container."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("docker-compose is missing (bash .ci/docker.sh start installs it)")
+        pytest.skip("docker-compose is not installed")
+    tag = uuid.uuid4().hex[:8]
+    argv = [binary, "-p", f"tkown{tag}", "-f", str(REPO / "compose" / "compose.yaml")]
+    started: list[dict[str, str]] = []
+
+    def start(**env: str) -> Any:
+        full = {**os.environ, "TOOLKIT_PG_IMAGE": offline_image, "TOOLKIT_CHROMA_VOLUME": f"tk_own_chroma_{tag}",
+                "TOOLKIT_COMPOSE_PG_VOLUME": f"tk_own_compose_{tag}", **env}
+        made["volumes"] += [full["TOOLKIT_COMPOSE_PG_VOLUME"], full["TOOLKIT_CHROMA_VOLUME"]]
+        started.append(full)
+        done = subprocess.run([*argv, "up", "-d", "postgres"], env=full, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        container = docker_api.containers.get(f"tkown{tag}_postgres_1")
+        _wait(lambda: (container.reload(), container.attrs["State"].get("Health", {}).get("Status"))[1] == "healthy",
+              90)
+        return container
+
+    yield start
+    for env in started[-1:]:
+        subprocess.run([*argv, "down", "-v"], env=env, capture_output=True, text=True)
+
+
+def _insert(settings: Settings, rows: range) -> int:
+    """Insert ``rows`` one transaction each; the count acknowledged (committed) before an error."""
+    import psycopg
+
+    done = 0
+    try:
+        with psycopg.connect(settings.db.url(host="127.0.0.1").libpq, autocommit=True, connect_timeout=5) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS w (id int PRIMARY KEY, pad text)")
+            for i in rows:
+                conn.execute("INSERT INTO w VALUES (%s, repeat('x', 200))", (i,))
+                done += 1
+    except psycopg.Error:
+        pass
+    return done
+
+
+def test_compose_and_toolkit_side_by_side_lose_no_rows(dsettings: Settings, compose: Any) -> None:  # noqa: F811
+    """The issue's case: `toolkit up` and compose, with the user's TOOLKIT_PG_VOLUME in the environment
+    compose sees. compose keeps to its own volume: every acknowledged row survives, the index agrees."""
+    _engine(dsettings).up()
+    acked: list[int] = []
+    writer = threading.Thread(target=lambda: acked.append(_insert(dsettings, range(4000))))
+    writer.start()
+    theirs = compose(TOOLKIT_PG_PORT=str(free_port()), TOOLKIT_PG_VOLUME=dsettings.volume)
+    writer.join()
+    mounts = {m["Name"] for m in theirs.attrs["Mounts"] if m["Type"] == "volume"}
+    assert dsettings.volume not in mounts
+    # restart ours (a clean stop, then recovery from its own files only) and count
+    _engine(dsettings).down()
+    _engine(dsettings).up()
+    assert acked == [4000]
+    assert _sql(dsettings, "SELECT count(*) FROM w") == [(4000,)]
+    _sql(dsettings, "SET enable_seqscan = off")
+    assert _sql(dsettings, "SELECT count(*) FROM (SELECT id FROM w ORDER BY id) s") == [(4000,)]
+    assert _sql(dsettings, "SELECT count(*) FROM w WHERE id BETWEEN 0 AND 3999") == [(4000,)]
+
+
+def test_a_volume_a_running_container_mounts_is_never_mounted_again(dsettings: Settings, compose: Any,  # noqa: F811
+                                                                      docker_api: Any) -> None:  # noqa: F811
+    """The reverse order, with the user pointing both at one volume: compose runs on it, `up` refuses."""
+    theirs = compose(TOOLKIT_PG_PORT=str(free_port()), TOOLKIT_COMPOSE_PG_VOLUME=dsettings.volume)
+    done = run_toolkit("up", "--engine", "docker", env=_env(dsettings))
+    assert done.returncode == 3, done.stderr
+    assert f"volume {dsettings.volume} is mounted by the running container {theirs.name}" in done.stderr
+    assert "compose project" in done.stderr and "Traceback" not in done.stderr
+    assert not docker_api.containers.list(all=True, filters={"name": f"^/{dsettings.container}$"})
+    # and a stopped container of ours on it is not started beside theirs either
+    theirs.stop()
+    _engine(dsettings).up()
+    docker_api.containers.get(dsettings.container).stop()
+    theirs.start()
+    with pytest.raises(InUseError):
+        _engine(dsettings).up()
+    assert docker_api.containers.get(dsettings.container).status == "exited"
+
+
+def test_a_volume_created_meanwhile_by_another_checkout_is_refused(dsettings: Settings, docker_api: Any,  # noqa: F811
+                                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker's create returns an existing volume silently: the labels of what came back decide. The
+    interleaving (B creates between A's lookup and A's create) is forced; the engine is real."""
+    from docker.errors import NotFound
+    from docker.models.volumes import VolumeCollection
+
+    from toolkit.engines.docker import labels
+
+    engine = _engine(dsettings)
+
+    def get_then_lose_the_race(self: Any, name: str) -> Any:
+        monkeypatch.undo()
+        other = replace(dsettings, project_dir=tmp_path / "checkout-b")
+        docker_api.volumes.create(name, labels=labels(other))
+        raise NotFound("no such volume")
+
+    monkeypatch.setattr(VolumeCollection, "get", get_then_lose_the_race)
+    with pytest.raises(ToolkitError, match="belongs to the toolkit project at .*checkout-b"):
+        engine.up()
+    assert not docker_api.containers.list(all=True, filters={"name": f"^/{dsettings.container}$"})
+
+
+def test_a_container_created_meanwhile_by_another_checkout_is_one_line(dsettings: Settings, docker_api: Any,  # noqa: F811
+                                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       made: dict[str, list[str]]) -> None:  # noqa: F811
+    """409 Conflict on create: the name was taken a moment ago. One line naming the owner, never an internal error."""
+    from docker.models.containers import ContainerCollection
+
+    engine = _engine(dsettings)
+    other = _engine(replace(dsettings, project_dir=tmp_path / "checkout-b", volume=dsettings.volume + "_b",
+                            db=replace(dsettings.db, port=free_port())))
+    made["volumes"].append(dsettings.volume + "_b")
+    real_create = ContainerCollection.create
+
+    def create_after_the_other(self: Any, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.undo()
+        other._create()  # checkout B wins the name
+        return real_create(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContainerCollection, "create", create_after_the_other)
+    with pytest.raises(ToolkitError, match="belongs to the toolkit project at .*checkout-b"):
+        engine.up()
+
+
+def test_five_concurrent_ups_in_one_checkout(dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
+    env = {**os.environ, **_env(dsettings)}
+    procs = [subprocess.Popen([sys.executable, "-m", "toolkit", "up", "--engine", "docker"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
+    results = [(p.wait(timeout=180), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    assert [code for code, _ in results] == [0] * 5, results
+    assert len(docker_api.containers.list(all=True, filters={"name": f"^/{dsettings.container}$"})) == 1
+    done = run_toolkit("down", "--all", "--purge", "--yes", env=_env(dsettings))
+    assert done.returncode == 0, done.stderr
+
+
+def _holding(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+def test_a_port_held_elsewhere_leaves_the_running_container_alone(dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
+    _engine(dsettings).up()
+    before = docker_api.containers.get(dsettings.container).id
+    port = free_port()
+    with _holding(port):
+        done = run_toolkit("up", "--engine", "docker", "--port", str(port), env=_env(dsettings))
+    assert done.returncode == 3, done.stderr
+    after = docker_api.containers.get(dsettings.container)
+    assert (after.id, after.status) == (before, "running")
+    assert _sql(dsettings, "SELECT 1") == [(1,)]
+
+
+def test_an_image_that_cannot_be_had_leaves_the_running_container_alone(dsettings: Settings,  # noqa: F811
+                                                                         docker_api: Any) -> None:  # noqa: F811
+    """A shell without TOOLKIT_PG_IMAGE asks for an image that cannot be pulled here."""
+    assert run_toolkit("up", "--engine", "docker", env=_env(dsettings)).returncode == 0
+    before = docker_api.containers.get(dsettings.container).id
+    done = run_toolkit("up", env={**_env(dsettings), "TOOLKIT_PG_IMAGE": f"127.0.0.1:9/absent-{uuid.uuid4().hex[:6]}:1"})
+    assert done.returncode == 4, done.stderr
+    assert "pulling it failed" in done.stderr
+    after = docker_api.containers.get(dsettings.container)
+    assert (after.id, after.status) == (before, "running")
+    with pytest.raises(ImageUnavailableError):
+        _engine(replace(dsettings, image="127.0.0.1:9/absent:1")).up()
+    assert docker_api.containers.get(dsettings.container).id == before
+
+
+def test_a_replacement_that_cannot_get_ready_puts_the_old_container_back(dsettings: Settings,  # noqa: F811
+                                                                          docker_api: Any) -> None:  # noqa: F811
+    """New settings the volume refuses (the role exists with another password): the old container, as it was."""
+    _engine(dsettings).up()
+    before = docker_api.containers.get(dsettings.container).id
+    changed = replace(dsettings, timeout=15.0, db=replace(dsettings.db, password="another-secret", port=free_port()))
+    with pytest.raises(NotReadyError):
+        _engine(changed).up()
+    names = {c.name for c in docker_api.containers.list(all=True, filters={"name": dsettings.container})}
+    assert names == {dsettings.container}
+    after = docker_api.containers.get(dsettings.container)
+    assert (after.id, after.status) == (before, "running")
+    _engine(dsettings).up()  # as it was: same settings, nothing to recreate
+    assert docker_api.containers.get(dsettings.container).id == before
+
+
+def test_an_interrupted_replacement_is_finished_by_the_next_up(dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
+    from toolkit.engines.docker import ASIDE
+
+    _engine(dsettings).up()
+    _sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+    container = docker_api.containers.get(dsettings.container)
+    container.stop()
+    container.rename(dsettings.container + ASIDE)  # killed after the old one was put aside
+    _engine(dsettings).up()
+    assert docker_api.containers.get(dsettings.container).id == container.id
+    assert not docker_api.containers.list(all=True, filters={"name": dsettings.container + ASIDE})
+    assert _sql(dsettings, "SELECT x FROM kept") == [(7,)]
+
+
+def test_a_paused_container_is_resumed_not_blamed_for_its_port(dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
+    _engine(dsettings).up()
+    docker_api.containers.get(dsettings.container).pause()
+    done = run_toolkit("up", "--engine", "docker", env=_env(dsettings))
+    assert done.returncode == 0, done.stderr
+    assert docker_api.containers.get(dsettings.container).status == "running"
+
+
+def test_down_all_stops_cleanly(dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
+    """A clean stop leaves a shutdown checkpoint: the next start needs no crash recovery."""
+    _engine(dsettings).up()
+    _sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)")
+    done = run_toolkit("down", "--all", env=_env(dsettings))
+    assert done.returncode == 0, done.stderr
+    _engine(dsettings).up()
+    log = docker_api.containers.get(dsettings.container).logs().decode()
+    assert "not properly shut down" not in log and "automatic recovery" not in log, log
+    assert _sql(dsettings, "SELECT x FROM kept") == [(1,)]
+
+
+def test_auto_keeps_to_embedded_data_after_a_docker_purge(dsettings: Settings) -> None:  # noqa: F811
+    env = _env(dsettings)
+    assert run_toolkit("up", "--engine", "embedded", env=env).returncode == 0
+    assert run_toolkit("psql", "-c", "CREATE TABLE kept (x int)", env=env).returncode == 0
+    assert run_toolkit("down", env=env).returncode == 0
+    refused = run_toolkit("up", "--engine", "docker", env=env)
+    assert refused.returncode == 2 and "on the embedded engine" in refused.stderr and "--switch-engine" in refused.stderr
+    switched = run_toolkit("up", "--engine", "docker", "--switch-engine", env=env)
+    assert switched.returncode == 0 and "(docker)" in switched.stdout, switched.stderr
+    assert run_toolkit("down", "--purge", "--yes", env=env).returncode == 0
+    again = run_toolkit("up", env=env)
+    assert again.returncode == 0 and "(embedded)" in again.stdout, again.stderr
+    assert _sql(dsettings, "SELECT count(*) FROM kept") == [(0,)]
+    run_toolkit("down", "--purge", "--yes", env=env)
+
+
+def test_a_daemon_that_never_answers_fails_in_seconds(isolated: Path) -> None:
+    """A socket that accepts and never answers (a hung dockerd): the ping's timeout, not a minute."""
+    path = isolated / "hung.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(50)
+    held: list[socket.socket] = []
+    accepting = threading.Thread(target=lambda: [held.append(server.accept()[0]) for _ in range(50)], daemon=True)
+    accepting.start()
+    try:
+        # the subprocess timeout guards against the hang: the old code waited 60 s, then named 3 s
+        done = run_toolkit("up", "--engine", "docker", env={"DOCKER_HOST": f"unix://{path}"}, timeout=45)
+    finally:
+        server.close()
+    assert done.returncode == 4, done.stderr
+    assert "did not answer within 3s" in done.stderr
