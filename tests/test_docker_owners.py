@@ -288,3 +288,107 @@ def test_a_daemon_that_never_answers_fails_in_seconds(isolated: Path) -> None:
         server.close()
     assert done.returncode == 4, done.stderr
     assert "did not answer within 3s" in done.stderr
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, cls: Any, method: str) -> None:
+    """``cls.method`` does its real work, then Ctrl-C arrives (as if during the request's return)."""
+    real = getattr(cls, method)
+
+    def interrupted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.undo()
+        real(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cls, method, interrupted)
+
+
+@pytest.mark.parametrize("where", ["create", "stop"])
+def test_ctrl_c_during_a_replacement_leaves_the_old_container_serving(dsettings: Settings, docker_api: Any,  # noqa: F811
+                                                                      monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Ctrl-C after the daemon created the new container (the SDK call never returned it), or while the
+    old one was stopping: the old container, under its name, running, and nothing else."""
+    from docker.models.containers import Container, ContainerCollection
+
+    _engine(dsettings).up()
+    _sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (3)")
+    before = docker_api.containers.get(dsettings.container).id
+    _interrupt_after(monkeypatch, ContainerCollection if where == "create" else Container, where)
+    with pytest.raises(KeyboardInterrupt):
+        _engine(replace(dsettings, db=replace(dsettings.db, port=free_port()))).up()
+    found = docker_api.containers.list(all=True, filters={"name": dsettings.container})
+    assert [(c.id, c.name, c.status) for c in found] == [(before, dsettings.container, "running")]
+    _engine(dsettings).up()
+    assert _sql(dsettings, "SELECT x FROM kept") == [(3,)]
+
+
+def test_another_volume_name_never_silently_replaces_the_data(dsettings: Settings, docker_api: Any,  # noqa: F811
+                                                               made: dict[str, list[str]]) -> None:  # noqa: F811
+    _engine(dsettings).up()
+    _sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (5)")
+    before = docker_api.containers.get(dsettings.container).id
+    moved = replace(dsettings, volume=dsettings.volume + "_new")
+    made["volumes"].append(moved.volume)
+    with pytest.raises(ToolkitError, match=f"serves volume {dsettings.volume}") as err:
+        _engine(moved).up()
+    assert err.value.exit_code == 2 and "--switch-engine" in err.value.one_line()
+    assert docker_api.containers.get(dsettings.container).id == before
+    assert _sql(dsettings, "SELECT x FROM kept") == [(5,)]
+    _engine(replace(moved, switch_engine=True)).up()  # asked for: an empty database, the old volume kept
+    assert _sql(dsettings, "SELECT count(*) FROM pg_tables WHERE tablename = 'kept'") == [(0,)]
+    assert docker_api.volumes.get(dsettings.volume)
+
+
+def test_a_docker_volume_removed_outside_the_toolkit_gives_the_embedded_data_back(dsettings: Settings,  # noqa: F811
+                                                                                  docker_api: Any) -> None:  # noqa: F811
+    env = _env(dsettings)
+    assert run_toolkit("up", "--engine", "embedded", env=env).returncode == 0
+    assert run_toolkit("psql", "-c", "CREATE TABLE emb (x int)", env=env).returncode == 0
+    assert run_toolkit("down", env=env).returncode == 0
+    assert run_toolkit("up", "--engine", "docker", "--switch-engine", env=env).returncode == 0
+    assert run_toolkit("down", env=env).returncode == 0
+    docker_api.volumes.get(dsettings.volume).remove()  # `docker volume rm`, outside the toolkit
+    again = run_toolkit("up", env=env)
+    assert again.returncode == 0 and "(embedded)" in again.stdout, again.stderr
+    assert _sql(dsettings, "SELECT count(*) FROM emb") == [(0,)]
+    run_toolkit("down", "--purge", "--yes", env=env)
+
+
+def test_a_daemon_failing_requests_is_one_line_not_an_internal_error(isolated: Path) -> None:
+    """It answers the version ping, then 500 to everything: exit 4 (the engine cannot run), not 70."""
+    import json
+    import socketserver
+    from http.server import BaseHTTPRequestHandler
+
+    class Daemon(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            ok = self.path.endswith("/version")
+            body = json.dumps({"ApiVersion": "1.41", "Version": "20.10"} if ok else {"message": "boom"}).encode()
+            self.send_response(200 if ok else 500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_DELETE = do_GET  # noqa: N815
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self) -> Any:  # BaseHTTPRequestHandler wants a (host, port) client address
+            conn, _ = self.socket.accept()
+            return conn, ("local", 0)
+
+    path = isolated / "failing.sock"
+    server = Server(str(path), Daemon)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for argv in (["up", "--engine", "docker"], ["status", "--engine", "docker"], ["down", "--engine", "docker"]):
+            done = run_toolkit(*argv, env={"DOCKER_HOST": f"unix://{path}"}, timeout=60)
+            assert done.returncode == 4, (argv, done.stderr)
+            assert "failed a request: boom" in done.stderr and "internal error" not in done.stderr
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -46,8 +46,8 @@ def _flags(**kwargs: Any) -> dict[str, Any]:
 @click.option("--image", help="Docker image [default: pgvector/pgvector:pg16]; with --build, the base image.")
 @click.option("--build", is_flag=True, help="Docker: build db/Dockerfile (role memgpt, vector) and run that image.")
 @click.option("--switch-engine", is_flag=True, default=None,
-              help="Start --engine even though another engine holds this project's data (an empty database; "
-                   "the old data stays where it is).")
+              help="Start --engine (or TOOLKIT_PG_VOLUME) even though another engine (volume) holds this "
+                   "project's data: an empty database; the old data stays where it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def up(ctx: click.Context, no_export: bool, as_json: bool, build: bool, **kwargs: Any) -> None:

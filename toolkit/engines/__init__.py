@@ -56,12 +56,22 @@ def _holding_data(settings: Settings) -> str | None:
 
 
 def holding_data(settings: Settings) -> str | None:
-    """The engine that holds this project's database: the last `up`'s (when embedded, if its data is
-    still there), else embedded when its data exists."""
+    """The engine that holds this project's database: the last `up`'s (embedded: if its data is still
+    there; Docker: unless its volume is known to be gone, removed outside the toolkit), else embedded
+    when its data exists. Asks the Docker engine only when the answer can change (embedded data exists)."""
     previous = remembered(settings)
-    if previous == "embedded" or previous is None:
-        return _holding_data(settings)
-    return previous
+    if previous == "docker" and not (_holding_data(settings) and _docker_volume_exists(settings) is False):
+        return "docker"
+    return _holding_data(settings)
+
+
+def _docker_volume_exists(settings: Settings) -> bool | None:
+    """None when no Docker engine answers (then nobody can tell)."""
+    try:
+        from toolkit.engines.docker import volume_exists
+    except ImportError:
+        return None
+    return volume_exists(settings)
 
 
 def _check_switch(settings: Settings, name: str) -> None:
@@ -97,7 +107,7 @@ def select(settings: Settings, *, starting: bool = False) -> tuple[Engine, str |
         return load(name, settings), None
     if settings.external_url:
         return load("external", settings), None
-    previous = remembered(settings) or _holding_data(settings)
+    previous = holding_data(settings)
     if previous is not None:
         return load(previous, settings), None
     if not starting:

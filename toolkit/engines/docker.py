@@ -21,7 +21,9 @@ import shutil
 import sys
 import tarfile
 import time
-from typing import Any
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
 
 from toolkit import __version__
 from toolkit.engines.base import Endpoint, EngineStatus
@@ -123,6 +125,47 @@ def docker_available(settings: Settings | None = None) -> str | None:
     return None
 
 
+def volume_exists(settings: Settings) -> bool | None:
+    """Does the settings' volume exist? None when no engine answers, or it fails."""
+    from docker.errors import NotFound
+
+    try:
+        api = client(timeout=PING_TIMEOUT)
+    except EngineUnavailableError:
+        return None
+    try:
+        api.volumes.get(settings.volume)
+        return True
+    except NotFound:
+        return False
+    except Exception:  # noqa: BLE001 - a daemon error: unknown, like no daemon
+        return None
+    finally:
+        api.close()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def daemon_errors(func: F) -> F:
+    """A daemon that fails a request (500, a read timeout, the socket gone) is an engine that cannot run
+    here, in one line: not a bug of ours (exit 70). Errors we handle are caught before they get here."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from docker.errors import APIError, DockerException
+        from requests.exceptions import RequestException
+
+        try:
+            return func(*args, **kwargs)
+        except (APIError, DockerException, RequestException) as exc:
+            reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EngineUnavailableError(f"the Docker engine at {docker_host()} failed a request: {reason}",
+                                         hint="check `docker info` and the daemon's log, then retry") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
 def labels(settings: Settings) -> dict[str, str]:
     return {f"{LABEL}.managed": "true", f"{LABEL}.project": str(settings.project_dir),
             f"{LABEL}.version": __version__}
@@ -146,6 +189,7 @@ class DockerEngine:
 
     # --- Engine protocol -------------------------------------------------------------------------
 
+    @daemon_errors
     def up(self) -> Endpoint:
         container = self._find(recover=True)
         if container is not None and container.status == "paused":
@@ -164,6 +208,7 @@ class DockerEngine:
             self._ready(container)
         return Endpoint(host=self.spec.host, port=self.spec.port, url=self.spec.url().render())
 
+    @daemon_errors
     def down(self, *, purge: bool = False) -> None:
         container = self._find()
         if container is not None:
@@ -172,6 +217,7 @@ class DockerEngine:
         if purge:
             self._remove_volume(self.settings.volume)
 
+    @daemon_errors
     def down_all(self, *, purge: bool = False) -> list[str]:
         """Remove every container (and with ``purge`` every volume) labelled as this project's."""
         wanted = [f"{key}={value}" for key, value in labels(self.settings).items() if not key.endswith(".version")]
@@ -188,6 +234,7 @@ class DockerEngine:
                 removed.append(f"volume {volume.name}")
         return removed
 
+    @daemon_errors
     def status(self) -> EngineStatus:
         container = self._find()
         extra: dict[str, Any] = {"container": self.settings.container, "volume": self.settings.volume,
@@ -203,6 +250,7 @@ class DockerEngine:
                  f"volume {self.settings.volume}"
         return EngineStatus(self.name, running, detail, extra)
 
+    @daemon_errors
     def logs(self, tail: int = 100) -> str:
         container = self._container or self._find()
         if container is None or tail <= 0:
@@ -269,29 +317,55 @@ class DockerEngine:
         """Settings changed (port, image, ...): a new container on the same volume keeps the data. What the new
         one needs is checked before the old one is touched; the old one waits aside (stopped, renamed) until
         the new one is ready, and is put back, as it was, when the new one cannot start."""
+        volume = next((m.get("Name") for m in old.attrs.get("Mounts") or () if m.get("Destination") == DATA_DIR), None)
+        moving = volume is not None and volume != self.settings.volume
+        if moving and not self.settings.switch_engine:
+            raise UsageError(f"container {old.name} serves volume {volume}; TOOLKIT_PG_VOLUME={self.settings.volume} "
+                             "would put an empty database in its place",
+                             hint=f"drop TOOLKIT_PG_VOLUME to keep using {volume}, or pass --switch-engine to serve "
+                                  f"{self.settings.volume} (the data in {volume} stays there)")
         self._ensure_image()
         self._check_volume_free(old)
         published = [(b.get("HostIp"), str(b.get("HostPort"))) for b in (old.ports or {}).get("5432/tcp") or ()]
         if (self.spec.bind, str(self.spec.port)) not in published:
             self._check_port()
-        print(f"recreating container {old.name} for the new settings (data kept)", file=sys.stderr)
+        kept = f"now serving volume {self.settings.volume}; {volume} is kept" if moving else "data kept"
+        print(f"recreating container {old.name} for the new settings ({kept})", file=sys.stderr)
         running = old.status == "running"
-        if running:
-            old.stop(timeout=STOP_TIMEOUT)  # a clean shutdown first: no crash recovery at the next start
-        old.rename(self.settings.container + ASIDE)
-        new = None
         try:
-            new = self._create()
+            if running:
+                old.stop(timeout=STOP_TIMEOUT)  # a clean shutdown first: no crash recovery at the next start
+            old.rename(self.settings.container + ASIDE)
+            self._container = new = self._create()
             self._start(new)
             self._ready(new)
-        except BaseException:
-            if new is not None:
-                new.remove(force=True)
-            old.rename(self.settings.container)
-            if running:
-                old.start()
+        except BaseException:  # Ctrl-C included: the old container, under its name, as it was
+            self._put_back(old, running=running)
             raise
         old.remove(force=True)
+
+    def _put_back(self, old: Any, *, running: bool) -> None:
+        """Undo a replacement at whatever step it stopped: whatever took the name since (a new container,
+        possibly created by the daemon after an interrupted request returned) goes, the old one comes back."""
+        from docker.errors import APIError
+
+        name = self.settings.container
+        for attempt in range(3):
+            old.reload()
+            if old.name == name:
+                break
+            taken = self._get(name)
+            if taken is not None and taken.id != old.id:
+                taken.remove(force=True)
+            try:
+                old.rename(name)
+                break
+            except APIError as exc:
+                if exc.status_code != 409 or attempt == 2:
+                    raise
+        old.reload()
+        if running and old.status != "running":
+            old.start()
 
     def _ready(self, container: Any) -> None:
         """Wait until ``container`` serves the application role; create what an older volume lacks."""
