@@ -233,13 +233,16 @@ class ChromaStore(StoreBase):
         width = stored[0] if stored else (MAX_EMBEDDING_DIM if memgpt else dim)
         if width > dim:
             vectors = np.pad(vectors, ((0, 0), (0, width - dim)))
-        size = min(1000, self.client.get_max_batch_size())
         with self._guard():
+            size = min(1000, self.client.get_max_batch_size())
             for start in range(0, len(batch), size):
-                part = batch[start:start + size]
-                collection.upsert(ids=[str(p.id) for p in part], embeddings=vectors[start:start + size],
-                                  documents=[p.text for p in part],
-                                  metadatas=[_metadata(p, memgpt=memgpt) for p in part])
+                part, rows = batch[start:start + size], vectors[start:start + size]
+                ids, metadatas = [str(p.id) for p in part], [_metadata(p, memgpt=memgpt) for p in part]
+                # an empty collection holds none of them: no need to ask
+                keep = _changed(collection, ids, rows, part, metadatas) if stored else list(range(len(part)))
+                if keep:
+                    collection.upsert(ids=[ids[i] for i in keep], embeddings=rows[keep],
+                                      documents=[part[i].text for i in keep], metadatas=[metadatas[i] for i in keep])
         self._shape = (width, dim)
         return len(batch)
 
@@ -427,6 +430,28 @@ def _host_port(location: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise BackendError(f"expected HOST:PORT for a Chroma server, not {location!r}", hint="e.g. 127.0.0.1:8000")
     return host, int(port)
+
+
+def _changed(collection: Any, ids: list[str], vectors: np.ndarray, part: list[Passage],
+             metadatas: list[dict[str, Any]]) -> list[int]:
+    """Indexes of the rows not already stored exactly so. Upserting an unchanged row is not a no-op: Chroma's
+    HNSW index re-links the row's neighbours (4x the cost of inserting it, nmslib/hnswlib issue 303), and the
+    links it prunes can leave rows not rewritten unreachable by search. A resumed migration rewrites every
+    row it had copied; smoke upserts half its rows twice."""
+    import numpy as np
+
+    got = collection.get(ids=ids, include=["embeddings", "documents", "metadatas"])
+    if not len(got["ids"]):
+        return list(range(len(ids)))
+    stored = {i: (d, m, e) for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"],
+                                                 strict=True)}
+    keep = []
+    for n, key in enumerate(ids):
+        old = stored.get(key)
+        if old is None or old[0] != part[n].text or (old[1] or {}) != metadatas[n] or \
+                not np.array_equal(np.asarray(old[2], dtype=np.float32), vectors[n]):
+            keep.append(n)
+    return keep
 
 
 def _where(filters: Filters | None) -> dict[str, Any] | None:
