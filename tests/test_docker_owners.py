@@ -3,12 +3,14 @@ compose stack against a real engine (issue 16). Skips without an engine, except 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -392,3 +394,73 @@ def test_a_daemon_failing_requests_is_one_line_not_an_internal_error(isolated: P
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_stop_the_daemon_finishes_after_ctrl_c_does_not_stop_the_restored_container(
+        dsettings: Settings, docker_api: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Ctrl-C while the SDK waits for the old container's stop: the daemon goes on stopping it. Putting
+    it back must wait for that stop, or the stop lands after the restart."""
+    from docker.models.containers import Container
+
+    _engine(dsettings).up()
+    # dirty buffers make the shutdown checkpoint (so the stop) take longer than putting the container back
+    _sql(dsettings, "CREATE TABLE big AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 400000) g")
+    before = docker_api.containers.get(dsettings.container).id
+    real_stop = Container.stop
+
+    def abandoned(self: Any, **kwargs: Any) -> None:
+        monkeypatch.undo()
+        threading.Thread(target=real_stop, args=(self,), kwargs=kwargs).start()  # the request goes on
+        time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Container, "stop", abandoned)
+    with pytest.raises(KeyboardInterrupt):
+        _engine(replace(dsettings, db=replace(dsettings.db, port=free_port()))).up()
+    time.sleep(3)  # long enough for a late stop (the offline image stops in about a second) to land
+    after = docker_api.containers.get(dsettings.container)
+    assert (after.id, after.status) == (before, "running")
+    assert _sql(dsettings, "SELECT 1") == [(1,)]
+
+
+def test_purge_with_another_volume_named_is_refused_and_status_names_the_mounted_one(
+        dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
+    env = _env(dsettings)
+    assert run_toolkit("up", "--engine", "docker", env=env).returncode == 0
+    other = {**env, "TOOLKIT_PG_VOLUME": dsettings.volume + "_other"}
+    status = run_toolkit("status", "--json", env=other)
+    assert json.loads(status.stdout)["volume"] == dsettings.volume
+    purge = run_toolkit("down", "--purge", "--yes", env=other)
+    assert purge.returncode == 2 and f"serves volume {dsettings.volume}" in purge.stderr, purge.stderr
+    assert docker_api.containers.get(dsettings.container).status == "running"
+    assert docker_api.volumes.get(dsettings.volume)
+    assert run_toolkit("down", "--purge", "--yes", env=env).returncode == 0
+
+
+def test_a_silent_daemon_is_pinged_once_per_command(down_after_embedded: Path) -> None:
+    """Embedded data and a Docker record: asking whether the volume still exists and then using the
+    engine must not pay the ping's timeout twice."""
+    from toolkit import state
+
+    state.record_up(down_after_embedded / ".toolkit", "docker", int(os.environ["TOOLKIT_PG_PORT"]))
+    path = down_after_embedded / "silent.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(50)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: [accepted.append(server.accept()[0]) for _ in range(50)], daemon=True).start()
+    try:
+        done = run_toolkit("status", env={"DOCKER_HOST": f"unix://{path}"}, timeout=45)
+    finally:
+        server.close()
+    assert done.returncode in (1, 4), done.stderr
+    assert "did not answer within 3s" in done.stderr
+    assert len(accepted) == 1
+
+
+@pytest.fixture
+def down_after_embedded(isolated: Path) -> Iterator[Path]:
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    assert run_toolkit("down").returncode == 0
+    yield isolated
+    run_toolkit("down", "--engine", "embedded", "--purge", "--yes")

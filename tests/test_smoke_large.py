@@ -56,6 +56,21 @@ def test_unchanged_rows_are_not_rewritten_changed_ones_are(tmp_path: Path, monke
         assert got.text == "edited"
 
 
+def test_a_row_whose_metadata_shrank_is_rewritten_whole(tmp_path: Path) -> None:
+    """Upsert merges metadata: a doc_id now None, an agent_id now None or a dropped key would stay. Those
+    rows are deleted, then written again."""
+    with open_store(StoreLocation("chroma", str(tmp_path), "archival")) as store:
+        data = [replace(p, metadata={"keep": 1, "drop": "x"}) for p in passages(6, dim=8)]
+        store.insert(data)
+        changed = [replace(data[0], metadata={"keep": 1}), replace(data[1], doc_id=None), replace(data[2], agent_id=None)]
+        assert store.insert(changed) == 3
+        got = {p.id: p for p in store.get([p.id for p in changed])}
+        for want in changed:
+            assert (got[want.id].metadata, got[want.id].doc_id, got[want.id].agent_id) == \
+                (want.metadata, want.doc_id, want.agent_id)
+        assert store.count() == 6
+
+
 def test_seeded_embeddings_keep_small_dims_and_have_few_directions_beyond() -> None:
     import numpy as np
 

@@ -239,7 +239,9 @@ class ChromaStore(StoreBase):
                 part, rows = batch[start:start + size], vectors[start:start + size]
                 ids, metadatas = [str(p.id) for p in part], [_metadata(p, memgpt=memgpt) for p in part]
                 # an empty collection holds none of them: no need to ask
-                keep = _changed(collection, ids, rows, part, metadatas) if stored else list(range(len(part)))
+                keep, shrunk = _changed(collection, ids, rows, part, metadatas) if stored else (list(range(len(part))), [])
+                if shrunk:  # upsert merges metadata: a key the row no longer has would stay
+                    collection.delete(ids=[ids[i] for i in shrunk])
                 if keep:
                     collection.upsert(ids=[ids[i] for i in keep], embeddings=rows[keep],
                                       documents=[part[i].text for i in keep], metadatas=[metadatas[i] for i in keep])
@@ -433,25 +435,29 @@ def _host_port(location: str) -> tuple[str, int]:
 
 
 def _changed(collection: Any, ids: list[str], vectors: np.ndarray, part: list[Passage],
-             metadatas: list[dict[str, Any]]) -> list[int]:
-    """Indexes of the rows not already stored exactly so. Upserting an unchanged row is not a no-op: Chroma's
-    HNSW index re-links the row's neighbours (4x the cost of inserting it, nmslib/hnswlib issue 303), and the
-    links it prunes can leave rows not rewritten unreachable by search. A resumed migration rewrites every
-    row it had copied; smoke upserts half its rows twice."""
+             metadatas: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """Indexes of the rows not already stored exactly so, and of those among them whose stored metadata has
+    keys the new one lacks (a doc_id now None, a dropped key: upsert would merge, so they are deleted first).
+    Upserting an unchanged row is not a no-op: Chroma's HNSW index re-links the row's neighbours (4x the cost
+    of inserting it, nmslib/hnswlib issue 303), and the links it prunes can leave rows not rewritten
+    unreachable by search. A resumed migration rewrites every row it had copied; smoke upserts half its rows
+    twice."""
     import numpy as np
 
     got = collection.get(ids=ids, include=["embeddings", "documents", "metadatas"])
     if not len(got["ids"]):
-        return list(range(len(ids)))
+        return list(range(len(ids))), []
     stored = {i: (d, m, e) for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"],
                                                  strict=True)}
-    keep = []
+    keep, shrunk = [], []
     for n, key in enumerate(ids):
         old = stored.get(key)
         if old is None or old[0] != part[n].text or (old[1] or {}) != metadatas[n] or \
                 not np.array_equal(np.asarray(old[2], dtype=np.float32), vectors[n]):
             keep.append(n)
-    return keep
+            if old is not None and set(old[1] or {}) - set(metadatas[n]):
+                shrunk.append(n)
+    return keep, shrunk
 
 
 def _where(filters: Filters | None) -> dict[str, Any] | None:

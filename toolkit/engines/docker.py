@@ -84,6 +84,10 @@ def docker_host() -> str:
     return "unix:///var/run/docker.sock"
 
 
+_UNREACHABLE: dict[str, tuple[float, str]] = {}  # docker host -> when and why its ping failed, in this process
+UNREACHABLE_FOR = 10.0  # seconds a failed ping stands for (one command's worth; a library user may retry later)
+
+
 def _reason(exc: BaseException, timeout: float = PING_TIMEOUT) -> str:
     """One line saying why no engine answers."""
     host = docker_host()
@@ -106,12 +110,18 @@ def client(timeout: float = 60) -> Any:
         import docker
     except ImportError:
         raise EngineUnavailableError("the docker Python package is not installed", hint="run `make venv`") from None
+    host = docker_host()
+    failed = _UNREACHABLE.get(host)
+    if failed and time.monotonic() - failed[0] < UNREACHABLE_FOR:  # asked a moment ago: a ping would cost its timeout again
+        raise EngineUnavailableError(failed[1], hint="start Docker, or use --engine embedded")
     try:
         # version "auto" asks the daemon for its API version: that round trip is the ping, with the short
         # timeout (a socket that accepts but never answers must not cost a minute); later calls get `timeout`
         api = docker.from_env(timeout=min(timeout, PING_TIMEOUT))
     except Exception as exc:  # noqa: BLE001 - every failure here means "no usable engine"
-        raise EngineUnavailableError(_reason(exc), hint="start Docker, or use --engine embedded") from None
+        reason = _reason(exc)
+        _UNREACHABLE[host] = (time.monotonic(), reason)
+        raise EngineUnavailableError(reason, hint="start Docker, or use --engine embedded") from None
     api.api.timeout = timeout
     return api
 
@@ -211,6 +221,12 @@ class DockerEngine:
     @daemon_errors
     def down(self, *, purge: bool = False) -> None:
         container = self._find()
+        serving = _mounted_volume(container) if container is not None else None
+        if purge and serving is not None and serving != self.settings.volume:
+            raise UsageError(f"container {container.name} serves volume {serving}, not TOOLKIT_PG_VOLUME="
+                             f"{self.settings.volume}: --purge would delete neither what you named nor what runs",
+                             hint=f"drop TOOLKIT_PG_VOLUME to purge {serving}, or `toolkit down` first, then purge "
+                                  f"{self.settings.volume}")
         if container is not None:
             container.stop(timeout=STOP_TIMEOUT)
             container.remove(force=True)
@@ -243,11 +259,11 @@ class DockerEngine:
             return EngineStatus(self.name, False, f"no container {self.settings.container}", extra)
         state = container.attrs["State"]
         extra.update(id=container.short_id, state=state["Status"], health=state.get("Health", {}).get("Status"),
-                     image=container.attrs["Config"]["Image"])
+                     image=container.attrs["Config"]["Image"], volume=_mounted_volume(container) or self.settings.volume)
         running = state["Status"] == "running"
         where = f"{self.spec.bind}:{self.spec.port}" if running else f"exit code {state.get('ExitCode')}"
         detail = f"container {container.name} ({container.short_id}) {state['Status']}, {where}, " \
-                 f"volume {self.settings.volume}"
+                 f"volume {extra['volume']}"
         return EngineStatus(self.name, running, detail, extra)
 
     @daemon_errors
@@ -317,7 +333,7 @@ class DockerEngine:
         """Settings changed (port, image, ...): a new container on the same volume keeps the data. What the new
         one needs is checked before the old one is touched; the old one waits aside (stopped, renamed) until
         the new one is ready, and is put back, as it was, when the new one cannot start."""
-        volume = next((m.get("Name") for m in old.attrs.get("Mounts") or () if m.get("Destination") == DATA_DIR), None)
+        volume = _mounted_volume(old)
         moving = volume is not None and volume != self.settings.volume
         if moving and not self.settings.switch_engine:
             raise UsageError(f"container {old.name} serves volume {volume}; TOOLKIT_PG_VOLUME={self.settings.volume} "
@@ -363,8 +379,10 @@ class DockerEngine:
             except APIError as exc:
                 if exc.status_code != 409 or attempt == 2:
                     raise
-        old.reload()
-        if running and old.status != "running":
+        if running:
+            # a stop the interrupted call had sent may still be under way in the daemon: let it finish
+            # (stop waits for it, and is a no-op on a stopped container), or it would stop the one we start
+            old.stop(timeout=STOP_TIMEOUT)
             old.start()
 
     def _ready(self, container: Any) -> None:
@@ -530,6 +548,12 @@ class DockerEngine:
     def _connect_host(self) -> str:
         bind = self.spec.bind
         return "127.0.0.1" if bind in ("0.0.0.0", "*", "") else ("::1" if bind == "::" else bind)
+
+
+def _mounted_volume(container: Any) -> str | None:
+    """The volume a container holds its data in (what it serves, whatever the settings say now)."""
+    mounts = container.attrs.get("Mounts") or ()
+    return next((m.get("Name") for m in mounts if m.get("Destination") == DATA_DIR and m.get("Type") == "volume"), None)
 
 
 def pull(api: Any, image: str) -> None:
