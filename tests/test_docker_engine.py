@@ -437,40 +437,52 @@ def test_offline_image_is_small_and_healthy(offline_image: str, docker_api: Any,
     assert container.attrs["Config"]["User"] == "999:999"
 
 
-def test_compose_file_validates_and_postgres_starts_healthy(offline_image: str, docker_api: Any,
-                                                            made: dict[str, list[str]]) -> None:
-    compose = shutil.which("docker-compose")
-    if compose is None:
+@pytest.fixture
+def compose(docker_api: Any, offline_image: str, made: dict[str, list[str]]) -> Iterator[Any]:
+    """compose/compose.yaml's postgres service under a unique project name, from the offline image (the
+    Chroma image needs a registry): start(**env) validates the file, starts it, waits until healthy and
+    returns its container; everything is removed afterwards."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
         if IN_CI:
             pytest.fail("docker-compose is missing (bash .ci/docker.sh start installs it)")
         pytest.skip("docker-compose is not installed")
     tag = uuid.uuid4().hex[:8]
-    project, port = f"tktest{tag}", free_port()
-    env = {**os.environ, "TOOLKIT_PG_IMAGE": offline_image, "TOOLKIT_PG_PORT": str(port),
-           "TOOLKIT_COMPOSE_PG_VOLUME": f"tk_compose_pg_{tag}", "TOOLKIT_CHROMA_VOLUME": f"tk_compose_chroma_{tag}",
-           "TOOLKIT_CHROMA_PORT": str(free_port())}
-    made["volumes"] += [env["TOOLKIT_COMPOSE_PG_VOLUME"], env["TOOLKIT_CHROMA_VOLUME"]]
-    argv = [compose, "-p", project, "-f", str(REPO / "compose" / "compose.yaml")]
-    check = subprocess.run([*argv, "config", "-q"], env=env, capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
-    try:
-        # the Chroma image needs a registry; Postgres runs from the offline image
-        started = subprocess.run([*argv, "up", "-d", "postgres"], env=env, capture_output=True, text=True)
-        assert started.returncode == 0, started.stderr
-        container = docker_api.containers.get(f"{project}_postgres_1")
-        _wait(lambda: (container.reload(), container.attrs["State"].get("Health", {}).get("Status"))[1] == "healthy", 90)
-        settings = resolve({"db.port": port}, environ={})
-        assert _sql(settings, "SELECT extname FROM pg_extension") == [("plpgsql",), ("vector",)]
-        assert container.ports["5432/tcp"][0]["HostIp"] == "127.0.0.1"
-        # no well-known superuser password on any path: the default in the file was removed at the first start
-        import psycopg
+    argv = [binary, "-p", f"tktest{tag}", "-f", str(REPO / "compose" / "compose.yaml")]
+    started: list[dict[str, str]] = []
 
-        for password in ("removed-at-first-start", "postgres"):
-            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-                psycopg.connect(f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres", connect_timeout=5)
-        assert _sql(settings, "SELECT rolname FROM pg_roles WHERE rolsuper") == [("postgres",)]
-    finally:
+    def start(**env: str) -> Any:
+        full = {**os.environ, "TOOLKIT_PG_IMAGE": offline_image, "TOOLKIT_CHROMA_VOLUME": f"tk_compose_chroma_{tag}",
+                "TOOLKIT_COMPOSE_PG_VOLUME": f"tk_compose_pg_{tag}", **env}
+        made["volumes"] += [full["TOOLKIT_COMPOSE_PG_VOLUME"], full["TOOLKIT_CHROMA_VOLUME"]]
+        started.append(full)
+        check = subprocess.run([*argv, "config", "-q"], env=full, capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        done = subprocess.run([*argv, "up", "-d", "postgres"], env=full, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        container = docker_api.containers.get(f"tktest{tag}_postgres_1")
+        _wait(lambda: (container.reload(), container.attrs["State"].get("Health", {}).get("Status"))[1] == "healthy",
+              90)
+        return container
+
+    yield start
+    for env in started[-1:]:
         subprocess.run([*argv, "down", "-v"], env=env, capture_output=True, text=True)
+
+
+def test_compose_file_validates_and_postgres_starts_healthy(compose: Any) -> None:
+    import psycopg
+
+    port = free_port()
+    container = compose(TOOLKIT_PG_PORT=str(port), TOOLKIT_CHROMA_PORT=str(free_port()))
+    settings = resolve({"db.port": port}, environ={})
+    assert _sql(settings, "SELECT extname FROM pg_extension") == [("plpgsql",), ("vector",)]
+    assert container.ports["5432/tcp"][0]["HostIp"] == "127.0.0.1"
+    # no well-known superuser password on any path: the default in the file was removed at the first start
+    for password in ("removed-at-first-start", "postgres"):
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres", connect_timeout=5)
+    assert _sql(settings, "SELECT rolname FROM pg_roles WHERE rolsuper") == [("postgres",)]
 
 
 def _wait(condition: Any, timeout: float) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, REPO, run_toolkit
-from tests.test_docker_engine import _engine, _sql, _wait, docker_api, dsettings, made, offline_image  # noqa: F401
+from tests.conftest import run_toolkit
+from tests.test_docker_engine import _engine, _sql, compose, docker_api, dsettings, made, offline_image  # noqa: F401
 from toolkit.errors import ImageUnavailableError, InUseError, NotReadyError, ToolkitError
 from toolkit.ports import free_port
 from toolkit.settings import Settings
@@ -31,35 +30,6 @@ pytestmark = pytest.mark.docker
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
     return {"TOOLKIT_PG_IMAGE": settings.image, "TOOLKIT_PG_CONTAINER": settings.container,
             "TOOLKIT_PG_VOLUME": settings.volume, "TOOLKIT_PG_PORT": str(settings.db.port), **extra}
-
-
-@pytest.fixture
-def compose(docker_api: Any, offline_image: str, made: dict[str, list[str]]) -> Iterator[Any]:  # noqa: F811
-    """compose/compose.yaml's postgres service under a unique project name: start(env) -> its container."""
-    binary = shutil.which("docker-compose")
-    if binary is None:
-        if IN_CI:
-            pytest.fail("docker-compose is missing (bash .ci/docker.sh start installs it)")
-        pytest.skip("docker-compose is not installed")
-    tag = uuid.uuid4().hex[:8]
-    argv = [binary, "-p", f"tkown{tag}", "-f", str(REPO / "compose" / "compose.yaml")]
-    started: list[dict[str, str]] = []
-
-    def start(**env: str) -> Any:
-        full = {**os.environ, "TOOLKIT_PG_IMAGE": offline_image, "TOOLKIT_CHROMA_VOLUME": f"tk_own_chroma_{tag}",
-                "TOOLKIT_COMPOSE_PG_VOLUME": f"tk_own_compose_{tag}", **env}
-        made["volumes"] += [full["TOOLKIT_COMPOSE_PG_VOLUME"], full["TOOLKIT_CHROMA_VOLUME"]]
-        started.append(full)
-        done = subprocess.run([*argv, "up", "-d", "postgres"], env=full, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        container = docker_api.containers.get(f"tkown{tag}_postgres_1")
-        _wait(lambda: (container.reload(), container.attrs["State"].get("Health", {}).get("Status"))[1] == "healthy",
-              90)
-        return container
-
-    yield start
-    for env in started[-1:]:
-        subprocess.run([*argv, "down", "-v"], env=env, capture_output=True, text=True)
 
 
 def _insert(settings: Settings, rows: range) -> int:

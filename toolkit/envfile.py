@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import tempfile
 from pathlib import Path
 
+from toolkit import perms
 from toolkit.errors import ConfigError, UsageError
 from toolkit.settings import read_dotenv
 
@@ -70,14 +70,7 @@ def _quote(value: str) -> str:
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     target = path.resolve() if path.is_symlink() else path  # keep a user's symlinked .env a symlink
-    fd, tmp = tempfile.mkstemp(prefix=".env.", dir=target.parent)  # mkstemp creates it 0600
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    perms.replace_private(target, text)
 
 
 def render(values: dict[str, str], fmt: str) -> str:

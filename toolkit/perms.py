@@ -36,6 +36,21 @@ def write_private(path: Path, text: str, *, uid: int | None = None, gid: int | N
         os.close(fd)
 
 
+def replace_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` at once: a 0600 temp file beside it, renamed over it. A reader never
+    sees half a file, and a symlink in its place is replaced, never written through."""
+    import tempfile  # not at start-up: settings import this module
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def read_private(path: Path) -> str:
     """The text of a secret file that must be ours: never read through a symlink, nor from a file
     another user owns (they could have planted it to learn what we do with its content)."""

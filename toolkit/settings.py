@@ -151,6 +151,9 @@ class Field:
     # value can only be a mistake that must not silently become the default (an empty password)
     empty_is_unset: bool = True
 
+    def given_in(self, values: Mapping[str, str]) -> bool:
+        return self.env in values and (values[self.env] != "" or not self.empty_is_unset)
+
 
 FIELDS: tuple[Field, ...] = (
     Field("engine", "TOOLKIT_ENGINE", _engine, "auto | docker | embedded | external"),
@@ -233,9 +236,9 @@ def resolve(
     for spec in FIELDS:
         if spec.name in flags:
             raw, origin = flags.pop(spec.name), "flag"
-        elif environ.get(spec.env) not in (None, "") or spec.env in environ and not spec.empty_is_unset:
+        elif spec.given_in(environ):
             raw, origin = environ[spec.env], "environment"
-        elif dotenv.get(spec.env) not in (None, "") or spec.env in dotenv and not spec.empty_is_unset:
+        elif spec.given_in(dotenv):
             raw, origin = dotenv[spec.env], str(env_file.name)
         else:
             continue

@@ -8,10 +8,10 @@ database beside the data), and settings take that port as the default, so ``env`
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from toolkit import perms
 from toolkit.errors import ConfigError
 
 RECORD = "engine"  # <state_dir>/engine: JSON; older toolkits wrote the engine's name alone
@@ -53,12 +53,9 @@ def record_up(state_dir: Path, engine: str, port: int) -> None:
     if last_up(state_dir) == wanted:
         return  # a warm `up` writes nothing
     path = state_dir / RECORD
-    tmp = path.with_name(f".{RECORD}.{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(wanted) + "\n")
-        os.replace(tmp, path)
+        perms.replace_private(path, json.dumps(wanted) + "\n")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot record the engine in {path}: {exc.strerror or exc}",
                           hint="remove what is there (the toolkit's own record), then run the command again") from None
 

@@ -47,9 +47,10 @@ def remembered(settings: Settings) -> str | None:
     return name if name in ENGINES else None
 
 
-def _holding_data(settings: Settings) -> str | None:
-    """No record (an `up` killed before writing it, a `down --purge` of Docker), but embedded data here:
-    keep to it, rather than start an empty Docker database beside it (or find our own server holding the port)."""
+def _embedded_data(settings: Settings) -> str | None:
+    """"embedded" when its data is here. With no record (an `up` killed before writing it, a `down --purge`
+    of Docker), keep to it rather than start an empty Docker database beside it (or find our own server
+    holding the port)."""
     from toolkit.engines.embedded import EmbeddedEngine
 
     return "embedded" if EmbeddedEngine(settings).initialized() else None
@@ -60,9 +61,9 @@ def holding_data(settings: Settings) -> str | None:
     there; Docker: unless its volume is known to be gone, removed outside the toolkit), else embedded
     when its data exists. Asks the Docker engine only when the answer can change (embedded data exists)."""
     previous = remembered(settings)
-    if previous == "docker" and not (_holding_data(settings) and _docker_volume_exists(settings) is False):
+    if previous == "docker" and not (_embedded_data(settings) and _docker_volume_exists(settings) is False):
         return "docker"
-    return _holding_data(settings)
+    return _embedded_data(settings)
 
 
 def _docker_volume_exists(settings: Settings) -> bool | None:

@@ -88,7 +88,7 @@ _UNREACHABLE: dict[str, tuple[float, str]] = {}  # docker host -> when and why i
 UNREACHABLE_FOR = 10.0  # seconds a failed ping stands for (one command's worth; a library user may retry later)
 
 
-def _reason(exc: BaseException, timeout: float = PING_TIMEOUT) -> str:
+def _reason(exc: BaseException) -> str:
     """One line saying why no engine answers."""
     host = docker_host()
     text = str(exc)
@@ -100,7 +100,7 @@ def _reason(exc: BaseException, timeout: float = PING_TIMEOUT) -> str:
     if "Connection refused" in text or "ConnectionRefused" in text:
         return f"the Docker daemon at {host} is not running (connection refused)"
     if "timed out" in text.lower() or "timeout" in text.lower():
-        return f"the Docker daemon at {host} did not answer within {timeout:g}s"
+        return f"the Docker daemon at {host} did not answer within {PING_TIMEOUT}s"
     return f"the Docker engine at {host} does not answer: {text.splitlines()[0] if text else type(exc).__name__}"
 
 

@@ -22,7 +22,6 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -306,15 +305,7 @@ class BackgroundServer:
     def _write_record(self, record: Record) -> None:
         data = {"pid": record.pid, "host": record.host, "port": record.port, "path": record.path,
                 "format": record.fmt, "health_path": record.health_path}
-        # a temp file renamed over it: a reader never sees half a file, and a symlink in its place is replaced
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.name}.pid.", dir=self.state_dir)  # 0600
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(data) + "\n")
-            os.replace(tmp, self.pid_file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        perms.replace_private(self.pid_file, json.dumps(data) + "\n")
 
     def _drop_record_of(self, pid: int) -> None:
         record = self._read_record()
