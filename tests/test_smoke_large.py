@@ -56,10 +56,11 @@ def test_unchanged_rows_are_not_rewritten_changed_ones_are(tmp_path: Path, monke
         assert got.text == "edited"
 
 
-def test_a_row_whose_metadata_shrank_is_rewritten_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["1", "0.5"])
+def test_a_row_whose_metadata_shrank_is_rewritten_whole(tmp_path: Path, fmt: str) -> None:
     """Upsert merges metadata: a doc_id now None, an agent_id now None or a dropped key would stay. Those
-    rows are deleted, then written again."""
-    with open_store(StoreLocation("chroma", str(tmp_path), "archival")) as store:
+    rows are deleted, then written again (0.5: through MemGPT's own chromadb, in its isolated environment)."""
+    with open_store(StoreLocation("chroma", str(tmp_path), "archival", format=fmt)) as store:
         data = [replace(p, metadata={"keep": 1, "drop": "x"}) for p in passages(6, dim=8)]
         store.insert(data)
         changed = [replace(data[0], metadata={"keep": 1}), replace(data[1], doc_id=None), replace(data[2], agent_id=None)]
