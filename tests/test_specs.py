@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from toolkit import specs
+from toolkit.backends import chroma
 from toolkit.errors import UsageError
 from toolkit.memgpt_config import ArchivalStorage
 from toolkit.settings import resolve
@@ -87,7 +88,7 @@ def test_memgpt_reads_like_memgpt(settings) -> None:
     # a path makes MemGPT choose the persistent client even when a uri is set
     assert specs.from_memgpt(ArchivalStorage("chroma", "/p", "h:1"), settings) == Spec("chroma", "/p")
     # no path key at all: MemGPT's default ~/.memgpt/chroma
-    assert specs.from_memgpt(ArchivalStorage("chroma"), settings).location == str(specs.default_chroma_dir())
+    assert specs.from_memgpt(ArchivalStorage("chroma"), settings).location == str(chroma.default_dir())
     assert specs.from_memgpt(ArchivalStorage("lancedb"), settings).location.endswith(".lancedb")
     with pytest.raises(UsageError):
         specs.from_memgpt(ArchivalStorage("faiss"), settings)

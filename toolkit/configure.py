@@ -1,55 +1,69 @@
-"""Choosing MemGPT's one archival backend (room: configure): the choice as a SPEC, its check, the switch.
+"""Choosing MemGPT's one archival backend (room: configure): the choice, its check, the switch.
 
-The click command (commands/configure.py) asks the questions; this module turns answers into a
-``Spec``, counts what the currently selected backend holds, and writes MemGPT's config.
+``configure`` takes what the flags gave and, through ``prompt``, asks the rest as `memgpt configure`
+does (each backend module asks its own questions); it checks the store, counts what the store MemGPT
+used so far holds, and writes MemGPT's config. The click command renders the ``Outcome``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import memgpt_config, specs
-from toolkit.backends import DEFAULT_TABLE, open_store
-from toolkit.errors import ToolkitError, UsageError
+from toolkit.backends import DEFAULT_TABLE, Prompt, backend, memgpt_types, open_store
+from toolkit.errors import ToolkitError, UsageError, first_line
 from toolkit.settings import Settings
 from toolkit.specs import Spec
 
-BACKEND_CHOICES = ("local", "postgres", "chroma", "lancedb")
+DEFAULT_BACKEND = "local"  # MemGPT's default archival storage
 
 
 @dataclass(frozen=True)
-class Choice:
-    """One answer set, as from the prompts or the flags."""
+class Outcome:
+    spec: Spec  # what MemGPT's config selects now
+    config_path: Path
+    backup: Path | None  # the previous config, kept
+    checked: bool  # the smoke check ran (and passed)
+    previous: Spec | None  # the store MemGPT used before, when it is another one
+    rows_left: int  # archival rows in ``previous``: MemGPT no longer sees them
+    count_error: str | None  # why ``previous`` could not be counted
+    migrate_command: str | None  # the `toolkit migrate` line that copies ``rows_left``
 
-    backend: str  # local, postgres, chroma, chroma-http, lancedb
-    uri: str | None = None
-    path: str | None = None
 
-
-def spec_for(choice: Choice, settings: Settings) -> Spec:
-    """The SPEC a choice selects; empty or missing values take MemGPT's / the toolkit's defaults."""
-    backend, uri, path = choice.backend, (choice.uri or "").strip(), (choice.path or "").strip()
-    if backend == "chroma" and uri and path:
-        raise UsageError("give chroma either --path (persistent) or --uri HOST:PORT (http), not both",
-                         hint="MemGPT would silently pick the persistent client")
-    if backend == "chroma" and uri:
-        backend = "chroma-http"
-    if backend == "postgres":
-        return specs.parse(uri or specs.provisioned_url(settings), settings)
-    if backend == "chroma-http":
-        hostport = uri.removeprefix("http://").removeprefix("chroma+http://")
-        return specs.parse("chroma+http://" + (hostport or f"{settings.chroma_host}:{settings.chroma_port}"),
-                           settings)
-    if backend == "chroma":
-        return specs.parse("chroma://" + (path or str(specs.default_chroma_dir())), settings)
-    if backend == "lancedb":
-        target = uri or path or "./.lancedb"
-        return specs.parse(target if target.startswith("s3://") else "lancedb://" + target, settings)
-    if backend == "local":
-        return specs.parse("local://" + (path or str(specs.default_local_dir())), settings)
-    raise UsageError(f"unknown backend {backend!r}", hint=f"choose one of {', '.join(BACKEND_CHOICES)}")
+def configure(settings: Settings, name: str | None, uri: str | None, path: str | None, *,
+              prompt: Prompt | None, check: bool = True, warn: Callable[[str], None] = lambda line: None) -> Outcome:
+    """Select MemGPT's archival store: backend ``name`` at ``uri``/``path``. With ``prompt``, ask for what
+    is missing (defaults from the current config); without, take the flags, then the current config's
+    location of the same backend, then defaults. ``warn`` hears about a config section being repaired."""
+    before, problem = current(settings)
+    if problem:  # MemGPT cannot use the section as it is: the choice replaces it
+        warn(f"{problem}; the [archival_storage] written now replaces it")
+    old = before.kind.to_memgpt(before) if before else None
+    if name is None and prompt is not None:
+        name = prompt("Select storage backend for archival data", default=old.type if old else DEFAULT_BACKEND,
+                      choices=memgpt_types())
+    name = name or (old.type if old else DEFAULT_BACKEND)
+    if prompt is not None:
+        uri, path = backend(name).ask(uri, path, old, settings, prompt)
+    elif old is not None and name == old.type and uri is None and path is None:
+        uri, path = old.uri or None, old.path or None  # only --backend: keep where that backend is configured
+    spec = specs.from_choice(name, uri, path, settings)
+    if check:
+        smoke_check(spec)
+    previous, rows, count_error = None, 0, None
+    if before is not None and before.identity != spec.identity:
+        previous = before
+        try:
+            rows = count_rows(before)
+        except Exception as exc:  # noqa: BLE001 - a warning only: the old backend may be down
+            count_error = first_line(exc)
+    backup = write(spec, settings)
+    command = migrate_command(before, spec, settings) if before is not None and rows else None
+    return Outcome(spec=spec, config_path=settings.memgpt_config_path, backup=backup, checked=check,
+                   previous=previous, rows_left=rows, count_error=count_error, migrate_command=command)
 
 
 def current(settings: Settings) -> tuple[Spec | None, str | None]:
@@ -69,28 +83,24 @@ def current(settings: Settings) -> tuple[Spec | None, str | None]:
 
 def count_rows(spec: Spec, table: str = DEFAULT_TABLE) -> int:
     """Rows ``table`` holds in ``spec``; 0 when it does not exist. Never creates anything."""
-    if spec.backend in ("local", "chroma", "lancedb") and not Path(spec.location).exists():
+    if spec.kind.holds_nothing(spec):
         return 0
     with closing(open_store(spec.store(table))) as store:
         return store.count() if store.exists() else 0
 
 
 def migrate_command(source: Spec, destination: Spec, settings: Settings) -> str:
-    """The `toolkit migrate` line that moves the data; a provisioned Postgres is named `postgres` (no password)."""
-
-    def word(spec: Spec) -> str:
-        if spec.backend == "postgres" and spec == specs.parse(specs.provisioned_url(settings), settings):
-            return "postgres"
-        return str(spec)
-
-    return f"toolkit migrate --from {word(source)} --to {word(destination)} --switch"
+    """The `toolkit migrate` line that moves the data; a store its backend's word names is given by the word
+    (the provisioned Postgres is `postgres`: no password on screen)."""
+    return (f"toolkit migrate --from {specs.word_for(source, settings)} --to {specs.word_for(destination, settings)}"
+            " --switch")
 
 
-def smoke_check(spec: Spec, settings: Settings) -> None:
+def smoke_check(spec: Spec) -> None:
     """Run the backend's smoke check against the chosen location; raise ToolkitError if it fails."""
     from toolkit import smoke
 
-    result = smoke.check_location(spec.store(), settings)
+    result = smoke.check_location(spec.store())
     if not result.ok:
         raise ToolkitError(f"{spec.backend} check failed at {spec}: {result.detail}",
                            hint="fix it, or pass --no-check to write the config anyway")
@@ -98,4 +108,4 @@ def smoke_check(spec: Spec, settings: Settings) -> None:
 
 def write(spec: Spec, settings: Settings) -> Path | None:
     """Point MemGPT at ``spec``; return the backup of the previous config, if any."""
-    return memgpt_config.write(settings.memgpt_config_path, specs.to_memgpt(spec))
+    return memgpt_config.write(settings.memgpt_config_path, spec.kind.to_memgpt(spec))

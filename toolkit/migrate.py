@@ -67,6 +67,8 @@ class Result:
     dry_run: bool
     seconds: float
     dimension: int
+    switched: str | None = None  # the MemGPT config now pointing at the destination
+    backup: str | None = None  # its previous version
 
     @property
     def rows_per_second(self) -> float:
@@ -181,15 +183,6 @@ class _ReadBack:
             raise self.error
 
 
-def _missing_directory(spec: Spec) -> bool:
-    return spec.backend in ("local", "chroma", "lancedb") and not Path(spec.location).exists()
-
-
-def _missing_source(spec: Spec) -> bool:
-    # opening a Chroma directory creates chroma.sqlite3 in it: a source without one is not opened at all
-    return _missing_directory(spec) or spec.backend == "chroma" and not (Path(spec.location) / "chroma.sqlite3").exists()
-
-
 def migrate(
     source: Spec,
     destination: Spec,
@@ -197,73 +190,109 @@ def migrate(
     table: str = DEFAULT_TABLE,
     batch: int = 1000,
     dry_run: bool = False,
+    switch: Path | None = None,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_verify: Callable[[], None] | None = None,
 ) -> Result:
     """Copy ``table`` from ``source`` to ``destination`` and verify; refusals raise before any write.
+    ``switch``: then point the MemGPT config at that path to the destination.
 
     ``on_start(source_rows, destination_rows)`` is called once the checks passed, ``progress(n)`` after
     each batch written, ``on_verify()`` before the destination is read back.
     """
+    _check_request(source, destination, batch)
+    started = time.perf_counter()
+    with closing(open_store(source.store(table, snapshot=True))) as src:
+        rows, dim = _source_rows(src, source, table)
+
+        def planned(before: int) -> Result:
+            if on_start:
+                on_start(rows, before)
+            return Result(source=str(source), destination=str(destination), table=table, rows=rows, copied=0,
+                          destination_before=before, checksum="", verified=False, dry_run=True,
+                          seconds=time.perf_counter() - started, dimension=dim)
+
+        if dry_run and destination.kind.holds_nothing(destination):  # opening it might create it
+            return planned(0)
+        with closing(open_store(destination.store(table))) as dst:
+            before = _destination_rows(dst, destination, table, dim)
+            if dry_run:
+                return planned(before)
+            if on_start:
+                on_start(rows, before)
+            expected, got = _copy(src, dst, destination, table, batch, progress, on_verify)
+            dst_rows = dst.count()
+    seconds = time.perf_counter() - started
+    _verify(expected, got, dst_rows)
+    backup = _switch(switch, destination) if switch else None
+    return Result(source=str(source), destination=str(destination), table=table, rows=expected.count,
+                  copied=expected.count, destination_before=before, checksum=expected.hexdigest(), verified=True,
+                  dry_run=False, seconds=seconds, dimension=dim,
+                  switched=str(switch) if switch else None, backup=str(backup) if backup else None)
+
+
+def _check_request(source: Spec, destination: Spec, batch: int) -> None:
     if batch < 1:
         raise MigrationError(f"--batch must be at least 1, not {batch}")
     if source.identity == destination.identity:
         raise MigrationError(f"source and destination are the same store ({source})",
                              hint="pick another destination in --to")
-    if _missing_source(source):
+    if source.kind.holds_nothing(source):
         raise MigrationError(f"source {source} does not exist", hint="check the path in --from")
-    started = time.perf_counter()
-    with closing(open_store(source.store(table, snapshot=True))) as src:
-        if not src.exists() or not (rows := src.count()):
-            raise MigrationError(f"source table {table} in {source} is missing or empty; nothing to migrate",
-                                 hint="check --from and --table")
-        first = _first(src)
-        assert first is not None
-        dim = first.embedding_dim
-        if dry_run and _missing_directory(destination):  # opening a Chroma directory would create it
-            if on_start:
-                on_start(rows, 0)
-            return Result(str(source), str(destination), table, rows, 0, 0, "", False, True,
-                          time.perf_counter() - started, dim)
-        with closing(open_store(destination.store(table))) as dst:
-            before = 0
-            if dst.exists():  # also the reachability check: an unreachable server raises BackendError here
-                before = dst.count()
-                existing = _first(dst) if before else None
-                if existing is not None and existing.embedding_dim != dim:
-                    raise MigrationError(
-                        f"destination table {table} in {destination} holds {existing.embedding_dim}-dimensional "
-                        f"embeddings, the source {dim}-dimensional; nothing was written",
-                        hint="migrate into another --table, or drop the destination table first")
-            if on_start:
-                on_start(rows, before)
-            if dry_run:
-                return Result(str(source), str(destination), table, rows, 0, before, "", False, True,
-                              time.perf_counter() - started, dim)
 
-            expected, got = Checksum(), Checksum()
-            read_back = _ReadBack(destination, table, got) if dst.reads_while_writing else None
-            try:
-                for passages in _prefetched(src, batch, expected):
-                    dst.insert(passages)
-                    if read_back:
-                        read_back.add([p.id for p in passages])
-                    if progress:
-                        progress(len(passages))
-                if on_verify:
-                    on_verify()
-                if read_back:
-                    read_back.finish()
-                else:
-                    for passages in _prefetched(dst, batch):  # the server reads the next batch while we hash
-                        got.update(passages)
-            except BaseException:
-                if read_back:
-                    read_back.abandon()
-                raise
-            dst_rows = dst.count()
-    seconds = time.perf_counter() - started
+
+def _source_rows(src: ArchivalStore, source: Spec, table: str) -> tuple[int, int]:
+    """(rows, embedding dimension) of the source table; a missing or empty one is refused."""
+    if not src.exists() or not (rows := src.count()):
+        raise MigrationError(f"source table {table} in {source} is missing or empty; nothing to migrate",
+                             hint="check --from and --table")
+    first = _first(src)
+    assert first is not None
+    return rows, first.embedding_dim
+
+
+def _destination_rows(dst: ArchivalStore, destination: Spec, table: str, dim: int) -> int:
+    """Rows the destination table holds already (a resumed run); one of another dimension is refused."""
+    if not dst.exists():  # also the reachability check: an unreachable server raises BackendError here
+        return 0
+    before = dst.count()
+    existing = _first(dst) if before else None
+    if existing is not None and existing.embedding_dim != dim:
+        raise MigrationError(
+            f"destination table {table} in {destination} holds {existing.embedding_dim}-dimensional "
+            f"embeddings, the source {dim}-dimensional; nothing was written",
+            hint="migrate into another --table, or drop the destination table first")
+    return before
+
+
+def _copy(src: ArchivalStore, dst: ArchivalStore, destination: Spec, table: str, batch: int,
+          progress: Callable[[int], None] | None, on_verify: Callable[[], None] | None) -> tuple[Checksum, Checksum]:
+    """Copy every batch; return the checksums of what was read and of what the destination holds for it."""
+    expected, got = Checksum(), Checksum()
+    read_back = _ReadBack(destination, table, got) if dst.reads_while_writing else None
+    try:
+        for passages in _prefetched(src, batch, expected):
+            dst.insert(passages)
+            if read_back:
+                read_back.add([p.id for p in passages])
+            if progress:
+                progress(len(passages))
+        if on_verify:
+            on_verify()
+        if read_back:
+            read_back.finish()
+        else:
+            for passages in _prefetched(dst, batch):  # the server reads the next batch while we hash
+                got.update(passages)
+    except BaseException:
+        if read_back:
+            read_back.abandon()
+        raise
+    return expected, got
+
+
+def _verify(expected: Checksum, got: Checksum, dst_rows: int) -> None:
     # got holds what the destination has for every source id (read back by id, or the whole table):
     # equal checksums and equal counts mean the destination holds exactly the source's rows
     if dst_rows != expected.count or got.count != expected.count or got.hexdigest() != expected.hexdigest():
@@ -272,5 +301,10 @@ def migrate(
             f"verification failed: source {expected.count} rows checksum {expected.hexdigest()}, destination "
             f"{dst_rows} rows checksum {got.hexdigest()}{extra}; the source is untouched",
             hint="re-run to resume, or migrate into an empty --table")
-    return Result(str(source), str(destination), table, expected.count, expected.count, before,
-                  expected.hexdigest(), True, False, seconds, dim)
+
+
+def _switch(config: Path, destination: Spec) -> Path | None:
+    """Point MemGPT's config at ``destination``; the previous file's backup, if any."""
+    from toolkit import memgpt_config
+
+    return memgpt_config.write(config, destination.kind.to_memgpt(destination))

@@ -20,16 +20,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
 
-from toolkit.backends import StoreLocation, open_store
+from toolkit.backends import BACKENDS, NotConfigured, StoreLocation, backend, open_store
 from toolkit.backends.base import Filters, Passage
 from toolkit.errors import BackendError, ToolkitError, UsageError
 from toolkit.settings import Settings
 from toolkit.urls import redact
 
-BACKENDS = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3")
-START = {"postgres": "toolkit up", "chroma-http": "toolkit chroma up", "lancedb-s3": "toolkit s3 up"}
+DEFAULT = "local"  # checked when MemGPT's config selects no store: MemGPT's own default
+ALWAYS = "postgres"  # checked besides the configured one: the database `toolkit up` provisions
 USER = uuid.UUID("5e1f5e1f-0000-4000-8000-000000000000")
 AGENTS = (uuid.UUID("5e1f5e1f-0000-4000-8000-0000000000a1"), uuid.UUID("5e1f5e1f-0000-4000-8000-0000000000a2"))
 LATENT = 16  # intrinsic dimension of the seeded embeddings
@@ -96,63 +95,46 @@ def _with_format(t: Target, fmt: str | None, chosen: list[Target]) -> Target:
 
 
 def _targets(settings: Settings, selection: str | None) -> list[Target]:
-    from toolkit import specs
-
     if selection == "all":
         return [target(name, settings) for name in BACKENDS]
     if selection is not None:
         if selection not in BACKENDS:
             raise UsageError(f"unknown backend {selection!r}", hint=f"choose one of {', '.join(BACKENDS)} or all")
         return [target(selection, settings)]
-    from toolkit import memgpt_config
+    from toolkit import memgpt_config, specs
 
     storage = memgpt_config.read(settings.memgpt_config_path)
     chosen: list[Target] = []
     if storage is not None:
         spec = specs.from_memgpt(storage, settings)
-        chosen.append(_preflight(spec.backend, spec.store(), settings))
+        chosen.append(_preflight(spec.store()))
     else:
-        chosen.append(target("local", settings))
-    if all(t.backend != "postgres" for t in chosen):
-        chosen.append(target("postgres", settings))
+        chosen.append(target(DEFAULT, settings))
+    if all(t.backend != ALWAYS for t in chosen):
+        chosen.append(target(ALWAYS, settings))
     return chosen
 
 
-def target(backend: str, settings: Settings) -> Target:
-    """The default location of ``backend`` from settings (the same defaults `toolkit migrate` uses)."""
+def target(name: str, settings: Settings) -> Target:
+    """The location ``name``'s check uses by default (its module's ``default_spec``), and whether its
+    server is there."""
     from toolkit import specs
 
-    if backend == "lancedb-s3":
-        if not settings.s3_endpoint:
-            return Target(backend, None, "no S3 endpoint is configured", "start the test server with `toolkit s3 up`")
-        uri = settings.lancedb_uri or ""
-        uri = uri if uri.startswith("s3://") else "s3://toolkit/lancedb"
-        spec = specs.Spec(backend, uri, options=specs.s3_options(settings))
-    elif backend == "lancedb":
-        spec = specs.Spec(backend, settings.lancedb_location if "://" not in settings.lancedb_location
-                          else str(settings.project_dir / ".lancedb"))
-    else:
-        spec = specs.parse({"chroma-http": "chroma+http"}.get(backend, backend), settings)
-    return _preflight(backend, specs.with_defaults(spec, settings).store(), settings)
+    try:
+        spec = backend(name).default_spec(settings)
+    except NotConfigured as exc:
+        return Target(name, None, exc.message, exc.hint)
+    return _preflight(specs.with_defaults(spec, settings).store())
 
 
-def _preflight(backend: str, location: StoreLocation, settings: Settings) -> Target:
+def _preflight(location: StoreLocation) -> Target:
     """Is the server there at all? A quick TCP connect, so a stopped server is named, not timed out."""
-    endpoint: tuple[str, int] | None = None
-    if backend == "postgres":
-        from toolkit.urls import parse
-
-        url = parse(location.location)
-        endpoint = (url.host, url.port)
-    elif backend == "chroma-http":
-        host, _, port = location.location.rpartition(":")
-        endpoint = (host, int(port))
-    elif backend == "lancedb-s3" and location.options.get("aws_endpoint"):
-        parts = urlsplit(location.options["aws_endpoint"])
-        endpoint = (parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80))
+    kind = backend(location.backend)
+    endpoint = kind.endpoint(location)
     if endpoint and not _answers(*endpoint):
-        return Target(backend, location, f"not running at {endpoint[0]}:{endpoint[1]}", f"start it with `{START[backend]}`")
-    return Target(backend, location)
+        return Target(kind.NAME, location, f"not running at {endpoint[0]}:{endpoint[1]}",
+                      f"start it with `{kind.SERVER}`" if kind.SERVER else None)
+    return Target(kind.NAME, location)
 
 
 def nothing_checked(chosen: list[Target]) -> BackendError | None:
@@ -162,19 +144,6 @@ def nothing_checked(chosen: list[Target]) -> BackendError | None:
         return None
     hints = list(dict.fromkeys(t.hint for t in chosen if t.hint))
     return BackendError("; ".join(f"{t.backend}: {t.problem}" for t in chosen), hint="; ".join(hints) or None)
-
-
-def _private(location: StoreLocation) -> StoreLocation:
-    """A Chroma directory holding data of a generation other than the one imported here is checked on a
-    private copy: the check must not change what its own client will read."""
-    if location.backend != "chroma":
-        return location
-    from pathlib import Path
-
-    from toolkit.backends.chroma import IN_PROCESS, detect_format
-
-    found = detect_format(Path(location.location).expanduser())
-    return replace(location, snapshot=True) if found not in (None, IN_PROCESS) else location
 
 
 def _answers(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -275,8 +244,7 @@ def _expect(got: int, want: int, what: str) -> None:
         raise AssertionError(f"{what}: expected {want}, got {got}")
 
 
-def check_location(location: StoreLocation, settings: Settings | None = None, *, n: int = 100, dim: int = 1536,
-                   timeout: float = 120.0) -> Result:
+def check_location(location: StoreLocation, *, n: int = 100, dim: int = 1536, timeout: float = 120.0) -> Result:
     """One backend's check at ``location`` (its table name replaced by a unique temporary one)."""
     return run([Target(location.backend, location)], n=n, dim=dim, timeout=timeout)[0]
 
@@ -299,7 +267,8 @@ def run(chosen: list[Target], *, n: int = 100, dim: int = 1536, timeout: float =
     def work(i: int, t: Target, location: StoreLocation) -> None:
         start = time.monotonic()
         try:
-            detail, fmt = _exercise(_private(location), n=n, dim=dim, seed=0, on_open=None, cancelled=cancel.is_set)
+            guarded = backend(location.backend).guarded(location)  # someone else's data: on a private copy
+            detail, fmt = _exercise(guarded, n=n, dim=dim, seed=0, on_open=None, cancelled=cancel.is_set)
             outcome = Result(t.backend, "pass", time.monotonic() - start, detail, location.describe(), fmt)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a row of the table
             message = exc.one_line() if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"

@@ -1,69 +1,88 @@
-"""Archival storage backends (room: backends/): one module each behind ``ArchivalStore``, registered here.
+"""Archival storage backends (room: backends/): one module each, registered here.
 
-Adding a backend is one module and one line in ``BACKENDS``. Entries are lazy ``module:Class`` strings so
-importing this package never imports chromadb, lancedb or psycopg. ``migrate`` parses its SPEC strings
-into a ``StoreLocation`` and calls ``open_store``; ``smoke`` builds locations from settings.
+Each module owns everything about its backend (the ``Backend`` Protocol in ``base.py``): its store class
+behind ``ArchivalStore``, its SPEC scheme, MemGPT's words for it, its default location, the server it
+needs, its formats. Adding a backend is one module and one line in ``BACKENDS``; mypy checks each module
+against the Protocol. The modules import their clients (chromadb, lancedb, psycopg) only when a store
+is opened, and this package imports the modules only when the registry is first asked for.
 """
 
 from __future__ import annotations
 
-import importlib
+import fnmatch
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import Any
 
-from toolkit.backends.base import ArchivalStore, Filters, Passage
+from toolkit.backends.base import (
+    DEFAULT_TABLE,
+    ArchivalStore,
+    Backend,
+    Filters,
+    NotConfigured,
+    Passage,
+    Prompt,
+    Spec,
+    StoreLocation,
+)
 from toolkit.errors import UsageError
 
-DEFAULT_TABLE = "memgpt_archival_memory_agent"
+BACKENDS: dict[str, Backend]  # built on first use by _registry(): `toolkit --help` imports no backend module
 
-# backend name -> "module:Class"; the class is called as Class(location: StoreLocation)
-BACKENDS: dict[str, str] = {
-    "local": "toolkit.backends.local:LocalStore",
-    "postgres": "toolkit.backends.postgres:PostgresStore",
-    "chroma": "toolkit.backends.chroma:ChromaStore",  # persistent: location is a directory
-    "chroma-http": "toolkit.backends.chroma:ChromaStore",  # location is host:port or http://host:port
-    "lancedb": "toolkit.backends.lancedb:LanceStore",  # location is a directory
-    "lancedb-s3": "toolkit.backends.lancedb:LanceStore",  # location is s3://bucket/prefix
-}
+
+def _registry() -> dict[str, Backend]:
+    """name -> module; the order is the order of `smoke --backend all` and of every list shown to people."""
+    if "BACKENDS" not in globals():
+        from toolkit.backends import chroma, chroma_http, lancedb, lancedb_s3, local, postgres
+
+        registry: dict[str, Backend] = {  # mypy checks each module against Backend here
+            "local": local,
+            "postgres": postgres,
+            "chroma": chroma,
+            "chroma-http": chroma_http,
+            "lancedb": lancedb,
+            "lancedb-s3": lancedb_s3,
+        }
+        globals()["BACKENDS"] = registry
+    built: dict[str, Backend] = globals()["BACKENDS"]
+    return built
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BACKENDS":
+        return _registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # valid as a Postgres identifier, a Chroma collection name and a LanceDB table name alike
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,61}[A-Za-z0-9]$")
 
-__all__ = ["BACKENDS", "DEFAULT_TABLE", "ArchivalStore", "Filters", "Passage", "StoreLocation", "open_store"]
+__all__ = ["BACKENDS", "DEFAULT_TABLE", "ArchivalStore", "Backend", "Filters", "NotConfigured", "Passage", "Prompt", "Spec",
+           "StoreLocation",
+           "backend", "by_scheme", "by_word", "memgpt_types", "open_store"]
 
 
-@dataclass(frozen=True)
-class StoreLocation:
-    """Where one table of passages lives.
+def backend(name: str) -> Backend:
+    """The module of backend ``name``; an unknown name raises UsageError listing the known ones."""
+    registry = _registry()
+    try:
+        return registry[name]
+    except KeyError:
+        raise UsageError(f"unknown backend {name!r}", hint=f"choose one of {', '.join(registry)}") from None
 
-    ``backend``: a key of ``BACKENDS``. ``location``: local and lancedb a directory; postgres a URL
-    (``postgresql://``, ``postgresql+pg8000://`` or ``postgresql+psycopg://``); chroma a directory;
-    chroma-http ``host:port``; lancedb-s3 ``s3://bucket/prefix``. ``table``: table/collection name.
-    ``options``: storage options (lancedb: ``aws_endpoint``, ``aws_region``, ``allow_http``,
-    ``aws_access_key_id``, ``aws_secret_access_key``); ignored by the other backends.
 
-    Formats (chroma, lancedb; see ``backends/formats.py``): ``format`` is an explicit one in the backend's
-    words (``0.5``, ``legacy``...), None for the one already on disk, else ``default_format`` (``memgpt``
-    or ``current``). ``snapshot``: work on a private copy of the directory, so the original stays byte
-    for byte as it was (a migration's source, a smoke check of someone else's data). ``clients_dir``:
-    where isolated environments of older clients are cached (None: ``./.toolkit/clients``).
-    """
+def by_scheme(scheme: str) -> Backend | None:
+    """The backend whose SPECs start ``scheme://`` (lower case)."""
+    return next((b for b in _registry().values() if any(fnmatch.fnmatchcase(scheme, s) for s in b.SCHEMES)), None)
 
-    backend: str
-    location: str
-    table: str = DEFAULT_TABLE
-    options: Mapping[str, str] = field(default_factory=dict)
-    format: str | None = None
-    default_format: str = "current"
-    snapshot: bool = False
-    clients_dir: str | None = None
 
-    def describe(self) -> str:
-        """A redacted one-liner for messages: ``postgres postgresql://u:***@h:5432/db table t``."""
-        from toolkit.urls import redact
+def by_word(word: str) -> Backend | None:
+    """The backend whose bare SPEC is ``word`` (``chroma+http``)."""
+    return next((b for b in _registry().values() if b.WORD == word), None)
 
-        return f"{self.backend} {redact(self.location)} table {self.table}"
+
+def memgpt_types() -> list[str]:
+    """MemGPT's archival storage types, in registry order: what `configure` offers."""
+    return list(dict.fromkeys(b.MEMGPT_TYPE for b in _registry().values()))
 
 
 def open_store(location: StoreLocation) -> ArchivalStore:
@@ -72,11 +91,8 @@ def open_store(location: StoreLocation) -> ArchivalStore:
     Opening is cheap and lazy where the client allows it; unreachable servers raise ``BackendError``
     at the first operation or here. Callers own the store: call ``close()`` (or use ``with``).
     """
-    if location.backend not in BACKENDS:
-        raise UsageError(f"unknown backend {location.backend!r}", hint=f"choose one of {', '.join(BACKENDS)}")
+    kind = backend(location.backend)
     if not _TABLE_NAME.match(location.table):
         raise UsageError(f"invalid table name {location.table!r}",
                          hint="use 3-63 letters, digits and underscores, starting with a letter")
-    module, _, cls = BACKENDS[location.backend].partition(":")
-    store: ArchivalStore = getattr(importlib.import_module(module), cls)(location)
-    return store
+    return kind.open_store(location)

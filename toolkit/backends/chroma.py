@@ -22,10 +22,7 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import tempfile
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -33,14 +30,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from toolkit.backends import _kind
 from toolkit.backends._util import StoreBase, batched, check_encodable, dim_mismatch, matrix, to_utc, unique_by_id, uuid_or_none
 from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage
-from toolkit.errors import BackendError
+from toolkit.errors import BackendError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from toolkit.backends import StoreLocation
+    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.memgpt_config import ArchivalStorage
+    from toolkit.settings import Settings
+
+NAME = "chroma"
+TITLE = "Chroma (persistent directory)"
+MEMGPT_TYPE = "chroma"
+SCHEMES = ("chroma",)
+WORD = "chroma"
+EXAMPLE = "chroma:///PATH"
+SERVER = None
 
 FIELDS = ("user_id", "agent_id", "doc_id", "data_source", "embedding_model", "embedding_dim", "created_at")
 _DIM = re.compile(r"dimension of (\d+), got (\d+)")  # chromadb 1.x: existing, new
@@ -56,6 +64,108 @@ MEMGPT_LAYOUT = ("0.4", "0.5")
 def describe(fmt: str) -> str:
     """``format 0.5 (chromadb 0.5/0.6 (MemGPT 0.3.x))``: a format and who reads it, for messages."""
     return f"format {fmt} ({FORMATS.get(fmt, 'chromadb ' + fmt)})"
+
+
+# -- the backend: SPECs, MemGPT's words, checks (the Backend Protocol; chroma_http.py shares most) ------
+
+def open_store(location: StoreLocation) -> ChromaStore:
+    return ChromaStore(location)
+
+
+def default_dir() -> Path:
+    return Path.home() / ".memgpt" / "chroma"  # MemGPT's default archival_storage_path
+
+
+def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
+    from toolkit.backends.base import Spec
+
+    return Spec(NAME, str(settings.chroma_dir) if rest is None else _kind.directory(rest, raw, settings))
+
+
+def default_spec(settings: Settings) -> Spec:
+    return parse(None, WORD, settings)
+
+
+def render(spec: Spec) -> str:
+    return _kind.with_format("chroma://" + spec.location, spec)
+
+
+identity = _kind.path_identity
+
+
+def to_memgpt(spec: Spec) -> ArchivalStorage:
+    from toolkit.memgpt_config import ArchivalStorage
+
+    return ArchivalStorage("chroma", spec.location, "")
+
+
+def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
+    from toolkit.backends import chroma_http
+    from toolkit.backends.base import Spec
+
+    if storage.path:  # MemGPT picks the persistent client whenever path is set
+        return Spec(NAME, _kind.directory(storage.path, storage.path, settings))
+    if storage.uri:
+        return chroma_http.parse(storage.uri, storage.uri, settings)
+    return Spec(NAME, str(default_dir()))
+
+
+def from_choice(uri: str, path: str, settings: Settings) -> Spec:
+    from toolkit.backends import chroma_http
+    from toolkit.backends.base import Spec
+    from toolkit.errors import UsageError
+
+    if uri and path:
+        raise UsageError("give chroma either --path (persistent) or --uri HOST:PORT (http), not both",
+                         hint="MemGPT would silently pick the persistent client")
+    if uri:
+        return chroma_http.from_choice(uri, "", settings)
+    target = path or str(default_dir())
+    return Spec(NAME, _kind.directory(target, target, settings))
+
+
+def ask(uri: str | None, path: str | None, old: ArchivalStorage | None, settings: Settings,
+        prompt: Prompt) -> tuple[str | None, str | None]:
+    return ask_client(uri, path, old, settings, prompt, http=False)
+
+
+def ask_client(uri: str | None, path: str | None, old: ArchivalStorage | None, settings: Settings, prompt: Prompt,
+               *, http: bool) -> tuple[str | None, str | None]:
+    """MemGPT's questions: which client (``http`` its default), then where."""
+    if uri is not None or path is not None:
+        return uri, path
+    same = old if old is not None and old.type == MEMGPT_TYPE else None
+    kind = "http" if http or (same and not same.path and same.uri) else "persistent"
+    kind = prompt("Select chroma backend", default=kind, choices=["persistent", "http"])
+    if kind == "http":
+        fallback = same.uri if same and same.uri else f"{settings.chroma_host}:{settings.chroma_port}"
+        return prompt("Enter chroma host:port (e.g. localhost:8000)", default=fallback), None
+    fallback = same.path if same and same.path else str(default_dir())
+    return None, prompt("Enter chroma persistent path", default=fallback)
+
+
+endpoint = _kind.no_endpoint
+
+
+def holds_nothing(spec: Spec) -> bool:
+    # opening a directory creates chroma.sqlite3 in it: without one, there is nothing to read
+    return not (Path(spec.location) / "chroma.sqlite3").exists()
+
+
+def guarded(location: StoreLocation) -> StoreLocation:
+    """A directory of a generation other than the one imported here is written on a private copy: its own
+    client must still read it as it was."""
+    from dataclasses import replace
+
+    found = detect_format(Path(location.location).expanduser())
+    return replace(location, snapshot=True) if found not in (None, IN_PROCESS) else location
+
+
+def describe_data(spec: Spec) -> str:
+    found = detect_format(Path(spec.location))
+    return describe(found) if found else "no data yet"
+
+
 _SCALARS = (str, int, float, bool)
 
 
@@ -171,20 +281,20 @@ class ChromaStore(StoreBase):
             found = _DIM_OLD.search(str(exc))
             if found:
                 raise dim_mismatch(f"chroma collection {self.table}", int(found[2]), int(found[1])) from None
-            raise BackendError(f"{self.where} rejected the request: {_first_line(exc)}") from None
+            raise BackendError(f"{self.where} rejected the request: {first_line(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - transport and storage errors have many types
             if type(exc).__name__ == "InvalidArgumentError":  # chromadb 1.x; no import of chromadb for this
                 found = _DIM.search(str(exc))
                 if found:
                     raise dim_mismatch(f"chroma collection {self.table}", int(found[1]), int(found[2])) from None
-                raise BackendError(f"{self.where} rejected the request: {_first_line(exc)}") from None
+                raise BackendError(f"{self.where} rejected the request: {first_line(exc)}") from None
             raise self._failure(exc) from None
 
     def _failure(self, exc: BaseException) -> BackendError:
         if self.address:
-            return BackendError(f"{self.where} is unreachable ({_first_line(exc)})",
+            return BackendError(f"{self.where} is unreachable ({first_line(exc)})",
                                 hint="start it with `toolkit chroma up` (or `make chroma-up`)")
-        return BackendError(f"{self.where} is not usable: {_first_line(exc)}",
+        return BackendError(f"{self.where} is not usable: {first_line(exc)}",
                             hint="choose a writable directory (--path) or fix its permissions")
 
     def _get(self, *, create: bool) -> Any:
@@ -336,6 +446,8 @@ class ChromaStore(StoreBase):
         Chroma deletes the collection but leaves its HNSW segment directory behind (chroma-core/chroma
         issue 1309, still so in 1.5); we remove it, so a dropped table leaves nothing on disk.
         """
+        import sqlite3
+
         if self.path is None or not (self.path / "chroma.sqlite3").is_file():
             return []
         try:
@@ -366,6 +478,8 @@ def detect_format(path: Path) -> str | None:
     migrations, recorded in the ``migrations`` table: 0.5.0 brought ``sysdb/00005-remove-topic``, 1.0
     ``metadb/00005-max-seq-id-int`` (sequence ids became integers, which 0.5 cannot decode). 0.5.x and
     0.6.x share one schema (0.5.23 and 0.6.3 apply the same 15 migrations), so "0.5" covers both."""
+    import sqlite3
+
     database = path / "chroma.sqlite3"
     if not database.is_file():
         return None
@@ -388,6 +502,9 @@ def detect_format(path: Path) -> str | None:
 def server_format(host: str, port: int, timeout: float = 2.0) -> str | None:
     """The generation of the Chroma server at host:port, from the version it states (1.x answers on
     /api/v2 only; late 0.5 releases on both), or None when nothing answers."""
+    import urllib.error
+    import urllib.request
+
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     for path in ("/api/v2/version", "/api/v1/version"):
         try:
@@ -503,7 +620,3 @@ def _passage(record_id: str, text: str, meta: dict[str, Any] | None, embedding: 
                    created_at=datetime.fromtimestamp(float(created), timezone.utc) if created is not None
                    else datetime.now(timezone.utc))
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,7 +1,7 @@
 """On-disk formats (room: backends/): which one to write when nothing on disk says so.
 
-Each backend module owns its formats (``FORMATS``: name -> who reads it; ``ALIASES``: ``memgpt`` and
-``current`` -> a name) and its detection. This module holds what is shared: the names ``memgpt`` (the
+Each backend module owns its formats (``FORMATS``: name -> who reads it, empty for one format;
+``ALIASES``: ``memgpt`` and ``current`` -> a name) and its detection. This module holds what is shared: the names ``memgpt`` (the
 formats MemGPT 0.3.x's pinned clients read: chromadb 0.5, Lance legacy files) and ``current`` (today's
 clients), and the default when a location holds no data yet: the MemGPT found in this environment or
 named by its config file, else current. The format already on disk always comes first; the stores
@@ -14,6 +14,10 @@ import configparser
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from toolkit.backends.base import Backend
 
 MEMGPT = "memgpt"
 CURRENT = "current"
@@ -70,29 +74,26 @@ def normalize(backend: str, text: str | None) -> str | None:
     if text is None or text.strip().lower() in ("", AUTO):
         return None
     word = text.strip().lower()
-    module = _module(backend)
-    if module is None:
+    kind = _backend(backend)
+    if not kind.FORMATS:
         if word in (MEMGPT, CURRENT):
-            return None  # local and postgres have one format: any reader of MemGPT's reads it
+            return None  # one format: any reader of MemGPT's reads it
         raise UsageError(f"the {backend} backend has one format; --format {text!r} does not apply",
                          hint="drop --format, or use auto, memgpt or current")
-    formats: dict[str, str] = module.FORMATS
-    aliases: dict[str, str] = module.ALIASES
-    if word in aliases:
-        return aliases[word]
-    if word in formats:
+    if word in kind.ALIASES:
+        return kind.ALIASES[word]
+    if word in kind.FORMATS:
         return word
-    choices = ", ".join([AUTO, *aliases, *formats])
+    choices = ", ".join([AUTO, *kind.ALIASES, *kind.FORMATS])
     raise UsageError(f"unknown {backend} format {text!r}", hint=f"choose one of {choices}")
 
 
 def has_formats(backend: str) -> bool:
     """Does ``backend`` store data in more than one format (and so take ``--format``)?"""
-    return _module(backend) is not None
+    return bool(_backend(backend).FORMATS)
 
 
-def _module(backend: str):  # type: ignore[no-untyped-def]
-    import importlib
+def _backend(name: str) -> Backend:
+    from toolkit.backends import backend
 
-    name = {"chroma-http": "chroma", "lancedb-s3": "lancedb"}.get(backend, backend)
-    return importlib.import_module(f"toolkit.backends.{name}") if name in ("chroma", "lancedb") else None
+    return backend(name)

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
-import zoneinfo  # noqa: F401 - pyarrow imports it to read UTC timestamps; a first import racing in threads failed
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from toolkit.backends import _kind
 from toolkit.backends._util import (
     StoreBase,
     batched,
@@ -36,13 +36,23 @@ from toolkit.backends._util import (
     uuid_or_none,
 )
 from toolkit.backends.base import Filters, Passage
-from toolkit.errors import BackendError
+from toolkit.errors import BackendError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from toolkit.backends import StoreLocation
+    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.memgpt_config import ArchivalStorage
+    from toolkit.settings import Settings
+
+NAME = "lancedb"
+TITLE = "LanceDB (directory)"
+MEMGPT_TYPE = "lancedb"
+SCHEMES = ("lancedb",)
+WORD = "lancedb"
+EXAMPLE = "lancedb:///PATH"
+SERVER = None
 
 # format -> who reads it; lance's own name is what create_table takes as data_storage_version
 FORMATS = {"legacy": "Lance file format 0.1 (lancedb 0.3 / pylance 0.8: MemGPT 0.3.x)",
@@ -54,6 +64,81 @@ CREATE = {"legacy": {"new_table_data_storage_version": "legacy", "new_table_enab
           "stable": {"new_table_data_storage_version": "stable"}}
 # in a manifest, field 15 (data_format) = DataStorageFormat{file_format "lance", version "X.Y"}
 _DATA_FORMAT = re.compile(rb"z[\x00-\x7f]\n\x05lance\x12([\x00-\x7f])", re.S)
+
+
+
+# -- the backend: SPECs, MemGPT's words, checks (the Backend Protocol; lancedb_s3.py shares most) -------
+
+def open_store(location: StoreLocation) -> LanceStore:
+    import zoneinfo  # noqa: F401 - pyarrow imports it to read UTC timestamps; a first import racing in threads failed
+
+    return LanceStore(location)
+
+
+def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
+    from toolkit.backends.base import Spec
+
+    if rest is None:  # the word: where the settings put LanceDB, a directory or s3://
+        return configured(settings.lancedb_location, settings)
+    return Spec(NAME, _kind.directory(rest, raw, settings))
+
+
+def configured(uri: str, settings: Settings) -> Spec:
+    """The store of a LanceDB URI as MemGPT and TOOLKIT_LANCEDB_URI give it: a directory or s3://."""
+    from toolkit.backends import lancedb_s3
+
+    if uri.startswith("s3://"):
+        return lancedb_s3.parse(uri.removeprefix("s3://"), uri, settings)
+    return parse(uri, "lancedb://" + uri, settings)
+
+
+def default_spec(settings: Settings) -> Spec:
+    from toolkit.backends.base import Spec
+
+    where = settings.lancedb_location
+    return Spec(NAME, where if "://" not in where else str(settings.project_dir / ".lancedb"))
+
+
+def render(spec: Spec) -> str:
+    return _kind.with_format("lancedb://" + spec.location, spec)
+
+
+identity = _kind.path_identity
+
+
+def to_memgpt(spec: Spec) -> ArchivalStorage:
+    from toolkit.memgpt_config import ArchivalStorage
+
+    return ArchivalStorage("lancedb", "", spec.location)
+
+
+def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
+    return configured(storage.uri or "./.lancedb", settings)
+
+
+def from_choice(uri: str, path: str, settings: Settings) -> Spec:
+    return configured(uri or path or "./.lancedb", settings)
+
+
+def ask(uri: str | None, path: str | None, old: ArchivalStorage | None, settings: Settings,
+        prompt: Prompt) -> tuple[str | None, str | None]:
+    if uri is not None or path is not None:
+        return uri, path
+    fallback = old.uri if old is not None and old.type == MEMGPT_TYPE and old.uri else ""
+    answer = prompt("Enter LanceDB URI (directory or s3://bucket/prefix; empty: ./.lancedb)", default=fallback,
+                    show_default=bool(fallback))
+    return answer or None, None
+
+
+endpoint = _kind.no_endpoint
+holds_nothing = _kind.directory_missing
+guarded = _kind.unguarded
+
+
+def describe_data(spec: Spec) -> str:
+    tables = {p.stem: detect_format(p) for p in sorted(Path(spec.location).glob("*.lance"))}
+    return ", ".join(f"{name}: {f[0]} (Lance files {f[1]})" for name, f in tables.items() if f) or "no data yet"
+
 
 STRINGS = ("id", "user_id", "agent_id", "doc_id", "text", "data_source", "embedding_model", "metadata_")
 _CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden")
@@ -124,10 +209,10 @@ class LanceStore(StoreBase):
                                    hint="start the test S3 server with `toolkit s3 up`, or set TOOLKIT_S3_ENDPOINT") \
                     from None
             if not self.remote and any(s in text for s in _UNWRITABLE):
-                raise BackendError(f"{where}: the path is not writable ({_first_line(exc)})",
+                raise BackendError(f"{where}: the path is not writable ({first_line(exc)})",
                                    hint="choose a writable directory (TOOLKIT_LANCEDB_URI) or fix its permissions") \
                     from None
-            raise BackendError(f"{where} failed: {_first_line(exc)}") from None
+            raise BackendError(f"{where} failed: {first_line(exc)}") from None
 
     def _connect(self) -> Any:
         if self._db is None:
@@ -313,7 +398,3 @@ def _passages(data: pa.Table) -> list[Passage]:
                     created_at=r["created_at"].astimezone(timezone.utc))
             for i, r in enumerate(rows)]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

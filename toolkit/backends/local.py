@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from toolkit.backends import _kind
 from toolkit.backends._util import StoreBase, dim_mismatch, matrix, unique_by_id, uuid_or_none
 from toolkit.backends.base import Filters, Passage
 from toolkit.errors import BackendError
@@ -27,9 +28,75 @@ from toolkit.errors import BackendError
 if TYPE_CHECKING:
     import numpy as np
 
-    from toolkit.backends import StoreLocation
+    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.memgpt_config import ArchivalStorage
+    from toolkit.settings import Settings
 
+NAME = "local"
+TITLE = "local files"
+MEMGPT_TYPE = "local"
+SCHEMES = ("local",)
+WORD = "local"
+EXAMPLE = "local:///PATH"
+SERVER = None
+FORMATS: dict[str, str] = {}  # one format
+ALIASES: dict[str, str] = {}
 COMPACT_AFTER = 32  # segments
+
+
+# -- the backend: SPECs, MemGPT's words, checks (the Backend Protocol) -------------------------------
+
+def open_store(location: StoreLocation) -> LocalStore:
+    return LocalStore(location)
+
+
+def default_dir() -> Path:
+    return Path.home() / ".memgpt" / "archival"  # MemGPT's default archival directory
+
+
+def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
+    from toolkit.backends.base import Spec
+
+    return Spec(NAME, str(default_dir()) if rest is None else _kind.directory(rest, raw, settings))
+
+
+def default_spec(settings: Settings) -> Spec:
+    return parse(None, WORD, settings)
+
+
+def render(spec: Spec) -> str:
+    return "local://" + spec.location
+
+
+identity = _kind.path_identity
+
+
+def to_memgpt(spec: Spec) -> ArchivalStorage:
+    from toolkit.memgpt_config import ArchivalStorage
+
+    return ArchivalStorage("local", spec.location, "")
+
+
+def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
+    return from_choice("", storage.path, settings)
+
+
+def from_choice(uri: str, path: str, settings: Settings) -> Spec:
+    return parse(path, path, settings) if path else parse(None, WORD, settings)
+
+
+def ask(uri: str | None, path: str | None, old: ArchivalStorage | None, settings: Settings,
+        prompt: Prompt) -> tuple[str | None, str | None]:
+    if path is not None:
+        return uri, path
+    fallback = old.path if old is not None and old.type == MEMGPT_TYPE and old.path else str(default_dir())
+    return uri, prompt("Enter local archival directory", default=fallback)
+
+
+endpoint = _kind.no_endpoint
+holds_nothing = _kind.directory_missing
+guarded = _kind.unguarded
+describe_data = _kind.one_format
 
 
 class _Table:

@@ -1,9 +1,11 @@
 """The Postgres+pgvector backend (room: backends/): MemGPT's ``memgpt_archival_memory_agent`` layout.
 
 Columns as MemGPT's connector creates them; embeddings live in ``vector(4096)``, zero-padded on write
-and cut back to ``embedding_dim`` on read. Writes COPY (binary) into a temporary table, then
-``INSERT ... ON CONFLICT (id) DO UPDATE``: one round trip per batch, and an upsert. psycopg 3 with the
-pgvector adapter; search is exact L2 (``<->``), as MemGPT orders.
+and cut back to ``embedding_dim`` on read. Writes COPY (binary) straight into the table inside a
+savepoint, as fast as a bulk load when the ids are new (a load, a migration); when one exists already,
+the savepoint is rolled back and the batch is COPYed into a temporary table and upserted from there
+(``INSERT ... ON CONFLICT (id) DO UPDATE``). psycopg 3 with the pgvector adapter; search is exact L2
+(``<->``), as MemGPT orders.
 """
 
 from __future__ import annotations
@@ -13,15 +15,32 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from toolkit.backends import _kind
 from toolkit.backends._util import StoreBase, check_encodable, dim_mismatch, dumps, matrix, to_utc, unique_by_id, uuid_or_none
 from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage
-from toolkit.errors import BackendError
-from toolkit.urls import parse, redact
+from toolkit.errors import BackendError, first_line
+from toolkit.urls import parse as parse_url
+from toolkit.urls import redact
 
 if TYPE_CHECKING:
+    import numpy as np
     import psycopg
 
-    from toolkit.backends import StoreLocation
+    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.memgpt_config import ArchivalStorage
+    from toolkit.settings import Settings
+
+NAME = "postgres"
+TITLE = "Postgres+pgvector"
+MEMGPT_TYPE = "postgres"
+SCHEMES = ("postgresql", "postgres", "postgresql+*")
+WORD = "postgres"  # the Postgres `toolkit up` provisioned
+EXAMPLE = "a Postgres URL (postgresql://...)"
+SERVER = "toolkit up"
+FORMATS: dict[str, str] = {}  # one format
+ALIASES: dict[str, str] = {}
+URL_ENV = "PGVECTOR_TEST_DB_URL"
+_EXAMPLE_URL = "postgresql+pg8000://{user}:{password}@{ip}:5432/{database}"  # as `memgpt configure` shows it
 
 COLUMNS = ("id", "user_id", "text", "doc_id", "agent_id", "data_source", "embedding", "embedding_dim",
            "embedding_model", "metadata_", "created_at")
@@ -35,12 +54,96 @@ COPY_ROWS = 2000  # rows per COPY statement within one insert
 LOCK_CLASS = 0x746B6974  # "tkit"
 
 
+# -- the backend: SPECs, MemGPT's words, checks (the Backend Protocol) -------------------------------
+
+def open_store(location: StoreLocation) -> PostgresStore:
+    return PostgresStore(location)
+
+
+def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
+    from toolkit.backends.base import Spec
+    from toolkit.errors import UsageError
+
+    if rest is None:
+        url = provisioned_url(settings)
+        if "://" not in url:  # PGVECTOR_TEST_DB_URL=postgres would name itself
+            raise UsageError(f"{URL_ENV} is {redact(url)!r}, not a Postgres URL",
+                             hint="run `toolkit up` to write it, or give the URL in --from/--to")
+        raw = url
+    return Spec(NAME, parse_url(raw).libpq)
+
+
+def provisioned_url(settings: Settings) -> str:
+    """The URL `toolkit up` exported: environment, then the project's .env, then the settings' defaults."""
+    import os
+
+    from toolkit.settings import read_dotenv
+
+    url = os.environ.get(URL_ENV) or read_dotenv(settings.env_file).get(URL_ENV)
+    return url or settings.db.url().render("pg8000")
+
+
+def default_spec(settings: Settings) -> Spec:
+    return parse(None, WORD, settings)
+
+
+def render(spec: Spec) -> str:
+    return parse_url(spec.location).render("pg8000")
+
+
+def identity(spec: Spec) -> tuple[str, ...]:
+    url = parse_url(spec.location)
+    host = "127.0.0.1" if url.host in ("localhost", "::1") else url.host
+    return (NAME, host, str(url.port), url.database)
+
+
+def to_memgpt(spec: Spec) -> ArchivalStorage:
+    from toolkit.memgpt_config import ArchivalStorage
+
+    return ArchivalStorage("postgres", "", render(spec))
+
+
+def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
+    from toolkit import specs
+    from toolkit.errors import UsageError
+
+    if not storage.uri:
+        raise UsageError("MemGPT config selects postgres but has no uri", hint="run `toolkit configure`")
+    return specs.parse(storage.uri, settings)
+
+
+def from_choice(uri: str, path: str, settings: Settings) -> Spec:
+    from toolkit import specs
+
+    return specs.parse(uri or provisioned_url(settings), settings)
+
+
+def ask(uri: str | None, path: str | None, old: ArchivalStorage | None, settings: Settings,
+        prompt: Prompt) -> tuple[str | None, str | None]:
+    if uri is not None:
+        return uri, path
+    fallback = old.uri if old is not None and old.type == MEMGPT_TYPE and old.uri else provisioned_url(settings)
+    answer = prompt(f"Enter postgres connection string (e.g. {_EXAMPLE_URL}) [{redact(fallback)}]", default="",
+                    show_default=False)  # the default is shown redacted: never echo a password
+    return answer or fallback, path
+
+
+def endpoint(location: StoreLocation) -> tuple[str, int] | None:
+    url = parse_url(location.location)
+    return url.host, url.port
+
+
+holds_nothing = _kind.not_known_empty
+guarded = _kind.unguarded
+describe_data = _kind.one_format
+
+
 class PostgresStore(StoreBase):
     name = "postgres"
     reads_while_writing = True  # another connection reads committed rows, from shared buffers
 
     def __init__(self, location: StoreLocation) -> None:
-        self.url = parse(location.location)
+        self.url = parse_url(location.location)
         self.table = location.table
         self.where = f"{redact(self.url.render('plain'))} table {self.table}"
         self._conn: psycopg.Connection[Any] | None = None
@@ -58,13 +161,13 @@ class PostgresStore(StoreBase):
                 yield cur
         except psycopg.OperationalError as exc:
             self.close()
-            raise BackendError(f"lost the connection to Postgres at {self.where}: {_first_line(exc)}",
+            raise BackendError(f"lost the connection to Postgres at {self.where}: {first_line(exc)}",
                                hint="is it still running? `toolkit status`, then `toolkit up`") from None
         except psycopg.DataError as exc:  # SQLSTATE class 22: bad text (NUL bytes), JSON, numbers
-            raise BackendError(f"Postgres rejected the data for {self.where}: {_first_line(exc)}",
+            raise BackendError(f"Postgres rejected the data for {self.where}: {first_line(exc)}",
                                hint="check the embedding dimension and the passage fields") from None
         except psycopg.Error as exc:  # permissions, a table of another shape, a read-only server...
-            raise BackendError(f"Postgres refused an operation on {self.where}: {_first_line(exc)}",
+            raise BackendError(f"Postgres refused an operation on {self.where}: {first_line(exc)}",
                                hint="check the role's privileges and the table's layout (`toolkit psql`)") from None
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -76,7 +179,7 @@ class PostgresStore(StoreBase):
             conn = psycopg.connect(self.url.libpq, autocommit=True, connect_timeout=5)
         except psycopg.OperationalError as exc:
             raise BackendError(f"cannot connect to Postgres at {redact(self.url.render('plain'))}: "
-                               f"{_first_line(exc)}",
+                               f"{first_line(exc)}",
                                hint="start it with `toolkit up` (or `make db-up`), or check PGVECTOR_TEST_DB_URL") \
                 from None
         try:
@@ -108,7 +211,7 @@ class PostgresStore(StoreBase):
                 raise
         except psycopg.Error as exc:
             raise BackendError(f"the vector extension is missing in database {self.url.database!r} "
-                               f"({_first_line(exc)})",
+                               f"({first_line(exc)})",
                                hint="run `toolkit up` (it creates it), or as a superuser: CREATE EXTENSION vector;") \
                 from None
 
@@ -227,7 +330,7 @@ class PostgresStore(StoreBase):
         self._dim = dim
         return len(batch)
 
-    def query(self, embedding: Sequence[float], k: int, filters: Filters | None = None) -> list[Passage]:
+    def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
         import numpy as np
 
         if k <= 0 or not self.exists():
@@ -338,7 +441,3 @@ def _json(value: Any) -> dict[str, Any]:
         value = json.loads(value)
     return dict(value)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return redact(text.splitlines()[0] if text else type(exc).__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -39,3 +40,29 @@ def confirm_or_abort(question: str, *, yes: bool) -> None:
         raise Aborted(f"refusing to {question} without confirmation", hint="re-run with --yes")
     if not click.confirm(question[0].upper() + question[1:] + "?", default=False):
         raise Aborted("nothing was changed")
+
+
+class BackendName(click.Choice):  # type: ignore[type-arg]
+    """``click.Choice`` over the registered backends (``toolkit.backends.BACKENDS``) and ``extra`` words,
+    read when a command parses or shows its help: `toolkit --help` loads no backend module."""
+
+    def __init__(self, *extra: str) -> None:
+        self.extra = extra
+        super().__init__((), case_sensitive=True)
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from toolkit.backends import BACKENDS
+
+        return (*BACKENDS, *self.extra)
+
+    @choices.setter
+    def choices(self, value: object) -> None:
+        """Choice.__init__ assigns its list; ours is the registry's."""
+
+
+def prompt(text: str, *, default: str, choices: Sequence[str] | None = None, show_default: bool = True) -> str:
+    """click's prompt as the library's ``Prompt``: what `configure` asks."""
+    answer: str = click.prompt(text, default=default, type=click.Choice(list(choices)) if choices else None,
+                               show_default=show_default)
+    return answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from typing import Any
 
 import click
@@ -55,45 +56,33 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
       toolkit migrate --from postgres --to chroma:///home/me/.memgpt/chroma --format memgpt
       toolkit migrate --from chroma+http://127.0.0.1:8000 --to postgresql://memgpt:memgpt@localhost:8888/memgpt
     """
-    from toolkit import memgpt_config, specs
+    from toolkit import specs
     from toolkit.migrate import migrate as run
 
     settings = settings_from(ctx)
     src, dst = specs.parse(source, settings), specs.parse(destination, settings).with_format(fmt)
-    bar: Any = None
+    with ExitStack() as bar_open:
+        bar: Any = None
 
-    def start(rows: int, before: int) -> None:
-        nonlocal bar
-        if before:
-            echo(f"destination already holds {before} rows; resuming (upsert by id)", settings, err=True)
-        if not dry_run and sys.stderr.isatty():  # off a terminal the summary line says it all
-            bar = click.progressbar(length=rows, label=f"migrating {rows} rows", file=sys.stderr,
-                                    show_pos=True, show_eta=True)
-            bar.__enter__()
+        def start(rows: int, before: int) -> None:
+            nonlocal bar
+            if before:
+                echo(f"destination already holds {before} rows; resuming (upsert by id)", settings, err=True)
+            if not dry_run and sys.stderr.isatty():  # off a terminal the summary line says it all
+                bar = bar_open.enter_context(click.progressbar(length=rows, label=f"migrating {rows} rows",
+                                                               file=sys.stderr, show_pos=True, show_eta=True))
 
-    def verify() -> None:
-        nonlocal bar
-        if bar is not None:
-            bar.__exit__(None, None, None)
-            bar = None
-            echo("verifying: reading the destination back...", settings, err=True)
+        def verify() -> None:
+            if bar is not None:
+                bar_open.close()  # the bar ends before the line that says what comes next
+                echo("verifying: reading the destination back...", settings, err=True)
 
-    try:
         result = run(src, dst, table=table, batch=batch, dry_run=dry_run,
-                     progress=lambda n: bar.update(n) if bar else None, on_start=start, on_verify=verify)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+                     switch=settings.memgpt_config_path if switch and not dry_run else None,
+                     progress=lambda n: bar.update(n) if bar is not None else None, on_start=start, on_verify=verify)
 
-    switched = backup = None
-    if switch and not dry_run:
-        path = settings.memgpt_config_path
-        backup = memgpt_config.write(path, specs.to_memgpt(dst))
-        switched = str(path)
     if as_json:
-        data = {**vars(result), "rows_per_second": round(result.rows_per_second, 1),
-                "switched": switched, "backup": str(backup) if backup else None}
-        echo_json(data, settings)
+        echo_json({**vars(result), "rows_per_second": round(result.rows_per_second, 1)}, settings)
         return
     if dry_run:
         echo(f"dry run: would copy {result.rows} rows ({result.dimension}-dim) of table {table} from {src} "
@@ -102,8 +91,8 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
     echo(f"migrated {result.rows} rows of table {table} from {src} to {dst} in {result.seconds:.1f} s "
          f"({result.rows_per_second:.0f} rows/s); verified: {result.rows} rows, checksum {result.checksum}",
          settings)
-    if switched:
-        echo(f"MemGPT config {switched} now selects {dst}"
-             + (f" (previous config saved as {backup})" if backup else ""), settings)
+    if result.switched:
+        echo(f"MemGPT config {result.switched} now selects {dst}"
+             + (f" (previous config saved as {result.backup})" if result.backup else ""), settings)
         if table != DEFAULT_TABLE:
             echo(f"note: MemGPT reads table {DEFAULT_TABLE}, not {table}", settings, err=True)

@@ -6,13 +6,11 @@ import time
 
 import click
 
-from toolkit.commands._common import echo, echo_json, settings_from
-
-CHOICES = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3", "all")
+from toolkit.commands._common import BackendName, echo, echo_json, settings_from
 
 
 @click.command()
-@click.option("--backend", type=click.Choice(CHOICES),
+@click.option("--backend", type=BackendName("all"),
               help="Backend to check [default: the one in the MemGPT config, plus postgres].")
 @click.option("-n", "count", type=click.IntRange(min=2), default=100, show_default=True, help="Passages per check.")
 @click.option("--dim", type=click.IntRange(1, 4096), default=1536, show_default=True, help="Embedding dimension.")

@@ -1,0 +1,85 @@
+"""The Chroma backend through a server's HTTP API (room: backends/): ``chroma+http://HOST:PORT``.
+
+The store is chroma.py's ``ChromaStore`` (it speaks to a directory or a server alike); this module says
+what is particular to a server: its SPEC, the server `toolkit chroma up` starts, MemGPT's ``uri`` key.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from toolkit.backends import _kind, chroma
+
+if TYPE_CHECKING:
+    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.memgpt_config import ArchivalStorage
+    from toolkit.settings import Settings
+
+NAME = "chroma-http"
+TITLE = "Chroma server (HTTP client)"
+MEMGPT_TYPE = chroma.MEMGPT_TYPE
+SCHEMES = ("chroma+http",)
+WORD = "chroma+http"
+EXAMPLE = "chroma+http://HOST:PORT"
+SERVER = "toolkit chroma up"
+FORMATS = chroma.FORMATS
+ALIASES = chroma.ALIASES
+
+open_store = chroma.open_store
+
+
+def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
+    from toolkit.backends.base import Spec
+
+    if rest is None:
+        return Spec(NAME, f"{settings.chroma_host}:{settings.chroma_port}")
+    return Spec(NAME, _kind.host_port(rest, raw, default_port=settings.chroma_port))
+
+
+def default_spec(settings: Settings) -> Spec:
+    return parse(None, WORD, settings)
+
+
+def render(spec: Spec) -> str:
+    return _kind.with_format("chroma+http://" + spec.location, spec)
+
+
+def identity(spec: Spec) -> tuple[str, ...]:
+    host, port = spec.location.rsplit(":", 1)
+    return (NAME, "127.0.0.1" if host == "localhost" else host, port)
+
+
+def to_memgpt(spec: Spec) -> ArchivalStorage:
+    from toolkit.memgpt_config import ArchivalStorage
+
+    return ArchivalStorage("chroma", "", spec.location)  # path must be empty, or MemGPT goes persistent
+
+
+from_memgpt = chroma.from_memgpt
+
+
+def from_choice(uri: str, path: str, settings: Settings) -> Spec:
+    if path and not uri:  # answered "persistent" to `configure --backend chroma-http`'s question
+        return chroma.from_choice("", path, settings)
+    hostport = uri.removeprefix("http://").removeprefix("chroma+http://")
+    return parse(hostport or None, "chroma+http://" + hostport, settings)
+
+
+def ask(uri: str | None, path: str | None, old: ArchivalStorage | None, settings: Settings,
+        prompt: Prompt) -> tuple[str | None, str | None]:
+    return chroma.ask_client(uri, path, old, settings, prompt, http=True)
+
+
+def endpoint(location: StoreLocation) -> tuple[str, int] | None:
+    host, _, port = location.location.rpartition(":")
+    return host, int(port)
+
+
+holds_nothing = _kind.not_known_empty
+guarded = _kind.unguarded
+
+
+def describe_data(spec: Spec) -> str:
+    host, _, port = spec.location.rpartition(":")
+    found = chroma.server_format(host, int(port), timeout=1.0)
+    return chroma.describe(found) if found else "server not answering"
