@@ -231,3 +231,23 @@ def test_s3_status_port_works_like_chromas(toolkit_cli, isolated: Path) -> None:
     assert down.stdout.strip() == f"s3: stopped (was at http://127.0.0.1:{port})", down.stdout + down.stderr
     assert toolkit_cli("s3", "status", "--port", str(port)).returncode == 1
     assert os.path.exists(isolated / ".toolkit" / "s3.log")
+
+
+def test_chroma_up_refuses_another_format_before_building_its_client(toolkit_cli, isolated: Path,  # type: ignore[no-untyped-def]
+                                                                      tmp_path: Path) -> None:
+    """A server of format 1 answers on the port: `up --format memgpt` there is refused at once, without
+    first building chromadb 0.5's environment (minutes on a cold cache) it would then not use."""
+    port, clients, other = free_port(), tmp_path / "no-clients-yet", tmp_path / "other"
+    other.mkdir()
+    up = toolkit_cli("chroma", "up", "--format", "current", "--port", str(port))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        clash = toolkit_cli("chroma", "up", "--format", "memgpt", "--port", str(port), "--timeout", "5", cwd=other,
+                            env={"TOOLKIT_CLIENTS_DIR": str(clients)})
+        assert clash.returncode == 2 and "already answers on port" in clash.stderr, clash.stdout + clash.stderr
+        assert "building" not in clash.stderr and not clients.exists()
+        theirs = toolkit_cli("chroma", "status", "--port", str(port), cwd=other)
+        assert theirs.returncode == 0 and "not started by the toolkit" in theirs.stdout
+    finally:
+        down = toolkit_cli("chroma", "down")
+    assert down.stdout.startswith("chroma: stopped (was at"), down.stdout + down.stderr

@@ -79,12 +79,14 @@ def start(settings: Settings, *, port: int | None, timeout: float, progress: Pro
 
     where = Path(options["path"]).absolute() if options.get("path") else None
     chosen = format_to_serve(settings, formats.normalize("chroma", options.get("fmt")), where)
-    server = chroma_server(settings, port=port, path=where, fmt=chosen, progress=progress)
-    running = server_format(server.host, server.port)
+    # before the server (and the older client's environment it may build): refusing needs only the port
+    at = port if port is not None else settings.chroma_port
+    running = server_format(settings.chroma_host, at)
     if running is not None and running != chosen:
-        raise UsageError(f"a Chroma server of {describe(running)} already answers on port {server.port}, "
+        raise UsageError(f"a Chroma server of {describe(running)} already answers on port {at}, "
                          f"not format {chosen}",
                          hint="stop it with `toolkit chroma down`, or choose another --port")
+    server = chroma_server(settings, port=port, path=where, fmt=chosen, progress=progress)
     state = server.up(timeout=timeout)
     data = server.data_path
     return Report(state, {"path": data, "format": chosen}, (describe(chosen), f"data in {data}"))
