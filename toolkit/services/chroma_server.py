@@ -5,19 +5,25 @@ environment (``backends/compat``): the server MemGPT 0.3.x's ``HttpClient`` talk
 ``/api/v2/heartbeat``, which chromadb 1.x and 0.5.23 both serve (1.x refuses every ``/api/v1`` path);
 0.4 has only ``/api/v1/heartbeat``. Data in ``state_dir/chroma-server`` (``-0.5`` for the
 older formats: the two cannot share a directory; never ``settings.chroma_dir``, the persistent
-backend's); pid file and log in ``settings.state_dir``. ``toolkit chroma up|down|status|logs`` are thin
-wrappers over this.
+backend's); pid file and log in ``settings.state_dir``. ``SERVICE`` describes it for
+``toolkit chroma up|down|status|logs`` (``commands/servers.py``). Light at import: ``toolkit --help``
+imports it.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from toolkit.services.background import BackgroundServer
+from toolkit.services.base import Option, Progress, Report, Service
 from toolkit.settings import Settings
 
+if TYPE_CHECKING:
+    from toolkit.services.background import BackgroundServer, ServiceStatus
+
+DEFAULT_PORT = 8000  # settings' chroma_port default (TOOLKIT_CHROMA_PORT)
 HEARTBEAT = {"1": "/api/v2/heartbeat", "0.5": "/api/v2/heartbeat", "0.4": "/api/v1/heartbeat"}
 _RUN = "import sys; from chromadb.cli.cli import app; sys.argv[0] = 'chroma'; app()"
 
@@ -45,16 +51,93 @@ def chroma_server(settings: Settings, *, host: str | None = None, port: int | No
     """The server of format ``fmt``, provisioning the older client's environment it runs in when needed.
     ``down``/``status``/``logs`` need no format: the pid file records where (host, port, data path) and
     in which format the toolkit's server runs, and they follow it."""
-    host = host or settings.chroma_host
-    port = port or settings.chroma_port
+    from toolkit.services.background import BackgroundServer
+
+    host = host if host is not None else settings.chroma_host
+    port = port if port is not None else settings.chroma_port
     python = sys.executable
     if fmt != "1":
         from toolkit.backends.compat import envs
 
         python = str(envs.python(envs.CHROMA[fmt], settings.clients_path, progress=progress))
     # the chromadb console script is `chroma`; calling its app through this interpreter needs no PATH
-    data = str(path or data_dir(settings, fmt))
+    data = str(path if path is not None else data_dir(settings, fmt))
     argv = (python, "-c", _RUN, "run", "--path", data, "--host", host, "--port", str(port))
     return BackgroundServer(name="chroma", argv=argv, host=host, port=port, health_path=HEARTBEAT[fmt],
                             state_dir=settings.state_dir, marker="chromadb.cli.cli", start_hint="toolkit chroma up",
                             data_path=data, fmt=fmt)
+
+
+def start(settings: Settings, *, port: int | None, timeout: float, progress: Progress | None,
+          options: Mapping[str, Any]) -> Report:
+    """`chroma up`: the format to serve (``options["fmt"]``, else what the data holds, else the default),
+    refused when a server of another format already answers on the port (ours or not: its clients would
+    get the wrong format), then the server started and awaited."""
+    from toolkit.backends import formats
+    from toolkit.backends.chroma import describe, server_format
+    from toolkit.errors import UsageError
+
+    where = Path(options["path"]).absolute() if options.get("path") else None
+    chosen = format_to_serve(settings, formats.normalize("chroma", options.get("fmt")), where)
+    # before the server (and the older client's environment it may build): refusing needs only the port
+    at = port if port is not None else settings.chroma_port
+    running = server_format(settings.chroma_host, at)
+    if running is not None and running != chosen:
+        raise UsageError(f"a Chroma server of {describe(running)} already answers on port {at}, "
+                         f"not format {chosen}",
+                         hint="stop it with `toolkit chroma down`, or choose another --port")
+    server = chroma_server(settings, port=port, path=where, fmt=chosen, progress=progress)
+    state = server.up(timeout=timeout)
+    data = server.data_path
+    return Report(state, {"path": data, "format": chosen}, (describe(chosen), f"data in {data}"))
+
+
+def describe_status(server: BackgroundServer, state: ServiceStatus) -> Report:
+    """A status with the format of the server that answers (None when none does)."""
+    from urllib.parse import urlsplit
+
+    from toolkit.backends.chroma import describe, server_format
+
+    where = urlsplit(state.url)
+    running = server_format(where.hostname or server.host, where.port or server.port) if state.running else None
+    return Report(state, {"format": running}, (describe(running),) if running else ())
+
+
+SERVICE = Service(
+    name="chroma",
+    default_port=DEFAULT_PORT,
+    port_default=f"TOOLKIT_CHROMA_PORT, else {DEFAULT_PORT}",
+    help="""Run a Chroma server (`chroma run`) in the background, in the format its clients read.
+
+\b
+--format 0.5 (or memgpt) runs chromadb 0.5 from an isolated environment built on first use: the
+server MemGPT 0.3.x's HttpClient talks to. --format 1 (or current) runs the chromadb installed here.
+Data in ./.toolkit/chroma-server (-0.5 for 0.5; or --path); pid file and log in ./.toolkit.
+One server per checkout: status, down and logs follow it to the port and data it was started on;
+up refuses another port or --path while it runs (`toolkit chroma down` first).
+Example:
+  toolkit chroma up --port 8001 && toolkit smoke --backend chroma-http
+  toolkit chroma up --format memgpt     # for MemGPT 0.3.x (archival_storage uri 127.0.0.1:8000)
+""",
+    up_help="""Start the Chroma server and wait on its heartbeat; idempotent.
+
+When the toolkit's server already runs on another port or data path, this refuses (stop it with
+`toolkit chroma down` first); when it fails, only the process it started is stopped.
+""",
+    down_help="Stop the Chroma server the toolkit started in this checkout, on whichever port it runs (data kept).",
+    status_help="""Is the Chroma server running, and of which format? Exit 0 when it answers, 1 when not.
+
+Without --port: the toolkit's server where it runs. With --port: that port (naming where the
+toolkit's server runs when that is elsewhere).
+""",
+    logs_help="The Chroma server log's tail (one log per checkout, whatever the port).",
+    server=lambda settings, port: chroma_server(settings, port=port),
+    start=start,
+    up_options=(
+        Option("--path", "path", "Data directory [default: ./.toolkit/chroma-server].", kind="dir"),
+        Option("--format", "fmt", "memgpt (= 0.5: chromadb 0.5, what MemGPT 0.3.x reads), current (= 1), 0.4, "
+                                  "0.5 or 1 [default: what --path holds, else memgpt when MemGPT is installed or "
+                                  "configured, else current].", metavar="FORMAT"),
+    ),
+    describe=describe_status,
+)

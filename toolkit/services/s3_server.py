@@ -3,20 +3,23 @@
 For ``lancedb-s3`` without a cloud account: ``toolkit s3 up`` starts ``moto.server`` in the background
 (pid file and log in the state dir), creates the bucket, and writes the endpoint into ``.env`` so every
 command (smoke, migrate) reaches it through the usual settings; test keys only where ``.env`` has none
-(moto accepts any keys, and a user's own keys are never overwritten).
+(moto accepts any keys, and a user's own keys are never overwritten). ``SERVICE`` describes it for
+``toolkit s3 up|down|status|logs`` (``commands/servers.py``). Light at import: ``toolkit --help`` imports it.
 """
 
 from __future__ import annotations
 
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from toolkit.errors import NotReadyError
-from toolkit.services.background import BackgroundServer
+from toolkit.services.base import Option, Progress, Report, Service
 from toolkit.settings import Settings
+
+if TYPE_CHECKING:
+    from toolkit.services.background import BackgroundServer
 
 DEFAULT_PORT = 9000
 BUCKET = "toolkit"
@@ -27,6 +30,8 @@ KEY_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 def s3_server(settings: Settings, *, port: int | None = None, host: str = "127.0.0.1") -> BackgroundServer:
     """The server; its port is ``port``, else the one in a local TOOLKIT_S3_ENDPOINT, else 9000."""
+    from toolkit.services.background import BackgroundServer
+
     if port is None:
         endpoint = urlsplit(settings.s3_endpoint or "")
         local = endpoint.hostname in ("127.0.0.1", "localhost")
@@ -38,6 +43,9 @@ def s3_server(settings: Settings, *, port: int | None = None, host: str = "127.0
 
 def create_bucket(server: BackgroundServer, bucket: str = BUCKET) -> None:
     """PUT the bucket (moto needs no signature); an existing bucket is fine."""
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(f"{server.url}/{bucket}", method="PUT", data=b"")
     try:
         urllib.request.urlopen(request, timeout=10).close()
@@ -60,3 +68,58 @@ def env_to_write(server: BackgroundServer, current: Mapping[str, str]) -> tuple[
     values = env_values(server)
     kept = [name for name in KEY_VARS if current.get(name) not in (None, "", TEST_KEY)]
     return {k: v for k, v in values.items() if k not in kept}, kept
+
+
+def start(settings: Settings, *, port: int | None, timeout: float, progress: Progress | None,
+          options: Mapping[str, Any]) -> Report:
+    """`s3 up`: the server started and awaited, the bucket created, and (unless ``options["no_export"]``)
+    its settings written into the .env, keeping the AWS keys already there."""
+    from toolkit import envfile
+    from toolkit.settings import read_dotenv
+
+    server = s3_server(settings, port=port)
+    state = server.up(timeout=timeout)
+    create_bucket(server)
+    changed = False
+    kept: list[str] = []
+    if not options.get("no_export"):
+        values, kept = env_to_write(server, read_dotenv(settings.env_file))
+        changed = envfile.write(settings.env_file, values)
+    name = settings.env_file.name
+    notes = (f"bucket {BUCKET}",
+             *((f"settings written to {name}",) if changed else ()),
+             *((f"kept {' and '.join(kept)} already in {name}",) if kept else ()))
+    return Report(state, {"bucket": BUCKET, "env_changed": changed, "env_kept": kept}, notes)
+
+
+SERVICE = Service(
+    name="s3",
+    default_port=DEFAULT_PORT,
+    port_default=f"the port of a local TOOLKIT_S3_ENDPOINT, else {DEFAULT_PORT}",
+    help="""Run an S3-compatible test server (moto) on 127.0.0.1 for LanceDB on s3://.
+
+`s3 up` creates the bucket `toolkit` and writes TOOLKIT_S3_ENDPOINT, TOOLKIT_S3_REGION,
+TOOLKIT_S3_ALLOW_HTTP into .env, so smoke and migrate reach it, and test keys unless .env already
+has AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (those are kept: moto accepts any keys).
+
+\b
+Example:
+  toolkit s3 up && toolkit smoke --backend lancedb-s3
+""",
+    up_help="""Start the S3 test server, create the bucket, export its settings; idempotent.
+
+AWS keys already in .env are kept; test keys are written only where there are none. When the
+toolkit's S3 server already runs on another port, this refuses (`toolkit s3 down` first).
+""",
+    down_help="Stop the S3 test server the toolkit started, on whichever port it runs (its data lives in memory "
+              "and is gone).",
+    status_help="""Is the S3 test server running? Exit 0 when it answers, 1 when not.
+
+Without --port: the toolkit's server where it runs, else the .env's port or 9000. With --port: that
+port (naming where the toolkit's server runs when that is elsewhere).
+""",
+    logs_help="The S3 test server log's tail (one log per checkout, whatever the port).",
+    server=lambda settings, port: s3_server(settings, port=port),
+    start=start,
+    up_options=(Option("--no-export", "no_export", "Do not write the S3 settings into .env.", kind="flag"),),
+)
