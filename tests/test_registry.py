@@ -93,6 +93,7 @@ NOT_A_BACKEND = {
     ("toolkit/settings.py", "postgres"): "the superuser role's name, refused as the application role",
     ("toolkit/__init__.py", "postgres"): "the function toolkit.postgres(), imported lazily",
     ("toolkit/urls.py", "postgres"): "the URL scheme postgres://, which libpq accepts",
+    ("toolkit/services/registry.py", "chroma"): "the Chroma server's service name (`toolkit chroma up`)",
 }
 
 
