@@ -35,7 +35,7 @@ def passages(n: int, dim: int = 16, seed: int = 0, *, start: int = 0) -> list[Pa
 
 # -- servers (session-scoped fixtures, registered for every module by conftest.py) -----------------
 
-def _service_settings(root: Any) -> Any:
+def service_settings(root: Any) -> Any:
     from toolkit.settings import resolve
 
     return resolve({"state_dir": str(root / "state")}, environ={}, project_dir=root)
@@ -46,7 +46,7 @@ def chroma_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background
     """A real `chroma run` process on a free port, stopped at the end of the session."""
     from toolkit.services.chroma_server import chroma_server
 
-    server = chroma_server(_service_settings(tmp_path_factory.mktemp("chroma-server")), port=free_port())
+    server = chroma_server(service_settings(tmp_path_factory.mktemp("chroma-server")), port=free_port())
     server.up(timeout=120)
     try:
         yield server
@@ -59,7 +59,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
     """moto's S3 server on a free port with the bucket ``toolkit``, stopped at the end of the session."""
     from toolkit.services.s3_server import create_bucket, s3_server
 
-    server = s3_server(_service_settings(tmp_path_factory.mktemp("s3-server")), port=free_port())
+    server = s3_server(service_settings(tmp_path_factory.mktemp("s3-server")), port=free_port())
     server.up(timeout=120)
     try:
         create_bucket(server)
