@@ -33,9 +33,10 @@ def run_toolkit(*args: str, cwd: Path | None = None, env: dict[str, str] | None 
                           cwd=cwd or Path.cwd(), env={**os.environ, **(env or {})}, input=input, timeout=timeout)
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05) -> T:
+def wait_until(condition: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05,
+               detail: Callable[[], str] | None = None) -> T:
     """Call ``condition`` until it returns something truthy and return that; fail the test, naming
-    ``what`` was awaited, when ``timeout`` seconds pass first.
+    ``what`` was awaited (and with ``detail()``, say a server's log tail), when ``timeout`` seconds pass.
 
     The condition is always tried once more after the deadline, so a slow last poll cannot fail a test
     whose condition holds. Exceptions from ``condition`` propagate: raise (or assert) in it to stop
@@ -47,5 +48,5 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, *, interva
         if value:
             return value
         if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}" + (f"\n{detail()}" if detail else ""))
         time.sleep(interval)
