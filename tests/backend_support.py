@@ -2,11 +2,11 @@
 
 Servers are real processes on 127.0.0.1 and free ports: a Chroma server (``chroma run``) and moto's S3
 server, both through the toolkit's own service modules. Every one is stopped by its fixture.
+``conftest.py`` loads this module as a plugin: test modules name the fixtures, they do not import them.
 """
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,16 +14,11 @@ from typing import Any
 import pytest
 
 from toolkit.backends.base import Passage
+from toolkit.ports import free_port
 from toolkit.services.background import BackgroundServer
 
 USER = uuid.UUID("00000000-0000-4000-8000-000000000001")
 AGENTS = (uuid.UUID("00000000-0000-4000-8000-0000000000a1"), uuid.UUID("00000000-0000-4000-8000-0000000000a2"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def passages(n: int, dim: int = 16, seed: int = 0, *, start: int = 0) -> list[Passage]:
@@ -38,9 +33,9 @@ def passages(n: int, dim: int = 16, seed: int = 0, *, start: int = 0) -> list[Pa
             for i in range(n)]
 
 
-# -- servers (session-scoped; import these fixtures into a test module to use them) -----------------
+# -- servers (session-scoped fixtures, registered for every module by conftest.py) -----------------
 
-def _service_settings(root: Any) -> Any:
+def service_settings(root: Any) -> Any:
     from toolkit.settings import resolve
 
     return resolve({"state_dir": str(root / "state")}, environ={}, project_dir=root)
@@ -51,7 +46,7 @@ def chroma_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background
     """A real `chroma run` process on a free port, stopped at the end of the session."""
     from toolkit.services.chroma_server import chroma_server
 
-    server = chroma_server(_service_settings(tmp_path_factory.mktemp("chroma-server")), port=free_port())
+    server = chroma_server(service_settings(tmp_path_factory.mktemp("chroma-server")), port=free_port())
     server.up(timeout=120)
     try:
         yield server
@@ -64,7 +59,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
     """moto's S3 server on a free port with the bucket ``toolkit``, stopped at the end of the session."""
     from toolkit.services.s3_server import create_bucket, s3_server
 
-    server = s3_server(_service_settings(tmp_path_factory.mktemp("s3-server")), port=free_port())
+    server = s3_server(service_settings(tmp_path_factory.mktemp("s3-server")), port=free_port())
     server.up(timeout=120)
     try:
         create_bucket(server)

@@ -1,32 +1,44 @@
 """Test harness: every test runs in a fresh project dir with a fake HOME, free ports, and no TOOLKIT_*
 variables from the developer's shell, so no test can touch the user's .env, ~/.memgpt, or port 8888.
 
-Session fixtures start real servers (an embedded Postgres+pgvector) once and stop them at the end.
+Session fixtures start real servers (an embedded Postgres+pgvector here; a Chroma server and moto's S3
+server in ``tests/backend_support.py``, loaded as a plugin) once and stop them at the end. Test modules
+use them by naming them; helpers that are not fixtures are in ``tests/support.py``.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+# helpers, importable from here by modules that still do; new code imports them from tests.support
+from tests.support import CLIENTS, run_toolkit
+from tests.support import IN_CI as IN_CI
+from tests.support import REPO as REPO
 from toolkit.ports import free_port
 from toolkit.settings import Settings, resolve
 
-REPO = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() == "true"
+# the session servers of the backend suites (chroma_http, s3): fixtures for every module, no imports
+pytest_plugins = ("tests.backend_support",)
 
-# isolated environments of older clients (chromadb 0.5, pylance 0.8) are built once per checkout, not per
-# test; uv's cache stays the real one, although HOME moves
-CLIENTS = REPO / ".toolkit" / "test-clients"
 UV_CACHE = os.environ.get("UV_CACHE_DIR") or str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uv")
 
 # variables the toolkit reads; cleared so the developer's own shell cannot leak into a test
 _READ_VARS = ("PGVECTOR_TEST_DB_URL", "MEMGPT_CONFIG_PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@pytest.fixture(autouse=True)
+def _timezone_unchanged() -> Iterator[None]:
+    """A test that changes the local timezone (TZ and ``time.tzset()``) must put both back: a leak makes
+    every later test that renders local time depend on the order tests run in."""
+    before = (os.environ.get("TZ"), time.tzname, time.timezone)
+    yield
+    after = (os.environ.get("TZ"), time.tzname, time.timezone)
+    assert after == before, f"the test left the timezone changed (TZ, tzname, timezone): {before} -> {after}"
 
 
 @pytest.fixture(autouse=True)
@@ -47,13 +59,6 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("UV_CACHE_DIR", UV_CACHE)
     monkeypatch.chdir(project)
     return project
-
-
-def run_toolkit(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-                input: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess (exit codes, stderr and all), with the test's environment."""
-    return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True,
-                          cwd=cwd or Path.cwd(), env={**os.environ, **(env or {})}, input=input, timeout=timeout)
 
 
 @pytest.fixture

@@ -8,13 +8,15 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.backend_support import AGENTS, USER, chroma_http, free_port, passages, s3, s3_options  # noqa: F401
+from tests.backend_support import AGENTS, USER, free_port, passages, s3_options, service_settings
+from tests.support import wait_until
 from toolkit.backends import BACKENDS, ArchivalStore, StoreLocation, open_store
 from toolkit.backends.base import Filters, Passage
 from toolkit.errors import BackendError, UsageError
@@ -243,13 +245,15 @@ def test_s3_credentials_refused(tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        from tests.backend_support import _service_settings
         from toolkit.services.s3_server import s3_server
 
-        server = s3_server(_service_settings(tmp_path), port=port)
-        deadline = time.monotonic() + 60
-        while not server.healthy() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        server = s3_server(service_settings(tmp_path), port=port)
+
+        def answers() -> bool:
+            assert process.poll() is None, f"moto exited with {process.returncode} before answering"
+            return server.healthy()
+
+        wait_until(answers, 60, f"moto (IAM checks on) to answer on port {port}")
         location = StoreLocation("lancedb-s3", "s3://toolkit/x", "t_x", s3_options(server))
         with pytest.raises(BackendError) as info:
             with open_store(location) as store:
@@ -323,18 +327,27 @@ def test_postgres_takes_what_other_backends_take_and_refuses_bad_text_in_one_lin
             store.drop()
 
 
-def test_chroma_reads_naive_timestamps_as_utc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def new_york() -> Iterator[None]:
+    """Local time is New York's during the test. TZ is put back first and ``time.tzset()`` runs after,
+    so the C library's zone follows the restored TZ (not the one this test set, nor none at all)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TZ", "America/New_York")
+        time.tzset()
+        try:
+            yield
+        finally:
+            patch.undo()
+            time.tzset()
+
+
+def test_chroma_reads_naive_timestamps_as_utc(tmp_path: Path, new_york: None) -> None:
     from datetime import datetime, timezone
 
-    monkeypatch.setenv("TZ", "America/New_York")
-    time.tzset()
-    try:
-        with open_store(StoreLocation("chroma", str(tmp_path), "archival")) as store:
-            store.insert([replace(passages(1, dim=4)[0], created_at=datetime(2024, 1, 1, 12, 0))])
-            assert next(iter(store.scan(10)))[0].created_at == datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
-    finally:
-        monkeypatch.delenv("TZ")
-        time.tzset()
+    assert time.localtime(0).tm_hour == 19  # 1970-01-01 00:00 UTC: the zone is really in effect
+    with open_store(StoreLocation("chroma", str(tmp_path), "archival")) as store:
+        store.insert([replace(passages(1, dim=4)[0], created_at=datetime(2024, 1, 1, 12, 0))])
+        assert next(iter(store.scan(10)))[0].created_at == datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
 
 
 def test_local_table_dropped_and_refilled_by_another_instance_is_seen(tmp_path: Path) -> None:

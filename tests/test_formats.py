@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.backend_support import free_port, passages
-from tests.conftest import CLIENTS, run_toolkit
+from tests.support import CLIENTS, run_toolkit
 from toolkit.backends import StoreLocation, open_store
 from toolkit.backends.compat import envs
 

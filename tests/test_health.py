@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -38,6 +39,11 @@ def bare_database(admin: PgUrl) -> Iterator[tuple[PgUrl, PgUrl]]:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
+def _extensions(url: PgUrl) -> list[str]:
+    with psycopg.connect(url.libpq) as conn:
+        return [row[0] for row in conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'")]
+
+
 def test_probe_passes_on_a_ready_server_and_prints_nothing(pg_url: str, capfd: pytest.CaptureFixture[str]) -> None:
     from toolkit.urls import parse
 
@@ -49,9 +55,7 @@ def test_probe_passes_on_a_ready_server_and_prints_nothing(pg_url: str, capfd: p
 def test_probe_creates_and_commits_the_extension(bare_database: tuple[PgUrl, PgUrl]) -> None:
     admin, _ = bare_database
     PgProbe(admin)()
-    # a new session sees it: it was committed, not left in an open transaction
-    with psycopg.connect(admin.libpq) as conn:
-        assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() == ("vector",)
+    assert _extensions(admin) == ["vector"]  # a new session sees it: committed, not left in an open transaction
 
 
 def test_probe_names_a_missing_extension_the_role_may_not_create(bare_database: tuple[PgUrl, PgUrl]) -> None:
@@ -63,8 +67,12 @@ def test_probe_names_a_missing_extension_the_role_may_not_create(bare_database: 
 
 
 def test_probe_without_extension_phase_skips_it(bare_database: tuple[PgUrl, PgUrl]) -> None:
-    _, app = bare_database
-    PgProbe(app, extension=False)()
+    admin, app = bare_database
+    with pytest.raises(ExtensionMissing):
+        PgProbe(app)()  # the phase would fail for this role...
+    PgProbe(app, extension=False)()  # ...skipped, the probe passes
+    PgProbe(admin, extension=False)()
+    assert _extensions(admin) == []  # and it creates nothing, even as a role that could
 
 
 def test_missing_database_is_told_apart(admin: PgUrl) -> None:
@@ -75,8 +83,12 @@ def test_missing_database_is_told_apart(admin: PgUrl) -> None:
 
 def test_wrong_password_is_final_not_transient(admin: PgUrl) -> None:
     wrong = PgUrl(admin.user, "not-the-password", admin.host, admin.port, admin.database)
+    timeout = 30.0
+    started = time.monotonic()
     with pytest.raises(NotReadyError, match="password authentication failed"):
-        wait_ready(PgProbe(wrong), timeout=30)  # fails at once, not after 30 s of retries
+        wait_ready(PgProbe(wrong), timeout=timeout)
+    # at once, not after the timeout's worth of retries (which would end in the same message)
+    assert time.monotonic() - started < timeout / 10
 
 
 def test_refused_port_is_transient(admin: PgUrl) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backend_support import chroma_http, free_port, s3, s3_env, s3_options  # noqa: F401
+from tests.backend_support import free_port, s3_env, s3_options
 from toolkit import smoke
 from toolkit.backends import StoreLocation, open_store
 from toolkit.settings import resolve
@@ -28,7 +29,7 @@ def _chroma_smoke_collections(client) -> list[str]:  # type: ignore[no-untyped-d
     return [c.name for c in client.list_collections() if c.name.startswith("toolkit_smoke_")]
 
 
-def test_smoke_all_backends_pass_and_leave_nothing(toolkit_cli, pg_url, chroma_http, s3, isolated: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_smoke_all_backends_pass_and_leave_nothing(toolkit_cli, pg_url, chroma_http, s3, isolated: Path) -> None:  # type: ignore[no-untyped-def]
     env = {"PGVECTOR_TEST_DB_URL": pg_url, "TOOLKIT_CHROMA_PORT": str(chroma_http.port), **s3_env(s3)}
     done = toolkit_cli("smoke", "--backend", "all", "--json", "-n", "30", "--dim", "64", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -121,8 +122,12 @@ def test_chroma_commands_are_idempotent(toolkit_cli, isolated: Path) -> None:  #
         status = toolkit_cli("chroma", "status", "--json")
         assert status.returncode == 0 and json.loads(status.stdout)["started_by_toolkit"]
         assert (isolated / ".toolkit" / "chroma.pid").is_file()
-        assert "heartbeat" in toolkit_cli("chroma", "logs", "--tail", "200").stdout or \
-            toolkit_cli("chroma", "logs").stdout.strip()
+        port = os.environ["TOOLKIT_CHROMA_PORT"]
+        log = toolkit_cli("chroma", "logs", "--tail", "200").stdout
+        command, _, output = log.partition(" starting: ")[2].partition("\n")
+        assert f"--port {port}" in command, log  # the toolkit's line naming the server it started...
+        assert re.search(rf"(localhost|127\.0\.0\.1):{port}\b", output), log  # ...then what the server wrote
+        assert len(toolkit_cli("chroma", "logs", "--tail", "3").stdout.splitlines()) == 3
         smoked = toolkit_cli("smoke", "--backend", "chroma-http", "-n", "10", "--dim", "8")
         assert smoked.returncode == 0, smoked.stdout + smoked.stderr
     finally:

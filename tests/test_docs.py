@@ -1,0 +1,120 @@
+"""The README's command list is the CLI's: every command and subcommand is documented, nothing
+documented is gone, and the options shown exist (as sqlite-utils' test_docs.py does for its docs)."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from tests.support import REPO
+from toolkit.cli import cli
+
+README = REPO / "README.md"
+
+
+def usage_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, usage) for each ``toolkit ...`` line of the "## Commands" section: the usage is what
+    comes before the description, which follows two or more spaces."""
+    lines = text.splitlines()
+    start = lines.index("## Commands") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    found = []
+    for number in range(start, end):
+        usage = re.split(r"\s{2,}", lines[number].strip(), maxsplit=1)[0]
+        if usage.startswith("toolkit "):
+            found.append((number + 1, usage.removeprefix("toolkit ")))
+    return found
+
+
+def _without_brackets(text: str) -> str:
+    """``up [--format F [--x]]|down`` -> ``up |down``: options are not command names."""
+    while (stripped := re.sub(r"\[[^\[\]]*\]", "", text)) != text:
+        text = stripped
+    return text
+
+
+def documented(lines: list[tuple[int, str]], groups: set[str]) -> dict[str, int]:
+    """Command paths ("up", "chroma up") with the line naming each. A group's line names its
+    subcommands after it, alternatives joined by ``|``: ``chroma up [--format F]|down|status``."""
+    paths: dict[str, int] = {}
+    for number, usage in lines:
+        words = re.sub(r"\s*\|\s*", "|", _without_brackets(usage)).split()
+        if words[0] in groups and len(words) > 1 and not words[1].startswith("-"):
+            paths.update((f"{words[0]} {sub}", number) for sub in words[1].split("|"))
+        else:
+            paths[words[0]] = number
+    return paths
+
+
+def _subcommands(group: click.Group) -> dict[str, click.Command]:
+    ctx = click.Context(group, info_name=group.name)
+    commands = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
+    assert None not in commands.values(), f"listed but not loadable: {commands}"
+    return {name: command for name, command in commands.items() if command is not None and not command.hidden}
+
+
+def cli_commands(group: click.Group = cli, prefix: str = "") -> set[str]:
+    """Every visible command path of the CLI, walking its groups (``chroma``, ``s3``, ``image``)."""
+    paths: set[str] = set()
+    for name, command in _subcommands(group).items():
+        if isinstance(command, click.Group):
+            paths |= cli_commands(command, f"{prefix}{name} ")
+        else:
+            paths.add(f"{prefix}{name}")
+    return paths
+
+
+def _groups() -> set[str]:
+    return {name for name, command in _subcommands(cli).items() if isinstance(command, click.Group)}
+
+
+def test_the_parser_reads_groups_alternatives_and_options() -> None:
+    text = ("## Commands\n\n"
+            "    toolkit up [--engine E] [--json]   start, wait\n"
+            "    toolkit env [--format sh|fish]\n"
+            "    toolkit chroma up [--format F [--x]]|down | status   a server\n"
+            "    toolkit image build                the image\n"
+            "`toolkit up` in prose is not a command line\n"
+            "## Next\n\n    toolkit gone\n")
+    assert documented(usage_lines(text), {"chroma", "image"}) == {
+        "up": 3, "env": 4, "chroma up": 5, "chroma down": 5, "chroma status": 5, "image build": 6}
+
+
+def test_cli_walk_includes_the_groups_subcommands() -> None:
+    commands = cli_commands()
+    assert {"up", "psql", "chroma up", "chroma logs", "s3 status", "image build"} <= commands
+    assert "chroma" not in commands  # a group stands for its subcommands
+
+
+def test_readme_lists_exactly_the_cli_commands() -> None:
+    readme = documented(usage_lines(README.read_text()), _groups())
+    actual = cli_commands()
+    problems = [f"not in README's '## Commands': toolkit {path}" for path in sorted(actual - readme.keys())]
+    problems += [f"README.md:{readme[path]}: no such command: toolkit {path}" for path in sorted(readme.keys() - actual)]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_option_the_readme_shows_exists() -> None:
+    """An option on a command's README line (``--engine``, ``-c``) is one of that command's options;
+    on a group's line, of the subcommand it follows (``chroma up [--format F]|down``)."""
+    commands = _subcommands(cli)
+    problems = []
+    for number, usage in usage_lines(README.read_text()):
+        name, _, rest = usage.partition(" ")
+        command = commands.get(name)
+        if isinstance(command, click.Group):
+            for part in re.split(r"\|(?![^\[]*\])", rest):  # a | outside brackets separates subcommands
+                sub, _, options = part.strip().partition(" ")
+                problems += _unknown_options(number, f"{name} {sub}", _subcommands(command).get(sub), options)
+        else:
+            problems += _unknown_options(number, name, command, rest)
+    assert not problems, "\n".join(problems)
+
+
+def _unknown_options(number: int, path: str, command: click.Command | None, text: str) -> list[str]:
+    if command is None:
+        return []  # a missing command is the other test's finding
+    known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    return [f"README.md:{number}: toolkit {path} has no option {opt}"
+            for opt in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", text) if opt not in known]
