@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.backend_support import free_port
+from tests.support import wait_until
 
 CURRENT = ("--format", "current")  # chromadb 1.x from this venv: no older client's env to build
 MARKERS = ("chromadb.cli.cli", "moto.server")
@@ -132,14 +133,16 @@ def test_concurrent_up_start_one_server(isolated: Path) -> None:
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
     try:
         # until all five wait to open the log, or one does and the others had 3 s to get there too
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(run.poll() is None for run in runs):
+        first_waiting: list[float] = []
+
+        def all_or_enough_waiting() -> bool:
+            assert any(run.poll() is None for run in runs), [run.communicate() for run in runs]
             waiting = sum(_wchan(run.pid) == "wait_for_partner" for run in runs)
-            if waiting == len(runs):
-                break
-            if waiting:
-                deadline = min(deadline, time.monotonic() + 3)
-            time.sleep(0.05)
+            if waiting and not first_waiting:
+                first_waiting.append(time.monotonic())
+            return waiting == len(runs) or bool(first_waiting) and time.monotonic() - first_waiting[0] >= 3
+
+        wait_until(all_or_enough_waiting, 60, "the `chroma up` runs to block on opening the log")
         reader.start()
         results = [(run.wait(timeout=300), *run.communicate()) for run in runs]
         assert [code for code, _, _ in results] == [0] * 5, [err for _, _, err in results]

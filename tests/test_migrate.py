@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.backend_support import chroma_http, passages, s3, s3_options  # noqa: F401 - fixtures
+from tests.backend_support import passages, s3_options
+from tests.support import wait_until
 from toolkit import memgpt_config
 from toolkit.backends import open_store
 from toolkit.errors import BackendError, MigrationError
@@ -200,14 +200,11 @@ def test_kill_then_resume_gives_exact_copy(make_spec: Callable[[str, str], Spec]
             "--table", table, "--batch", "20"]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        copied = 0
-        while time.monotonic() < deadline and child.poll() is None:
-            copied = max(state(destination, table)[0], 0)
-            if copied >= 200:
-                break
-            time.sleep(0.01)
-        assert child.poll() is None, "the migration finished before it could be killed; raise n"
+        def copied_some() -> bool:
+            assert child.poll() is None, "the migration ended before it could be killed; raise n"
+            return state(destination, table)[0] >= 200
+
+        wait_until(copied_some, 60, "the migration to copy 200 rows", interval=0.01)
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
     finally:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.backend_support import chroma_http, passages  # noqa: F401
+from tests.backend_support import passages
 from toolkit import smoke
 from toolkit.backends import StoreLocation, open_store
 
