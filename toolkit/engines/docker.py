@@ -5,10 +5,14 @@ What ``db/run_postgres.sh`` did by hand, with what it lacked: the port published
 or restarting container fails the wait at once, with its log tail), no ``--rm`` (a failed start leaves
 a container to inspect), labels so the toolkit only ever touches its own containers and volumes.
 
-Inside the server, the official image's contract does the bootstrap: a script copied into
-``/docker-entrypoint-initdb.d`` before the first start makes the superuser create the application
-role (not a superuser), its database and the ``vector`` extension, before the port ever answers.
-The same script runs through ``docker exec`` when an existing volume lacks them.
+Inside the server, bootstrap's statements (toolkit/bootstrap.py, the same for every engine) run as
+a psql script through the official image's contract: copied into ``/docker-entrypoint-initdb.d``
+before the first start, the superuser creates the application role (not a superuser), its database
+and the ``vector`` extension over the container's socket, before the port ever answers. The same
+script runs through ``docker exec`` when an existing volume lacks them. The superuser's password is
+random and never kept, so nothing reaches the superuser from outside the container.
+
+Progress (an image pull or build, a container recreated) goes to the caller's ``progress`` callback.
 """
 
 from __future__ import annotations

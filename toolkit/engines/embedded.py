@@ -3,8 +3,9 @@
 The toolkit owns the lifecycle (the wheel's own helper only does trust auth on a Unix socket):
 initdb with scram auth and a random superuser password kept in the state dir; the server listens on
 ``bind:port`` over TCP only; the application role owns its database and is not a superuser; the
-superuser creates the ``vector`` extension. As root, every server process runs as a system user,
-because Postgres refuses to run as root.
+superuser creates role, database and the ``vector`` extension through ``bootstrap.run`` (libpq, over
+TCP to loopback with its password). As root, every server process runs as a system user, because
+Postgres refuses to run as root.
 
 State dir layout (``<state>/embedded``, 0700): ``pgdata/``, ``postgres.log`` (0600), ``superuser.pw``
 (0600, the invoking user's: the server's system user cannot read it). As root, the system user gets an
