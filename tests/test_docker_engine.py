@@ -130,6 +130,27 @@ def test_up_is_ready_for_pg8000_psycopg_and_sqlalchemy(dsettings: Settings) -> N
     assert container.labels["com.toolkit.version"]
 
 
+def test_bootstrap_quotes_hostile_names_and_gives_another_role_its_own(dsettings: Settings) -> None:
+    """bootstrap's statements run by psql in the container: names needing quotes on the first start (the
+    init script), then another role and database on the same volume (docker exec), as the embedded engine."""
+    import psycopg
+
+    first = replace(dsettings, db=replace(dsettings.db, user="o'bri\"en", password="pa's \"wo\\rd;-- $HOME `id`",
+                                             database="my db"))
+    _engine(first).up()
+    with psycopg.connect(first.db.url(host="127.0.0.1").libpq) as conn:
+        assert conn.execute("SELECT current_user, current_database(), rolsuper FROM pg_roles "
+                            "WHERE rolname = current_user").fetchone() == ("o'bri\"en", "my db", False)
+    second = replace(dsettings, db=replace(dsettings.db, user="agent2", password="agent2-pw", database="agent2"))
+    _engine(second).up()  # same volume: the role is missing (scram says "password"), bootstrap creates it
+    with psycopg.connect(second.db.url(host="127.0.0.1").libpq) as conn:
+        assert conn.execute("SELECT current_user, extname FROM pg_extension WHERE extname = 'vector'").fetchone() \
+            == ("agent2", "vector")
+    wrong = replace(second, db=replace(second.db, password="not-the-one"))
+    with pytest.raises(NotReadyError, match="password authentication failed"):
+        _engine(wrong).up()  # a wrong password stays one: nothing is created or changed
+
+
 def test_up_is_idempotent_and_fast(dsettings: Settings) -> None:
     engine = _engine(dsettings)
     engine.up()
