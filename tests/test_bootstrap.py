@@ -97,13 +97,13 @@ def test_each_executor_completes_what_the_other_started(admin: PgUrl, target: Db
 
 def test_an_unquoted_placeholder_is_refused(admin: PgUrl) -> None:
     """No value is ever spliced into SQL as it is: a step must say identifier or literal."""
-    with pytest.raises(ValueError, match="I or L"):
-        bootstrap._render("SELECT {user}", {"user": bootstrap._PsqlVar("user")})
-    for step in bootstrap.STEPS:  # every placeholder of the real steps is typed
-        import string
-
+    refs = {"user": bootstrap._PsqlVar("user")}
+    for template in ("SELECT {user}", "SELECT {user!s:L}", "SELECT {user.name:L}", "SELECT {user:Q}"):
+        with pytest.raises(ValueError, match="must be"):
+            bootstrap._render(template, refs)
+    for step in bootstrap.STEPS:  # every placeholder of the real steps renders
         for text in (step.sql, step.exists or ""):
-            assert all(spec in ("I", "L") for _, name, spec, _ in string.Formatter().parse(text) if name), text
+            bootstrap._render(text, {k: bootstrap._PsqlVar(k) for k in bootstrap.values(DbParams())})
 
 
 def test_a_wrong_password_is_not_a_reason_to_create_anything(admin: PgUrl) -> None:

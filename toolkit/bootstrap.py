@@ -19,6 +19,7 @@ it created something, so an engine can tell "the role was missing" from "the pas
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -55,6 +56,9 @@ STEPS: tuple[Step, ...] = (
     # reusing a database made for another (or by the seed's script) needs the grant
     Step("", True, "GRANT ALL ON SCHEMA public TO {user:I}"),
 )
+
+# the step a non-superuser may be allowed (the probe, the external engine, backends/postgres.py)
+EXTENSION = next(step for step in STEPS if step.name == "extension")
 
 # unique_violation, duplicate_object (role), duplicate_database: created by another session meanwhile
 _ALREADY = ("23505", "42710", "42P04")
@@ -93,6 +97,11 @@ class _PsqlVar:
 
 
 def _render(template: str, quoted: Mapping[str, object]) -> str:
+    """``template`` with each placeholder quoted; a placeholder that is not a plain name with ``:I`` or
+    ``:L`` (no conversion, no attribute or index access that would reach the raw value) is refused."""
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is not None and (spec not in ("I", "L") or conversion or not name.isidentifier()):
+            raise ValueError(f"placeholder {{{name}}} in {template!r} must be {{name:I}} or {{name:L}}")
     return template.format_map(quoted)
 
 
@@ -133,9 +142,8 @@ def _apply(conn: libpq.Connection, step: Step, quoted: Mapping[str, object]) -> 
 def create_extension(conn: libpq.Connection, url: PgUrl) -> None:
     """The extension step as the role ``url`` names (the readiness probe's, and all the external engine
     does): libpq autocommits, so it is committed before anyone else needs it."""
-    step = next(s for s in STEPS if s.name == "extension")
     try:
-        conn.scalar(step.sql)
+        conn.scalar(EXTENSION.sql)
     except libpq.PqError as exc:
         if exc.sqlstate == "42501":  # insufficient_privilege
             raise ExtensionMissing(
