@@ -123,3 +123,19 @@ def test_a_missing_database_is_created_then_waited_for(admin: PgUrl, target: DbP
     app = _app_url(admin, target)
     bootstrap.ready_or_bootstrap(PgProbe(app), lambda: bootstrap.run(admin, target))
     assert _state(admin, target)[0] == target.user
+
+
+def test_the_docker_engines_script_runs_bootstrap_with_values_only_in_the_environment(admin: PgUrl,
+                                                                                     target: DbParams) -> None:
+    """engines/docker.py's BOOTSTRAP_SH as the container runs it (sh, psql on PATH, the values in the
+    environment), here against the session server: same result, and no value in psql's argv."""
+    from toolkit.engines.docker import BOOTSTRAP_SH, _bootstrap_env
+
+    assert HOSTILE_PASSWORD not in BOOTSTRAP_SH and "--set" not in BOOTSTRAP_SH
+    env = {"PATH": f"{bin_path('psql').parent}:{os.environ['PATH']}", "PGHOST": admin.host, "PGPORT": str(admin.port),
+           "PGPASSWORD": admin.password, "POSTGRES_USER": admin.user, **_bootstrap_env(target)}
+    done = subprocess.run(["sh", "-c", BOOTSTRAP_SH], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert bootstrap.created_in(done.stdout) == ["role", "database", "extension"]
+    assert _state(admin, target) == (target.user, target.database, False, False, False, True, target.user,
+                                     "vector", True)

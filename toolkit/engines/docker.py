@@ -57,12 +57,14 @@ ENV_OF = {"toolkit_user": "TOOLKIT_APP_USER", "toolkit_password": "TOOLKIT_APP_P
 # Sourced by the image's entrypoint on first start (or run through `docker exec sh -c`): the superuser,
 # over the local socket, runs bootstrap's statements (toolkit/bootstrap.py). Values come from the
 # environment into psql variables, so psql quotes them (:'x' literal, :"x" identifier) and no password
-# sits in the script.
+# sits in the script. psql reads each through printf, a shell builtin: a value is never in any
+# process's argv (`ps` on the host lists the container's processes too).
 BOOTSTRAP_SH = (
     "# toolkit bootstrap: application role (not a superuser), its database, the vector extension\n"
-    'psql -v ON_ERROR_STOP=1 -q --username "${POSTGRES_USER:-postgres}" --dbname ' + bootstrap.MAINTENANCE_DB + " \\\n"
-    + "".join(f'    --set {var}="${ENV_OF[var]}" \\\n' for var in bootstrap.psql_variables(DbParams()))
-    + "    <<'EOSQL'\n" + bootstrap.psql_script() + "EOSQL\n"
+    'psql -v ON_ERROR_STOP=1 -q --username "${POSTGRES_USER:-postgres}" --dbname ' + bootstrap.MAINTENANCE_DB
+    + " <<'EOSQL'\n"
+    + "".join(f'\\set {var} `printf %s "${ENV_OF[var]}"`\n' for var in bootstrap.psql_variables(DbParams()))
+    + bootstrap.psql_script() + "EOSQL\n"
 )
 
 
