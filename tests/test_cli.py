@@ -109,3 +109,15 @@ def test_doctor_reports_a_taken_port() -> None:
         taken = run_toolkit("doctor")
     assert taken.returncode == 1
     assert f"FAIL port            127.0.0.1:{port} is held by pid {os.getpid()}" in taken.stdout
+
+
+def test_up_renders_engine_progress_keeping_only_lasting_lines_in_a_log(isolated, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The library reports, the command renders: off a terminal, live totals are skipped, lines kept."""
+    from toolkit.commands.db import _progress
+    from toolkit.settings import resolve
+
+    show = _progress(resolve({"db.password": "Hunter2-App"}, environ={}, project_dir=isolated))
+    show("pulling img: 0 layers done, 1.0/2.0 MB", live=True)
+    show("pulling img: 1 layers done, 2.0/2.0 MB")
+    show("secret Hunter2-App never shown")
+    assert capsys.readouterr() == ("", "pulling img: 1 layers done, 2.0/2.0 MB\nsecret *** never shown\n")

@@ -109,9 +109,10 @@ def test_up_is_ready_for_pg8000_psycopg_and_sqlalchemy(dsettings: Settings) -> N
     import sqlalchemy
 
     endpoint = _engine(dsettings).up()
-    assert endpoint.url.startswith("postgresql+pg8000://memgpt:memgpt@localhost:")
+    assert endpoint.url.render().startswith("postgresql+pg8000://memgpt:memgpt@localhost:")
+    assert endpoint.port == dsettings.db.port
     # MemGPT's way: SQLAlchemy over pg8000, the extension already there without creating it
-    engine = sqlalchemy.create_engine(endpoint.url.replace("localhost", "127.0.0.1"))
+    engine = sqlalchemy.create_engine(endpoint.url.with_address(host="127.0.0.1").render())
     with engine.connect() as conn:
         assert conn.execute(sqlalchemy.text("SELECT extname FROM pg_extension WHERE extname='vector'")).scalar() == "vector"
         assert conn.execute(sqlalchemy.text("SELECT '[1,2]'::vector <-> '[1,3]'")).scalar() == 1.0
@@ -127,6 +128,27 @@ def test_up_is_ready_for_pg8000_psycopg_and_sqlalchemy(dsettings: Settings) -> N
     assert container.ports["5432/tcp"][0]["HostIp"] == "127.0.0.1"
     assert container.labels["com.toolkit.project"] == str(dsettings.project_dir)
     assert container.labels["com.toolkit.version"]
+
+
+def test_bootstrap_quotes_hostile_names_and_gives_another_role_its_own(dsettings: Settings) -> None:
+    """bootstrap's statements run by psql in the container: names needing quotes on the first start (the
+    init script), then another role and database on the same volume (docker exec), as the embedded engine."""
+    import psycopg
+
+    first = replace(dsettings, db=replace(dsettings.db, user="o'bri\"en", password="pa's \"wo\\rd;-- $HOME `id`",
+                                             database="my db"))
+    _engine(first).up()
+    with psycopg.connect(first.db.url(host="127.0.0.1").libpq) as conn:
+        assert conn.execute("SELECT current_user, current_database(), rolsuper FROM pg_roles "
+                            "WHERE rolname = current_user").fetchone() == ("o'bri\"en", "my db", False)
+    second = replace(dsettings, db=replace(dsettings.db, user="agent2", password="agent2-pw", database="agent2"))
+    _engine(second).up()  # same volume: the role is missing (scram says "password"), bootstrap creates it
+    with psycopg.connect(second.db.url(host="127.0.0.1").libpq) as conn:
+        assert conn.execute("SELECT current_user, extname FROM pg_extension WHERE extname = 'vector'").fetchone() \
+            == ("agent2", "vector")
+    wrong = replace(second, db=replace(second.db, password="not-the-one"))
+    with pytest.raises(NotReadyError, match="password authentication failed"):
+        _engine(wrong).up()  # a wrong password stays one: nothing is created or changed
 
 
 def test_up_is_idempotent_and_fast(dsettings: Settings) -> None:
@@ -258,6 +280,7 @@ def _push(docker_api: Any, image: Any, ref: str) -> None:
 
 
 def test_missing_image_is_pulled_with_progress(docker_api: Any, registry: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """Progress goes to the caller's callback (the command renders it); the library prints nothing."""
     import io
     import tarfile
 
@@ -279,10 +302,11 @@ def test_missing_image_is_pulled_with_progress(docker_api: Any, registry: str, c
         _push(docker_api, local, ref)  # untagging its only name deleted the image here
         with pytest.raises(Exception, match="No such image"):
             docker_api.images.get(local.id)
-        pull(docker_api, ref)
+        heard: list[tuple[str, bool]] = []
+        pull(docker_api, ref, progress=lambda line, live=False: heard.append((line, live)))
         assert docker_api.images.get(ref)
-        err = capfd.readouterr().err
-        assert f"pulling {ref}: 1 layers done, 2.0/2.0 MB" in err and f"pulled {ref}" in err
+        assert (f"pulling {ref}: 1 layers done, 2.0/2.0 MB", False) in heard and heard[-1] == (f"pulled {ref}", False)
+        assert capfd.readouterr() == ("", "")
     finally:
         for name in (ref, local.id):
             try:

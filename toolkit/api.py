@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import engines, envfile, state
+from toolkit.engines.base import Progress, quiet
 from toolkit.errors import ImageUnavailableError
 from toolkit.lock import state_lock
 from toolkit.settings import Settings, resolve
@@ -40,15 +41,15 @@ class UpResult:
 
 
 def database_url(settings: Settings) -> PgUrl:
-    """The URL clients use, whatever the engine."""
-    if settings.engine == "external" or (settings.engine == "auto" and settings.external_url):
-        assert settings.external_url
-        return parse(settings.external_url)
-    return settings.db.url()
+    """The URL clients use, as the engine these settings select knows it (no server is asked)."""
+    engine, _ = engines.select(settings)
+    return engine.endpoint().url
 
 
-def env_values(settings: Settings) -> dict[str, str]:
-    return {envfile.URL_VAR: database_url(settings).render("pg8000")}
+def env_values(settings: Settings, url: PgUrl | None = None) -> dict[str, str]:
+    """What `toolkit env` prints and `up` writes into .env: ``url`` (an engine's endpoint), else the
+    settings' engine's."""
+    return {envfile.URL_VAR: (url or database_url(settings)).render("pg8000")}
 
 
 def _lifecycle(settings: Settings, purpose: str):  # type: ignore[no-untyped-def]
@@ -57,18 +58,20 @@ def _lifecycle(settings: Settings, purpose: str):  # type: ignore[no-untyped-def
     return state_lock(settings.state_dir, purpose, timeout=settings.timeout + LOCK_GRACE)
 
 
-def up(settings: Settings, *, export: bool = True) -> UpResult:
-    """Start (or find running) Postgres+pgvector, wait until usable, write PGVECTOR_TEST_DB_URL."""
+def up(settings: Settings, *, export: bool = True, progress: Progress = quiet) -> UpResult:
+    """Start (or find running) Postgres+pgvector, wait until usable, write PGVECTOR_TEST_DB_URL.
+    ``progress`` hears what takes time (an image pull); the library prints nothing itself."""
     with _lifecycle(settings, "up"):
-        return _up(settings, export=export)
+        return _up(settings, export=export, progress=progress)
 
 
-def _up(settings: Settings, *, export: bool) -> UpResult:
-    """``up`` for a caller that holds the lock."""
+def _up(settings: Settings, *, export: bool, progress: Progress = quiet) -> UpResult:
+    """``up`` for a caller that holds the lock. The URL is the one the engine that started the server
+    hands back."""
     state.check_recordable(settings.state_dir)
     engine, note = engines.select(settings, starting=True)
     try:
-        engine.up()
+        endpoint = engine.up(progress=progress)
     except ImageUnavailableError as exc:
         # auto chose Docker, but the image cannot be had here (no registry): what works is the
         # embedded engine. An explicit --engine docker, or a project already on Docker, fails instead.
@@ -77,11 +80,11 @@ def _up(settings: Settings, *, export: bool) -> UpResult:
         engine = engines.load("embedded", settings)
         note = (f"{exc.message}; using the embedded engine (for Docker without a registry: "
                 "`toolkit image build`, then TOOLKIT_PG_IMAGE=toolkit/pgvector-offline:pg18)")
-        engine.up()
+        endpoint = engine.up(progress=progress)
     if engine.name != "external":
         engines.remember(settings, engine.name)
-    changed = envfile.write(settings.env_file, env_values(settings)) if export else False
-    return UpResult(engine.name, database_url(settings), settings.env_file, changed, note)
+    changed = envfile.write(settings.env_file, env_values(settings, endpoint.url)) if export else False
+    return UpResult(engine.name, endpoint.url, settings.env_file, changed, note)
 
 
 def down(settings: Settings, *, purge: bool = False) -> str:
@@ -94,19 +97,22 @@ def down(settings: Settings, *, purge: bool = False) -> str:
 
 
 def down_all(settings: Settings, *, purge: bool = False) -> list[str]:
-    """Docker: remove every container (with ``purge``, volume) labelled as this project's."""
+    """Docker: remove every container (with ``purge``, volume) labelled as this project's, whichever
+    names the settings give now."""
     from toolkit.engines.docker import DockerEngine
 
     with _lifecycle(settings, "down --all"):
-        return DockerEngine(settings).down_all(purge=purge)
+        docker = engines.load("docker", settings)
+        assert isinstance(docker, DockerEngine)
+        return docker.down_all(purge=purge)
 
 
 def status(settings: Settings) -> dict[str, Any]:
     engine, _ = engines.select(settings)
     found = engine.status()
-    url = database_url(settings)
+    url = engine.endpoint().url
     if found.running and isinstance(found.extra.get("port"), int):
-        url = settings.db.url(port=found.extra["port"]) if engine.name != "external" else url
+        url = url.with_address(port=found.extra["port"])  # where it runs, whatever the settings say now
     return {"engine": found.engine, "running": found.running, "detail": found.detail,
             "url": url.redacted(), **found.extra}
 
@@ -143,7 +149,7 @@ def postgres(*, engine: str = "embedded", keep: bool = False, export: bool = Fal
             result = _up(resolved, export=export)
         if result.engine != used.name:  # auto fell back to another engine
             used = engines.load(result.engine, resolved)
-        yield Database(database_url(resolved).render("pg8000"), resolved)
+        yield Database(result.url.render("pg8000"), resolved)
     finally:
         if stop:
             with _lifecycle(resolved, "down"):

@@ -37,15 +37,15 @@ def run_checks(settings: Settings) -> list[Check]:
 
 
 def _wheel() -> Check:
-    from toolkit.engines.embedded import install_dir
+    from toolkit.engines.wheel import install_dir, missing
     from toolkit.errors import ToolkitError
 
     try:
         path = install_dir()
     except ToolkitError as exc:
         return Check("embedded wheel", False, exc.message, exc.hint or "")
-    has_vector = (path / "lib" / "vector.so").exists() or (path / "lib" / "postgresql" / "vector.so").exists()
-    return Check("embedded wheel", has_vector, str(path) + ("" if has_vector else " (no vector.so)"),
+    gone = missing(path)
+    return Check("embedded wheel", not gone, str(path) + (f" (no {', '.join(gone)})" if gone else ""),
                  "reinstall: make venv")
 
 
@@ -53,27 +53,34 @@ def _port(settings: Settings) -> Check:
     from toolkit.errors import UsageError
     from toolkit.ports import port_holder, port_is_free
 
-    spec = settings.db
+    db = settings.db
     try:
-        free = port_is_free(spec.bind, spec.port)
+        free = port_is_free(db.bind, db.port)
     except UsageError as exc:
         return Check("port", False, exc.message, exc.hint or "")
     if free:
-        return Check("port", True, f"{spec.bind}:{spec.port} is free")
-    holder = port_holder(spec.port) or "another process"
-    # taken by our own server is fine
-    ours = _our_server_pid(settings)
-    if ours is not None and holder.startswith(f"pid {ours} "):
-        return Check("port", True, f"{spec.bind}:{spec.port} is held by the toolkit's own server")
-    return Check("port", False, f"{spec.bind}:{spec.port} is held by {holder}", "use --port N or TOOLKIT_PG_PORT")
+        return Check("port", True, f"{db.bind}:{db.port} is free")
+    ours = _our_server(settings)
+    if ours is not None:  # taken by our own server is fine
+        return Check("port", True, f"{db.bind}:{db.port} is held by the toolkit's own server ({ours})")
+    holder = port_holder(db.port) or "another process"
+    return Check("port", False, f"{db.bind}:{db.port} is held by {holder}", "use --port N or TOOLKIT_PG_PORT")
 
 
-def _our_server_pid(settings: Settings) -> int | None:
+def _our_server(settings: Settings) -> str | None:
+    """The engine whose server runs on the settings' port, asked through the Engine Protocol."""
+    from toolkit import engines
+    from toolkit.errors import ToolkitError
+
     try:
-        first = (settings.state_dir / "embedded" / "pgdata" / "postmaster.pid").read_text().split()[0]
-        return int(first)
-    except (OSError, IndexError, ValueError):
+        engine, _ = engines.select(settings)
+        found = engine.status()
+    except ToolkitError:
         return None
+    if engine.name == "external" or not found.running:
+        return None
+    port = found.extra.get("port", settings.db.port)
+    return engine.name if port == settings.db.port else None
 
 
 def _env_file(settings: Settings) -> Check:

@@ -38,7 +38,9 @@ def _no_log(lines: int) -> str:
 
 @dataclass(frozen=True)
 class PgProbe:
-    """The phases for Postgres, run as the role in ``url``."""
+    """The phases for Postgres, run as the role in ``url``. The extension phase is bootstrap's extension
+    step, run as that role (all the external engine may do); the engines' superuser bootstrap runs when
+    it fails with ``ExtensionMissing``."""
 
     url: PgUrl
     extension: bool = True  # create/check the vector extension and round-trip a vector
@@ -78,29 +80,16 @@ class PgProbe:
             if conn.scalar("SELECT 1") != "1":
                 raise Transient("query", "SELECT 1 returned an unexpected row")
         except libpq.PqError as exc:
-            raise _query_error("query", exc) from None
+            raise query_error("query", exc) from None
         if not self.extension:
             return
-        try:
-            # libpq autocommits: the extension is committed before anyone else needs it
-            conn.scalar("CREATE EXTENSION IF NOT EXISTS vector")
-        except libpq.PqError as exc:
-            if exc.sqlstate == "42501":  # insufficient_privilege
-                raise ExtensionMissing(
-                    "extension",
-                    f"the vector extension is missing in database {self.url.database!r} "
-                    f"and role {self.url.user!r} may not create it",
-                ) from None
-            if exc.sqlstate == "58P01":  # undefined_file: no vector.control
-                raise NotReadyError(
-                    "pgvector is not installed on this server (no vector.control)",
-                    hint="use an image or package with pgvector (e.g. pgvector/pgvector:pg16), or the embedded engine",
-                ) from None
-            raise _query_error("extension", exc) from None
+        from toolkit.bootstrap import create_extension  # bootstrap's step, as this role
+
+        create_extension(conn, self.url)
         try:
             value = conn.scalar("SELECT '[1,2,3]'::vector <-> '[1,2,4]'")
         except libpq.PqError as exc:
-            raise _query_error("vector", exc) from None
+            raise query_error("vector", exc) from None
         if value is None or abs(float(value) - 1.0) > 1e-6:
             raise NotReadyError(f"vector round trip returned {value!r}, expected 1.0")
 
@@ -110,7 +99,7 @@ class PgProbe:
 _TRANSIENT_CLASSES = ("08", "53", "57", "58")
 
 
-def _query_error(phase: str, exc: libpq.PqError) -> Exception:
+def query_error(phase: str, exc: libpq.PqError) -> Transient | NotReadyError:
     if exc.sqlstate is None or exc.sqlstate[:2] in _TRANSIENT_CLASSES:  # None: the connection dropped
         return Transient(phase, _first_line(exc))
     return NotReadyError(f"{phase} check failed: {_first_line(exc)} (SQLSTATE {exc.sqlstate})",

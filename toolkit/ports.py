@@ -1,11 +1,13 @@
-"""TCP ports: is one free to listen on, and who holds it when it is not."""
+"""TCP ports: is one free to listen on, who holds it when it is not (one error for every engine), and
+which address reaches a server listening on a given bind address."""
 
 from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 
-from toolkit.errors import UsageError
+from toolkit.errors import PortInUseError, UsageError
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -22,6 +24,32 @@ def port_is_free(host: str, port: int) -> bool:
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}",
                              hint="use an address of this machine with --bind (default 127.0.0.1)") from None
     return True
+
+
+def check_free(bind: str, port: int, *, holder: Callable[[int], tuple[str, str] | None] | None = None) -> None:
+    """Raise ``PortInUseError`` naming who holds ``bind:port`` when a server could not listen there now.
+    ``holder``: an engine's own way to name it (a container) and the fix, before the OS's process table."""
+    if port_is_free(bind, port):
+        return
+    raise in_use_error(bind, port, holder=holder)
+
+
+def in_use_error(bind: str, port: int, *, holder: Callable[[int], tuple[str, str] | None] | None = None) -> PortInUseError:
+    """The one wording of "port taken": who holds it (as far as we can see) and the ways out."""
+    found = holder(port) if holder is not None else None
+    if found is None:
+        process = port_holder(port)
+        found = (process or "another process", "stop that process")
+    who, fix = found
+    return PortInUseError(f"port {port} on {bind} is already in use by {who}",
+                          hint=f"pick another port with --port N (or TOOLKIT_PG_PORT), run `toolkit down`, or {fix}")
+
+
+def connect_host(bind: str) -> str:
+    """Where a client on this machine reaches a server listening on ``bind`` (its first address; a
+    wildcard means loopback)."""
+    first = bind.split(",")[0].strip()
+    return "127.0.0.1" if first in ("0.0.0.0", "*", "") else ("::1" if first == "::" else first)
 
 
 def port_holder(port: int) -> str | None:

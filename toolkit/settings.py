@@ -21,8 +21,9 @@ ENGINES = ("auto", "docker", "embedded", "external")
 
 
 @dataclass(frozen=True)
-class DbSpec:
-    """What database the engines must provide; defaults are the seed's ``run_postgres.sh``."""
+class DbParams:
+    """The database the engines must provide (its role, password, name, address); defaults are the
+    seed's ``run_postgres.sh``. Not to be confused with a store ``Spec`` (where archival data lives)."""
 
     user: str = "memgpt"
     password: str = "memgpt"
@@ -35,12 +36,13 @@ class DbSpec:
         return PgUrl(self.user, self.password, host or self.host, port or self.port, self.database)
 
 
+
 @dataclass(frozen=True)
 class Settings:
     project_dir: Path
     env_file: Path
     state_dir: Path
-    db: DbSpec = field(default_factory=DbSpec)
+    db: DbParams = field(default_factory=DbParams)
     engine: str = "auto"
     external_url: str | None = None  # engine "external": an already-running server
     timeout: float = 60.0
@@ -143,7 +145,7 @@ def _app_user(value: str) -> str:
 
 @dataclass(frozen=True)
 class Field:
-    name: str  # "db.port" for DbSpec fields
+    name: str  # "db.port" for DbParams fields
     env: str  # environment / .env variable
     parse: Callable[[str], Any] = str
     help: str = ""
@@ -233,23 +235,23 @@ def resolve(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for spec in FIELDS:
-        if spec.name in flags:
-            raw, origin = flags.pop(spec.name), "flag"
-        elif spec.given_in(environ):
-            raw, origin = environ[spec.env], "environment"
-        elif spec.given_in(dotenv):
-            raw, origin = dotenv[spec.env], str(env_file.name)
+    for setting in FIELDS:
+        if setting.name in flags:
+            raw, origin = flags.pop(setting.name), "flag"
+        elif setting.given_in(environ):
+            raw, origin = environ[setting.env], "environment"
+        elif setting.given_in(dotenv):
+            raw, origin = dotenv[setting.env], str(env_file.name)
         else:
             continue
         try:
-            value = spec.parse(raw) if isinstance(raw, str) else raw
+            value = setting.parse(raw) if isinstance(raw, str) else raw
         except ValueError as exc:
-            where = "--" + spec.name.split(".")[-1].replace("_", "-") if origin == "flag" else f"{spec.env} ({origin})"
+            where = "--" + setting.name.split(".")[-1].replace("_", "-") if origin == "flag" else f"{setting.env} ({origin})"
             raise UsageError(f"invalid value {raw!r} for {where}: {exc}",
-                             hint=f"expected {spec.help}") from None
-        values[spec.name] = value
-        sources[spec.name] = origin
+                             hint=f"expected {setting.help}") from None
+        values[setting.name] = value
+        sources[setting.name] = origin
     if flags:
         raise UsageError(f"unknown setting(s): {', '.join(sorted(flags))}")
 
@@ -262,7 +264,7 @@ def resolve(
         port = last_up(state_dir).get("port")
         if port is not None:
             values["db.port"], sources["db.port"] = port, "last `toolkit up`"
-    db = DbSpec(**{k[3:]: v for k, v in values.items() if k.startswith("db.")})
+    db = DbParams(**{k[3:]: v for k, v in values.items() if k.startswith("db.")})
     for key in ("chroma_path", "memgpt_config", "clients_dir"):
         if key in top:
             path = Path(top[key]).expanduser()

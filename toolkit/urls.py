@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote, urlsplit
 
 from toolkit.errors import UsageError
@@ -35,18 +35,23 @@ class PgUrl:
     # libpq connection parameters from the URL's query (sslmode=verify-full, connect_timeout, ...)
     options: str = ""
 
-    def render(self, driver: str = "pg8000") -> str:
+    def render(self, driver: str = "pg8000", *, password: bool = True) -> str:
         """``pg8000`` (MemGPT's tests), ``psycopg`` (SQLAlchemy + psycopg 3) or ``plain`` (libpq, psql).
 
         libpq parameters are kept for libpq and psycopg; pg8000 does not take them (its TLS is set in
-        code), so its URL goes without."""
+        code), so its URL goes without. ``password=False``: without it (for a client that takes it from
+        PGPASSWORD, not from argv where ``ps`` shows it)."""
         scheme = {"pg8000": "postgresql+pg8000", "psycopg": "postgresql+psycopg", "plain": "postgresql"}[driver]
         auth = quote(self.user, safe="")
-        if self.password:
+        if self.password and password:
             auth += ":" + quote(self.password, safe="")
         host = f"[{self.host}]" if ":" in self.host else self.host
         query = f"?{self.options}" if self.options and driver != "pg8000" else ""
         return f"{scheme}://{auth}@{host}:{self.port}/{quote(self.database, safe='')}{query}"
+
+    def with_address(self, host: str | None = None, port: int | None = None) -> PgUrl:
+        """The same role and database at another host or port (where this process connects)."""
+        return replace(self, host=host or self.host, port=port or self.port)
 
     @property
     def libpq(self) -> str:

@@ -4,14 +4,19 @@ renders the result."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from toolkit.commands._common import confirm_or_abort, echo, echo_json, settings_from
 from toolkit.envfile import FORMATS
-from toolkit.settings import ENGINES
+from toolkit.settings import ENGINES, Settings
+from toolkit.urls import redact
+
+if TYPE_CHECKING:
+    from toolkit.engines.base import Progress
 
 F = Callable[..., Any]
 
@@ -67,7 +72,7 @@ def up(ctx: click.Context, no_export: bool, as_json: bool, build: bool, **kwargs
         from toolkit.engines.docker import build_for_up
 
         settings = build_for_up(settings, base=kwargs.get("image"))
-    result = api.up(settings, export=not no_export)
+    result = api.up(settings, export=not no_export, progress=_progress(settings))
     if as_json:
         echo_json(result.as_dict(), settings)
         return
@@ -170,13 +175,13 @@ def psql(ctx: click.Context, sql: str | None, psql_args: tuple[str, ...], **kwar
       toolkit psql
       toolkit psql -c 'SELECT extversion FROM pg_extension'
     """
-    from toolkit import api, engines
+    from toolkit import engines
 
     settings = settings_from(ctx, **_flags(**kwargs))
-    url = api.database_url(settings)
     engine, _ = engines.select(settings)
+    url = engine.endpoint().url
     # the password travels in the environment, never in argv (visible in ps)
-    argv = engine.psql_argv(url.render("plain").replace(":" + _quoted(url.password) + "@", "@", 1))
+    argv = engine.psql_argv(url.render("plain", password=False))
     argv += ["-c", sql] if sql else []
     argv += list(psql_args)
     env = {**os.environ, "PGPASSWORD": url.password}
@@ -188,7 +193,20 @@ def psql(ctx: click.Context, sql: str | None, psql_args: tuple[str, ...], **kwar
     click.echo(done.stdout, nl=False)
 
 
-def _quoted(password: str) -> str:
-    from urllib.parse import quote
+def _progress(settings: Settings) -> Progress:
+    """Render an engine's progress on stderr: a terminal redraws live lines in place, a log keeps only
+    the lines meant to be kept."""
+    tty = sys.stderr.isatty()
+    width = 0  # of the live line on screen, to blank what a shorter one leaves
 
-    return quote(password, safe="")
+    def show(line: str, *, live: bool = False) -> None:
+        nonlocal width
+        if not tty:
+            if not live:
+                echo(line, settings, err=True)
+            return
+        text = redact(line, settings.secrets)
+        click.echo("\r" + text.ljust(width), err=True, nl=not live)
+        width = len(text) if live else 0
+
+    return show

@@ -6,15 +6,35 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from toolkit.settings import Settings
+from toolkit.urls import PgUrl
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a running server answers. ``url`` is the application role's pg8000 URL (with password)."""
+    """Where a running server answers, as the engine that started it knows: the application role's URL
+    (with its password), rendered for each client by ``PgUrl``."""
 
-    host: str
-    port: int
-    url: str
+    url: PgUrl
+
+    @property
+    def host(self) -> str:
+        return self.url.host
+
+    @property
+    def port(self) -> int:
+        return self.url.port
+
+
+class Progress(Protocol):
+    """Where an engine reports what takes time (pulling an image, recreating a container): the library
+    never prints, the command renders. ``live``: a status that the next one replaces (a terminal redraws
+    it in place, a log may skip it); else a line to keep."""
+
+    def __call__(self, line: str, *, live: bool = False) -> None: ...
+
+
+def quiet(line: str, *, live: bool = False) -> None:
+    """The default ``Progress``: a library call reports nothing."""
 
 
 @dataclass
@@ -31,8 +51,11 @@ class Engine(Protocol):
 
     def __init__(self, settings: Settings) -> None: ...
 
-    def up(self) -> Endpoint:
+    def up(self, *, progress: Progress = quiet) -> Endpoint:
         """Start (or find running) the server, bootstrap role/database/extension, wait until ready."""
+
+    def endpoint(self) -> Endpoint:
+        """Where this engine's server answers (or will, once up), from the settings alone: no I/O."""
 
     def down(self, *, purge: bool = False) -> None:
         """Stop the server; with ``purge`` also delete its data. Idempotent."""

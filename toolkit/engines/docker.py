@@ -5,10 +5,14 @@ What ``db/run_postgres.sh`` did by hand, with what it lacked: the port published
 or restarting container fails the wait at once, with its log tail), no ``--rm`` (a failed start leaves
 a container to inspect), labels so the toolkit only ever touches its own containers and volumes.
 
-Inside the server, the official image's contract does the bootstrap: a script copied into
-``/docker-entrypoint-initdb.d`` before the first start makes the superuser create the application
-role (not a superuser), its database and the ``vector`` extension, before the port ever answers.
-The same script runs through ``docker exec`` when an existing volume lacks them.
+Inside the server, bootstrap's statements (toolkit/bootstrap.py, the same for every engine) run as
+a psql script through the official image's contract: copied into ``/docker-entrypoint-initdb.d``
+before the first start, the superuser creates the application role (not a superuser), its database
+and the ``vector`` extension over the container's socket, before the port ever answers. The same
+script runs through ``docker exec`` when an existing volume lacks them. The superuser's password is
+random and never kept, so nothing reaches the superuser from outside the container.
+
+Progress (an image pull or build, a container recreated) goes to the caller's ``progress`` callback.
 """
 
 from __future__ import annotations
@@ -25,21 +29,20 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from toolkit import __version__
-from toolkit.engines.base import Endpoint, EngineStatus
+from toolkit import __version__, bootstrap
+from toolkit.engines.base import Endpoint, EngineStatus, Progress, quiet
 from toolkit.engines.docker_image import OFFLINE_IMAGE
 from toolkit.errors import (
     EngineUnavailableError,
     ImageUnavailableError,
     InUseError,
     NotReadyError,
-    PortInUseError,
     ToolkitError,
     UsageError,
 )
-from toolkit.health import ExtensionMissing, PgProbe, RoleOrDatabaseMissing, wait_ready
-from toolkit.ports import port_holder, port_is_free
-from toolkit.settings import Settings
+from toolkit.health import PgProbe, wait_ready
+from toolkit.ports import check_free, connect_host, in_use_error
+from toolkit.settings import DbParams, Settings
 
 LABEL = "com.toolkit"  # label prefix: .managed, .project, .version, .config
 DATA_DIR = "/var/lib/postgresql/data"
@@ -48,23 +51,21 @@ STOP_TIMEOUT = 30
 PING_TIMEOUT = 3  # seconds; `toolkit up` with engine auto pays it when no engine answers
 BUILD_IMAGE = "memgpt-pg-test:latest"  # `toolkit up --build` (the seed's pg-test)
 ASIDE = "-replaced"  # suffix of a container kept aside while its replacement starts
+# the container's environment variables that carry bootstrap's values (psql variable -> variable)
+ENV_OF = {"toolkit_user": "TOOLKIT_APP_USER", "toolkit_password": "TOOLKIT_APP_PASSWORD", "toolkit_database": "TOOLKIT_APP_DB"}
 
 # Sourced by the image's entrypoint on first start (or run through `docker exec sh -c`): the superuser,
-# over the local socket, creates what the application needs. Values come from the environment, so
-# psql quotes them (:'x' literal, :"x" identifier) and no password sits in the script.
-BOOTSTRAP_SH = r"""# toolkit bootstrap: application role (not a superuser), its database, the vector extension
-psql -v ON_ERROR_STOP=1 -q --username "${POSTGRES_USER:-postgres}" --dbname postgres \
-    --set app_user="$TOOLKIT_APP_USER" --set app_password="$TOOLKIT_APP_PASSWORD" --set app_db="$TOOLKIT_APP_DB" <<'EOSQL'
-SELECT format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE', :'app_user')
-    WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'app_user') \gexec
-ALTER ROLE :"app_user" WITH LOGIN PASSWORD :'app_password';
-SELECT format('CREATE DATABASE %I OWNER %I', :'app_db', :'app_user')
-    WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'app_db') \gexec
-\connect :"app_db"
-CREATE EXTENSION IF NOT EXISTS vector;
-GRANT ALL ON SCHEMA public TO :"app_user";
-EOSQL
-"""
+# over the local socket, runs bootstrap's statements (toolkit/bootstrap.py). Values come from the
+# environment into psql variables, so psql quotes them (:'x' literal, :"x" identifier) and no password
+# sits in the script. psql reads each through printf, a shell builtin: a value is never in any
+# process's argv (`ps` on the host lists the container's processes too).
+BOOTSTRAP_SH = (
+    "# toolkit bootstrap: application role (not a superuser), its database, the vector extension\n"
+    'psql -v ON_ERROR_STOP=1 -q --username "${POSTGRES_USER:-postgres}" --dbname ' + bootstrap.MAINTENANCE_DB
+    + " <<'EOSQL'\n"
+    + "".join(f'\\set {var} `printf %s "${ENV_OF[var]}"`\n' for var in bootstrap.psql_variables(DbParams()))
+    + bootstrap.psql_script() + "EOSQL\n"
+)
 
 
 def docker_host() -> str:
@@ -186,10 +187,11 @@ class DockerEngine:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.spec = settings.db
+        self.db = settings.db
         self._client: Any = None
         self._container: Any = None
         self._restarts = 0
+        self._progress: Progress = quiet
 
     @property
     def client(self) -> Any:
@@ -200,7 +202,8 @@ class DockerEngine:
     # --- Engine protocol -------------------------------------------------------------------------
 
     @daemon_errors
-    def up(self) -> Endpoint:
+    def up(self, *, progress: Progress = quiet) -> Endpoint:
+        self._progress = progress
         container = self._find(recover=True)
         if container is not None and container.status == "paused":
             # `docker pause` froze it: up means "make it serve" (and the port check would blame it on itself)
@@ -216,7 +219,10 @@ class DockerEngine:
             container = container or self._create()
             self._start(container)
             self._ready(container)
-        return Endpoint(host=self.spec.host, port=self.spec.port, url=self.spec.url().render())
+        return self.endpoint()
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.db.url())
 
     @daemon_errors
     def down(self, *, purge: bool = False) -> None:
@@ -260,8 +266,11 @@ class DockerEngine:
         state = container.attrs["State"]
         extra.update(id=container.short_id, state=state["Status"], health=state.get("Health", {}).get("Status"),
                      image=container.attrs["Config"]["Image"], volume=_mounted_volume(container) or self.settings.volume)
+        published = [b.get("HostPort") for b in (container.ports or {}).get("5432/tcp") or ()]
+        if published and str(published[0]).isdigit():
+            extra["port"] = int(published[0])  # where it runs, whatever the settings say now
         running = state["Status"] == "running"
-        where = f"{self.spec.bind}:{self.spec.port}" if running else f"exit code {state.get('ExitCode')}"
+        where = f"{self.db.bind}:{self.db.port}" if running else f"exit code {state.get('ExitCode')}"
         detail = f"container {container.name} ({container.short_id}) {state['Status']}, {where}, " \
                  f"volume {extra['volume']}"
         return EngineStatus(self.name, running, detail, extra)
@@ -279,8 +288,8 @@ class DockerEngine:
         if shutil.which("docker"):
             # no local psql: the container's, over its socket (the application role, local trust)
             tty = ["-t"] if sys.stdin.isatty() else []
-            return ["docker", "exec", "-i", *tty, self.settings.container, "psql", "-U", self.spec.user,
-                    "-d", self.spec.database]
+            return ["docker", "exec", "-i", *tty, self.settings.container, "psql", "-U", self.db.user,
+                    "-d", self.db.database]
         raise EngineUnavailableError("no psql on this machine and no docker CLI to use the container's",
                                      hint="install a Postgres client (apt-get install postgresql-client)")
 
@@ -326,7 +335,7 @@ class DockerEngine:
 
     def _config_key(self) -> str:
         s = self.settings
-        key = "|".join(map(str, (s.image, s.volume, self.spec.bind, self.spec.port, self.spec.user, self.spec.database)))
+        key = "|".join(map(str, (s.image, s.volume, self.db.bind, self.db.port, self.db.user, self.db.database)))
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def _replace(self, old: Any) -> None:
@@ -343,10 +352,10 @@ class DockerEngine:
         self._ensure_image()
         self._check_volume_free(old)
         published = [(b.get("HostIp"), str(b.get("HostPort"))) for b in (old.ports or {}).get("5432/tcp") or ()]
-        if (self.spec.bind, str(self.spec.port)) not in published:
+        if (self.db.bind, str(self.db.port)) not in published:
             self._check_port()
         kept = f"now serving volume {self.settings.volume}; {volume} is kept" if moving else "data kept"
-        print(f"recreating container {old.name} for the new settings ({kept})", file=sys.stderr)
+        self._progress(f"recreating container {old.name} for the new settings ({kept})")
         running = old.status == "running"
         try:
             if running:
@@ -386,31 +395,26 @@ class DockerEngine:
             old.start()
 
     def _ready(self, container: Any) -> None:
-        """Wait until ``container`` serves the application role; create what an older volume lacks."""
+        """Wait until ``container`` serves the application role; create what the volume lacks (one made
+        with other settings, or by the seed's script)."""
         self._container = container
         self._restarts = container.attrs.get("RestartCount", 0)
-        try:
-            self._wait()
-        except (RoleOrDatabaseMissing, ExtensionMissing):
-            # a volume made with other settings (or by the seed's script): create what is missing
-            self._bootstrap()
-            self._wait()
+        bootstrap.ready_or_bootstrap(self._wait, self._bootstrap)
 
     def _create(self) -> Any:
         from docker.errors import APIError
 
         self._ensure_image()
         self._ensure_volume()
-        spec = self.spec
-        env = {"POSTGRES_USER": SUPERUSER, "POSTGRES_DB": "postgres",
+        db = self.db
+        env = {"POSTGRES_USER": SUPERUSER, "POSTGRES_DB": bootstrap.MAINTENANCE_DB,
                # nobody needs the superuser's password: bootstrap uses the local socket
-               "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
-               "TOOLKIT_APP_USER": spec.user, "TOOLKIT_APP_PASSWORD": spec.password, "TOOLKIT_APP_DB": spec.database}
+               "POSTGRES_PASSWORD": secrets.token_urlsafe(24), **_bootstrap_env(db)}
         try:
             container = self.client.containers.create(
                 self.settings.image, name=self.settings.container, environment=env, detach=True,
                 labels={**labels(self.settings), f"{LABEL}.config": self._config_key()},
-                ports={"5432/tcp": (spec.bind, spec.port)},
+                ports={"5432/tcp": (db.bind, db.port)},
                 volumes={self.settings.volume: {"bind": DATA_DIR, "mode": "rw"}},
             )
         except APIError as exc:
@@ -435,13 +439,13 @@ class DockerEngine:
         except APIError as exc:
             text = str(exc.explanation or exc)
             if "port is already allocated" in text or "address already in use" in text:
-                self._port_error()
+                raise in_use_error(self.db.bind, self.db.port, holder=self._container_on) from None
             raise NotReadyError(f"container {container.name} did not start: {text}",
                                 hint=f"see `docker logs {container.name}`") from None
         container.reload()
 
     def _wait(self) -> None:
-        app = self.spec.url(host=self._connect_host())
+        app = self.db.url(host=connect_host(self.db.bind))
         wait_ready(PgProbe(app), timeout=self.settings.timeout, what=f"postgres (docker: {self.settings.container})",
                    alive=self._alive, log_tail=self.logs, secrets=self.settings.secrets)
 
@@ -455,16 +459,17 @@ class DockerEngine:
             return f"container {container.name} is restarting"
         return None
 
-    def _bootstrap(self) -> None:
-        spec = self.spec
+    def _bootstrap(self) -> list[str]:
+        """Bootstrap's statements through psql in the container, as the superuser over the local socket
+        (see toolkit/bootstrap.py for why not through libpq from here); returns what it created."""
+        db = self.db
         code, output = self._container.exec_run(
-            ["sh", "-c", BOOTSTRAP_SH], user=SUPERUSER,
-            environment={"TOOLKIT_APP_USER": spec.user, "TOOLKIT_APP_PASSWORD": spec.password,
-                         "TOOLKIT_APP_DB": spec.database, "POSTGRES_USER": SUPERUSER})
+            ["sh", "-c", BOOTSTRAP_SH], user=SUPERUSER, environment={**_bootstrap_env(db), "POSTGRES_USER": SUPERUSER})
+        text = output.decode("utf-8", "replace")
         if code != 0:
-            raise NotReadyError(f"bootstrapping role {spec.user!r} and database {spec.database!r} failed",
-                                detail=output.decode("utf-8", "replace"),
-                                hint="check the settings against this volume, or start over with --purge")
+            raise NotReadyError(f"bootstrapping role {db.user!r} and database {db.database!r} failed",
+                                detail=text, hint="check the settings against this volume, or start over with --purge")
+        return bootstrap.created_in(text)
 
     # --- image, volume, port ---------------------------------------------------------------------
 
@@ -480,9 +485,9 @@ class DockerEngine:
         if image == OFFLINE_IMAGE:
             from toolkit.engines.docker_image import build_image
 
-            build_image(self.client, image)
+            build_image(self.client, image, progress=self._progress)
             return
-        pull(self.client, image)
+        pull(self.client, image, progress=self._progress)
 
     def _ensure_volume(self) -> None:
         from docker.errors import NotFound
@@ -523,31 +528,20 @@ class DockerEngine:
         volume.remove(force=True)
 
     def _check_port(self) -> None:
-        if port_is_free(self.spec.bind, self.spec.port):
-            return
-        self._port_error()
+        check_free(self.db.bind, self.db.port, holder=self._container_on)
 
-    def _port_error(self) -> None:
-        port = self.spec.port
-        holder = self._container_on(port)
-        if holder:
-            who, fix = f"container {holder}", f"`docker stop {holder}`"
-        else:
-            found = port_holder(port)
-            who, fix = (found or "another process"), "stop that process"
-        raise PortInUseError(f"port {port} on {self.spec.bind} is already in use by {who}",
-                             hint=f"pick another port with --port N (or TOOLKIT_PG_PORT), run `toolkit down`, or {fix}")
-
-    def _container_on(self, port: int) -> str | None:
+    def _container_on(self, port: int) -> tuple[str, str] | None:
+        """The running container publishing ``port``, and how to stop it."""
         for container in self.client.containers.list():
             for bindings in (container.ports or {}).values():
                 if any(str(b.get("HostPort")) == str(port) for b in bindings or ()):
-                    return str(container.name)
+                    return f"container {container.name}", f"`docker stop {container.name}`"
         return None
 
-    def _connect_host(self) -> str:
-        bind = self.spec.bind
-        return "127.0.0.1" if bind in ("0.0.0.0", "*", "") else ("::1" if bind == "::" else bind)
+
+def _bootstrap_env(db: DbParams) -> dict[str, str]:
+    """bootstrap's values, in the variables BOOTSTRAP_SH hands psql."""
+    return {ENV_OF[var]: value for var, value in bootstrap.psql_variables(db).items()}
 
 
 def _mounted_volume(container: Any) -> str | None:
@@ -556,14 +550,14 @@ def _mounted_volume(container: Any) -> str | None:
     return next((m.get("Name") for m in mounts if m.get("Destination") == DATA_DIR and m.get("Type") == "volume"), None)
 
 
-def pull(api: Any, image: str) -> None:
-    """Pull with a progress display on stderr; one line with the way out when it fails."""
+def pull(api: Any, image: str, progress: Progress = quiet) -> None:
+    """Pull, reporting a live total (at most every 0.2 s) and a line per finished layer; one line with the
+    way out when it fails."""
     from docker.utils import parse_repository_tag
 
     repo, tag = parse_repository_tag(image)
     layers: dict[str, tuple[int, int]] = {}
     done: set[str] = set()
-    tty = sys.stderr.isatty()
     last = 0.0
     try:
         for event in api.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
@@ -577,17 +571,13 @@ def pull(api: Any, image: str) -> None:
             if finished:
                 done.add(layer)
             now = time.monotonic()
-            # a terminal gets one line redrawn; a log gets a line per finished layer
-            if tty and now - last > 0.2 or not tty and finished:
+            if finished or now - last > 0.2:
                 last = now
                 got = sum(layers[k][1] if k in done else layers[k][0] for k in layers) / 1e6
                 total = sum(t for _, t in layers.values()) / 1e6
-                line = f"pulling {image}: {len(done)} layers done, {got:.1f}/{total:.1f} MB"
-                print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-        if tty:
-            print(file=sys.stderr)
+                progress(f"pulling {image}: {len(done)} layers done, {got:.1f}/{total:.1f} MB", live=not finished)
         api.images.get(image)
-        print(f"pulled {image}", file=sys.stderr, flush=True)
+        progress(f"pulled {image}")
     except Exception as exc:  # noqa: BLE001 - offline, rate limit, unknown image: the same way out
         reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
         raise ImageUnavailableError(

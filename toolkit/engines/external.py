@@ -1,11 +1,12 @@
 """External engine: a server someone else runs (CI service, cloud). The "noop" lifecycle: ``up`` only
-checks and bootstraps nothing but the extension, ``down`` never touches it."""
+checks and bootstraps nothing but the extension (bootstrap's one step a non-superuser may
+be allowed, run by the readiness probe as the application role), ``down`` never touches it."""
 
 from __future__ import annotations
 
 import shutil
 
-from toolkit.engines.base import Endpoint, EngineStatus
+from toolkit.engines.base import Endpoint, EngineStatus, Progress, quiet
 from toolkit.errors import NotReadyError, UsageError
 from toolkit.health import PgProbe, wait_ready
 from toolkit.settings import Settings
@@ -21,10 +22,13 @@ class ExternalEngine:
         self.settings = settings
         self.url = parse(settings.external_url)
 
-    def up(self) -> Endpoint:
+    def up(self, *, progress: Progress = quiet) -> Endpoint:
         wait_ready(PgProbe(self.url), timeout=self.settings.timeout, what=f"postgres at {self.url.host}:{self.url.port}",
                    secrets=(self.url.password, *self.settings.secrets))
-        return Endpoint(host=self.url.host, port=self.url.port, url=self.url.render())
+        return self.endpoint()
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.url)
 
     def down(self, *, purge: bool = False) -> None:
         # not ours to stop or delete
@@ -45,6 +49,6 @@ class ExternalEngine:
         local = shutil.which("psql")
         if local:
             return [local, url]
-        from toolkit.engines.embedded import bin_path
+        from toolkit.engines.wheel import bin_path
 
         return [str(bin_path("psql")), url]
