@@ -14,7 +14,7 @@ from pathlib import Path
 
 from toolkit import memgpt_config, specs
 from toolkit.backends import DEFAULT_TABLE, Prompt, backend, memgpt_types, open_store
-from toolkit.errors import ToolkitError, UsageError, first_line
+from toolkit.errors import ToolkitError, UsageError, error_line
 from toolkit.settings import Settings
 from toolkit.specs import Spec
 
@@ -59,7 +59,7 @@ def configure(settings: Settings, name: str | None, uri: str | None, path: str |
         try:
             rows = count_rows(before)
         except Exception as exc:  # noqa: BLE001 - a warning only: the old backend may be down
-            count_error = first_line(exc)
+            count_error = error_line(exc)
     backup = write(spec, settings)
     command = migrate_command(before, spec, settings) if before is not None and rows else None
     return Outcome(spec=spec, config_path=settings.memgpt_config_path, backup=backup, checked=check,

@@ -111,10 +111,8 @@ def _module(name: str, what: str) -> Check:
 
 def _archival(settings: Settings) -> Check:
     """Which store MemGPT's config selects, the format its data is in, and what new data is written as."""
-    from pathlib import Path
-
     from toolkit import memgpt_config, specs
-    from toolkit.backends import chroma, formats, lancedb
+    from toolkit.backends import formats
     from toolkit.errors import ToolkitError
 
     default = formats.default(settings.archival_format, settings.memgpt_config_path)
@@ -124,19 +122,7 @@ def _archival(settings: Settings) -> Check:
         if storage is None:
             return Check("archival", True, f"no MemGPT archival store configured; {tail}")
         spec = specs.from_memgpt(storage, settings)
-        found: str | None = None
-        if spec.backend == "chroma":
-            found = chroma.detect_format(Path(spec.location))
-            found = found and chroma.describe(found)
-        elif spec.backend == "chroma-http":
-            host, _, port = spec.location.rpartition(":")
-            found = chroma.server_format(host, int(port), timeout=1.0)
-            found = chroma.describe(found) if found else "server not answering"
-        elif spec.backend == "lancedb":
-            tables = {p.stem: lancedb.detect_format(p) for p in sorted(Path(spec.location).glob("*.lance"))}
-            found = ", ".join(f"{name}: {f[0]} (Lance files {f[1]})" for name, f in tables.items() if f) or None
-        data = found or ("one format" if spec.backend in ("local", "postgres") else "no data yet")
-        return Check("archival", True, f"MemGPT uses {spec}: {data}; {tail}")
+        return Check("archival", True, f"MemGPT uses {spec}: {spec.kind.describe_data(spec)}; {tail}")
     except ToolkitError as exc:
         return Check("archival", False, exc.message, exc.hint or "")
 

@@ -26,7 +26,7 @@ class ToolkitError(Exception):
         return text
 
 
-def first_line(exc: BaseException, *, last: bool = False, limit: int = 300) -> str:
+def error_line(exc: BaseException, *, last: bool = False, limit: int = 300) -> str:
     """An exception in one line of a message, passwords redacted: its first line (``last``: its last one,
     where libpq puts the cause), at most ``limit`` characters; its type's name when it says nothing."""
     from toolkit.urls import redact

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from toolkit import libpq
-from toolkit.errors import NotReadyError
+from toolkit.errors import NotReadyError, error_line
 from toolkit.urls import PgUrl, redact
 
 LOG_TAIL_LINES = 20
@@ -62,7 +62,7 @@ class PgProbe:
         try:
             return libpq.Connection(self.url.libpq, connect_timeout=max(1, int(self.connect_timeout)))
         except libpq.PqError as exc:
-            message = _first_line(exc)
+            message = error_line(exc, last=True)  # libpq puts 'connection to server ... failed:' first, the cause last
             lowered = message.lower()
             if "password authentication failed" in lowered:
                 raise AuthFailed(
@@ -101,8 +101,8 @@ _TRANSIENT_CLASSES = ("08", "53", "57", "58")
 
 def query_error(phase: str, exc: libpq.PqError) -> Transient | NotReadyError:
     if exc.sqlstate is None or exc.sqlstate[:2] in _TRANSIENT_CLASSES:  # None: the connection dropped
-        return Transient(phase, _first_line(exc))
-    return NotReadyError(f"{phase} check failed: {_first_line(exc)} (SQLSTATE {exc.sqlstate})",
+        return Transient(phase, error_line(exc, last=True))
+    return NotReadyError(f"{phase} check failed: {error_line(exc, last=True)} (SQLSTATE {exc.sqlstate})",
                          hint="see the server log (`toolkit logs`)")
 
 
@@ -123,12 +123,6 @@ class ExtensionMissing(NotReadyError):
         super().__init__(error, hint="run `CREATE EXTENSION vector;` in that database as a superuser")
         self.phase = phase
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    lines = [line for line in text.splitlines() if line.strip()]
-    # libpq prefixes connection errors with 'connection to server at ... failed:'; keep the cause
-    return redact(lines[-1].strip() if lines else text)
 
 
 def wait_ready(

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.backends import _kind
 from toolkit.backends._util import StoreBase, batched, check_encodable, dim_mismatch, matrix, to_utc, unique_by_id, uuid_or_none
 from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage
-from toolkit.errors import BackendError, first_line
+from toolkit.errors import BackendError, error_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -281,20 +281,20 @@ class ChromaStore(StoreBase):
             found = _DIM_OLD.search(str(exc))
             if found:
                 raise dim_mismatch(f"chroma collection {self.table}", int(found[2]), int(found[1])) from None
-            raise BackendError(f"{self.where} rejected the request: {first_line(exc)}") from None
+            raise BackendError(f"{self.where} rejected the request: {error_line(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - transport and storage errors have many types
             if type(exc).__name__ == "InvalidArgumentError":  # chromadb 1.x; no import of chromadb for this
                 found = _DIM.search(str(exc))
                 if found:
                     raise dim_mismatch(f"chroma collection {self.table}", int(found[1]), int(found[2])) from None
-                raise BackendError(f"{self.where} rejected the request: {first_line(exc)}") from None
+                raise BackendError(f"{self.where} rejected the request: {error_line(exc)}") from None
             raise self._failure(exc) from None
 
     def _failure(self, exc: BaseException) -> BackendError:
         if self.address:
-            return BackendError(f"{self.where} is unreachable ({first_line(exc)})",
+            return BackendError(f"{self.where} is unreachable ({error_line(exc)})",
                                 hint="start it with `toolkit chroma up` (or `make chroma-up`)")
-        return BackendError(f"{self.where} is not usable: {first_line(exc)}",
+        return BackendError(f"{self.where} is not usable: {error_line(exc)}",
                             hint="choose a writable directory (--path) or fix its permissions")
 
     def _get(self, *, create: bool) -> Any:

@@ -36,7 +36,7 @@ from toolkit.backends._util import (
     uuid_or_none,
 )
 from toolkit.backends.base import Filters, Passage
-from toolkit.errors import BackendError, first_line
+from toolkit.errors import BackendError, error_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -209,10 +209,10 @@ class LanceStore(StoreBase):
                                    hint="start the test S3 server with `toolkit s3 up`, or set TOOLKIT_S3_ENDPOINT") \
                     from None
             if not self.remote and any(s in text for s in _UNWRITABLE):
-                raise BackendError(f"{where}: the path is not writable ({first_line(exc)})",
+                raise BackendError(f"{where}: the path is not writable ({error_line(exc)})",
                                    hint="choose a writable directory (TOOLKIT_LANCEDB_URI) or fix its permissions") \
                     from None
-            raise BackendError(f"{where} failed: {first_line(exc)}") from None
+            raise BackendError(f"{where} failed: {error_line(exc)}") from None
 
     def _connect(self) -> Any:
         if self._db is None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.backends import _kind
 from toolkit.backends._util import StoreBase, check_encodable, dim_mismatch, dumps, matrix, to_utc, unique_by_id, uuid_or_none
 from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage
-from toolkit.errors import BackendError, first_line
+from toolkit.errors import BackendError, error_line
 from toolkit.urls import parse as parse_url
 from toolkit.urls import redact
 
@@ -161,13 +161,13 @@ class PostgresStore(StoreBase):
                 yield cur
         except psycopg.OperationalError as exc:
             self.close()
-            raise BackendError(f"lost the connection to Postgres at {self.where}: {first_line(exc)}",
+            raise BackendError(f"lost the connection to Postgres at {self.where}: {error_line(exc)}",
                                hint="is it still running? `toolkit status`, then `toolkit up`") from None
         except psycopg.DataError as exc:  # SQLSTATE class 22: bad text (NUL bytes), JSON, numbers
-            raise BackendError(f"Postgres rejected the data for {self.where}: {first_line(exc)}",
+            raise BackendError(f"Postgres rejected the data for {self.where}: {error_line(exc)}",
                                hint="check the embedding dimension and the passage fields") from None
         except psycopg.Error as exc:  # permissions, a table of another shape, a read-only server...
-            raise BackendError(f"Postgres refused an operation on {self.where}: {first_line(exc)}",
+            raise BackendError(f"Postgres refused an operation on {self.where}: {error_line(exc)}",
                                hint="check the role's privileges and the table's layout (`toolkit psql`)") from None
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -179,7 +179,7 @@ class PostgresStore(StoreBase):
             conn = psycopg.connect(self.url.libpq, autocommit=True, connect_timeout=5)
         except psycopg.OperationalError as exc:
             raise BackendError(f"cannot connect to Postgres at {redact(self.url.render('plain'))}: "
-                               f"{first_line(exc)}",
+                               f"{error_line(exc)}",
                                hint="start it with `toolkit up` (or `make db-up`), or check PGVECTOR_TEST_DB_URL") \
                 from None
         try:
@@ -198,20 +198,23 @@ class PostgresStore(StoreBase):
     def _ensure_extension(self, conn: psycopg.Connection[Any]) -> None:
         import psycopg
 
-        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+        from toolkit.bootstrap import EXTENSION  # the statements every engine's bootstrap runs
+
+        assert EXTENSION.exists is not None
+        if conn.execute(EXTENSION.exists).fetchone():
             return
         try:
             # two first connections at once would both pass IF NOT EXISTS, and one fail on pg_extension's
             # unique index: the advisory lock (per database, as extensions are) makes the second wait
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext('extension vector'))", [LOCK_CLASS])
-                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                conn.execute(EXTENSION.sql)
         except psycopg.errors.UniqueViolation:  # created at this moment by a client that takes no lock
-            if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+            if not conn.execute(EXTENSION.exists).fetchone():
                 raise
         except psycopg.Error as exc:
             raise BackendError(f"the vector extension is missing in database {self.url.database!r} "
-                               f"({first_line(exc)})",
+                               f"({error_line(exc)})",
                                hint="run `toolkit up` (it creates it), or as a superuser: CREATE EXTENSION vector;") \
                 from None
 
