@@ -25,6 +25,7 @@ TITLE = "process memory"
 MEMGPT_TYPE = "memory"
 SCHEMES = ("memory",)
 WORD = "memory"
+OWN_QUERY = False
 EXAMPLE = "memory://NAME"
 SERVER = None
 FORMATS: dict[str, str] = {}

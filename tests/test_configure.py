@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 from tests.backend_support import passages
 from toolkit import memgpt_config
-from toolkit.backends import DEFAULT_TABLE, open_store
+from toolkit.backends import DEFAULT_TABLE, StoreLocation, open_store
 from toolkit.cli import cli
+from toolkit.errors import UsageError
 from toolkit.memgpt_config import ArchivalStorage
 
 FOREIGN = """\
@@ -242,3 +243,44 @@ def test_binary_config_is_one_line_error(config: Path, toolkit_cli, data: bytes)
     failing = [row for row in doctor.stdout.splitlines() if row.startswith("FAIL archival")]
     assert "Traceback" not in doctor.stderr and len(failing) == 1 and str(config) in failing[0]
     assert config.read_bytes() == data
+
+
+# -- what the outside review of the backend registry found --------------------------------------------
+
+def test_the_migrate_command_names_stores_as_they_are_not_by_words_read_again_elsewhere(config: Path,
+                                                                                         tmp_path: Path) -> None:
+    # `--from lancedb` would be read again from wherever the printed command runs: another project's store
+    project = tmp_path / "other-project"
+    project.mkdir()
+    lance = project / ".lancedb"
+    with closing(open_store(StoreLocation("lancedb", str(lance), DEFAULT_TABLE))) as store:
+        store.insert(passages(4, 8))
+    config.parent.mkdir(parents=True)
+    config.write_text(f"[archival_storage]\ntype = lancedb\nuri = {lance}\n")
+    result = CliRunner().invoke(cli, ["--project-dir", str(project), "configure", "--backend", "local", "--no-input",
+                                      "--no-check"])
+    assert result.exit_code == 0, result.output
+    assert f"toolkit migrate --from lancedb://{lance} --to local://{Path.home() / '.memgpt' / 'archival'}" \
+           in result.output
+
+
+def test_lancedb_s3_is_configured_on_s3_only(config: Path) -> None:
+    with pytest.raises(UsageError, match="needs an s3:// URI"):
+        invoke("--backend", "lancedb-s3", "--no-input", "--no-check")
+    assert not config.exists()
+    assert invoke("--backend", "lancedb-s3", "--uri", "s3://b/p", "--no-input", "--no-check").exit_code == 0
+    assert memgpt_config.read(config) == ArchivalStorage("lancedb", "", "s3://b/p")
+    # only --backend keeps where it is configured, also under the name of the s3 backend
+    assert invoke("--backend", "lancedb-s3", "--no-input", "--no-check").exit_code == 0
+    assert memgpt_config.read(config) == ArchivalStorage("lancedb", "", "s3://b/p")
+
+
+@pytest.mark.parametrize("args, section", [
+    (("--backend", "lancedb", "--uri", "/x/ld?format=legacy"), ArchivalStorage("lancedb", "", "/x/ld")),
+    (("--backend", "chroma", "--path", "/x/cd?format=0.5"), ArchivalStorage("chroma", "/x/cd", "")),
+    (("--backend", "chroma-http", "--uri", "h:1?format=0.5"), ArchivalStorage("chroma", "", "h:1")),
+])
+def test_a_format_given_with_the_location_is_not_written_into_memgpts_config(config: Path, args: tuple[str, ...],
+                                                                           section: ArchivalStorage) -> None:
+    assert invoke(*args, "--no-input", "--no-check").exit_code == 0
+    assert memgpt_config.read(config) == section

@@ -87,6 +87,9 @@ def test_redact_hides_passwords_in_sql_statements_of_server_logs() -> None:
     line = "ERROR:  syntax error at end of input STATEMENT:  ALTER ROLE memgpt PASSWORD 'Hunter2-Secret'"
     assert "Hunter2" not in redact(line) and "PASSWORD '***'" in redact(line)
     assert "it''s" not in redact("CREATE ROLE a LOGIN PASSWORD 'it''s' NOSUPERUSER")
+    # libpq quotes a password holding a backslash as E'...' (bootstrap's CREATE ROLE, logged when it fails)
+    logged = r"STATEMENT:  CREATE ROLE pg_x LOGIN PASSWORD  E'p''w\\x Secret' NOSUPERUSER NOCREATEDB"
+    assert "Secret" not in redact(logged) and redact(logged).endswith("PASSWORD  '***' NOSUPERUSER NOCREATEDB")
     # words after "password" that are not a quoted value stay readable
     kept = 'FATAL:  password authentication failed for user "memgpt"'
     assert redact(kept) == kept

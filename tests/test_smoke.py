@@ -95,10 +95,8 @@ def test_a_check_failing_midway_drops_its_table(backend: str, pg_url: str, tmp_p
 
 def test_a_check_past_its_time_bound_is_reported_and_cleaned_up(pg_url: str) -> None:
     location = StoreLocation("postgres", pg_url)
-    started = time.monotonic()
     (result,) = smoke.run([smoke.Target("postgres", location)], n=4000, dim=1536, timeout=0.2)
     assert result.status == "timeout" and "its table was dropped" in result.detail, result
-    assert time.monotonic() - started < 30
     assert _pg_smoke_tables(pg_url) == []
 
 

@@ -98,3 +98,22 @@ def test_postgres_shorthand_that_names_itself_is_refused(settings, monkeypatch: 
     monkeypatch.setenv("PGVECTOR_TEST_DB_URL", "postgres")
     with pytest.raises(UsageError, match="not a Postgres URL"):
         specs.parse("postgres", settings)
+
+
+@pytest.mark.parametrize("text", ["local:///data/dst?fmt=legacy", "local:///data/dst?", "chroma:///c?format=0.5&x=1"])
+def test_a_query_is_the_toolkits_or_refused(settings, text: str) -> None:
+    # only a Postgres URL keeps its query (libpq's parameters); a local path never swallows one
+    with pytest.raises(UsageError):
+        specs.parse(text, settings)
+
+
+def test_the_postgres_word_reads_the_exported_url_as_any_spec(settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGVECTOR_TEST_DB_URL", " postgresql://u:pw@h:5/db \r")
+    assert specs.parse("postgres", settings) == specs.parse("postgresql://u:pw@h:5/db", settings)
+    monkeypatch.setenv("PGVECTOR_TEST_DB_URL", "postgresql://u:pw@h:5/db?format=x")
+    with pytest.raises(UsageError, match="does not apply"):
+        specs.parse("postgres", settings)
+    for other in ("chroma:///x", "s3://b/p", "postgres"):  # never names another store, nor itself
+        monkeypatch.setenv("PGVECTOR_TEST_DB_URL", other)
+        with pytest.raises(UsageError, match="not a Postgres URL"):
+            specs.parse("postgres", settings)

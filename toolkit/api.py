@@ -58,9 +58,15 @@ def _lifecycle(settings: Settings, purpose: str):  # type: ignore[no-untyped-def
     return state_lock(settings.state_dir, purpose, timeout=settings.timeout + LOCK_GRACE)
 
 
-def up(settings: Settings, *, export: bool = True, progress: Progress = quiet) -> UpResult:
+def up(settings: Settings, *, export: bool = True, progress: Progress = quiet, build: bool = False,
+       base_image: str | None = None) -> UpResult:
     """Start (or find running) Postgres+pgvector, wait until usable, write PGVECTOR_TEST_DB_URL.
-    ``progress`` hears what takes time (an image pull); the library prints nothing itself."""
+    ``progress`` hears what takes time (an image pull); the library prints nothing itself. ``build``:
+    first build db/Dockerfile (on ``base_image``, else its own base) and run that image with Docker."""
+    if build:
+        from toolkit.engines.docker import build_for_up
+
+        settings = build_for_up(settings, base=base_image)
     with _lifecycle(settings, "up"):
         return _up(settings, export=export, progress=progress)
 
@@ -115,6 +121,17 @@ def status(settings: Settings) -> dict[str, Any]:
         url = url.with_address(port=found.extra["port"])  # where it runs, whatever the settings say now
     return {"engine": found.engine, "running": found.running, "detail": found.detail,
             "url": url.redacted(), **found.extra}
+
+
+def psql_invocation(settings: Settings, sql: str | None = None, args: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) that run psql on the database: the engine's psql (local binary or docker exec),
+    ``-c sql`` when given, then ``args``. The password travels in the environment, never in argv (ps)."""
+    import os
+
+    engine, _ = engines.select(settings)
+    url = engine.endpoint().url
+    argv = engine.psql_argv(url.render("plain", password=False)) + (["-c", sql] if sql else []) + list(args)
+    return argv, {**os.environ, "PGPASSWORD": url.password}
 
 
 def logs(settings: Settings, tail: int = 100) -> str:

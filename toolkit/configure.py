@@ -48,7 +48,7 @@ def configure(settings: Settings, name: str | None, uri: str | None, path: str |
     name = name or (old.type if old else DEFAULT_BACKEND)
     if prompt is not None:
         uri, path = backend(name).ask(uri, path, old, settings, prompt)
-    elif old is not None and name == old.type and uri is None and path is None:
+    elif old is not None and before is not None and name in (old.type, before.backend) and uri is None and path is None:
         uri, path = old.uri or None, old.path or None  # only --backend: keep where that backend is configured
     spec = specs.from_choice(name, uri, path, settings)
     if check:

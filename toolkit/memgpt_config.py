@@ -15,11 +15,11 @@ import configparser
 import io
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from toolkit import perms
 from toolkit.errors import ConfigError
 
 SECTION = "archival_storage"
@@ -234,8 +234,8 @@ def write(config_path: Path, storage: ArchivalStorage) -> Path | None:
         if original_bytes is not None:
             stamp = datetime.now().strftime("%Y%m%dT%H%M%S%f")
             backup = target.with_name(f"{target.name}.{stamp}.bak")
-            _atomic_write(backup, original_bytes, mode)
-        _atomic_write(target, updated.encode("utf-8"), mode)
+            perms.replace_file(backup, original_bytes, mode)
+        perms.replace_file(target, updated.encode("utf-8"), mode)
     except OSError as exc:
         raise ConfigError(f"cannot write MemGPT config {target}: {exc.strerror}",
                           hint="check the directory's permissions or set MEMGPT_CONFIG_PATH") from None
@@ -251,15 +251,3 @@ def _check(target: Path, original: str, updated: str) -> None:
     _parse(target, updated)
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -37,14 +37,24 @@ def write_private(path: Path, text: str, *, uid: int | None = None, gid: int | N
 
 
 def replace_private(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` at once: a 0600 temp file beside it, renamed over it. A reader never
-    sees half a file, and a symlink in its place is replaced, never written through."""
+    """Replace ``path`` with ``text`` at once, 0600: see ``replace_file``."""
+    replace_file(path, text.encode())
+
+
+def replace_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` at once: a temp file beside it (0600 from its first byte, ``mode``
+    once written), flushed to disk, renamed over it. A reader never sees half a file, a crash leaves the
+    old file or the new one, and a symlink in its place is replaced, never written through."""
     import tempfile  # not at start-up: settings import this module
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode != 0o600:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

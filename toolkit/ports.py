@@ -42,7 +42,7 @@ def in_use_error(bind: str, port: int, *, holder: Callable[[int], tuple[str, str
         found = (process or "another process", "stop that process")
     who, fix = found
     return PortInUseError(f"port {port} on {bind} is already in use by {who}",
-                          hint=f"pick another port with --port N (or TOOLKIT_PG_PORT), run `toolkit down`, or {fix}")
+                          hint=f"pick another port with --port N (or TOOLKIT_PG_PORT), or {fix}")
 
 
 def connect_host(bind: str) -> str:

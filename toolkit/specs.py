@@ -32,8 +32,11 @@ __all__ = ["Spec", "from_choice", "from_memgpt", "grammar_hint", "parse", "to_me
 
 
 def grammar_hint() -> str:
-    forms = [b.EXAMPLE for b in BACKENDS.values()]
-    return "use " + ", ".join(forms[:-1]) + " or " + forms[-1]
+    return "use " + _or([b.EXAMPLE for b in BACKENDS.values()])
+
+
+def _or(words: list[str]) -> str:
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else "".join(words)
 
 
 def parse(text: str, settings: Settings) -> Spec:
@@ -67,7 +70,7 @@ def _split_format(raw: str) -> tuple[str, str | None]:
     pairs = parse_qsl(query, keep_blank_values=True)
     keys = [key for key, _ in pairs]
     kind = by_scheme(scheme)
-    if kind is not None and not kind.FORMATS:  # a URL's query string is its own (libpq parameters)
+    if kind is not None and kind.OWN_QUERY:  # a URL's query string is its own (libpq parameters)
         if "format" in keys:
             raise UsageError(f"?format= does not apply to {kind.TITLE} ({urls.redact(raw)!r})",
                              hint=f"the {kind.NAME} backend has one format; drop ?format=")
@@ -99,7 +102,7 @@ def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
     kind = storage.type.strip().lower()
     if kind not in BACKENDS or BACKENDS[kind].MEMGPT_TYPE != kind:
         raise UsageError(f"MemGPT config has unknown archival storage type {storage.type!r}",
-                         hint=f"expected {', '.join(_memgpt_types())}; run `toolkit configure`")
+                         hint=f"expected {_or(_memgpt_types())}; run `toolkit configure`")
     return with_defaults(BACKENDS[kind].from_memgpt(storage, settings), settings)
 
 
@@ -122,13 +125,14 @@ def to_memgpt(spec: Spec) -> ArchivalStorage:
 
 
 def word_for(spec: Spec, settings: Settings) -> str:
-    """The shortest SPEC naming ``spec`` for people to type: its backend's bare word when that names it
-    (``postgres`` for the provisioned database: no password on screen), else the redacted SPEC."""
-    kind = spec.kind
-    if kind.WORD is not None:
-        try:
-            if parse(kind.WORD, settings) == spec:
-                return kind.WORD
-        except UsageError:
-            pass
-    return str(spec)
+    """``spec`` for people to type back: the redacted SPEC, unless redaction hid a password (the command
+    would not work as printed) and the backend's bare word names that same store here (``postgres``: the
+    provisioned database, read from PGVECTOR_TEST_DB_URL). A word for any other store would be read
+    again where the command runs (another project, another TOOLKIT_LANCEDB_URI) and could name another."""
+    shown, word = str(spec), spec.kind.WORD
+    if word is None or shown == spec.render():
+        return shown
+    try:
+        return word if parse(word, settings) == spec else shown
+    except UsageError:
+        return shown

@@ -21,8 +21,9 @@ _SCHEMES = {
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]+:)((?:(?!://)\S)*)(@)")
 _ENCODE_HINT = "percent-encode it: / as %2F, # as %23, ? as %3F, @ as %40 (and % as %25)"
 _PASSWORD_KV = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
-# SQL in server logs: CREATE/ALTER ROLE ... PASSWORD 'secret' ('' escapes a quote)
-_PASSWORD_SQL = re.compile(r"(?i)(password\s+)('(?:[^']|'')*'?)")
+# SQL in server logs: CREATE/ALTER ROLE ... PASSWORD 'secret' ('' escapes a quote), or E'se\\cret' as libpq
+# quotes a literal holding a backslash (there \' escapes a quote too: taking it as one only hides more)
+_PASSWORD_SQL = re.compile(r"(?i)(password\s+)(E?'(?:[^'\\]|''|\\.)*'?)")
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,9 @@ class Backend(Protocol):
     def WORD(self) -> str | None: ...  # the bare SPEC that names its default location (chroma+http); None: none
 
     @property
+    def OWN_QUERY(self) -> bool: ...  # its SPEC's ?query is its own (libpq's parameters), not the toolkit's ?format=
+
+    @property
     def EXAMPLE(self) -> str: ...  # its SPEC form, for hints: "chroma+http://HOST:PORT"
 
     @property

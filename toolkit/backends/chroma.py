@@ -47,6 +47,7 @@ TITLE = "Chroma (persistent directory)"
 MEMGPT_TYPE = "chroma"
 SCHEMES = ("chroma",)
 WORD = "chroma"
+OWN_QUERY = False
 EXAMPLE = "chroma:///PATH"
 SERVER = None
 
@@ -111,8 +112,8 @@ def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
 
 
 def from_choice(uri: str, path: str, settings: Settings) -> Spec:
+    from toolkit import specs
     from toolkit.backends import chroma_http
-    from toolkit.backends.base import Spec
     from toolkit.errors import UsageError
 
     if uri and path:
@@ -120,8 +121,7 @@ def from_choice(uri: str, path: str, settings: Settings) -> Spec:
                          hint="MemGPT would silently pick the persistent client")
     if uri:
         return chroma_http.from_choice(uri, "", settings)
-    target = path or str(default_dir())
-    return Spec(NAME, _kind.directory(target, target, settings))
+    return specs.parse("chroma://" + (path or str(default_dir())), settings)  # ?format= as in any SPEC
 
 
 def ask(uri: str | None, path: str | None, old: ArchivalStorage | None, settings: Settings,

@@ -20,6 +20,7 @@ TITLE = "Chroma server (HTTP client)"
 MEMGPT_TYPE = chroma.MEMGPT_TYPE
 SCHEMES = ("chroma+http",)
 WORD = "chroma+http"
+OWN_QUERY = False
 EXAMPLE = "chroma+http://HOST:PORT"
 SERVER = "toolkit chroma up"
 FORMATS = chroma.FORMATS
@@ -61,8 +62,10 @@ from_memgpt = chroma.from_memgpt
 def from_choice(uri: str, path: str, settings: Settings) -> Spec:
     if path and not uri:  # answered "persistent" to `configure --backend chroma-http`'s question
         return chroma.from_choice("", path, settings)
+    from toolkit import specs
+
     hostport = uri.removeprefix("http://").removeprefix("chroma+http://")
-    return parse(hostport or None, "chroma+http://" + hostport, settings)
+    return specs.parse("chroma+http://" + hostport if hostport else WORD, settings)  # ?format= as in any SPEC
 
 
 def ask(uri: str | None, path: str | None, old: ArchivalStorage | None, settings: Settings,

@@ -51,6 +51,7 @@ TITLE = "LanceDB (directory)"
 MEMGPT_TYPE = "lancedb"
 SCHEMES = ("lancedb",)
 WORD = "lancedb"
+OWN_QUERY = False
 EXAMPLE = "lancedb:///PATH"
 SERVER = None
 
@@ -84,12 +85,12 @@ def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
 
 
 def configured(uri: str, settings: Settings) -> Spec:
-    """The store of a LanceDB URI as MemGPT and TOOLKIT_LANCEDB_URI give it: a directory or s3://."""
-    from toolkit.backends import lancedb_s3
+    """The store of a LanceDB URI as MemGPT and TOOLKIT_LANCEDB_URI give it: a directory or s3://, with
+    ?format= as in any SPEC."""
+    from toolkit import specs
 
-    if uri.startswith("s3://"):
-        return lancedb_s3.parse(uri.removeprefix("s3://"), uri, settings)
-    return parse(uri, "lancedb://" + uri, settings)
+    uri = uri.strip()
+    return specs.parse(uri if uri.startswith("s3://") else "lancedb://" + uri, settings)
 
 
 def default_spec(settings: Settings) -> Spec:

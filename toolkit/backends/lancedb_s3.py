@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from toolkit.backends import _kind, lancedb
 
 if TYPE_CHECKING:
-    from toolkit.backends.base import Spec, StoreLocation
+    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
 
 NAME = "lancedb-s3"
@@ -19,6 +20,7 @@ TITLE = "LanceDB on S3"
 MEMGPT_TYPE = lancedb.MEMGPT_TYPE
 SCHEMES = ("s3",)
 WORD = None
+OWN_QUERY = False
 EXAMPLE = "s3://BUCKET/PREFIX"
 SERVER = "toolkit s3 up"
 FORMATS = lancedb.FORMATS
@@ -71,8 +73,25 @@ def identity(spec: Spec) -> tuple[str, ...]:
 
 to_memgpt = lancedb.to_memgpt
 from_memgpt = lancedb.from_memgpt
-from_choice = lancedb.from_choice
-ask = lancedb.ask
+
+
+def from_choice(uri: str, path: str, settings: Settings) -> Spec:
+    from toolkit import specs
+    from toolkit.errors import UsageError
+
+    target = uri or path or settings.lancedb_uri or ""
+    if not target.strip().startswith("s3://"):
+        raise UsageError(f"{NAME} needs an s3:// URI{f', not {target!r}' if target else ''}",
+                         hint="give --uri s3://BUCKET/PREFIX, or --backend lancedb for a directory")
+    return specs.parse(target, settings)
+
+
+def ask(uri: str | None, path: str | None, old: ArchivalStorage | None, settings: Settings,
+        prompt: Prompt) -> tuple[str | None, str | None]:
+    if uri is not None or path is not None:
+        return uri, path
+    fallback = old.uri if old is not None and old.type == MEMGPT_TYPE and old.uri.startswith("s3://") else ""
+    return prompt("Enter LanceDB S3 URI (s3://bucket/prefix)", default=fallback or DEFAULT_URI), None
 
 
 def endpoint(location: StoreLocation) -> tuple[str, int] | None:

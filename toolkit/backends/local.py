@@ -37,6 +37,7 @@ TITLE = "local files"
 MEMGPT_TYPE = "local"
 SCHEMES = ("local",)
 WORD = "local"
+OWN_QUERY = False
 EXAMPLE = "local:///PATH"
 SERVER = None
 FORMATS: dict[str, str] = {}  # one format
@@ -78,11 +79,13 @@ def to_memgpt(spec: Spec) -> ArchivalStorage:
 
 
 def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
-    return from_choice("", storage.path, settings)
+    return parse(storage.path, storage.path, settings) if storage.path else parse(None, WORD, settings)
 
 
 def from_choice(uri: str, path: str, settings: Settings) -> Spec:
-    return parse(path, path, settings) if path else parse(None, WORD, settings)
+    from toolkit import specs
+
+    return specs.parse("local://" + path if path else WORD, settings)
 
 
 def ask(uri: str | None, path: str | None, old: ArchivalStorage | None, settings: Settings,

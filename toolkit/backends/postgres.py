@@ -35,6 +35,7 @@ TITLE = "Postgres+pgvector"
 MEMGPT_TYPE = "postgres"
 SCHEMES = ("postgresql", "postgres", "postgresql+*")
 WORD = "postgres"  # the Postgres `toolkit up` provisioned
+OWN_QUERY = True
 EXAMPLE = "a Postgres URL (postgresql://...)"
 SERVER = "toolkit up"
 FORMATS: dict[str, str] = {}  # one format
@@ -64,12 +65,15 @@ def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
     from toolkit.backends.base import Spec
     from toolkit.errors import UsageError
 
-    if rest is None:
-        url = provisioned_url(settings)
-        if "://" not in url:  # PGVECTOR_TEST_DB_URL=postgres would name itself
+    if rest is None:  # the word: the URL `toolkit up` exported, read as any SPEC, and a Postgres one
+        from toolkit import specs
+
+        url = provisioned_url(settings).strip()
+        spec = specs.parse(url, settings) if "://" in url else None  # =postgres would name itself
+        if spec is None or spec.backend != NAME:
             raise UsageError(f"{URL_ENV} is {redact(url)!r}, not a Postgres URL",
                              hint="run `toolkit up` to write it, or give the URL in --from/--to")
-        raw = url
+        return spec
     return Spec(NAME, parse_url(raw).libpq)
 
 

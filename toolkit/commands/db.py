@@ -68,11 +68,8 @@ def up(ctx: click.Context, no_export: bool, as_json: bool, build: bool, **kwargs
     from toolkit import api
 
     settings = settings_from(ctx, **_flags(**kwargs))
-    if build:
-        from toolkit.engines.docker import build_for_up
-
-        settings = build_for_up(settings, base=kwargs.get("image"))
-    result = api.up(settings, export=not no_export, progress=_progress(settings))
+    result = api.up(settings, export=not no_export, progress=_progress(settings), build=build,
+                    base_image=kwargs.get("image"))
     if as_json:
         echo_json(result.as_dict(), settings)
         return
@@ -175,16 +172,9 @@ def psql(ctx: click.Context, sql: str | None, psql_args: tuple[str, ...], **kwar
       toolkit psql
       toolkit psql -c 'SELECT extversion FROM pg_extension'
     """
-    from toolkit import engines
+    from toolkit import api
 
-    settings = settings_from(ctx, **_flags(**kwargs))
-    engine, _ = engines.select(settings)
-    url = engine.endpoint().url
-    # the password travels in the environment, never in argv (visible in ps)
-    argv = engine.psql_argv(url.render("plain", password=False))
-    argv += ["-c", sql] if sql else []
-    argv += list(psql_args)
-    env = {**os.environ, "PGPASSWORD": url.password}
+    argv, env = api.psql_invocation(settings_from(ctx, **_flags(**kwargs)), sql, psql_args)
     if sql is None:
         os.execvpe(argv[0], argv, env)
     from toolkit import proc
