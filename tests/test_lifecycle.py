@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_toolkit
+from tests.support import run_toolkit
 from toolkit.ports import free_port
 
 AS_ROOT = os.geteuid() == 0
