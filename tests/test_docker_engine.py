@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.docker_support import OFFLINE, cleanup, docker_engine, sql, unique_names, wait_healthy
-from tests.support import IN_CI, run_toolkit
+from tests.support import IN_CI, run_toolkit, wait_until
 from toolkit.errors import EngineUnavailableError, NotReadyError, PortInUseError, ToolkitError
 from toolkit.ports import free_port
 from toolkit.settings import Settings, resolve
@@ -180,16 +180,20 @@ def registry(docker_api: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                                      f"    rootdirectory: {root / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
     with open(root / "log", "wb") as log:
         server = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=log, stderr=log)
+    def log_tail() -> str:
+        return f"its log ends:\n{(root / 'log').read_text()[-2000:]}"
+
+    def listening() -> bool:
+        if server.poll() is not None:
+            pytest.fail(f"docker-registry exited with code {server.returncode} before it listened; {log_tail()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"docker-registry did not start: {(root / 'log').read_text()[-2000:]}")
-                time.sleep(0.05)
+        wait_until(listening, 30, f"docker-registry to listen on 127.0.0.1:{port}", detail=log_tail)
         yield f"127.0.0.1:{port}"
     finally:
         server.terminate()

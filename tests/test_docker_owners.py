@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.docker_support import docker_engine, sql
-from tests.support import run_toolkit
+from tests.support import run_toolkit, wait_until
 from toolkit.errors import ImageUnavailableError, InUseError, NotReadyError, ToolkitError
 from toolkit.ports import free_port
 from toolkit.settings import Settings
@@ -377,20 +377,36 @@ def test_a_stop_the_daemon_finishes_after_ctrl_c_does_not_stop_the_restored_cont
     sql(dsettings, "CREATE TABLE big AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 400000) g")
     before = docker_api.containers.get(dsettings.container).id
     real_stop = Container.stop
+    requests: list[threading.Thread] = []
 
     def abandoned(self: Any, **kwargs: Any) -> None:
         monkeypatch.undo()
-        threading.Thread(target=real_stop, args=(self,), kwargs=kwargs).start()  # the request goes on
+        request = threading.Thread(target=real_stop, args=(self,), kwargs=kwargs)  # the request goes on
+        request.start()
+        requests.append(request)
         time.sleep(0.05)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Container, "stop", abandoned)
     with pytest.raises(KeyboardInterrupt):
         docker_engine(replace(dsettings, db=replace(dsettings.db, port=free_port()))).up()
-    time.sleep(3)  # long enough for a late stop (the offline image stops in about a second) to land
+    # the late stop has landed when its request returns (the daemon answers once the container stopped)
+    [request] = requests
+    request.join(timeout=60)
+    assert not request.is_alive(), "the abandoned stop request did not return within 60 s"
     after = docker_api.containers.get(dsettings.container)
     assert (after.id, after.status) == (before, "running")
-    assert sql(dsettings, "SELECT 1") == [(1,)]
+    # put back means started, not ready: the server in it may still be starting up
+    wait_until(lambda: _answers(dsettings), 60, f"the restored container {dsettings.container} to accept connections")
+
+
+def _answers(settings: Settings) -> bool:
+    import psycopg
+
+    try:
+        return bool(sql(settings, "SELECT 1") == [(1,)])
+    except psycopg.OperationalError:
+        return False
 
 
 def test_purge_with_another_volume_named_is_refused_and_status_names_the_mounted_one(
