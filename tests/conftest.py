@@ -22,8 +22,9 @@ from tests.support import REPO as REPO
 from toolkit.ports import free_port
 from toolkit.settings import Settings, resolve
 
-# the session servers of the backend suites (chroma_http, s3): fixtures for every module, no imports
-pytest_plugins = ("tests.backend_support",)
+# the session servers of the backend suites (chroma_http, s3) and the Docker fixtures (docker_api, dsettings,
+# compose, ...): fixtures for every module, no imports
+pytest_plugins = ("tests.backend_support", "tests.docker_support")
 
 UV_CACHE = os.environ.get("UV_CACHE_DIR") or str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uv")
 

@@ -9,7 +9,7 @@ import sys
 import click
 import pytest
 
-from tests.conftest import run_toolkit
+from tests.support import run_toolkit
 from toolkit.cli import COMMANDS, cli
 
 

@@ -20,95 +20,20 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, REPO, run_toolkit
+from tests.docker_support import OFFLINE, cleanup, docker_engine, sql, unique_names, wait_healthy
+from tests.support import IN_CI, run_toolkit, wait_until
 from toolkit.errors import EngineUnavailableError, NotReadyError, PortInUseError, ToolkitError
 from toolkit.ports import free_port
 from toolkit.settings import Settings, resolve
 
 pytestmark = pytest.mark.docker
-OFFLINE = "toolkit/pgvector-offline:pg18"
-
-
-@pytest.fixture(scope="session")
-def docker_api() -> Iterator[Any]:
-    from toolkit.engines.docker import client, docker_available
-
-    reason = docker_available()
-    if reason is not None:
-        if IN_CI:
-            pytest.fail(f"CI=true but no Docker engine answers: {reason}")
-        pytest.skip(reason)  # it says "no Docker engine: why"
-    api = client()
-    yield api
-    api.close()
-
-
-@pytest.fixture(scope="session")
-def offline_image(docker_api: Any) -> str:
-    """The offline image, built once per session (1-2 s; it also proves `toolkit image build` works)."""
-    from toolkit.engines.docker_image import build_image
-
-    build_image(docker_api, OFFLINE, progress=lambda line: None)
-    return OFFLINE
-
-
-def _names() -> tuple[str, str]:
-    tag = uuid.uuid4().hex[:8]
-    return f"tk-test-{tag}", f"tk_test_{tag}"
-
-
-def _cleanup(api: Any, containers: list[str], volumes: list[str]) -> None:
-    from docker.errors import NotFound
-
-    for name in containers:
-        try:
-            api.containers.get(name).remove(force=True, v=True)
-        except NotFound:
-            pass
-    for name in volumes:
-        try:
-            api.volumes.get(name).remove(force=True)
-        except NotFound:
-            pass
-
-
-@pytest.fixture
-def made(docker_api: Any) -> Iterator[dict[str, list[str]]]:
-    """Names of containers/volumes a test creates by hand; removed afterwards."""
-    made: dict[str, list[str]] = {"containers": [], "volumes": []}
-    yield made
-    _cleanup(docker_api, made["containers"], made["volumes"])
-
-
-@pytest.fixture
-def dsettings(docker_api: Any, offline_image: str, isolated: Path, made: dict[str, list[str]]) -> Settings:
-    """Docker settings with unique container/volume names and a free port, cleaned up afterwards."""
-    container, volume = _names()
-    made["containers"] += [container, container + "-replaced"]
-    made["volumes"].append(volume)
-    return resolve({"engine": "docker", "image": offline_image, "container": container, "volume": volume,
-                    "db.port": free_port(), "timeout": 60.0}, environ={}, project_dir=isolated)
-
-
-def _engine(settings: Settings) -> Any:
-    from toolkit.engines.docker import DockerEngine
-
-    return DockerEngine(settings)
-
-
-def _sql(settings: Settings, query: str) -> Any:
-    import psycopg
-
-    with psycopg.connect(settings.db.url(host="127.0.0.1").libpq, autocommit=True) as conn:
-        cursor = conn.execute(query)
-        return cursor.fetchall() if cursor.description else None
 
 
 def test_up_is_ready_for_pg8000_psycopg_and_sqlalchemy(dsettings: Settings) -> None:
     import psycopg
     import sqlalchemy
 
-    endpoint = _engine(dsettings).up()
+    endpoint = docker_engine(dsettings).up()
     assert endpoint.url.render().startswith("postgresql+pg8000://memgpt:memgpt@localhost:")
     assert endpoint.port == dsettings.db.port
     # MemGPT's way: SQLAlchemy over pg8000, the extension already there without creating it
@@ -137,53 +62,53 @@ def test_bootstrap_quotes_hostile_names_and_gives_another_role_its_own(dsettings
 
     first = replace(dsettings, db=replace(dsettings.db, user="o'bri\"en", password="pa's \"wo\\rd;-- $HOME `id`",
                                              database="my db"))
-    _engine(first).up()
+    docker_engine(first).up()
     with psycopg.connect(first.db.url(host="127.0.0.1").libpq) as conn:
         assert conn.execute("SELECT current_user, current_database(), rolsuper FROM pg_roles "
                             "WHERE rolname = current_user").fetchone() == ("o'bri\"en", "my db", False)
     second = replace(dsettings, db=replace(dsettings.db, user="agent2", password="agent2-pw", database="agent2"))
-    _engine(second).up()  # same volume: the role is missing (scram says "password"), bootstrap creates it
+    docker_engine(second).up()  # same volume: the role is missing (scram says "password"), bootstrap creates it
     with psycopg.connect(second.db.url(host="127.0.0.1").libpq) as conn:
         assert conn.execute("SELECT current_user, extname FROM pg_extension WHERE extname = 'vector'").fetchone() \
             == ("agent2", "vector")
     wrong = replace(second, db=replace(second.db, password="not-the-one"))
     with pytest.raises(NotReadyError, match="password authentication failed"):
-        _engine(wrong).up()  # a wrong password stays one: nothing is created or changed
+        docker_engine(wrong).up()  # a wrong password stays one: nothing is created or changed
 
 
 def test_up_is_idempotent_and_fast(dsettings: Settings) -> None:
-    engine = _engine(dsettings)
+    engine = docker_engine(dsettings)
     engine.up()
     first = engine.status().extra["id"]
     started = time.monotonic()
-    _engine(dsettings).up()
+    docker_engine(dsettings).up()
     assert time.monotonic() - started < 1.0
-    assert _engine(dsettings).status().extra["id"] == first
-    assert _engine(dsettings).status().running
+    assert docker_engine(dsettings).status().extra["id"] == first
+    assert docker_engine(dsettings).status().running
 
 
 def test_data_survives_down_up_and_purge_deletes_it(dsettings: Settings, docker_api: Any) -> None:
-    engine = _engine(dsettings)
+    engine = docker_engine(dsettings)
     engine.up()
-    _sql(dsettings, "CREATE TABLE kept (v vector(2)); INSERT INTO kept VALUES ('[1,2]')")
+    sql(dsettings, "CREATE TABLE kept (v vector(2)); INSERT INTO kept VALUES ('[1,2]')")
     engine.down()
     assert not engine.status().running
     engine.up()
-    assert _sql(dsettings, "SELECT count(*) FROM kept") == [(1,)]
+    assert sql(dsettings, "SELECT count(*) FROM kept") == [(1,)]
     engine.down(purge=True)
     assert not docker_api.volumes.list(filters={"name": dsettings.volume})
     engine.up()
-    assert _sql(dsettings, "SELECT to_regclass('kept')") == [(None,)]
+    assert sql(dsettings, "SELECT to_regclass('kept')") == [(None,)]
 
 
 def test_killed_container_recovers_on_up(dsettings: Settings, docker_api: Any) -> None:
-    engine = _engine(dsettings)
+    engine = docker_engine(dsettings)
     engine.up()
-    _sql(dsettings, "CREATE TABLE survivor (id int); INSERT INTO survivor VALUES (7)")
+    sql(dsettings, "CREATE TABLE survivor (id int); INSERT INTO survivor VALUES (7)")
     docker_api.containers.get(dsettings.container).kill()
-    assert not _engine(dsettings).status().running
-    _engine(dsettings).up()
-    assert _sql(dsettings, "SELECT id FROM survivor") == [(7,)]
+    assert not docker_engine(dsettings).status().running
+    docker_engine(dsettings).up()
+    assert sql(dsettings, "SELECT id FROM survivor") == [(7,)]
 
 
 def test_port_held_by_a_process_names_it(dsettings: Settings) -> None:
@@ -191,18 +116,18 @@ def test_port_held_by_a_process_names_it(dsettings: Settings) -> None:
         holder.bind(("127.0.0.1", dsettings.db.port))
         holder.listen()
         with pytest.raises(PortInUseError) as err:
-            _engine(dsettings).up()
+            docker_engine(dsettings).up()
     message = err.value.one_line()
     assert f"port {dsettings.db.port}" in message and "python" in message and "--port" in message
 
 
 def test_port_held_by_another_container_names_it(dsettings: Settings, made: dict[str, list[str]]) -> None:
-    other, volume = _names()
+    other, volume = unique_names()
     made["containers"].append(other)
     made["volumes"].append(volume)
-    _engine(replace(dsettings, container=other, volume=volume)).up()
+    docker_engine(replace(dsettings, container=other, volume=volume)).up()
     with pytest.raises(PortInUseError) as err:
-        _engine(dsettings).up()
+        docker_engine(dsettings).up()
     assert f"container {other}" in err.value.one_line() and f"docker stop {other}" in err.value.one_line()
 
 
@@ -213,25 +138,25 @@ def test_crashing_container_fails_fast_with_its_logs(dsettings: Settings, docker
     try:
         started = time.monotonic()
         with pytest.raises(NotReadyError) as err:
-            _engine(replace(dsettings, image=tag, timeout=60.0)).up()
+            docker_engine(replace(dsettings, image=tag, timeout=60.0)).up()
         assert time.monotonic() - started < 20
         assert "exited with code" in err.value.message
         assert "no_such_setting" in (err.value.detail or "")
         # no --rm: the failed container is still there to inspect
         assert docker_api.containers.get(dsettings.container).status == "exited"
     finally:
-        _cleanup(docker_api, [dsettings.container], [])
+        cleanup(docker_api, [dsettings.container], [])
         docker_api.images.remove(tag, force=True)
 
 
 def test_down_all_removes_only_this_projects_labelled_containers(dsettings: Settings, docker_api: Any,
                                                                  made: dict[str, list[str]]) -> None:
-    second, volume2 = _names()
-    stranger, _ = _names()
+    second, volume2 = unique_names()
+    stranger, _ = unique_names()
     made["containers"] += [second, stranger]
     made["volumes"].append(volume2)
-    _engine(dsettings).up()
-    _engine(replace(dsettings, container=second, volume=volume2, db=replace(dsettings.db, port=free_port()))).up()
+    docker_engine(dsettings).up()
+    docker_engine(replace(dsettings, container=second, volume=volume2, db=replace(dsettings.db, port=free_port()))).up()
     docker_api.containers.run(OFFLINE, ["sleep", "300"], entrypoint=[], name=stranger, detach=True)
     result = run_toolkit("down", "--all", "--purge", "--yes", "--engine", "docker")
     assert result.returncode == 0, result.stderr
@@ -255,16 +180,20 @@ def registry(docker_api: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                                      f"    rootdirectory: {root / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
     with open(root / "log", "wb") as log:
         server = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=log, stderr=log)
+    def log_tail() -> str:
+        return f"its log ends:\n{(root / 'log').read_text()[-2000:]}"
+
+    def listening() -> bool:
+        if server.poll() is not None:
+            pytest.fail(f"docker-registry exited with code {server.returncode} before it listened; {log_tail()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"docker-registry did not start: {(root / 'log').read_text()[-2000:]}")
-                time.sleep(0.05)
+        wait_until(listening, 30, f"docker-registry to listen on 127.0.0.1:{port}", detail=log_tail)
         yield f"127.0.0.1:{port}"
     finally:
         server.terminate()
@@ -320,30 +249,30 @@ def test_up_pulls_a_missing_image_and_runs_it(dsettings: Settings, docker_api: A
     _push(docker_api, docker_api.images.get(OFFLINE), ref)
     try:
         settings = replace(dsettings, image=ref)
-        _engine(settings).up()
-        assert _sql(settings, "SELECT extname FROM pg_extension WHERE extname = 'vector'") == [("vector",)]
+        docker_engine(settings).up()
+        assert sql(settings, "SELECT extname FROM pg_extension WHERE extname = 'vector'") == [("vector",)]
     finally:
-        _engine(replace(dsettings, image=ref)).down(purge=True)
+        docker_engine(replace(dsettings, image=ref)).down(purge=True)
         docker_api.images.remove(ref, force=True)
 
 
 def test_pull_failure_points_to_the_offline_image(dsettings: Settings) -> None:
     with pytest.raises(EngineUnavailableError) as err:
-        _engine(replace(dsettings, image=f"toolkit-test/absent-{uuid.uuid4().hex[:8]}:1")).up()
+        docker_engine(replace(dsettings, image=f"toolkit-test/absent-{uuid.uuid4().hex[:8]}:1")).up()
     assert "pulling it failed" in err.value.message and "toolkit image build" in err.value.one_line()
 
 
 def test_another_projects_container_and_volume_are_left_alone(dsettings: Settings, docker_api: Any,
                                                              tmp_path: Path) -> None:
     """The default names are the same in every checkout: a second project must not take over the first's."""
-    _engine(dsettings).up()
+    docker_engine(dsettings).up()
     other = replace(dsettings, project_dir=tmp_path / "other-checkout")
-    for attempt in (lambda: _engine(other).up(), lambda: _engine(other).down(purge=True)):
+    for attempt in (lambda: docker_engine(other).up(), lambda: docker_engine(other).down(purge=True)):
         with pytest.raises(ToolkitError, match="belongs to the toolkit project at"):
             attempt()
     assert docker_api.containers.get(dsettings.container).status == "running"
     assert docker_api.volumes.get(dsettings.volume)
-    _engine(dsettings).down(purge=True)
+    docker_engine(dsettings).down(purge=True)
 
 
 def test_auto_falls_back_to_embedded_when_the_image_cannot_be_had(dsettings: Settings, docker_api: Any) -> None:
@@ -371,7 +300,7 @@ def test_unreachable_engine_gives_one_line_and_auto_falls_back(monkeypatch: pyte
     monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{free_port()}")
     assert "connection refused" in (docker_available() or "")
     with pytest.raises(EngineUnavailableError):
-        _engine(resolve({"engine": "docker"}, environ={}, project_dir=isolated)).up()
+        docker_engine(resolve({"engine": "docker"}, environ={}, project_dir=isolated)).up()
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/var/run/docker.sock").exists(), reason="needs root and the socket")
@@ -431,18 +360,18 @@ def test_up_build_uses_db_dockerfile(dsettings: Settings, docker_api: Any) -> No
     built = build_for_up(dsettings, base=OFFLINE, tag=tag)
     assert built.image == tag
     try:
-        _engine(built).up()
+        docker_engine(built).up()
         _check_seed_semantics(dsettings, docker_api)
     finally:
-        _cleanup(docker_api, [dsettings.container], [])
+        cleanup(docker_api, [dsettings.container], [])
         docker_api.images.remove(tag, force=True)
 
 
 def _check_seed_semantics(dsettings: Settings, docker_api: Any) -> None:
     # db/init.sql's role has the seed's semantics: not a superuser, cannot create databases or roles
-    assert _sql(dsettings, "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname='memgpt'") == \
+    assert sql(dsettings, "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname='memgpt'") == \
         [(False, False, False)]
-    assert _sql(dsettings, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname='memgpt'") == [("memgpt",)]
+    assert sql(dsettings, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname='memgpt'") == [("memgpt",)]
     health = docker_api.containers.get(dsettings.container).attrs["Config"].get("Healthcheck", {})
     assert "pg_isready" in " ".join(health.get("Test", []))
 
@@ -451,47 +380,14 @@ def test_offline_image_is_small_and_healthy(offline_image: str, docker_api: Any,
     image = docker_api.images.get(offline_image)
     assert image.attrs["Size"] < 40e6
     assert "pg_isready" in " ".join(image.attrs["Config"]["Healthcheck"]["Test"])
-    name, _ = _names()
+    name, _ = unique_names()
     made["containers"].append(name)
     container = docker_api.containers.run(offline_image, name=name, detach=True,
                                           environment={"POSTGRES_PASSWORD": "pw", "POSTGRES_DB": "app"})
-    _wait(lambda: (container.reload(), container.attrs["State"].get("Health", {}).get("Status"))[1] == "healthy", 60)
+    wait_healthy(container, 60)
     code, out = container.exec_run(["psql", "-U", "postgres", "-d", "app", "-Atc", "SELECT current_database()"])
     assert code == 0 and out.decode().strip() == "app"
     assert container.attrs["Config"]["User"] == "999:999"
-
-
-@pytest.fixture
-def compose(docker_api: Any, offline_image: str, made: dict[str, list[str]]) -> Iterator[Any]:
-    """compose/compose.yaml's postgres service under a unique project name, from the offline image (the
-    Chroma image needs a registry): start(**env) validates the file, starts it, waits until healthy and
-    returns its container; everything is removed afterwards."""
-    binary = shutil.which("docker-compose")
-    if binary is None:
-        if IN_CI:
-            pytest.fail("docker-compose is missing (bash .ci/docker.sh start installs it)")
-        pytest.skip("docker-compose is not installed")
-    tag = uuid.uuid4().hex[:8]
-    argv = [binary, "-p", f"tktest{tag}", "-f", str(REPO / "compose" / "compose.yaml")]
-    started: list[dict[str, str]] = []
-
-    def start(**env: str) -> Any:
-        full = {**os.environ, "TOOLKIT_PG_IMAGE": offline_image, "TOOLKIT_CHROMA_VOLUME": f"tk_compose_chroma_{tag}",
-                "TOOLKIT_COMPOSE_PG_VOLUME": f"tk_compose_pg_{tag}", **env}
-        made["volumes"] += [full["TOOLKIT_COMPOSE_PG_VOLUME"], full["TOOLKIT_CHROMA_VOLUME"]]
-        started.append(full)
-        check = subprocess.run([*argv, "config", "-q"], env=full, capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
-        done = subprocess.run([*argv, "up", "-d", "postgres"], env=full, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        container = docker_api.containers.get(f"tktest{tag}_postgres_1")
-        _wait(lambda: (container.reload(), container.attrs["State"].get("Health", {}).get("Status"))[1] == "healthy",
-              90)
-        return container
-
-    yield start
-    for env in started[-1:]:
-        subprocess.run([*argv, "down", "-v"], env=env, capture_output=True, text=True)
 
 
 def test_compose_file_validates_and_postgres_starts_healthy(compose: Any) -> None:
@@ -500,21 +396,13 @@ def test_compose_file_validates_and_postgres_starts_healthy(compose: Any) -> Non
     port = free_port()
     container = compose(TOOLKIT_PG_PORT=str(port), TOOLKIT_CHROMA_PORT=str(free_port()))
     settings = resolve({"db.port": port}, environ={})
-    assert _sql(settings, "SELECT extname FROM pg_extension") == [("plpgsql",), ("vector",)]
+    assert sql(settings, "SELECT extname FROM pg_extension") == [("plpgsql",), ("vector",)]
     assert container.ports["5432/tcp"][0]["HostIp"] == "127.0.0.1"
     # no well-known superuser password on any path: the default in the file was removed at the first start
     for password in ("removed-at-first-start", "postgres"):
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres", connect_timeout=5)
-    assert _sql(settings, "SELECT rolname FROM pg_roles WHERE rolsuper") == [("postgres",)]
-
-
-def _wait(condition: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
+    assert sql(settings, "SELECT rolname FROM pg_roles WHERE rolsuper") == [("postgres",)]
 
 
 def _build(api: Any, dockerfile: str, tag: str) -> None:
@@ -533,5 +421,5 @@ def _build(api: Any, dockerfile: str, tag: str) -> None:
 def test_not_our_container_is_left_alone(dsettings: Settings, docker_api: Any) -> None:
     docker_api.containers.create(OFFLINE, ["sleep", "1"], entrypoint=[], name=dsettings.container)
     with pytest.raises(ToolkitError) as err:
-        _engine(dsettings).up()
+        docker_engine(dsettings).up()
     assert "not created by the toolkit" in err.value.message

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_toolkit
-from tests.test_docker_engine import _engine, _sql, compose, docker_api, dsettings, made, offline_image  # noqa: F401
+from tests.docker_support import docker_engine, sql
+from tests.support import run_toolkit, wait_until
 from toolkit.errors import ImageUnavailableError, InUseError, NotReadyError, ToolkitError
 from toolkit.ports import free_port
 from toolkit.settings import Settings
@@ -48,10 +48,10 @@ def _insert(settings: Settings, rows: range) -> int:
     return done
 
 
-def test_compose_and_toolkit_side_by_side_lose_no_rows(dsettings: Settings, compose: Any) -> None:  # noqa: F811
+def test_compose_and_toolkit_side_by_side_lose_no_rows(dsettings: Settings, compose: Any) -> None:
     """The issue's case: `toolkit up` and compose, with the user's TOOLKIT_PG_VOLUME in the environment
     compose sees. compose keeps to its own volume: every acknowledged row survives, the index agrees."""
-    _engine(dsettings).up()
+    docker_engine(dsettings).up()
     acked: list[int] = []
     writer = threading.Thread(target=lambda: acked.append(_insert(dsettings, range(4000))))
     writer.start()
@@ -60,17 +60,17 @@ def test_compose_and_toolkit_side_by_side_lose_no_rows(dsettings: Settings, comp
     mounts = {m["Name"] for m in theirs.attrs["Mounts"] if m["Type"] == "volume"}
     assert dsettings.volume not in mounts
     # restart ours (a clean stop, then recovery from its own files only) and count
-    _engine(dsettings).down()
-    _engine(dsettings).up()
+    docker_engine(dsettings).down()
+    docker_engine(dsettings).up()
     assert acked == [4000]
-    assert _sql(dsettings, "SELECT count(*) FROM w") == [(4000,)]
-    _sql(dsettings, "SET enable_seqscan = off")
-    assert _sql(dsettings, "SELECT count(*) FROM (SELECT id FROM w ORDER BY id) s") == [(4000,)]
-    assert _sql(dsettings, "SELECT count(*) FROM w WHERE id BETWEEN 0 AND 3999") == [(4000,)]
+    assert sql(dsettings, "SELECT count(*) FROM w") == [(4000,)]
+    sql(dsettings, "SET enable_seqscan = off")
+    assert sql(dsettings, "SELECT count(*) FROM (SELECT id FROM w ORDER BY id) s") == [(4000,)]
+    assert sql(dsettings, "SELECT count(*) FROM w WHERE id BETWEEN 0 AND 3999") == [(4000,)]
 
 
-def test_a_volume_a_running_container_mounts_is_never_mounted_again(dsettings: Settings, compose: Any,  # noqa: F811
-                                                                      docker_api: Any) -> None:  # noqa: F811
+def test_a_volume_a_running_container_mounts_is_never_mounted_again(dsettings: Settings, compose: Any,
+                                                                      docker_api: Any) -> None:
     """The reverse order, with the user pointing both at one volume: compose runs on it, `up` refuses."""
     theirs = compose(TOOLKIT_PG_PORT=str(free_port()), TOOLKIT_COMPOSE_PG_VOLUME=dsettings.volume)
     done = run_toolkit("up", "--engine", "docker", env=_env(dsettings))
@@ -80,15 +80,15 @@ def test_a_volume_a_running_container_mounts_is_never_mounted_again(dsettings: S
     assert not docker_api.containers.list(all=True, filters={"name": f"^/{dsettings.container}$"})
     # and a stopped container of ours on it is not started beside theirs either
     theirs.stop()
-    _engine(dsettings).up()
+    docker_engine(dsettings).up()
     docker_api.containers.get(dsettings.container).stop()
     theirs.start()
     with pytest.raises(InUseError):
-        _engine(dsettings).up()
+        docker_engine(dsettings).up()
     assert docker_api.containers.get(dsettings.container).status == "exited"
 
 
-def test_a_volume_created_meanwhile_by_another_checkout_is_refused(dsettings: Settings, docker_api: Any,  # noqa: F811
+def test_a_volume_created_meanwhile_by_another_checkout_is_refused(dsettings: Settings, docker_api: Any,
                                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Docker's create returns an existing volume silently: the labels of what came back decide. The
     interleaving (B creates between A's lookup and A's create) is forced; the engine is real."""
@@ -97,7 +97,7 @@ def test_a_volume_created_meanwhile_by_another_checkout_is_refused(dsettings: Se
 
     from toolkit.engines.docker import labels
 
-    engine = _engine(dsettings)
+    engine = docker_engine(dsettings)
 
     def get_then_lose_the_race(self: Any, name: str) -> Any:
         monkeypatch.undo()
@@ -111,14 +111,14 @@ def test_a_volume_created_meanwhile_by_another_checkout_is_refused(dsettings: Se
     assert not docker_api.containers.list(all=True, filters={"name": f"^/{dsettings.container}$"})
 
 
-def test_a_container_created_meanwhile_by_another_checkout_is_one_line(dsettings: Settings, docker_api: Any,  # noqa: F811
+def test_a_container_created_meanwhile_by_another_checkout_is_one_line(dsettings: Settings, docker_api: Any,
                                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                       made: dict[str, list[str]]) -> None:  # noqa: F811
+                                                                       made: dict[str, list[str]]) -> None:
     """409 Conflict on create: the name was taken a moment ago. One line naming the owner, never an internal error."""
     from docker.models.containers import ContainerCollection
 
-    engine = _engine(dsettings)
-    other = _engine(replace(dsettings, project_dir=tmp_path / "checkout-b", volume=dsettings.volume + "_b",
+    engine = docker_engine(dsettings)
+    other = docker_engine(replace(dsettings, project_dir=tmp_path / "checkout-b", volume=dsettings.volume + "_b",
                             db=replace(dsettings.db, port=free_port())))
     made["volumes"].append(dsettings.volume + "_b")
     real_create = ContainerCollection.create
@@ -133,7 +133,7 @@ def test_a_container_created_meanwhile_by_another_checkout_is_one_line(dsettings
         engine.up()
 
 
-def test_five_concurrent_ups_in_one_checkout(dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
+def test_five_concurrent_ups_in_one_checkout(dsettings: Settings, docker_api: Any) -> None:
     env = {**os.environ, **_env(dsettings)}
     procs = [subprocess.Popen([sys.executable, "-m", "toolkit", "up", "--engine", "docker"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
@@ -151,8 +151,8 @@ def _holding(port: int) -> socket.socket:
     return sock
 
 
-def test_a_port_held_elsewhere_leaves_the_running_container_alone(dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
-    _engine(dsettings).up()
+def test_a_port_held_elsewhere_leaves_the_running_container_alone(dsettings: Settings, docker_api: Any) -> None:
+    docker_engine(dsettings).up()
     before = docker_api.containers.get(dsettings.container).id
     port = free_port()
     with _holding(port):
@@ -160,11 +160,11 @@ def test_a_port_held_elsewhere_leaves_the_running_container_alone(dsettings: Set
     assert done.returncode == 3, done.stderr
     after = docker_api.containers.get(dsettings.container)
     assert (after.id, after.status) == (before, "running")
-    assert _sql(dsettings, "SELECT 1") == [(1,)]
+    assert sql(dsettings, "SELECT 1") == [(1,)]
 
 
-def test_an_image_that_cannot_be_had_leaves_the_running_container_alone(dsettings: Settings,  # noqa: F811
-                                                                         docker_api: Any) -> None:  # noqa: F811
+def test_an_image_that_cannot_be_had_leaves_the_running_container_alone(dsettings: Settings,
+                                                                         docker_api: Any) -> None:
     """A shell without TOOLKIT_PG_IMAGE asks for an image that cannot be pulled here."""
     assert run_toolkit("up", "--engine", "docker", env=_env(dsettings)).returncode == 0
     before = docker_api.containers.get(dsettings.container).id
@@ -174,61 +174,61 @@ def test_an_image_that_cannot_be_had_leaves_the_running_container_alone(dsetting
     after = docker_api.containers.get(dsettings.container)
     assert (after.id, after.status) == (before, "running")
     with pytest.raises(ImageUnavailableError):
-        _engine(replace(dsettings, image="127.0.0.1:9/absent:1")).up()
+        docker_engine(replace(dsettings, image="127.0.0.1:9/absent:1")).up()
     assert docker_api.containers.get(dsettings.container).id == before
 
 
-def test_a_replacement_that_cannot_get_ready_puts_the_old_container_back(dsettings: Settings,  # noqa: F811
-                                                                          docker_api: Any) -> None:  # noqa: F811
+def test_a_replacement_that_cannot_get_ready_puts_the_old_container_back(dsettings: Settings,
+                                                                          docker_api: Any) -> None:
     """New settings the volume refuses (the role exists with another password): the old container, as it was."""
-    _engine(dsettings).up()
+    docker_engine(dsettings).up()
     before = docker_api.containers.get(dsettings.container).id
     changed = replace(dsettings, timeout=15.0, db=replace(dsettings.db, password="another-secret", port=free_port()))
     with pytest.raises(NotReadyError):
-        _engine(changed).up()
+        docker_engine(changed).up()
     names = {c.name for c in docker_api.containers.list(all=True, filters={"name": dsettings.container})}
     assert names == {dsettings.container}
     after = docker_api.containers.get(dsettings.container)
     assert (after.id, after.status) == (before, "running")
-    _engine(dsettings).up()  # as it was: same settings, nothing to recreate
+    docker_engine(dsettings).up()  # as it was: same settings, nothing to recreate
     assert docker_api.containers.get(dsettings.container).id == before
 
 
-def test_an_interrupted_replacement_is_finished_by_the_next_up(dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
+def test_an_interrupted_replacement_is_finished_by_the_next_up(dsettings: Settings, docker_api: Any) -> None:
     from toolkit.engines.docker import ASIDE
 
-    _engine(dsettings).up()
-    _sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+    docker_engine(dsettings).up()
+    sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
     container = docker_api.containers.get(dsettings.container)
     container.stop()
     container.rename(dsettings.container + ASIDE)  # killed after the old one was put aside
-    _engine(dsettings).up()
+    docker_engine(dsettings).up()
     assert docker_api.containers.get(dsettings.container).id == container.id
     assert not docker_api.containers.list(all=True, filters={"name": dsettings.container + ASIDE})
-    assert _sql(dsettings, "SELECT x FROM kept") == [(7,)]
+    assert sql(dsettings, "SELECT x FROM kept") == [(7,)]
 
 
-def test_a_paused_container_is_resumed_not_blamed_for_its_port(dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
-    _engine(dsettings).up()
+def test_a_paused_container_is_resumed_not_blamed_for_its_port(dsettings: Settings, docker_api: Any) -> None:
+    docker_engine(dsettings).up()
     docker_api.containers.get(dsettings.container).pause()
     done = run_toolkit("up", "--engine", "docker", env=_env(dsettings))
     assert done.returncode == 0, done.stderr
     assert docker_api.containers.get(dsettings.container).status == "running"
 
 
-def test_down_all_stops_cleanly(dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
+def test_down_all_stops_cleanly(dsettings: Settings, docker_api: Any) -> None:
     """A clean stop leaves a shutdown checkpoint: the next start needs no crash recovery."""
-    _engine(dsettings).up()
-    _sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)")
+    docker_engine(dsettings).up()
+    sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)")
     done = run_toolkit("down", "--all", env=_env(dsettings))
     assert done.returncode == 0, done.stderr
-    _engine(dsettings).up()
+    docker_engine(dsettings).up()
     log = docker_api.containers.get(dsettings.container).logs().decode()
     assert "not properly shut down" not in log and "automatic recovery" not in log, log
-    assert _sql(dsettings, "SELECT x FROM kept") == [(1,)]
+    assert sql(dsettings, "SELECT x FROM kept") == [(1,)]
 
 
-def test_auto_keeps_to_embedded_data_after_a_docker_purge(dsettings: Settings) -> None:  # noqa: F811
+def test_auto_keeps_to_embedded_data_after_a_docker_purge(dsettings: Settings) -> None:
     env = _env(dsettings)
     assert run_toolkit("up", "--engine", "embedded", env=env).returncode == 0
     assert run_toolkit("psql", "-c", "CREATE TABLE kept (x int)", env=env).returncode == 0
@@ -240,7 +240,7 @@ def test_auto_keeps_to_embedded_data_after_a_docker_purge(dsettings: Settings) -
     assert run_toolkit("down", "--purge", "--yes", env=env).returncode == 0
     again = run_toolkit("up", env=env)
     assert again.returncode == 0 and "(embedded)" in again.stdout, again.stderr
-    assert _sql(dsettings, "SELECT count(*) FROM kept") == [(0,)]
+    assert sql(dsettings, "SELECT count(*) FROM kept") == [(0,)]
     run_toolkit("down", "--purge", "--yes", env=env)
 
 
@@ -275,43 +275,43 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, cls: Any, method: str) -> 
 
 
 @pytest.mark.parametrize("where", ["create", "stop"])
-def test_ctrl_c_during_a_replacement_leaves_the_old_container_serving(dsettings: Settings, docker_api: Any,  # noqa: F811
+def test_ctrl_c_during_a_replacement_leaves_the_old_container_serving(dsettings: Settings, docker_api: Any,
                                                                       monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """Ctrl-C after the daemon created the new container (the SDK call never returned it), or while the
     old one was stopping: the old container, under its name, running, and nothing else."""
     from docker.models.containers import Container, ContainerCollection
 
-    _engine(dsettings).up()
-    _sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (3)")
+    docker_engine(dsettings).up()
+    sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (3)")
     before = docker_api.containers.get(dsettings.container).id
     _interrupt_after(monkeypatch, ContainerCollection if where == "create" else Container, where)
     with pytest.raises(KeyboardInterrupt):
-        _engine(replace(dsettings, db=replace(dsettings.db, port=free_port()))).up()
+        docker_engine(replace(dsettings, db=replace(dsettings.db, port=free_port()))).up()
     found = docker_api.containers.list(all=True, filters={"name": dsettings.container})
     assert [(c.id, c.name, c.status) for c in found] == [(before, dsettings.container, "running")]
-    _engine(dsettings).up()
-    assert _sql(dsettings, "SELECT x FROM kept") == [(3,)]
+    docker_engine(dsettings).up()
+    assert sql(dsettings, "SELECT x FROM kept") == [(3,)]
 
 
-def test_another_volume_name_never_silently_replaces_the_data(dsettings: Settings, docker_api: Any,  # noqa: F811
-                                                               made: dict[str, list[str]]) -> None:  # noqa: F811
-    _engine(dsettings).up()
-    _sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (5)")
+def test_another_volume_name_never_silently_replaces_the_data(dsettings: Settings, docker_api: Any,
+                                                               made: dict[str, list[str]]) -> None:
+    docker_engine(dsettings).up()
+    sql(dsettings, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (5)")
     before = docker_api.containers.get(dsettings.container).id
     moved = replace(dsettings, volume=dsettings.volume + "_new")
     made["volumes"].append(moved.volume)
     with pytest.raises(ToolkitError, match=f"serves volume {dsettings.volume}") as err:
-        _engine(moved).up()
+        docker_engine(moved).up()
     assert err.value.exit_code == 2 and "--switch-engine" in err.value.one_line()
     assert docker_api.containers.get(dsettings.container).id == before
-    assert _sql(dsettings, "SELECT x FROM kept") == [(5,)]
-    _engine(replace(moved, switch_engine=True)).up()  # asked for: an empty database, the old volume kept
-    assert _sql(dsettings, "SELECT count(*) FROM pg_tables WHERE tablename = 'kept'") == [(0,)]
+    assert sql(dsettings, "SELECT x FROM kept") == [(5,)]
+    docker_engine(replace(moved, switch_engine=True)).up()  # asked for: an empty database, the old volume kept
+    assert sql(dsettings, "SELECT count(*) FROM pg_tables WHERE tablename = 'kept'") == [(0,)]
     assert docker_api.volumes.get(dsettings.volume)
 
 
-def test_a_docker_volume_removed_outside_the_toolkit_gives_the_embedded_data_back(dsettings: Settings,  # noqa: F811
-                                                                                  docker_api: Any) -> None:  # noqa: F811
+def test_a_docker_volume_removed_outside_the_toolkit_gives_the_embedded_data_back(dsettings: Settings,
+                                                                                  docker_api: Any) -> None:
     env = _env(dsettings)
     assert run_toolkit("up", "--engine", "embedded", env=env).returncode == 0
     assert run_toolkit("psql", "-c", "CREATE TABLE emb (x int)", env=env).returncode == 0
@@ -321,7 +321,7 @@ def test_a_docker_volume_removed_outside_the_toolkit_gives_the_embedded_data_bac
     docker_api.volumes.get(dsettings.volume).remove()  # `docker volume rm`, outside the toolkit
     again = run_toolkit("up", env=env)
     assert again.returncode == 0 and "(embedded)" in again.stdout, again.stderr
-    assert _sql(dsettings, "SELECT count(*) FROM emb") == [(0,)]
+    assert sql(dsettings, "SELECT count(*) FROM emb") == [(0,)]
     run_toolkit("down", "--purge", "--yes", env=env)
 
 
@@ -367,34 +367,50 @@ def test_a_daemon_failing_requests_is_one_line_not_an_internal_error(isolated: P
 
 
 def test_a_stop_the_daemon_finishes_after_ctrl_c_does_not_stop_the_restored_container(
-        dsettings: Settings, docker_api: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        dsettings: Settings, docker_api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C while the SDK waits for the old container's stop: the daemon goes on stopping it. Putting
     it back must wait for that stop, or the stop lands after the restart."""
     from docker.models.containers import Container
 
-    _engine(dsettings).up()
+    docker_engine(dsettings).up()
     # dirty buffers make the shutdown checkpoint (so the stop) take longer than putting the container back
-    _sql(dsettings, "CREATE TABLE big AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 400000) g")
+    sql(dsettings, "CREATE TABLE big AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 400000) g")
     before = docker_api.containers.get(dsettings.container).id
     real_stop = Container.stop
+    requests: list[threading.Thread] = []
 
     def abandoned(self: Any, **kwargs: Any) -> None:
         monkeypatch.undo()
-        threading.Thread(target=real_stop, args=(self,), kwargs=kwargs).start()  # the request goes on
+        request = threading.Thread(target=real_stop, args=(self,), kwargs=kwargs)  # the request goes on
+        request.start()
+        requests.append(request)
         time.sleep(0.05)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Container, "stop", abandoned)
     with pytest.raises(KeyboardInterrupt):
-        _engine(replace(dsettings, db=replace(dsettings.db, port=free_port()))).up()
-    time.sleep(3)  # long enough for a late stop (the offline image stops in about a second) to land
+        docker_engine(replace(dsettings, db=replace(dsettings.db, port=free_port()))).up()
+    # the late stop has landed when its request returns (the daemon answers once the container stopped)
+    [request] = requests
+    request.join(timeout=60)
+    assert not request.is_alive(), "the abandoned stop request did not return within 60 s"
     after = docker_api.containers.get(dsettings.container)
     assert (after.id, after.status) == (before, "running")
-    assert _sql(dsettings, "SELECT 1") == [(1,)]
+    # put back means started, not ready: the server in it may still be starting up
+    wait_until(lambda: _answers(dsettings), 60, f"the restored container {dsettings.container} to accept connections")
+
+
+def _answers(settings: Settings) -> bool:
+    import psycopg
+
+    try:
+        return bool(sql(settings, "SELECT 1") == [(1,)])
+    except psycopg.OperationalError:
+        return False
 
 
 def test_purge_with_another_volume_named_is_refused_and_status_names_the_mounted_one(
-        dsettings: Settings, docker_api: Any) -> None:  # noqa: F811
+        dsettings: Settings, docker_api: Any) -> None:
     env = _env(dsettings)
     assert run_toolkit("up", "--engine", "docker", env=env).returncode == 0
     other = {**env, "TOOLKIT_PG_VOLUME": dsettings.volume + "_other"}

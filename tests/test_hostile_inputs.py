@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.backend_support import free_port, passages
-from tests.conftest import run_toolkit
+from tests.support import run_toolkit
 from toolkit import envfile
 from toolkit.backends import StoreLocation, open_store
 from toolkit.errors import BackendError, ConfigError, UsageError

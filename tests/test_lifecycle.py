@@ -6,6 +6,7 @@ that never strand a project, only our own postmaster signalled, exit codes that 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import stat
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_toolkit
+from tests.support import run_toolkit, wait_until
 from toolkit.ports import free_port
 
 AS_ROOT = os.geteuid() == 0
@@ -104,12 +105,16 @@ def test_another_user_polling_during_a_cold_up_reads_no_secret(reachable_project
     home = project / ".toolkit/embedded"
     targets = [home / ".initdb.pw", home / "superuser.pw", home / "postgres.log", project / ".env",
                home / "pgdata/postgresql.conf"]
-    script = "while :; do for f in " + " ".join(f"'{t}'" for t in targets) + \
+    script = "echo polling; while :; do for f in " + " ".join(f"'{t}'" for t in targets) + \
         "; do cat \"$f\" 2>/dev/null && echo \"READ $f\"; done; done"
     poller = subprocess.Popen(["/bin/sh", "-c", script], user="nobody", group="nogroup", stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    out = poller.stdout
+    assert out is not None
     try:
-        time.sleep(0.2)
+        # its first line says the shell runs, as nobody, and enters the loop: only then may `up` begin
+        wait_until(lambda: select.select([out], [], [], 0)[0], 10, "the poller shell (as nobody) to start")
+        assert out.readline() == "polling\n"
         done = run_toolkit("up", "--engine", "embedded", cwd=project,
                            env={"TOOLKIT_PG_PASSWORD": "Hunter2-App", "AWS_SECRET_ACCESS_KEY": "aws-Secret-9"})
     finally:
@@ -219,6 +224,7 @@ def test_a_state_dir_we_cannot_create_is_a_usage_error(isolated: Path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
 def test_up_interrupted_at_any_moment_of_a_cold_start_recovers(isolated: Path, sig: signal.Signals) -> None:
     state = isolated / ".toolkit"
+    initdb = str(state / "embedded/pgdata.initdb-")
     try:
         for delay in (0.15, 0.4, 0.8, 1.3):
             run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
@@ -229,9 +235,10 @@ def test_up_interrupted_at_any_moment_of_a_cold_start_recovers(isolated: Path, s
             if sig == signal.SIGTERM:
                 assert code in (0, 143), victim.communicate()
             if sig != signal.SIGKILL:
-                time.sleep(0.1)
-                # killed with the call: no initdb left behind, no password copy
-                assert not _processes_mentioning(str(state / "embedded/pgdata.initdb-")), delay
+                # killed with the call: no initdb left behind (it may take a moment to exit), no password copy
+                wait_until(lambda: not _processes_mentioning(initdb), 10,
+                           f"no initdb process left after {sig.name} at {delay}s",
+                           detail=lambda: "\n".join(_processes_mentioning(initdb)))
                 assert not (state / "embedded/.initdb.pw").exists()
             again = run_toolkit("up", "--engine", "embedded")
             assert again.returncode == 0, f"after {sig.name} at {delay}s: {again.stderr}"
@@ -278,7 +285,17 @@ def test_bootstrap_racing_a_session_of_a_killed_up_still_succeeds(down_after: Pa
     with psycopg.connect(_superuser(state, port)) as orphan:  # a transaction, like the killed call's
         orphan.execute("CREATE ROLE memgpt LOGIN PASSWORD 'memgpt' NOSUPERUSER")
         racing = _spawn("up", "--engine", "embedded", cwd=down_after)
-        time.sleep(1.5)  # ours now waits on the role name's unique index
+        with psycopg.connect(_superuser(state, port), autocommit=True) as watcher:
+            def blocked() -> list[tuple[int, str]]:
+                if racing.poll() is not None:
+                    pytest.fail(f"`up` exited with code {racing.returncode} before it waited on the role: "
+                                f"{racing.communicate()[1]}")
+                return watcher.execute("SELECT pid, query FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                                       (orphan.info.backend_pid,)).fetchall()
+
+            # ours now waits on the role name's unique index, behind the orphan's transaction
+            wait_until(blocked, 60, "a backend of the racing `up` waiting on the orphan's lock (pg_stat_activity)",
+                       interval=0.1)
         orphan.commit()
     out, err = racing.communicate(timeout=60)
     assert racing.returncode == 0, err
