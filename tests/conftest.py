@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-# helpers, importable from here by modules that still do; new code imports them from tests.support
+# helpers this module uses; test modules import them from tests.support
 from tests.support import CLIENTS, run_toolkit
-from tests.support import IN_CI as IN_CI
-from tests.support import REPO as REPO
 from toolkit.ports import free_port
 from toolkit.settings import Settings, resolve
 
