@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import memgpt_config, specs
-from toolkit.backends import DEFAULT_TABLE, Prompt, backend, memgpt_types, open_store
+from toolkit.backends import DEFAULT_TABLE, MEMGPT_DEFAULT, Prompt, backend, memgpt_types, open_store
 from toolkit.errors import ToolkitError, UsageError, error_line
 from toolkit.settings import Settings
 from toolkit.specs import Spec
-
-DEFAULT_BACKEND = "local"  # MemGPT's default archival storage
 
 
 @dataclass(frozen=True)
@@ -43,12 +41,12 @@ def configure(settings: Settings, name: str | None, uri: str | None, path: str |
         warn(f"{problem}; the [archival_storage] written now replaces it")
     old = before.kind.to_memgpt(before) if before else None
     if name is None and prompt is not None:
-        name = prompt("Select storage backend for archival data", default=old.type if old else DEFAULT_BACKEND,
+        name = prompt("Select storage backend for archival data", default=old.type if old else MEMGPT_DEFAULT,
                       choices=memgpt_types())
-    name = name or (old.type if old else DEFAULT_BACKEND)
+    name = name or (old.type if old else MEMGPT_DEFAULT)
     if prompt is not None:
         uri, path = backend(name).ask(uri, path, old, settings, prompt)
-    elif old is not None and before is not None and name in (old.type, before.backend) and uri is None and path is None:
+    elif before is not None and old is not None and name in (old.type, before.backend) and uri is None and path is None:
         uri, path = old.uri or None, old.path or None  # only --backend: keep where that backend is configured
     spec = specs.from_choice(name, uri, path, settings)
     if check:

@@ -28,10 +28,12 @@ class ToolkitError(Exception):
 
 def error_line(exc: BaseException, *, last: bool = False, limit: int = 300) -> str:
     """An exception in one line of a message, passwords redacted: its first line (``last``: its last one,
-    where libpq puts the cause), at most ``limit`` characters; its type's name when it says nothing."""
+    where libpq puts the cause), at most ``limit`` characters; its type's name when it says nothing. A
+    Docker API error says it in ``explanation`` (the daemon's own words)."""
     from toolkit.urls import redact
 
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = str(getattr(exc, "explanation", None) or exc)
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
     text = (lines[-1] if last else lines[0]) if lines else type(exc).__name__
     return redact(text)[:limit]
 

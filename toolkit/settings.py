@@ -36,7 +36,6 @@ class DbParams:
         return PgUrl(self.user, self.password, host or self.host, port or self.port, self.database)
 
 
-
 @dataclass(frozen=True)
 class Settings:
     project_dir: Path

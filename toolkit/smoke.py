@@ -21,13 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from toolkit.backends import BACKENDS, NotConfigured, StoreLocation, backend, open_store
+from toolkit.backends import BACKENDS, MEMGPT_DEFAULT, NotConfigured, StoreLocation, backend, open_store
 from toolkit.backends.base import Filters, Passage
 from toolkit.errors import BackendError, ToolkitError, UsageError
 from toolkit.settings import Settings
 from toolkit.urls import redact
 
-DEFAULT = "local"  # checked when MemGPT's config selects no store: MemGPT's own default
 ALWAYS = "postgres"  # checked besides the configured one: the database `toolkit up` provisions
 USER = uuid.UUID("5e1f5e1f-0000-4000-8000-000000000000")
 AGENTS = (uuid.UUID("5e1f5e1f-0000-4000-8000-0000000000a1"), uuid.UUID("5e1f5e1f-0000-4000-8000-0000000000a2"))
@@ -109,7 +108,7 @@ def _targets(settings: Settings, selection: str | None) -> list[Target]:
         spec = specs.from_memgpt(storage, settings)
         chosen.append(_preflight(spec.store()))
     else:
-        chosen.append(target(DEFAULT, settings))
+        chosen.append(target(MEMGPT_DEFAULT, settings))
     if all(t.backend != ALWAYS for t in chosen):
         chosen.append(target(ALWAYS, settings))
     return chosen

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from toolkit import urls
-from toolkit.backends import BACKENDS, backend, by_scheme, by_word
+from toolkit.backends import BACKENDS, backend, by_scheme, by_word, memgpt_types
 from toolkit.backends.base import Spec
 from toolkit.errors import UsageError
 from toolkit.memgpt_config import ArchivalStorage
@@ -102,14 +102,8 @@ def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
     kind = storage.type.strip().lower()
     if kind not in BACKENDS or BACKENDS[kind].MEMGPT_TYPE != kind:
         raise UsageError(f"MemGPT config has unknown archival storage type {storage.type!r}",
-                         hint=f"expected {_or(_memgpt_types())}; run `toolkit configure`")
+                         hint=f"expected {_or(memgpt_types())}; run `toolkit configure`")
     return with_defaults(BACKENDS[kind].from_memgpt(storage, settings), settings)
-
-
-def _memgpt_types() -> list[str]:
-    from toolkit.backends import memgpt_types
-
-    return memgpt_types()
 
 
 def from_choice(name: str, uri: str | None, path: str | None, settings: Settings) -> Spec:

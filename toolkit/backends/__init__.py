@@ -10,6 +10,7 @@ is opened, and this package imports the modules only when the registry is first 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from typing import Any
 
@@ -26,25 +27,24 @@ from toolkit.backends.base import (
 )
 from toolkit.errors import UsageError
 
-BACKENDS: dict[str, Backend]  # built on first use by _registry(): `toolkit --help` imports no backend module
+BACKENDS: dict[str, Backend]  # built on first use (__getattr__): `toolkit --help` imports no backend module
+MEMGPT_DEFAULT = "local"  # MemGPT's archival storage when its config names none
 
 
+@functools.cache
 def _registry() -> dict[str, Backend]:
-    """name -> module; the order is the order of `smoke --backend all` and of every list shown to people."""
-    if "BACKENDS" not in globals():
-        from toolkit.backends import chroma, chroma_http, lancedb, lancedb_s3, local, postgres
+    """name -> module, typed: mypy checks each module against Backend here. The order is the order of
+    `smoke --backend all` and of every list shown to people."""
+    from toolkit.backends import chroma, chroma_http, lancedb, lancedb_s3, local, postgres
 
-        registry: dict[str, Backend] = {  # mypy checks each module against Backend here
-            "local": local,
-            "postgres": postgres,
-            "chroma": chroma,
-            "chroma-http": chroma_http,
-            "lancedb": lancedb,
-            "lancedb-s3": lancedb_s3,
-        }
-        globals()["BACKENDS"] = registry
-    built: dict[str, Backend] = globals()["BACKENDS"]
-    return built
+    return {
+        "local": local,
+        "postgres": postgres,
+        "chroma": chroma,
+        "chroma-http": chroma_http,
+        "lancedb": lancedb,
+        "lancedb-s3": lancedb_s3,
+    }
 
 
 def __getattr__(name: str) -> Any:
@@ -56,9 +56,8 @@ def __getattr__(name: str) -> Any:
 # valid as a Postgres identifier, a Chroma collection name and a LanceDB table name alike
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,61}[A-Za-z0-9]$")
 
-__all__ = ["BACKENDS", "DEFAULT_TABLE", "ArchivalStore", "Backend", "Filters", "NotConfigured", "Passage", "Prompt", "Spec",
-           "StoreLocation",
-           "backend", "by_scheme", "by_word", "memgpt_types", "open_store"]
+__all__ = ["BACKENDS", "DEFAULT_TABLE", "MEMGPT_DEFAULT", "ArchivalStore", "Backend", "Filters", "NotConfigured",
+           "Passage", "Prompt", "Spec", "StoreLocation", "backend", "by_scheme", "by_word", "memgpt_types", "open_store"]
 
 
 def backend(name: str) -> Backend:

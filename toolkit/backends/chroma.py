@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 from toolkit.backends import _kind
 from toolkit.backends._util import StoreBase, batched, check_encodable, dim_mismatch, matrix, to_utc, unique_by_id, uuid_or_none
-from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage
-from toolkit.errors import BackendError, error_line
+from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage, Spec
+from toolkit.errors import BackendError, UsageError, error_line
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.backends.base import Prompt, StoreLocation
     from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
 
@@ -78,8 +78,6 @@ def default_dir() -> Path:
 
 
 def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
-    from toolkit.backends.base import Spec
-
     return Spec(NAME, str(settings.chroma_dir) if rest is None else _kind.directory(rest, raw, settings))
 
 
@@ -102,7 +100,6 @@ def to_memgpt(spec: Spec) -> ArchivalStorage:
 
 def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
     from toolkit.backends import chroma_http
-    from toolkit.backends.base import Spec
 
     if storage.path:  # MemGPT picks the persistent client whenever path is set
         return Spec(NAME, _kind.directory(storage.path, storage.path, settings))
@@ -114,7 +111,6 @@ def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
 def from_choice(uri: str, path: str, settings: Settings) -> Spec:
     from toolkit import specs
     from toolkit.backends import chroma_http
-    from toolkit.errors import UsageError
 
     if uri and path:
         raise UsageError("give chroma either --path (persistent) or --uri HOST:PORT (http), not both",
@@ -174,7 +170,7 @@ class ChromaStore(StoreBase):
         self.name = location.backend
         self.http = location.backend == "chroma-http"
         self.table = location.table
-        self.address = _host_port(location.location) if self.http else None
+        self.address = host_port(location.location) if self.http else None
         self.path = None if self.http else Path(location.location).expanduser()
         self.where = (f"Chroma server {self.address[0]}:{self.address[1]}" if self.address
                       else f"Chroma directory {self.path}")
@@ -543,7 +539,8 @@ def _remove_stale_snapshots() -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _host_port(location: str) -> tuple[str, int]:
+def host_port(location: str) -> tuple[str, int]:
+    """(host, port) of a server location ``host:port`` (or ``http://host:port``)."""
     text = location.split("://", 1)[-1].rstrip("/")
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from toolkit.backends import _kind, chroma
+from toolkit.backends.base import Spec
 
 if TYPE_CHECKING:
-    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.backends.base import Prompt, StoreLocation
     from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
 
@@ -30,8 +31,6 @@ open_store = chroma.open_store
 
 
 def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
-    from toolkit.backends.base import Spec
-
     if rest is None:
         return Spec(NAME, f"{settings.chroma_host}:{settings.chroma_port}")
     return Spec(NAME, _kind.host_port(rest, raw, default_port=settings.chroma_port))
@@ -46,8 +45,8 @@ def render(spec: Spec) -> str:
 
 
 def identity(spec: Spec) -> tuple[str, ...]:
-    host, port = spec.location.rsplit(":", 1)
-    return (NAME, "127.0.0.1" if host == "localhost" else host, port)
+    host, port = chroma.host_port(spec.location)
+    return (NAME, "127.0.0.1" if host == "localhost" else host, str(port))
 
 
 def to_memgpt(spec: Spec) -> ArchivalStorage:
@@ -74,8 +73,7 @@ def ask(uri: str | None, path: str | None, old: ArchivalStorage | None, settings
 
 
 def endpoint(location: StoreLocation) -> tuple[str, int] | None:
-    host, _, port = location.location.rpartition(":")
-    return host, int(port)
+    return chroma.host_port(location.location)
 
 
 holds_nothing = _kind.not_known_empty
@@ -83,6 +81,5 @@ guarded = _kind.unguarded
 
 
 def describe_data(spec: Spec) -> str:
-    host, _, port = spec.location.rpartition(":")
-    found = chroma.server_format(host, int(port), timeout=1.0)
+    found = chroma.server_format(*chroma.host_port(spec.location), timeout=1.0)
     return chroma.describe(found) if found else "server not answering"

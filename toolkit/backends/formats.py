@@ -14,10 +14,8 @@ import configparser
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from toolkit.backends.base import Backend
+from toolkit import backends
 
 MEMGPT = "memgpt"
 CURRENT = "current"
@@ -74,7 +72,7 @@ def normalize(backend: str, text: str | None) -> str | None:
     if text is None or text.strip().lower() in ("", AUTO):
         return None
     word = text.strip().lower()
-    kind = _backend(backend)
+    kind = backends.backend(backend)
     if not kind.FORMATS:
         if word in (MEMGPT, CURRENT):
             return None  # one format: any reader of MemGPT's reads it
@@ -90,10 +88,4 @@ def normalize(backend: str, text: str | None) -> str | None:
 
 def has_formats(backend: str) -> bool:
     """Does ``backend`` store data in more than one format (and so take ``--format``)?"""
-    return bool(_backend(backend).FORMATS)
-
-
-def _backend(name: str) -> Backend:
-    from toolkit.backends import backend
-
-    return backend(name)
+    return bool(backends.backend(backend).FORMATS)

@@ -35,14 +35,14 @@ from toolkit.backends._util import (
     unique_by_id,
     uuid_or_none,
 )
-from toolkit.backends.base import Filters, Passage
+from toolkit.backends.base import Filters, Passage, Spec
 from toolkit.errors import BackendError, error_line
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.backends.base import Prompt, StoreLocation
     from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
 
@@ -77,8 +77,6 @@ def open_store(location: StoreLocation) -> LanceStore:
 
 
 def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
-    from toolkit.backends.base import Spec
-
     if rest is None:  # the word: where the settings put LanceDB, a directory or s3://
         return configured(settings.lancedb_location, settings)
     return Spec(NAME, _kind.directory(rest, raw, settings))
@@ -94,8 +92,6 @@ def configured(uri: str, settings: Settings) -> Spec:
 
 
 def default_spec(settings: Settings) -> Spec:
-    from toolkit.backends.base import Spec
-
     where = settings.lancedb_location
     return Spec(NAME, where if "://" not in where else str(settings.project_dir / ".lancedb"))
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from toolkit.backends import _kind, lancedb
+from toolkit.backends.base import Spec
+from toolkit.errors import UsageError
 
 if TYPE_CHECKING:
-    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.backends.base import Prompt, StoreLocation
     from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
 
@@ -31,8 +33,6 @@ open_store = lancedb.open_store
 
 
 def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
-    from toolkit.backends.base import Spec
-    from toolkit.errors import UsageError
     from toolkit.urls import redact
 
     bucket = (rest or "").split("/", 1)[0]
@@ -77,7 +77,6 @@ from_memgpt = lancedb.from_memgpt
 
 def from_choice(uri: str, path: str, settings: Settings) -> Spec:
     from toolkit import specs
-    from toolkit.errors import UsageError
 
     target = uri or path or settings.lancedb_uri or ""
     if not target.strip().startswith("s3://"):

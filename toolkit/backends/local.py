@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from toolkit.backends import _kind
 from toolkit.backends._util import StoreBase, dim_mismatch, matrix, unique_by_id, uuid_or_none
-from toolkit.backends.base import Filters, Passage
+from toolkit.backends.base import Filters, Passage, Spec
 from toolkit.errors import BackendError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.backends.base import Prompt, StoreLocation
     from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
 
@@ -56,8 +56,6 @@ def default_dir() -> Path:
 
 
 def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
-    from toolkit.backends.base import Spec
-
     return Spec(NAME, str(default_dir()) if rest is None else _kind.directory(rest, raw, settings))
 
 

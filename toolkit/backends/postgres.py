@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from toolkit.backends import _kind
 from toolkit.backends._util import StoreBase, check_encodable, dim_mismatch, dumps, matrix, to_utc, unique_by_id, uuid_or_none
-from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage
-from toolkit.errors import BackendError, error_line
+from toolkit.backends.base import MAX_EMBEDDING_DIM, Filters, Passage, Spec
+from toolkit.errors import BackendError, UsageError, error_line
 from toolkit.urls import parse as parse_url
 from toolkit.urls import redact
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
     import psycopg
 
-    from toolkit.backends.base import Prompt, Spec, StoreLocation
+    from toolkit.backends.base import Prompt, StoreLocation
     from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
 
@@ -62,9 +62,6 @@ def open_store(location: StoreLocation) -> PostgresStore:
 
 
 def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
-    from toolkit.backends.base import Spec
-    from toolkit.errors import UsageError
-
     if rest is None:  # the word: the URL `toolkit up` exported, read as any SPEC, and a Postgres one
         from toolkit import specs
 
@@ -109,7 +106,6 @@ def to_memgpt(spec: Spec) -> ArchivalStorage:
 
 def from_memgpt(storage: ArchivalStorage, settings: Settings) -> Spec:
     from toolkit import specs
-    from toolkit.errors import UsageError
 
     if not storage.uri:
         raise UsageError("MemGPT config selects postgres but has no uri", hint="run `toolkit configure`")

@@ -39,6 +39,7 @@ from toolkit.errors import (
     NotReadyError,
     ToolkitError,
     UsageError,
+    error_line,
 )
 from toolkit.health import PgProbe, wait_ready
 from toolkit.ports import check_free, connect_host, in_use_error
@@ -102,7 +103,7 @@ def _reason(exc: BaseException) -> str:
         return f"the Docker daemon at {host} is not running (connection refused)"
     if "timed out" in text.lower() or "timeout" in text.lower():
         return f"the Docker daemon at {host} did not answer within {PING_TIMEOUT}s"
-    return f"the Docker engine at {host} does not answer: {text.splitlines()[0] if text else type(exc).__name__}"
+    return f"the Docker engine at {host} does not answer: {error_line(exc)}"
 
 
 def client(timeout: float = 60) -> Any:
@@ -170,8 +171,7 @@ def daemon_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (APIError, DockerException, RequestException) as exc:
-            reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise EngineUnavailableError(f"the Docker engine at {docker_host()} failed a request: {reason}",
+            raise EngineUnavailableError(f"the Docker engine at {docker_host()} failed a request: {error_line(exc)}",
                                          hint="check `docker info` and the daemon's log, then retry") from None
 
     return wrapper  # type: ignore[return-value]
@@ -579,9 +579,8 @@ def pull(api: Any, image: str, progress: Progress = quiet) -> None:
         api.images.get(image)
         progress(f"pulled {image}")
     except Exception as exc:  # noqa: BLE001 - offline, rate limit, unknown image: the same way out
-        reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
         raise ImageUnavailableError(
-            f"image {image} is not here and pulling it failed: {reason}",
+            f"image {image} is not here and pulling it failed: {error_line(exc)}",
             hint=f"no registry? build one locally with `toolkit image build`, then use --image {OFFLINE_IMAGE} "
                  "(or TOOLKIT_PG_IMAGE)") from None
 
