@@ -21,9 +21,10 @@ def write(env_file: Path, values: dict[str, str]) -> bool:
     Atomic (temp file + rename), mode 0600. Returns True when the file changed; nothing is written
     when every value is already there.
     """
-    current = read_dotenv(env_file)
-    pending = {k: v for k, v in values.items() if current.get(k) != v}
     try:
+        perms.check_replaceable(env_file.resolve() if env_file.is_symlink() else env_file, "the .env file")
+        current = read_dotenv(env_file)
+        pending = {k: v for k, v in values.items() if current.get(k) != v}
         if pending:
             old = env_file.read_text() if env_file.exists() else ""
             _atomic_write(env_file, _replace(old, pending))

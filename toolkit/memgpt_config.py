@@ -15,12 +15,14 @@ import configparser
 import io
 import os
 import re
+import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from toolkit import perms
 from toolkit.errors import ConfigError
+from toolkit.urls import redact
 
 SECTION = "archival_storage"
 KEYS = ("type", "path", "uri")
@@ -220,7 +222,8 @@ def write(config_path: Path, storage: ArchivalStorage) -> Path | None:
     if any(char in value for value in storage.as_dict().values() for char in "\r\n"):
         raise ConfigError(f"cannot write a line break into MemGPT config {target}",
                           hint="give the path or URI on one line")
-    original_bytes = _bytes(target) if target.exists() else None
+    found = perms.check_replaceable(target, "MemGPT config")
+    original_bytes = _bytes(target) if found is not None else None
     original = _text(target, original_bytes) if original_bytes is not None else ""
     updated = render(original, storage)
     if original_bytes is not None and updated == original:
@@ -230,16 +233,30 @@ def write(config_path: Path, storage: ArchivalStorage) -> Path | None:
     backup = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        mode = target.stat().st_mode & 0o7777 if original_bytes is not None else 0o600  # the uri may hold a password
+        mode = stat.S_IMODE(found.st_mode) if found is not None else 0o600
+        if redact(updated) != updated:  # a password in it now (a Postgres uri): for its owner's eyes only
+            mode &= 0o700
         if original_bytes is not None:
             stamp = datetime.now().strftime("%Y%m%dT%H%M%S%f")
             backup = target.with_name(f"{target.name}.{stamp}.bak")
-            perms.replace_file(backup, original_bytes, mode)
+            perms.replace_file(backup, original_bytes, 0o600)  # a copy kept for its owner, nobody else
         perms.replace_file(target, updated.encode("utf-8"), mode)
     except OSError as exc:
         raise ConfigError(f"cannot write MemGPT config {target}: {exc.strerror}",
                           hint="check the directory's permissions or set MEMGPT_CONFIG_PATH") from None
     return backup
+
+
+def preflight(config_path: Path) -> None:
+    """Raise now what ``write`` would raise for this file (not a regular file, not readable text, broken
+    outside [archival_storage]): a migration checks this before copying anything, not after."""
+    target = Path(os.path.realpath(config_path))
+    if perms.check_replaceable(target, "MemGPT config") is None:
+        return
+    try:
+        _parse(target, _text(target, _bytes(target)))
+    except DuplicateSection:
+        pass  # write repairs it
 
 
 def _check(target: Path, original: str, updated: str) -> None:

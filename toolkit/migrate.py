@@ -196,12 +196,17 @@ def migrate(
     on_verify: Callable[[], None] | None = None,
 ) -> Result:
     """Copy ``table`` from ``source`` to ``destination`` and verify; refusals raise before any write.
-    ``switch``: then point the MemGPT config at that path to the destination.
+    ``switch``: then point the MemGPT config at that path to the destination (checked before anything is
+    copied; a dry run only checks it).
 
     ``on_start(source_rows, destination_rows)`` is called once the checks passed, ``progress(n)`` after
     each batch written, ``on_verify()`` before the destination is read back.
     """
     _check_request(source, destination, batch)
+    if switch:  # a config the switch could not write is refused before the copy, not after it
+        from toolkit import memgpt_config
+
+        memgpt_config.preflight(switch)
     started = time.perf_counter()
     with closing(open_store(source.store(table, snapshot=True))) as src:
         rows, dim = _source_rows(src, source, table)

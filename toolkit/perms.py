@@ -41,14 +41,36 @@ def replace_private(path: Path, text: str) -> None:
     replace_file(path, text.encode())
 
 
+def check_replaceable(path: Path, what: str) -> os.stat_result | None:
+    """``path``'s stat when it is a regular file, None when nothing is there; ConfigError for anything
+    else (a device, a FIFO, a directory): replacing ``/dev/null`` by a file, or reading a FIFO that never
+    ends, is never what the user meant. ``what`` names the file in the message."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (the write says why it cannot create it)
+        return None
+    if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+        return st
+    from toolkit.errors import ConfigError
+
+    raise ConfigError(f"{what} {path} is not a regular file (a device, FIFO or directory): the toolkit replaces "
+                      "that file when it writes it", hint="point it at a file of its own")
+
+
 def replace_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` at once: a temp file beside it (0600 from its first byte, ``mode``
     once written), flushed to disk, renamed over it. A reader never sees half a file, a crash leaves the
-    old file or the new one, and a symlink in its place is replaced, never written through."""
+    old file or the new one, and a symlink in its place is replaced, never written through. Run as root
+    on someone else's file, the new file keeps that owner (the user must still read their own file).
+    Anything but a regular file in the way is refused (``check_replaceable``)."""
     import tempfile  # not at start-up: settings import this module
 
+    previous = check_replaceable(path, "the file")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600
     try:
+        if previous is not None and stat.S_ISREG(previous.st_mode) and previous.st_uid != os.geteuid() \
+                and os.geteuid() == 0:
+            os.fchown(fd, previous.st_uid, previous.st_gid)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +14,8 @@ from toolkit.backends.base import MAX_EMBEDDING_DIM, Passage
 from toolkit.errors import BackendError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
 
 
@@ -98,3 +102,23 @@ def to_utc(value: datetime) -> datetime:
 
 def dumps(metadata: dict[str, Any]) -> str:
     return json.dumps(metadata or {}, default=str, sort_keys=True)
+
+
+@contextmanager
+def directory_lock(directory: Path, where: str) -> Iterator[None]:
+    """One writer at a time in ``directory`` (created when missing), across threads and processes: an
+    ``flock`` on the directory itself, so no lock file is left behind and the kernel drops it when its
+    holder exits, however it exits. ``where`` names the store in the error when it cannot be had."""
+    import fcntl
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as exc:
+        raise BackendError(f"{where} is not writable: {exc.strerror or exc}",
+                           hint="choose a writable directory or fix its permissions") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -14,6 +14,7 @@ its newest manifest, without opening it through lance.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
@@ -29,6 +30,7 @@ from toolkit.backends._util import (
     batched,
     check_encodable,
     dim_mismatch,
+    directory_lock,
     dumps,
     matrix,
     to_utc,
@@ -274,9 +276,18 @@ class LanceStore(StoreBase):
             "created_at": pa.array([to_utc(p.created_at) for p in batch], pa.timestamp("us", tz="UTC")),
         }
         data = pa.table(columns, schema=schema(dim))
-        with self._guard():
+        with self._writing(), self._guard():
+            if not self.remote:
+                table.checkout_latest()  # what another writer committed while we waited for the lock
             table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
         return len(batch)
+
+    def _writing(self) -> Any:
+        """One merge at a time in a local directory: two concurrent merge_insert both find an id new and
+        both insert it (the table then holds it twice). An object store has no lock to take."""
+        if self.remote:
+            return contextlib.nullcontext()
+        return directory_lock(Path(self.uri).expanduser(), f"LanceDB at {self.uri}")
 
     def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
         import numpy as np

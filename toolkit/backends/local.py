@@ -14,14 +14,13 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.backends import _kind
-from toolkit.backends._util import StoreBase, dim_mismatch, matrix, unique_by_id, uuid_or_none
+from toolkit.backends._util import StoreBase, dim_mismatch, directory_lock, matrix, unique_by_id, uuid_or_none
 from toolkit.backends.base import Filters, Passage, Spec
 from toolkit.errors import BackendError
 
@@ -269,24 +268,11 @@ class LocalStore(StoreBase):
 
     # -- the Protocol ----------------------------------------------------------------------------
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
+    def _writing(self) -> Any:
         """One writer at a time, across threads and processes: each write reads the manifest, adds a
         segment and renames a new manifest in, and two at once would lose one's segment. The lock is on
-        the directory holding the tables (drop renames a table's own directory away; no lock file is left)."""
-        import fcntl
-
-        try:
-            self.dir.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.dir.parent, os.O_RDONLY)
-        except OSError as exc:
-            raise BackendError(f"local path {self.dir} is not writable: {exc.strerror or exc}",
-                               hint="choose a writable directory or fix its permissions") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+        the directory holding the tables (drop renames a table's own directory away)."""
+        return directory_lock(self.dir.parent, f"local path {self.dir}")
 
     def insert(self, passages: Iterable[Passage]) -> int:
         batch = unique_by_id(passages)

@@ -78,7 +78,7 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
                 echo("verifying: reading the destination back...", settings, err=True)
 
         result = run(src, dst, table=table, batch=batch, dry_run=dry_run,
-                     switch=settings.memgpt_config_path if switch and not dry_run else None,
+                     switch=settings.memgpt_config_path if switch else None,
                      progress=lambda n: bar.update(n) if bar is not None else None, on_start=start, on_verify=verify)
 
     if as_json:
