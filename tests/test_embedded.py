@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -135,11 +134,9 @@ def test_server_that_dies_fails_fast_with_its_log(up, isolated: Path) -> None:
     run_toolkit("down")
     conf = isolated / ".toolkit/embedded/pgdata/postgresql.conf"
     conf.write_text(conf.read_text() + "\nshared_buffers = 'lots'\n")
-    timeout = 60
-    started = time.monotonic()
-    done = run_toolkit("up", "--timeout", str(timeout))
+    done = run_toolkit("up", "--timeout", "60")
     assert done.returncode == 5
-    assert time.monotonic() - started < timeout / 2  # told at once, not after waiting out the timeout
+    # told that it died, not "not ready after 60s": the wait ended on the death, not on the timeout
     assert "stopped while starting" in done.stderr
     assert "shared_buffers" in done.stderr  # the log's tail is shown
 
