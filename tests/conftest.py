@@ -19,6 +19,7 @@ import pytest
 from tests.support import CLIENTS, run_toolkit
 from toolkit.ports import free_port
 from toolkit.settings import Settings, resolve
+from toolkit.urls import PgUrl
 
 # the session servers of the backend suites (chroma_http, s3) and the Docker fixtures (docker_api, dsettings,
 # compose, ...): fixtures for every module, no imports
@@ -61,8 +62,11 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def toolkit_cli():
-    return run_toolkit
+def embedded_down_after(isolated: Path) -> Iterator[Path]:
+    """The isolated project, whose embedded server (if a test started one) is stopped and purged afterwards,
+    even when the test fails: no postmaster outlives its test."""
+    yield isolated
+    run_toolkit("down", "--purge", "--yes", "--engine", "embedded", cwd=isolated)
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +82,13 @@ def pg_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         yield settings
     finally:
         api.down(settings, purge=True)
+
+
+@pytest.fixture(scope="session")
+def pg_admin(pg_settings: Settings) -> PgUrl:
+    """The session server's superuser (postgres) on its maintenance database, over 127.0.0.1."""
+    password = (pg_settings.state_dir / "embedded" / "superuser.pw").read_text().strip()
+    return PgUrl("postgres", password, "127.0.0.1", pg_settings.db.port, "postgres")
 
 
 @pytest.fixture(scope="session")

@@ -83,8 +83,10 @@ def made(docker_api: Any) -> Iterator[dict[str, list[str]]]:
 @pytest.fixture
 def dsettings(docker_api: Any, offline_image: str, isolated: Path, made: dict[str, list[str]]) -> Settings:
     """Docker settings with unique container/volume names and a free port, cleaned up afterwards."""
+    from toolkit.engines.docker import ASIDE
+
     container, volume = unique_names()
-    made["containers"] += [container, container + "-replaced"]
+    made["containers"] += [container, container + ASIDE]  # and the one put aside while a replacement starts
     made["volumes"].append(volume)
     return resolve({"engine": "docker", "image": offline_image, "container": container, "volume": volume,
                     "db.port": free_port(), "timeout": 60.0}, environ={}, project_dir=isolated)

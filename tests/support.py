@@ -1,4 +1,5 @@
-"""Test helpers that are not fixtures: run the real CLI, wait for a condition.
+"""Test helpers that are not fixtures: run the real CLI, wait for a condition, look at processes and at a
+project's state, read a MemGPT config as MemGPT does, walk the CLI's commands.
 
 Fixtures live in ``conftest.py`` (and the plugins it names); test modules import helpers from here,
 never from ``conftest.py`` or from another test module.
@@ -6,15 +7,19 @@ never from ``conftest.py`` or from another test module.
 
 from __future__ import annotations
 
+import configparser
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    import click
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -31,6 +36,15 @@ def run_toolkit(*args: str, cwd: Path | None = None, env: dict[str, str] | None 
     """Run the real CLI in a subprocess (exit codes, stderr and all), with the test's environment."""
     return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True,
                           cwd=cwd or Path.cwd(), env={**os.environ, **(env or {})}, input=input, timeout=timeout)
+
+
+def spawn_toolkit(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                  **popen_kwargs: Any) -> subprocess.Popen[str]:
+    """Start the real CLI without waiting for it, stdout and stderr piped (read them with
+    ``communicate(timeout=...)``); ``env`` is added to the test's environment, as in ``run_toolkit``."""
+    return subprocess.Popen([sys.executable, "-m", "toolkit", *args], cwd=cwd or Path.cwd(),
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen_kwargs)
 
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05,
@@ -50,3 +64,108 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, *, interva
         if time.monotonic() >= deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}" + (f"\n{detail()}" if detail else ""))
         time.sleep(interval)
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, not yet reaped by its parent). Reads /proc only, so
+    a process that is reaped meanwhile (its /proc entry gone between two reads) is simply not alive."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # FileNotFoundError, ProcessLookupError: reaped, or never there
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def processes(text: str, *, under: Path | None = None) -> dict[int, str]:
+    """Live processes whose command line holds ``text`` (with ``under``: whose cwd is ``under`` or below
+    it), as {pid: command line}."""
+    where = under.resolve() if under is not None else None
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            if text not in cmdline:
+                continue
+            if where is not None:
+                cwd = Path(os.readlink(entry / "cwd"))
+                if cwd != where and where not in cwd.parents:
+                    continue
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+        if alive(int(entry.name)):
+            found[int(entry.name)] = cmdline
+    return found
+
+
+# -- a project's state --------------------------------------------------------------------------------
+
+def env_url(project: Path) -> str:
+    """PGVECTOR_TEST_DB_URL as `toolkit up` wrote it to the project's .env."""
+    from dotenv import dotenv_values
+
+    return str(dotenv_values(project / ".env")["PGVECTOR_TEST_DB_URL"])
+
+
+def postmaster_pid(state: Path) -> int | None:
+    """The pid the embedded server's postmaster.pid names under the state dir ``state``, None without one."""
+    try:
+        return int((state / "embedded/pgdata/postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# -- MemGPT's config, as MemGPT 0.3.x reads it --------------------------------------------------------
+
+def memgpt_reads(path: Path) -> configparser.ConfigParser:
+    """The file as MemGPT 0.3.x loads it: ``configparser.ConfigParser().read(path)`` (strict, interpolating)."""
+    parser = configparser.ConfigParser()
+    assert parser.read(path) == [str(path)]
+    return parser
+
+
+def without_section(text: str, name: str) -> str:
+    """``text`` without its ``[name]`` sections (every one of them): every other line, in order."""
+    out, skip = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("["):
+            skip = line.strip() == f"[{name}]"
+        if not skip:
+            out.append(line)
+    return "".join(out)
+
+
+# -- the CLI's commands ----------------------------------------------------------------------------
+
+def subcommands(group: click.Group, *, hidden: bool = True) -> dict[str, click.Command]:
+    """A group's commands by name, each of which must load; with ``hidden=False`` only those its help lists."""
+    import click
+
+    ctx = click.Context(group, info_name=group.name)
+    commands = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
+    assert None not in commands.values(), f"listed but not loadable: {commands}"
+    return {name: command for name, command in commands.items()
+            if isinstance(command, click.Command) and (hidden or not command.hidden)}
+
+
+def cli_commands(*, hidden: bool = True) -> list[tuple[tuple[str, ...], click.Command]]:
+    """Every command of `toolkit`, groups and their subcommands, depth first, as (path, command):
+    (("up",), up), (("chroma",), chroma), (("chroma", "up"), ...); with ``hidden=False`` only those the
+    help lists (a hidden group hides its subcommands)."""
+    import click
+
+    from toolkit.cli import cli
+
+    found: list[tuple[tuple[str, ...], click.Command]] = []
+
+    def walk(group: click.Group, path: tuple[str, ...]) -> None:
+        for name, command in subcommands(group, hidden=hidden).items():
+            found.append(((*path, name), command))
+            if isinstance(command, click.Group):
+                walk(command, (*path, name))
+
+    walk(cli, ())
+    return found

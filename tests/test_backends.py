@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.backend_support import AGENTS, USER, free_port, passages, s3_options, service_settings
-from tests.support import wait_until
+from tests.backend_support import AGENTS, USER, passages, s3_options, service_settings
+from tests.support import REPO, wait_until
 from toolkit.backends import BACKENDS, ArchivalStore, StoreLocation, open_store
 from toolkit.backends.base import Filters, Passage
 from toolkit.errors import BackendError, UsageError
+from toolkit.ports import free_port
 
 ALL = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3")
 
@@ -388,8 +389,8 @@ def test_local_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         "    for start in range(0, 60, 3):\n"
         "        store.insert(passages(3, dim=4, seed=seed, start=start))\n"
     )
-    repo, where = Path(__file__).resolve().parent.parent, tmp_path / "store"
-    writers = [subprocess.Popen([sys.executable, "-c", script, str(seed), str(where)], cwd=repo) for seed in (1, 2, 3)]
+    where = tmp_path / "store"
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(seed), str(where)], cwd=REPO) for seed in (1, 2, 3)]
     assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
     with open_store(StoreLocation("local", str(where), "archival")) as store:
         assert store.count() == 180

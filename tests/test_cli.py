@@ -9,24 +9,13 @@ import sys
 import click
 import pytest
 
-from tests.support import run_toolkit
+from tests.support import cli_commands, run_toolkit
 from toolkit.cli import COMMANDS, cli
 
 
 def _all_commands() -> list[list[str]]:
-    found: list[list[str]] = []
-
-    def walk(group: click.Group, path: list[str]) -> None:
-        ctx = click.Context(group)
-        for name in group.list_commands(ctx):
-            command = group.get_command(ctx, name)
-            assert command is not None, name
-            found.append(path + [name])
-            if isinstance(command, click.Group):
-                walk(command, path + [name])
-
-    walk(cli, [])
-    return found
+    """Every command path, groups and hidden commands included."""
+    return [list(path) for path, _ in cli_commands()]
 
 
 def test_every_registered_command_loads() -> None:

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.backend_support import passages
+from tests.support import memgpt_reads, run_toolkit, without_section
 from toolkit import memgpt_config
 from toolkit.backends import DEFAULT_TABLE, StoreLocation, open_store
 from toolkit.cli import cli
@@ -121,10 +122,10 @@ def test_runs_the_smoke_check(config: Path, tmp_path: Path) -> None:
     assert not any((tmp_path / "archival").glob("*/manifest.json"))  # the check leaves nothing behind
 
 
-def test_failed_check_writes_nothing(config: Path, toolkit_cli) -> None:
+def test_failed_check_writes_nothing(config: Path) -> None:
     from toolkit.ports import free_port
 
-    done = toolkit_cli("configure", "--backend", "chroma", "--uri", f"127.0.0.1:{free_port()}", "--no-input")
+    done = run_toolkit("configure", "--backend", "chroma", "--uri", f"127.0.0.1:{free_port()}", "--no-input")
     assert done.returncode != 0
     assert done.stderr.strip().count("\n") == 0 and "--no-check" in done.stderr
     assert not config.exists()
@@ -138,41 +139,21 @@ def _local(path: Path):  # type: ignore[no-untyped-def]
 
 # -- repairing what MemGPT cannot use: an unknown type, a duplicate section or key --------------------
 
-def _memgpt_type(config: Path) -> str:
-    """``type`` as MemGPT 0.3.x reads it: ``configparser.ConfigParser().read()``, strict."""
-    import configparser
-
-    parser = configparser.ConfigParser()
-    assert parser.read(config) == [str(config)]
-    return parser["archival_storage"]["type"]
-
-
-def _others(text: str) -> list[str]:
-    """Every line outside [archival_storage] sections, in order."""
-    out, inside = [], False
-    for line in text.splitlines(keepends=True):
-        if line.startswith("["):
-            inside = line.strip() == "[archival_storage]"
-        if not inside:
-            out.append(line)
-    return out
-
-
 def _assert_repaired(config: Path, original: str, backend: str) -> None:
     text = config.read_text()
-    assert _memgpt_type(config) == backend and text.count("[archival_storage]") == 1
-    assert _others(text) == _others(original)
+    assert memgpt_reads(config)["archival_storage"]["type"] == backend and text.count("[archival_storage]") == 1
+    assert without_section(text, "archival_storage") == without_section(original, "archival_storage")
     backups = list(config.parent.glob("config.*.bak"))
     assert len(backups) == 1 and backups[0].read_text() == original
 
 
 @pytest.mark.parametrize("bad", ["foo", ""])
-def test_unknown_type_is_repaired(config: Path, toolkit_cli, bad: str) -> None:
+def test_unknown_type_is_repaired(config: Path, bad: str) -> None:
     config.parent.mkdir(parents=True)
     original = FOREIGN.format(path="/old").replace("type = chroma", f"type = {bad}")
     config.write_text(original)
 
-    done = toolkit_cli("configure", "--backend", "local", "--no-input")
+    done = run_toolkit("configure", "--backend", "local", "--no-input")
 
     assert done.returncode == 0, done.stderr
     assert f"unknown archival storage type {bad!r}" in done.stderr and "local check passed" in done.stdout
@@ -196,34 +177,35 @@ DUPLICATE_KEY = FOREIGN.format(path="/old/chroma").replace("type = chroma\n", "t
 
 
 @pytest.mark.parametrize("original", [DUPLICATE_SECTION, DUPLICATE_KEY], ids=["section", "key"])
-def test_duplicate_is_repaired(config: Path, toolkit_cli, original: str) -> None:
+def test_duplicate_is_repaired(config: Path, original: str) -> None:
     config.parent.mkdir(parents=True)
     config.write_text(original)
 
-    done = toolkit_cli("configure", "--backend", "local", "--no-input")
+    done = run_toolkit("configure", "--backend", "local", "--no-input")
 
     assert done.returncode == 0, done.stderr
     assert "twice" in done.stderr and "local check passed" in done.stdout
     _assert_repaired(config, original, "local")
     # and a second run finds nothing to repair
-    again = toolkit_cli("configure", "--backend", "lancedb", "--no-input", "--no-check")
-    assert again.returncode == 0 and "warning" not in again.stderr and _memgpt_type(config) == "lancedb"
+    again = run_toolkit("configure", "--backend", "lancedb", "--no-input", "--no-check")
+    assert again.returncode == 0 and "warning" not in again.stderr
+    assert memgpt_reads(config)["archival_storage"]["type"] == "lancedb"
 
 
 @pytest.mark.parametrize("original, what", [(DUPLICATE_SECTION, "[archival_storage] twice (again on line 16)"),
                                             (DUPLICATE_KEY, "'type' twice in [archival_storage]")],
                          ids=["section", "key"])
-def test_readers_name_the_duplicate(config: Path, toolkit_cli, original: str, what: str) -> None:
+def test_readers_name_the_duplicate(config: Path, original: str, what: str) -> None:
     config.parent.mkdir(parents=True)
     config.write_text(original)
 
-    smoke = toolkit_cli("smoke", "-n", "2", "--dim", "4")
+    smoke = run_toolkit("smoke", "-n", "2", "--dim", "4")
     assert smoke.returncode == 2 and smoke.stdout == ""
     line = smoke.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
     assert str(config) in line and what in line and "toolkit configure --backend" in line
 
-    doctor = toolkit_cli("doctor")  # doctor reports it as its failing archival line
+    doctor = run_toolkit("doctor")  # doctor reports it as its failing archival line
     assert doctor.returncode == 1 and "Traceback" not in doctor.stderr
     failing = [row for row in doctor.stdout.splitlines() if row.startswith("FAIL archival")]
     assert len(failing) == 1 and str(config) in failing[0] and what in failing[0]
@@ -232,14 +214,14 @@ def test_readers_name_the_duplicate(config: Path, toolkit_cli, original: str, wh
 
 
 @pytest.mark.parametrize("data", [b"\xff\xfe[\x00a\x00]\x00\n", b"\x7fELF\x02\x01\x01\x00\x00\x00"])
-def test_binary_config_is_one_line_error(config: Path, toolkit_cli, data: bytes) -> None:
+def test_binary_config_is_one_line_error(config: Path, data: bytes) -> None:
     config.parent.mkdir(parents=True)
     config.write_bytes(data)
     for args in (("configure", "--backend", "local", "--no-input"), ("smoke", "-n", "2", "--dim", "4")):
-        done = toolkit_cli(*args)
+        done = run_toolkit(*args)
         assert done.returncode == 2, (args, done.stderr)
         assert done.stderr.strip().count("\n") == 0 and str(config) in done.stderr, (args, done.stderr)
-    doctor = toolkit_cli("doctor")
+    doctor = run_toolkit("doctor")
     failing = [row for row in doctor.stdout.splitlines() if row.startswith("FAIL archival")]
     assert "Traceback" not in doctor.stderr and len(failing) == 1 and str(config) in failing[0]
     assert config.read_bytes() == data

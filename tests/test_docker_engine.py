@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -76,14 +75,15 @@ def test_bootstrap_quotes_hostile_names_and_gives_another_role_its_own(dsettings
         docker_engine(wrong).up()  # a wrong password stays one: nothing is created or changed
 
 
-def test_up_is_idempotent_and_fast(dsettings: Settings) -> None:
+def test_up_is_idempotent(dsettings: Settings, docker_api: Any) -> None:
     engine = docker_engine(dsettings)
     engine.up()
     first = engine.status().extra["id"]
-    started = time.monotonic()
+    started_at = docker_api.containers.get(dsettings.container).attrs["State"]["StartedAt"]
     docker_engine(dsettings).up()
-    assert time.monotonic() - started < 1.0
     assert docker_engine(dsettings).status().extra["id"] == first
+    # the same container, not restarted either
+    assert docker_api.containers.get(dsettings.container).attrs["State"]["StartedAt"] == started_at
     assert docker_engine(dsettings).status().running
 
 
@@ -136,10 +136,9 @@ def test_crashing_container_fails_fast_with_its_logs(dsettings: Settings, docker
     tag = f"toolkit-test/crash:{uuid.uuid4().hex[:8]}"
     _build(docker_api, f'FROM {OFFLINE}\nCMD ["postgres", "-c", "no_such_setting=1"]\n', tag)
     try:
-        started = time.monotonic()
         with pytest.raises(NotReadyError) as err:
             docker_engine(replace(dsettings, image=tag, timeout=60.0)).up()
-        assert time.monotonic() - started < 20
+        # told that it exited, not "not ready after 60s": the wait ended on the exit, not on the timeout
         assert "exited with code" in err.value.message
         assert "no_such_setting" in (err.value.detail or "")
         # no --rm: the failed container is still there to inspect

@@ -7,7 +7,7 @@ import re
 
 import click
 
-from tests.support import REPO
+from tests.support import REPO, cli_commands, subcommands
 from toolkit.cli import cli
 
 README = REPO / "README.md"
@@ -47,26 +47,13 @@ def documented(lines: list[tuple[int, str]], groups: set[str]) -> dict[str, int]
     return paths
 
 
-def _subcommands(group: click.Group) -> dict[str, click.Command]:
-    ctx = click.Context(group, info_name=group.name)
-    commands = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
-    assert None not in commands.values(), f"listed but not loadable: {commands}"
-    return {name: command for name, command in commands.items() if command is not None and not command.hidden}
-
-
-def cli_commands(group: click.Group = cli, prefix: str = "") -> set[str]:
-    """Every visible command path of the CLI, walking its groups (``chroma``, ``s3``, ``image``)."""
-    paths: set[str] = set()
-    for name, command in _subcommands(group).items():
-        if isinstance(command, click.Group):
-            paths |= cli_commands(command, f"{prefix}{name} ")
-        else:
-            paths.add(f"{prefix}{name}")
-    return paths
+def visible_commands() -> set[str]:
+    """Every command path the help lists ("up", "chroma up"); a group stands for its subcommands."""
+    return {" ".join(path) for path, command in cli_commands(hidden=False) if not isinstance(command, click.Group)}
 
 
 def _groups() -> set[str]:
-    return {name for name, command in _subcommands(cli).items() if isinstance(command, click.Group)}
+    return {name for name, command in subcommands(cli, hidden=False).items() if isinstance(command, click.Group)}
 
 
 def test_the_parser_reads_groups_alternatives_and_options() -> None:
@@ -82,14 +69,14 @@ def test_the_parser_reads_groups_alternatives_and_options() -> None:
 
 
 def test_cli_walk_includes_the_groups_subcommands() -> None:
-    commands = cli_commands()
+    commands = visible_commands()
     assert {"up", "psql", "chroma up", "chroma logs", "s3 status", "image build"} <= commands
     assert "chroma" not in commands  # a group stands for its subcommands
 
 
 def test_readme_lists_exactly_the_cli_commands() -> None:
     readme = documented(usage_lines(README.read_text()), _groups())
-    actual = cli_commands()
+    actual = visible_commands()
     problems = [f"not in README's '## Commands': toolkit {path}" for path in sorted(actual - readme.keys())]
     problems += [f"README.md:{readme[path]}: no such command: toolkit {path}" for path in sorted(readme.keys() - actual)]
     assert not problems, "\n".join(problems)
@@ -98,7 +85,7 @@ def test_readme_lists_exactly_the_cli_commands() -> None:
 def test_every_option_the_readme_shows_exists() -> None:
     """An option on a command's README line (``--engine``, ``-c``) is one of that command's options;
     on a group's line, of the subcommand it follows (``chroma up [--format F]|down``)."""
-    commands = _subcommands(cli)
+    commands = subcommands(cli, hidden=False)
     problems = []
     for number, usage in usage_lines(README.read_text()):
         name, _, rest = usage.partition(" ")
@@ -106,7 +93,7 @@ def test_every_option_the_readme_shows_exists() -> None:
         if isinstance(command, click.Group):
             for part in re.split(r"\|(?![^\[]*\])", rest):  # a | outside brackets separates subcommands
                 sub, _, options = part.strip().partition(" ")
-                problems += _unknown_options(number, f"{name} {sub}", _subcommands(command).get(sub), options)
+                problems += _unknown_options(number, f"{name} {sub}", subcommands(command, hidden=False).get(sub), options)
         else:
             problems += _unknown_options(number, name, command, rest)
     assert not problems, "\n".join(problems)

@@ -1,16 +1,20 @@
 """The seams between api, engines and their helpers: the URL comes from the engine that started the
 server, one port-in-use error, one connect host, one wheel locator, doctor asks the engines, the library
-never prints. Fakes stand in for engines only where the point is who asks whom."""
+never prints, a Docker daemon that hangs or fails every request is one line in seconds. Fakes stand in
+for engines (and a Unix socket for dockerd) only where the point is who asks whom."""
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import run_toolkit
 from toolkit import api, engines
 from toolkit.engines.base import Endpoint, EngineStatus, Progress, quiet
 from toolkit.errors import PortInUseError
@@ -100,8 +104,8 @@ def test_one_port_in_use_error_names_the_holder() -> None:
         squatter.listen()
         with pytest.raises(PortInUseError) as caught:
             check_free("127.0.0.1", port)
-        assert caught.value.message == f"port {port} on 127.0.0.1 is already in use by pid {os.getpid()} " \
-                                       f"({caught.value.message.split('(')[1]}"
+        # then the holder's name in parentheses, as far as the OS lets us see it
+        assert caught.value.message.startswith(f"port {port} on 127.0.0.1 is already in use by pid {os.getpid()} (")
         assert "--port N" in (caught.value.hint or "") and "stop that process" in (caught.value.hint or "")
     # an engine that knows better names it, with its own way out
     named = in_use_error("127.0.0.1", port, holder=lambda p: ("container db-1", "`docker stop db-1`"))
@@ -160,3 +164,100 @@ def test_docker_engine_reports_through_progress_not_stderr(capfd: pytest.Capture
         engine._replace(Old())
     assert heard == ["recreating container memgpt-db-test for the new settings (data kept)"]
     assert capfd.readouterr() == ("", "")
+
+
+# -- a Docker daemon that misbehaves (no Docker needed: a Unix socket plays the daemon) --------------
+
+@pytest.fixture
+def hung_docker(isolated: Path) -> Iterator[tuple[Path, list[socket.socket]]]:
+    """A Unix socket that accepts connections and never answers, as a hung dockerd: (its path, the
+    connections it accepted so far)."""
+    path = isolated / "hung.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(50)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        try:
+            while True:
+                accepted.append(server.accept()[0])
+        except OSError:  # the socket was shut down: the test is over
+            pass
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield path, accepted
+    finally:
+        server.shutdown(socket.SHUT_RDWR)  # wakes the pending accept
+        server.close()
+        acceptor.join(timeout=10)
+        for conn in accepted:
+            conn.close()
+
+
+def test_a_daemon_that_never_answers_fails_in_seconds(hung_docker: tuple[Path, list[socket.socket]]) -> None:
+    """A socket that accepts and never answers (a hung dockerd): the ping's timeout, not a minute."""
+    path, _ = hung_docker
+    # the subprocess timeout guards against the hang: the old code waited 60 s, then named 3 s
+    done = run_toolkit("up", "--engine", "docker", env={"DOCKER_HOST": f"unix://{path}"}, timeout=45)
+    assert done.returncode == 4, done.stderr
+    assert "did not answer within 3s" in done.stderr
+
+
+def test_a_daemon_failing_requests_is_one_line_not_an_internal_error(isolated: Path) -> None:
+    """It answers the version ping, then 500 to everything: exit 4 (the engine cannot run), not 70."""
+    import json
+    import socketserver
+    from http.server import BaseHTTPRequestHandler
+
+    class Daemon(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            ok = self.path.endswith("/version")
+            body = json.dumps({"ApiVersion": "1.41", "Version": "20.10"} if ok else {"message": "boom"}).encode()
+            self.send_response(200 if ok else 500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_DELETE = do_GET  # noqa: N815
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self) -> Any:  # BaseHTTPRequestHandler wants a (host, port) client address
+            conn, _ = self.socket.accept()
+            return conn, ("local", 0)
+
+    path = isolated / "failing.sock"
+    server = Server(str(path), Daemon)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for argv in (["up", "--engine", "docker"], ["status", "--engine", "docker"], ["down", "--engine", "docker"]):
+            done = run_toolkit(*argv, env={"DOCKER_HOST": f"unix://{path}"}, timeout=60)
+            assert done.returncode == 4, (argv, done.stderr)
+            assert "failed a request: boom" in done.stderr and "internal error" not in done.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_silent_daemon_is_pinged_once_per_command(embedded_down_after: Path,
+                                                   hung_docker: tuple[Path, list[socket.socket]]) -> None:
+    """Embedded data and a Docker record: asking whether the volume still exists and then using the
+    engine must not pay the ping's timeout twice."""
+    from toolkit import state
+
+    assert run_toolkit("up", "--engine", "embedded").returncode == 0
+    assert run_toolkit("down").returncode == 0
+    state.record_up(embedded_down_after / ".toolkit", "docker", int(os.environ["TOOLKIT_PG_PORT"]))
+    path, accepted = hung_docker
+    done = run_toolkit("status", env={"DOCKER_HOST": f"unix://{path}"}, timeout=45)
+    assert done.returncode in (1, 4), done.stderr
+    assert "did not answer within 3s" in done.stderr
+    assert len(accepted) == 1

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.backend_support import free_port, passages
+from tests.backend_support import passages
 from tests.support import CLIENTS, run_toolkit
 from toolkit.backends import StoreLocation, open_store
 from toolkit.backends.compat import envs
+from toolkit.ports import free_port
 
 pytestmark = pytest.mark.slow
 

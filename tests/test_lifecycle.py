@@ -19,17 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import run_toolkit, wait_until
+from tests.support import alive, env_url, postmaster_pid, processes, run_toolkit, spawn_toolkit, wait_until
 from toolkit.ports import free_port
 
 AS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not AS_ROOT, reason="needs root: the server runs as a system user, polled by `nobody`")
-
-
-def _env_url(project: Path) -> str:
-    from dotenv import dotenv_values
-
-    return str(dotenv_values(project / ".env")["PGVECTOR_TEST_DB_URL"])
 
 
 def _query(url: str, sql: str):  # type: ignore[no-untyped-def]
@@ -40,48 +34,9 @@ def _query(url: str, sql: str):  # type: ignore[no-untyped-def]
         return conn.execute(sql).fetchall()
 
 
-def _postmaster(state: Path) -> int | None:
-    try:
-        return int((state / "embedded/pgdata/postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _superuser(state: Path, port: int, database: str = "postgres") -> str:
     password = (state / "embedded/superuser.pw").read_text().strip()
     return f"postgresql://postgres:{password}@127.0.0.1:{port}/{database}"
-
-
-def _spawn(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "toolkit", *args], cwd=cwd, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(f"{entry.name}: {cmdline}")
-    return found
-
-
-@pytest.fixture
-def down_after(isolated: Path) -> Iterator[Path]:
-    yield isolated
-    run_toolkit("down", "--purge", "--yes", "--engine", "embedded", cwd=isolated)
 
 
 # --- 1. no secret readable by another user --------------------------------------------------------------
@@ -128,7 +83,7 @@ def test_another_user_polling_during_a_cold_up_reads_no_secret(reachable_project
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(home.stat().st_mode) & 0o067 == 0  # group x: the ACL mask for the server's user
     # the server's environment carries no password and no S3 secret
-    pid = _postmaster(project / ".toolkit")
+    pid = postmaster_pid(project / ".toolkit")
     assert pid is not None
     environ = Path(f"/proc/{pid}/environ").read_bytes()
     assert b"Hunter2-App" not in environ and b"aws-Secret-9" not in environ
@@ -150,7 +105,7 @@ def test_a_0700_parent_gains_nothing_for_others(tmp_path: Path) -> None:
         # nobody (a user other than the server's) still cannot enter
         probe = subprocess.run(["ls", str(project)], user="nobody", group="nogroup", capture_output=True)
         assert probe.returncode != 0
-        assert _query(_env_url(project), "SELECT 1") == [(1,)]
+        assert _query(env_url(project), "SELECT 1") == [(1,)]
     finally:
         run_toolkit("down", "--purge", "--yes", cwd=project)
 
@@ -158,34 +113,34 @@ def test_a_0700_parent_gains_nothing_for_others(tmp_path: Path) -> None:
 # --- 2. one lifecycle at a time -------------------------------------------------------------------------
 
 
-def test_five_concurrent_cold_ups_give_one_server_and_one_env_write(down_after: Path) -> None:
-    project = down_after
-    procs = [_spawn("up", "--engine", "embedded", cwd=project) for _ in range(5)]
-    results = [(p.wait(timeout=240), *p.communicate()) for p in procs]
+def test_five_concurrent_cold_ups_give_one_server_and_one_env_write(embedded_down_after: Path) -> None:
+    project = embedded_down_after
+    procs = [spawn_toolkit("up", "--engine", "embedded", cwd=project) for _ in range(5)]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    results = [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
     assert [code for code, _, _ in results] == [0] * 5, [err for _, _, err in results]
     outputs = [out for _, out, _ in results]
     assert sum("written to .env" in out for out in outputs) == 1, outputs
     assert sum("is current" in out for out in outputs) == 4, outputs
-    assert _query(_env_url(project), "SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == [(1,)]
-    postmasters = _processes_mentioning(str(project / ".toolkit/embedded/pgdata"))
-    assert len([p for p in postmasters if "/bin/postgres " in p]) == 1, postmasters
+    assert _query(env_url(project), "SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == [(1,)]
+    running = processes(str(project / ".toolkit/embedded/pgdata"))
+    assert len([cmd for cmd in running.values() if "/bin/postgres " in cmd]) == 1, running
 
 
-def test_up_and_down_racing_leave_a_consistent_state(down_after: Path) -> None:
-    project = down_after
+def test_up_and_down_racing_leave_a_consistent_state(embedded_down_after: Path) -> None:
+    project = embedded_down_after
     for _ in range(3):
-        procs = [_spawn(verb, "--engine", "embedded", cwd=project) for verb in ("up", "down", "up", "down")]
+        procs = [spawn_toolkit(verb, "--engine", "embedded", cwd=project) for verb in ("up", "down", "up", "down")]
         for p in procs:
-            p.wait(timeout=240)
-            out, err = p.communicate()
+            _, err = p.communicate(timeout=240)
             assert p.returncode == 0, err
         status = run_toolkit("status", "--json", "--engine", "embedded", cwd=project)
         running = '"running": true' in status.stdout
-        assert running == (_postmaster(project / ".toolkit") is not None and
-                           _alive(_postmaster(project / ".toolkit") or 0))
+        assert running == (postmaster_pid(project / ".toolkit") is not None and
+                           alive(postmaster_pid(project / ".toolkit") or 0))
     final = run_toolkit("up", "--engine", "embedded", cwd=project)
     assert final.returncode == 0, final.stderr
-    assert _query(_env_url(project), "SELECT 1") == [(1,)]
+    assert _query(env_url(project), "SELECT 1") == [(1,)]
 
 
 def test_a_waiting_call_names_the_holder_when_it_gives_up(tmp_path: Path) -> None:
@@ -222,33 +177,30 @@ def test_a_state_dir_we_cannot_create_is_a_usage_error(isolated: Path) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
-def test_up_interrupted_at_any_moment_of_a_cold_start_recovers(isolated: Path, sig: signal.Signals) -> None:
+def test_up_interrupted_at_any_moment_of_a_cold_start_recovers(embedded_down_after: Path, sig: signal.Signals) -> None:
+    isolated = embedded_down_after
     state = isolated / ".toolkit"
     initdb = str(state / "embedded/pgdata.initdb-")
-    try:
-        for delay in (0.15, 0.4, 0.8, 1.3):
-            run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
-            victim = _spawn("up", "--engine", "embedded", cwd=isolated)
-            time.sleep(delay)
-            victim.send_signal(sig)
-            code = victim.wait(timeout=60)
-            if sig == signal.SIGTERM:
-                assert code in (0, 143), victim.communicate()
-            if sig != signal.SIGKILL:
-                # killed with the call: no initdb left behind (it may take a moment to exit), no password copy
-                wait_until(lambda: not _processes_mentioning(initdb), 10,
-                           f"no initdb process left after {sig.name} at {delay}s",
-                           detail=lambda: "\n".join(_processes_mentioning(initdb)))
-                assert not (state / "embedded/.initdb.pw").exists()
-            again = run_toolkit("up", "--engine", "embedded")
-            assert again.returncode == 0, f"after {sig.name} at {delay}s: {again.stderr}"
-            assert _query(_env_url(isolated), "SELECT 1") == [(1,)]
-    finally:
+    for delay in (0.15, 0.4, 0.8, 1.3):
         run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+        victim = spawn_toolkit("up", "--engine", "embedded", cwd=isolated)
+        time.sleep(delay)
+        victim.send_signal(sig)
+        out, err = victim.communicate(timeout=60)
+        if sig == signal.SIGTERM:
+            assert victim.returncode in (0, 143), (out, err)
+        if sig != signal.SIGKILL:
+            # killed with the call: no initdb left behind (it may take a moment to exit), no password copy
+            wait_until(lambda: not processes(initdb), 10, f"no initdb process left after {sig.name} at {delay}s",
+                       detail=lambda: "\n".join(f"{pid}: {cmd}" for pid, cmd in processes(initdb).items()))
+            assert not (state / "embedded/.initdb.pw").exists()
+        again = run_toolkit("up", "--engine", "embedded")
+        assert again.returncode == 0, f"after {sig.name} at {delay}s: {again.stderr}"
+        assert _query(env_url(isolated), "SELECT 1") == [(1,)]
 
 
-def test_bootstrap_cut_short_is_completed_by_the_next_up(down_after: Path) -> None:
-    project, state = down_after, down_after / ".toolkit"
+def test_bootstrap_cut_short_is_completed_by_the_next_up(embedded_down_after: Path) -> None:
+    project, state = embedded_down_after, embedded_down_after / ".toolkit"
     assert run_toolkit("up", "--engine", "embedded").returncode == 0
     port = int(os.environ["TOOLKIT_PG_PORT"])
     import psycopg
@@ -259,7 +211,7 @@ def test_bootstrap_cut_short_is_completed_by_the_next_up(down_after: Path) -> No
         admin.execute("DROP ROLE memgpt")
     running = run_toolkit("up", "--engine", "embedded")  # server still running
     assert running.returncode == 0, running.stderr
-    assert _query(_env_url(project), "SELECT extname FROM pg_extension WHERE extname = 'vector'") == [("vector",)]
+    assert _query(env_url(project), "SELECT extname FROM pg_extension WHERE extname = 'vector'") == [("vector",)]
     # the same with the server stopped, and with only the extension missing
     with psycopg.connect(_superuser(state, port, "memgpt"), autocommit=True) as admin:
         admin.execute("DROP EXTENSION vector")
@@ -271,10 +223,10 @@ def test_bootstrap_cut_short_is_completed_by_the_next_up(down_after: Path) -> No
     assert wrong.returncode == 5 and "password authentication failed" in wrong.stderr
 
 
-def test_bootstrap_racing_a_session_of_a_killed_up_still_succeeds(down_after: Path) -> None:
+def test_bootstrap_racing_a_session_of_a_killed_up_still_succeeds(embedded_down_after: Path) -> None:
     """A killed `up` leaves its session on the server, still creating the role: ours must not fail on
     the duplicate when that one commits."""
-    state = down_after / ".toolkit"
+    state = embedded_down_after / ".toolkit"
     assert run_toolkit("up", "--engine", "embedded").returncode == 0
     port = int(os.environ["TOOLKIT_PG_PORT"])
     import psycopg
@@ -284,7 +236,7 @@ def test_bootstrap_racing_a_session_of_a_killed_up_still_succeeds(down_after: Pa
         admin.execute("DROP ROLE memgpt")
     with psycopg.connect(_superuser(state, port)) as orphan:  # a transaction, like the killed call's
         orphan.execute("CREATE ROLE memgpt LOGIN PASSWORD 'memgpt' NOSUPERUSER")
-        racing = _spawn("up", "--engine", "embedded", cwd=down_after)
+        racing = spawn_toolkit("up", "--engine", "embedded", cwd=embedded_down_after)
         with psycopg.connect(_superuser(state, port), autocommit=True) as watcher:
             def blocked() -> list[tuple[int, str]]:
                 if racing.poll() is not None:
@@ -299,14 +251,14 @@ def test_bootstrap_racing_a_session_of_a_killed_up_still_succeeds(down_after: Pa
         orphan.commit()
     out, err = racing.communicate(timeout=60)
     assert racing.returncode == 0, err
-    assert _query(_env_url(down_after), "SELECT current_user") == [("memgpt",)]
+    assert _query(env_url(embedded_down_after), "SELECT current_user") == [("memgpt",)]
 
 
-def test_another_user_name_on_existing_data_gets_its_role(down_after: Path) -> None:
+def test_another_user_name_on_existing_data_gets_its_role(embedded_down_after: Path) -> None:
     assert run_toolkit("up", "--engine", "embedded").returncode == 0
     other = run_toolkit("up", "--engine", "embedded", env={"TOOLKIT_PG_USER": "agent2", "TOOLKIT_PG_DATABASE": "agent2"})
     assert other.returncode == 0, other.stderr
-    url = _env_url(down_after)
+    url = env_url(embedded_down_after)
     assert "agent2:" in url
     assert _query(url, "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user") == [("agent2", False)]
 
@@ -324,7 +276,7 @@ def test_a_stale_pid_of_another_clusters_postmaster_is_left_alone(tmp_path: Path
     try:
         assert mine.returncode == 0 and other.returncode == 0, (mine.stderr, other.stderr)
         assert run_toolkit("down", "--engine", "embedded").returncode == 0
-        other_pid = _postmaster(other_dir / ".toolkit")
+        other_pid = postmaster_pid(other_dir / ".toolkit")
         assert other_pid is not None
         # our postmaster.pid now names the other cluster's live postmaster (a reused pid)
         pidfile = isolated / ".toolkit/embedded/pgdata/postmaster.pid"
@@ -334,11 +286,11 @@ def test_a_stale_pid_of_another_clusters_postmaster_is_left_alone(tmp_path: Path
         status = run_toolkit("status", "--engine", "embedded")
         assert "not running" in status.stdout, status.stdout
         assert run_toolkit("down", "--engine", "embedded").returncode == 0
-        assert _alive(other_pid)
+        assert alive(other_pid)
         again = run_toolkit("up", "--engine", "embedded")
         assert again.returncode == 0, again.stderr
-        assert _alive(other_pid)
-        assert _query(_env_url(isolated), "SELECT 1") == [(1,)]
+        assert alive(other_pid)
+        assert _query(env_url(isolated), "SELECT 1") == [(1,)]
     finally:
         run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
         run_toolkit("down", "--purge", "--yes", "--engine", "embedded", cwd=other_dir,
@@ -377,7 +329,7 @@ def _outside_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def test_bind_all_lets_remote_clients_in_with_the_password(down_after: Path) -> None:
+def test_bind_all_lets_remote_clients_in_with_the_password(embedded_down_after: Path) -> None:
     address = _outside_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
@@ -393,7 +345,7 @@ def test_bind_all_lets_remote_clients_in_with_the_password(down_after: Path) -> 
     # back to the default: loopback only, and no entry for remote clients left behind
     assert run_toolkit("down", "--engine", "embedded").returncode == 0
     assert run_toolkit("up", "--engine", "embedded").returncode == 0
-    hba = (down_after / ".toolkit/embedded/pgdata/pg_hba.conf").read_text()
+    hba = (embedded_down_after / ".toolkit/embedded/pgdata/pg_hba.conf").read_text()
     assert "0.0.0.0/0" not in hba
     with pytest.raises(psycopg.OperationalError):
         _query(remote, "SELECT 1")
@@ -412,7 +364,7 @@ def test_env_psql_and_status_follow_the_port_up_used(isolated: Path, monkeypatch
         assert run_toolkit("up", "--engine", "embedded", "--port", str(port)).returncode == 0
         env = run_toolkit("env")
         assert f"@localhost:{port}/memgpt" in env.stdout, env.stdout
-        assert env.stdout.strip().split("=", 1)[1].strip("'") == _env_url(isolated)
+        assert env.stdout.strip().split("=", 1)[1].strip("'") == env_url(isolated)
         psql = run_toolkit("psql", "-c", "SHOW port")
         assert psql.returncode == 0 and str(port) in psql.stdout, psql.stderr
         status = run_toolkit("status")
@@ -486,27 +438,25 @@ def test_granting_the_server_traverse_never_widens_what_others_have(reachable_pr
     try:
         assert done.returncode == 0, done.stderr
         assert not nobody_reads()
-        assert _query(_env_url(project), "SELECT 1") == [(1,)]
+        assert _query(env_url(project), "SELECT 1") == [(1,)]
     finally:
         run_toolkit("down", "--purge", "--yes", cwd=project)
 
 
 @needs_root
-def test_a_symlinked_state_dir_under_a_closed_directory_works(tmp_path: Path, isolated: Path) -> None:
+def test_a_symlinked_state_dir_under_a_closed_directory_works(tmp_path: Path, embedded_down_after: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "state").mkdir(parents=True)
     elsewhere.chmod(0o700)
-    (isolated / ".toolkit").symlink_to(elsewhere / "state")
-    try:
-        done = run_toolkit("up", "--engine", "embedded")
-        assert done.returncode == 0, done.stderr
-        assert stat.S_IMODE(elsewhere.stat().st_mode) & 0o007 == 0
-    finally:
-        run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+    (embedded_down_after / ".toolkit").symlink_to(elsewhere / "state")
+    done = run_toolkit("up", "--engine", "embedded")
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(elsewhere.stat().st_mode) & 0o007 == 0
 
 
 @needs_root
-def test_an_explicit_no_entry_for_the_server_user_is_overridden_only_for_it(tmp_path: Path, isolated: Path) -> None:
+def test_an_explicit_no_entry_for_the_server_user_is_overridden_only_for_it(tmp_path: Path,
+                                                                            embedded_down_after: Path) -> None:
     import pwd
 
     run_toolkit("up", "--engine", "embedded")  # creates the system user
@@ -514,38 +464,33 @@ def test_an_explicit_no_entry_for_the_server_user_is_overridden_only_for_it(tmp_
     uid = pwd.getpwnam("toolkit-postgres").pw_uid
     tmp_path.chmod(0o711)
     _set_acl(tmp_path, [(1, 7, NO_ID), (2, 0, uid), (4, 1, NO_ID), (0x10, 1, NO_ID), (0x20, 1, NO_ID)])
-    try:
-        done = run_toolkit("up", "--engine", "embedded")
-        assert done.returncode == 0, done.stderr
-    finally:
-        run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+    done = run_toolkit("up", "--engine", "embedded")
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
-def test_a_purge_cut_short_never_strands_the_project(isolated: Path, sig: signal.Signals) -> None:
-    try:
-        for delay in (0.05, 0.2, 0.4, 0.6):
-            assert run_toolkit("up", "--engine", "embedded").returncode == 0
-            assert run_toolkit("down", "--engine", "embedded").returncode == 0
-            victim = _spawn("down", "--purge", "--yes", "--engine", "embedded", cwd=isolated)
-            time.sleep(delay)
-            victim.send_signal(sig)
-            victim.wait(timeout=60)
-            again = run_toolkit("up", "--engine", "embedded")
-            assert again.returncode == 0, f"after {sig.name} at {delay}s: {again.stderr}"
-            assert _query(_env_url(isolated), "SELECT 1") == [(1,)]
-            assert not list((isolated / ".toolkit").glob(".embedded.purged-*"))
-    finally:
-        run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+def test_a_purge_cut_short_never_strands_the_project(embedded_down_after: Path, sig: signal.Signals) -> None:
+    isolated = embedded_down_after
+    for delay in (0.05, 0.2, 0.4, 0.6):
+        assert run_toolkit("up", "--engine", "embedded").returncode == 0
+        assert run_toolkit("down", "--engine", "embedded").returncode == 0
+        victim = spawn_toolkit("down", "--purge", "--yes", "--engine", "embedded", cwd=isolated)
+        time.sleep(delay)
+        victim.send_signal(sig)
+        victim.communicate(timeout=60)
+        again = run_toolkit("up", "--engine", "embedded")
+        assert again.returncode == 0, f"after {sig.name} at {delay}s: {again.stderr}"
+        assert _query(env_url(isolated), "SELECT 1") == [(1,)]
+        assert not list((isolated / ".toolkit").glob(".embedded.purged-*"))
 
 
 @needs_root
-def test_a_pg_hba_symlink_planted_by_the_server_user_is_not_written_through(down_after: Path) -> None:
+def test_a_pg_hba_symlink_planted_by_the_server_user_is_not_written_through(embedded_down_after: Path) -> None:
     assert run_toolkit("up", "--engine", "embedded").returncode == 0
     assert run_toolkit("down", "--engine", "embedded").returncode == 0
-    target = down_after / "root-owned"
+    target = embedded_down_after / "root-owned"
     target.write_text("precious\n")
-    hba = down_after / ".toolkit/embedded/pgdata/pg_hba.conf"
+    hba = embedded_down_after / ".toolkit/embedded/pgdata/pg_hba.conf"
     hba.rename(hba.with_name("pg_hba.conf.real"))
     hba.symlink_to(target)
     done = run_toolkit("up", "--engine", "embedded", "--bind", "0.0.0.0")
@@ -568,9 +513,9 @@ def test_two_checkouts_racing_for_one_port_never_both_report_ready(tmp_path: Pat
             assert run_toolkit("up", "--engine", "embedded", cwd=project, env=env).returncode == 0
             assert run_toolkit("down", "--engine", "embedded", cwd=project, env=env).returncode == 0
         for _ in range(4):
-            racers = [_spawn("up", "--engine", "embedded", cwd=p, env=env) for p in projects]
-            codes = [r.wait(timeout=120) for r in racers]
-            errors = [r.communicate()[1] for r in racers]
+            racers = [spawn_toolkit("up", "--engine", "embedded", cwd=p, env=env) for p in projects]
+            errors = [r.communicate(timeout=120)[1] for r in racers]
+            codes = [r.returncode for r in racers]
             assert sorted(codes)[0] == 0 and sorted(codes)[1] in (3,), errors
             for project in projects:
                 run_toolkit("down", "--engine", "embedded", cwd=project, env=env)
@@ -581,30 +526,27 @@ def test_two_checkouts_racing_for_one_port_never_both_report_ready(tmp_path: Pat
 
 @pytest.mark.parametrize("record", ['{"engine": ["embedded"]}', '{"engine": {}}', '{"engine":' * 100000,
                                     '{"engine": "embedded", "port": true}', "dir"])
-def test_a_damaged_engine_record_is_no_internal_error(isolated: Path, record: str) -> None:
-    path = isolated / ".toolkit/engine"
+def test_a_damaged_engine_record_is_no_internal_error(embedded_down_after: Path, record: str) -> None:
+    path = embedded_down_after / ".toolkit/engine"
     path.parent.mkdir()
     if record == "dir":
         path.mkdir()
     else:
         path.write_text(record)
-    try:
-        for args in (["status"], ["env"], ["up", "--engine", "embedded"]):
-            done = run_toolkit(*args)
-            assert done.returncode in (0, 1, 2), (args, done.stderr)
-            assert "Traceback" not in done.stderr and "internal error" not in done.stderr
-            if args == ["env"]:
-                assert "True" not in done.stdout
-        if record == "dir":
-            assert "is a directory" in done.stderr and _postmaster(isolated / ".toolkit") is None
-    finally:
-        run_toolkit("down", "--purge", "--yes", "--engine", "embedded")
+    for args in (["status"], ["env"], ["up", "--engine", "embedded"]):
+        done = run_toolkit(*args)
+        assert done.returncode in (0, 1, 2), (args, done.stderr)
+        assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+        if args == ["env"]:
+            assert "True" not in done.stdout
+    if record == "dir":
+        assert "is a directory" in done.stderr and postmaster_pid(embedded_down_after / ".toolkit") is None
 
 
-def test_a_process_that_merely_sits_in_the_data_dir_is_not_ours(down_after: Path) -> None:
+def test_a_process_that_merely_sits_in_the_data_dir_is_not_ours(embedded_down_after: Path) -> None:
     assert run_toolkit("up", "--engine", "embedded").returncode == 0
     assert run_toolkit("down", "--engine", "embedded").returncode == 0
-    pgdata = down_after / ".toolkit/embedded/pgdata"
+    pgdata = embedded_down_after / ".toolkit/embedded/pgdata"
     sitter = subprocess.Popen(["sleep", "1000"], cwd=pgdata)
     try:
         port = os.environ["TOOLKIT_PG_PORT"]
@@ -653,10 +595,10 @@ def test_a_shared_world_writable_state_dir_is_refused_not_changed(isolated: Path
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
 
 
-def test_a_fifo_or_endless_postmaster_pid_neither_hangs_nor_eats_memory(down_after: Path) -> None:
+def test_a_fifo_or_endless_postmaster_pid_neither_hangs_nor_eats_memory(embedded_down_after: Path) -> None:
     assert run_toolkit("up", "--engine", "embedded").returncode == 0
     assert run_toolkit("down", "--engine", "embedded").returncode == 0
-    pidfile = down_after / ".toolkit/embedded/pgdata/postmaster.pid"
+    pidfile = embedded_down_after / ".toolkit/embedded/pgdata/postmaster.pid"
     for plant in ("fifo", "zero"):
         pidfile.unlink(missing_ok=True)
         if plant == "fifo":
@@ -692,14 +634,14 @@ def test_the_server_users_own_acl_entry_gains_only_traverse(reachable_project: P
 
 
 @needs_root
-def test_an_old_home_of_the_server_user_is_taken_back_without_its_plants(down_after: Path) -> None:
+def test_an_old_home_of_the_server_user_is_taken_back_without_its_plants(embedded_down_after: Path) -> None:
     import pwd
 
     assert run_toolkit("up", "--engine", "embedded").returncode == 0
     assert run_toolkit("down", "--engine", "embedded").returncode == 0
     server = pwd.getpwnam("toolkit-postgres")
-    home = down_after / ".toolkit/embedded"
-    secret = down_after / "root-secret"
+    home = embedded_down_after / ".toolkit/embedded"
+    secret = embedded_down_after / "root-secret"
     secret.write_text("secret-root\n")
     secret.chmod(0o600)
     os.chown(home, server.pw_uid, server.pw_gid)  # as an older toolkit left it
@@ -715,18 +657,18 @@ def test_an_old_home_of_the_server_user_is_taken_back_without_its_plants(down_af
     assert "secret-root" not in run_toolkit("logs", "--engine", "embedded").stdout
 
 
-def test_embedded_data_without_a_record_keeps_auto_on_embedded(down_after: Path) -> None:
+def test_embedded_data_without_a_record_keeps_auto_on_embedded(embedded_down_after: Path) -> None:
     from toolkit import engines
     from toolkit.settings import resolve
 
     assert run_toolkit("up", "--engine", "embedded").returncode == 0
-    (down_after / ".toolkit/engine").unlink()  # an `up` killed after its server started, before the record
+    (embedded_down_after / ".toolkit/engine").unlink()  # an `up` killed after its server started, before the record
     engine, note = engines.select(resolve({}), starting=True)
     assert engine.name == "embedded" and note is None
     assert run_toolkit("up").returncode == 0
 
 
-def test_an_explicit_engine_never_starts_an_empty_database_beside_the_data(down_after: Path) -> None:
+def test_an_explicit_engine_never_starts_an_empty_database_beside_the_data(embedded_down_after: Path) -> None:
     """Embedded data, then --engine docker (or TOOLKIT_ENGINE in .env): refused before any engine is
     touched, with the way to do it anyway; a Docker record, then --engine embedded: the same."""
     from toolkit import state
@@ -744,7 +686,7 @@ def test_an_explicit_engine_never_starts_an_empty_database_beside_the_data(down_
     assert switched.returncode == 4 and "does not exist" in switched.stderr
     assert run_toolkit("up").returncode == 0  # auto stayed on the embedded data
     assert run_toolkit("down", "--purge", "--yes").returncode == 0
-    state.record_up(down_after / ".toolkit", "docker", 8888)  # a project whose data is in a Docker volume
+    state.record_up(embedded_down_after / ".toolkit", "docker", 8888)  # a project whose data is in a Docker volume
     refused = run_toolkit("up", "--engine", "embedded")
     assert refused.returncode == 2 and "on the docker engine (Docker volume memgpt_db_test)" in refused.stderr
-    assert not (down_after / ".toolkit" / "embedded").exists()
+    assert not (embedded_down_after / ".toolkit" / "embedded").exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import memgpt_reads, without_section
 from toolkit import memgpt_config
 from toolkit.errors import ConfigError
 from toolkit.memgpt_config import ArchivalStorage
@@ -49,16 +50,6 @@ def _sections(text: str) -> dict[str, dict[str, str]]:
     return {s: dict(parser[s]) for s in parser.sections()}
 
 
-def _without_section(text: str, name: str) -> str:
-    out, skip = [], False
-    for line in text.splitlines(keepends=True):
-        if line.startswith("["):
-            skip = line.strip() == f"[{name}]"
-        if not skip:
-            out.append(line)
-    return "".join(out)
-
-
 def test_http_clears_path_and_keeps_everything_else(tmp_path: Path) -> None:
     config = tmp_path / "config"
     config.write_text(FOREIGN)
@@ -67,7 +58,7 @@ def test_http_clears_path_and_keeps_everything_else(tmp_path: Path) -> None:
     backup = memgpt_config.write(config, ArchivalStorage("chroma", "", "localhost:8000"))
 
     text = config.read_text()
-    assert _without_section(text, "archival_storage") == _without_section(FOREIGN, "archival_storage")
+    assert without_section(text, "archival_storage") == without_section(FOREIGN, "archival_storage")
     section = _sections(text)["archival_storage"]
     assert section == {"type": "chroma", "path": "", "uri": "localhost:8000", "extra": "keep me"}
     assert "# chosen by hand\n" in text
@@ -129,13 +120,6 @@ def test_unreadable_config_is_one_line_error(tmp_path: Path) -> None:
 
 # -- what MemGPT 0.3.x itself cannot read: repaired by write, named by read ---------------------------
 
-def _memgpt_reads(path: Path) -> configparser.ConfigParser:
-    """The file as MemGPT 0.3.x loads it: ``configparser.ConfigParser().read(path)`` (strict, interpolating)."""
-    parser = configparser.ConfigParser()
-    assert parser.read(path) == [str(path)]
-    return parser
-
-
 DUPLICATED = FOREIGN.replace("[client]\n", """\
 [archival_storage]
 # added by a second `memgpt configure`
@@ -157,8 +141,8 @@ def test_duplicate_section_becomes_one(tmp_path: Path) -> None:
 
     text = config.read_text()
     assert text.count("[archival_storage]") == 1
-    assert _without_section(text, "archival_storage") == _without_section(DUPLICATED, "archival_storage")
-    section = _memgpt_reads(config)["archival_storage"]
+    assert without_section(text, "archival_storage") == without_section(DUPLICATED, "archival_storage")
+    section = memgpt_reads(config)["archival_storage"]
     assert dict(section) == {"type": "lancedb", "path": "", "uri": "/data/lance", "extra": "keep me",
                              "other": "from the copy"}
     assert backup is not None and backup.read_text() == DUPLICATED
@@ -175,7 +159,7 @@ def test_duplicate_keys_become_one(tmp_path: Path) -> None:
 
     assert config.read_text() == ("[defaults]\npreset = memgpt_chat\n\n[archival_storage]\ntype = chroma\n"
                                   "path = /c\nextra = 1\nuri = \n\n[client]\nid = 1\n")
-    assert _memgpt_reads(config)["archival_storage"]["type"] == "chroma"
+    assert memgpt_reads(config)["archival_storage"]["type"] == "chroma"
 
 
 def test_keys_are_found_as_configparser_finds_them(tmp_path: Path) -> None:
@@ -188,7 +172,7 @@ def test_keys_are_found_as_configparser_finds_them(tmp_path: Path) -> None:
 
     memgpt_config.write(config, ArchivalStorage("local", "/l"))
 
-    parsed = _memgpt_reads(config)
+    parsed = memgpt_reads(config)
     assert dict(parsed["archival_storage"]) == {"type": "local", "path": "/l", "uri": "", "extra": "1"}
     assert dict(parsed[" archival_storage "]) == {"type": "x"}
 
@@ -254,4 +238,4 @@ def test_empty_section_at_end_without_newline(tmp_path: Path) -> None:
     config.write_text("[model]\nmodel = gpt-4\n\n[archival_storage]")
     memgpt_config.write(config, ArchivalStorage("local", "/x"))
     assert config.read_text() == "[model]\nmodel = gpt-4\n\n[archival_storage]\ntype = local\npath = /x\nuri = \n"
-    assert _memgpt_reads(config)["archival_storage"]["type"] == "local"
+    assert memgpt_reads(config)["archival_storage"]["type"] == "local"

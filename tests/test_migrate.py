@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.backend_support import passages, s3_options
-from tests.support import wait_until
+from tests.support import run_toolkit, wait_until
 from toolkit import memgpt_config
 from toolkit.backends import open_store
 from toolkit.errors import BackendError, MigrationError
@@ -224,8 +224,7 @@ def test_kill_then_resume_gives_exact_copy(make_spec: Callable[[str, str], Spec]
 # -- the CLI, --switch ------------------------------------------------------------------------------------
 
 
-def test_cli_switch_keeps_foreign_sections(make_spec: Callable[[str, str], Spec], table: str, toolkit_cli,
-                                           pg_url: str) -> None:
+def test_cli_switch_keeps_foreign_sections(make_spec: Callable[[str, str], Spec], table: str, pg_url: str) -> None:
     source = make_spec("chroma", "src")
     destination = make_spec("postgres", "dst")
     expected = fill(source, table)
@@ -234,7 +233,7 @@ def test_cli_switch_keeps_foreign_sections(make_spec: Callable[[str, str], Spec]
     foreign = "[defaults]\npreset = memgpt_chat\n\n[archival_storage]\ntype = chroma\npath = {p}\n\n[client]\nx = 1\n"
     config.write_text(foreign.format(p=source.location))
 
-    done = toolkit_cli("migrate", "--from", "chroma://" + source.location, "--to", pg_url.replace("postgresql://",
+    done = run_toolkit("migrate", "--from", "chroma://" + source.location, "--to", pg_url.replace("postgresql://",
                        "postgresql+psycopg://"), "--table", table, "--switch")
 
     assert done.returncode == 0, done.stderr
@@ -248,11 +247,11 @@ def test_cli_switch_keeps_foreign_sections(make_spec: Callable[[str, str], Spec]
     assert state(destination, table) == (N, expected.hexdigest())
 
 
-def test_cli_refusal_is_one_line_and_no_switch(make_spec: Callable[[str, str], Spec], table: str, toolkit_cli) -> None:
+def test_cli_refusal_is_one_line_and_no_switch(make_spec: Callable[[str, str], Spec], table: str) -> None:
     source, destination = make_spec("local", "src"), make_spec("local", "dst")
     fill(source, table)
     fill(destination, table, n=2, dim=8)
-    done = toolkit_cli("migrate", "--from", source.render(), "--to", destination.render(), "--table", table,
+    done = run_toolkit("migrate", "--from", source.render(), "--to", destination.render(), "--table", table,
                        "--switch")
     assert done.returncode == MigrationError.exit_code
     assert done.stderr.strip().count("\n") == 0 and "8-dimensional" in done.stderr

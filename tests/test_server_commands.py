@@ -1,12 +1,11 @@
 """The helper servers' command groups are built by one factory from each service's description, so they
-cannot drift apart: the same core options in every group (a test reads them off the click groups),
-`s3 status --port` works as `chroma status --port` does, and the factory is tested on a service of its
-own, registered here in one line."""
+cannot drift apart: the same core options in every group (a test reads them off the click groups), and
+the factory is tested on a service of its own, registered here in one line. That `s3 status --port` works
+as `chroma status --port` does is one test for every service, in test_background_servers.py."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,15 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from tests.backend_support import free_port
+from tests.backend_support import service_settings
+from tests.support import run_toolkit
 from toolkit.cli import COMMANDS, cli
 from toolkit.commands.servers import CORE_OPTIONS, server_group
+from toolkit.ports import free_port
 from toolkit.services.background import ServiceStatus
 from toolkit.services.base import Option, Progress, Report, Service
 from toolkit.services.registry import SERVICES
-from toolkit.settings import Settings, resolve
+from toolkit.settings import Settings
 
 
 def _group(name: str) -> click.Group:
@@ -70,7 +71,7 @@ def test_the_only_other_options_are_the_services_own() -> None:
 
 
 def test_the_help_tells_the_default_port_the_server_uses(tmp_path: Path) -> None:
-    settings = resolve({"state_dir": str(tmp_path / "state")}, environ={}, project_dir=tmp_path)
+    settings = service_settings(tmp_path)
     for name, service in SERVICES.items():
         assert service.server(settings, None).port == service.default_port, name
         assert str(service.default_port) in (_options(_group(name).commands["up"])["--port"].help or "")
@@ -171,83 +172,54 @@ def test_a_service_option_may_not_shadow_a_core_one(tmp_path: Path) -> None:
 
 
 def test_the_library_refuses_an_option_the_service_does_not_take(tmp_path: Path) -> None:
-    settings = resolve({"state_dir": str(tmp_path / "state")}, environ={}, project_dir=tmp_path)
     with pytest.raises(TypeError, match="no option colour"):
-        SERVICES["s3"].up(settings, colour="blue")
+        SERVICES["s3"].up(service_settings(tmp_path), colour="blue")
 
 
 # -- the real CLI, no server running ---------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
-def test_status_down_and_logs_when_nothing_runs(toolkit_cli, isolated: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_status_down_and_logs_when_nothing_runs(isolated: Path, name: str) -> None:
     port = free_port()
-    status = toolkit_cli(name, "status", "--port", str(port))
+    status = run_toolkit(name, "status", "--port", str(port))
     assert status.returncode == 1, status.stdout + status.stderr
     assert status.stdout.strip() == f"{name}: stopped (start it with `toolkit {name} up`)"
-    state = json.loads(toolkit_cli(name, "status", "--port", str(port), "--json").stdout)
+    state = json.loads(run_toolkit(name, "status", "--port", str(port), "--json").stdout)
     assert state["url"] == f"http://127.0.0.1:{port}" and state["running"] is False and state["pid"] is None
-    down = toolkit_cli(name, "down")
+    down = run_toolkit(name, "down")
     assert down.returncode == 0 and down.stdout.strip() == f"{name}: was not running"
     assert not (isolated / ".toolkit").exists()  # nothing was ever started: down creates no state dir
-    logs = toolkit_cli(name, "logs")
+    logs = run_toolkit(name, "logs")
     assert logs.returncode == 0 and logs.stdout.startswith(f"no log yet at {isolated / '.toolkit' / name}.log")
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
 @pytest.mark.parametrize("command", ["up", "status"])
 @pytest.mark.parametrize("port", ["0", "65536", "-1", "abc", ""])
-def test_a_bad_port_is_one_line(toolkit_cli, name: str, command: str, port: str) -> None:  # type: ignore[no-untyped-def]
-    done = toolkit_cli(name, command, "--port", port)
+def test_a_bad_port_is_one_line(name: str, command: str, port: str) -> None:
+    done = run_toolkit(name, command, "--port", port)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--port" in done.stderr and "Traceback" not in done.stderr and not done.stdout
 
 
-# -- the real CLI, with a real moto --------------------------------------------------------------------
+# -- the real CLI, with a real server (how status, down and logs follow a server to its port, for every
+# service: test_background_servers.py) ---------------------------------------------------------------
 
-def test_s3_status_port_works_like_chromas(toolkit_cli, isolated: Path) -> None:  # type: ignore[no-untyped-def]
-    port, other = free_port(), free_port()
-    up = toolkit_cli("s3", "up", "--port", str(port), "--json", "--no-export")
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        started = json.loads(up.stdout)
-        assert started["env_changed"] is False and not (isolated / ".env").exists()
-        pid = started["pid"]
-
-        here = toolkit_cli("s3", "status", "--port", str(port))
-        assert here.returncode == 0 and here.stdout.strip() == f"s3: running at http://127.0.0.1:{port} (pid {pid})"
-
-        elsewhere = toolkit_cli("s3", "status", "--port", str(other))
-        assert elsewhere.returncode == 1, elsewhere.stdout + elsewhere.stderr
-        assert f"nothing answers at http://127.0.0.1:{other}" in elsewhere.stdout
-        assert f"the toolkit's s3 server runs at http://127.0.0.1:{port} (pid {pid})" in elsewhere.stdout
-        state = json.loads(toolkit_cli("s3", "status", "--port", str(other), "--json").stdout)
-        assert state["running"] is False and state["url"] == f"http://127.0.0.1:{other}"
-
-        # without --port it follows the server to its port (the .env names none here)
-        found = json.loads(toolkit_cli("s3", "status", "--json").stdout)
-        assert found["running"] and found["pid"] == pid and found["url"] == f"http://127.0.0.1:{port}"
-    finally:
-        down = toolkit_cli("s3", "down")
-    assert down.stdout.strip() == f"s3: stopped (was at http://127.0.0.1:{port})", down.stdout + down.stderr
-    assert toolkit_cli("s3", "status", "--port", str(port)).returncode == 1
-    assert os.path.exists(isolated / ".toolkit" / "s3.log")
-
-
-def test_chroma_up_refuses_another_format_before_building_its_client(toolkit_cli, isolated: Path,  # type: ignore[no-untyped-def]
+def test_chroma_up_refuses_another_format_before_building_its_client(isolated: Path,
                                                                       tmp_path: Path) -> None:
     """A server of format 1 answers on the port: `up --format memgpt` there is refused at once, without
     first building chromadb 0.5's environment (minutes on a cold cache) it would then not use."""
     port, clients, other = free_port(), tmp_path / "no-clients-yet", tmp_path / "other"
     other.mkdir()
-    up = toolkit_cli("chroma", "up", "--format", "current", "--port", str(port))
+    up = run_toolkit("chroma", "up", "--format", "current", "--port", str(port))
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        clash = toolkit_cli("chroma", "up", "--format", "memgpt", "--port", str(port), "--timeout", "5", cwd=other,
+        clash = run_toolkit("chroma", "up", "--format", "memgpt", "--port", str(port), "--timeout", "5", cwd=other,
                             env={"TOOLKIT_CLIENTS_DIR": str(clients)})
         assert clash.returncode == 2 and "already answers on port" in clash.stderr, clash.stdout + clash.stderr
         assert "building" not in clash.stderr and not clients.exists()
-        theirs = toolkit_cli("chroma", "status", "--port", str(port), cwd=other)
+        theirs = run_toolkit("chroma", "status", "--port", str(port), cwd=other)
         assert theirs.returncode == 0 and "not started by the toolkit" in theirs.stdout
     finally:
-        down = toolkit_cli("chroma", "down")
+        down = run_toolkit("chroma", "down")
     assert down.stdout.startswith("chroma: stopped (was at"), down.stdout + down.stderr

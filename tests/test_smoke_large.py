@@ -14,19 +14,20 @@ from typing import Any
 import pytest
 
 from tests.backend_support import passages
+from tests.support import run_toolkit
 from toolkit import smoke
 from toolkit.backends import StoreLocation, open_store
 
 
 @pytest.mark.parametrize("flavour", ["chroma", "chroma-http", "memgpt"])
-def test_smoke_3000_passages_passes(flavour: str, request: pytest.FixtureRequest, toolkit_cli) -> None:  # type: ignore[no-untyped-def]
+def test_smoke_3000_passages_passes(flavour: str, request: pytest.FixtureRequest) -> None:
     env = {}
     if flavour == "chroma-http":
         env["TOOLKIT_CHROMA_PORT"] = str(request.getfixturevalue("chroma_http").port)
     if flavour == "memgpt":  # chromadb 0.5 in its isolated environment: search breadth 10, so misses were most common
         env["TOOLKIT_ARCHIVAL_FORMAT"] = "memgpt"
     backend = "chroma-http" if flavour == "chroma-http" else "chroma"
-    done = toolkit_cli("smoke", "--backend", backend, "-n", "3000", "--json", env=env)
+    done = run_toolkit("smoke", "--backend", backend, "-n", "3000", "--json", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     [result] = json.loads(done.stdout)["results"]
     assert result["result"] == "pass" and result["detail"].startswith("3000 x 1536"), result
