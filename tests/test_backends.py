@@ -4,6 +4,7 @@ backend's error paths (dimension mismatch, unreachable server, unwritable path, 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -266,13 +267,24 @@ def test_s3_credentials_refused(tmp_path: Path) -> None:
         process.wait(timeout=30)
 
 
+def _closed_port_with_403() -> int:
+    """A closed port whose number holds "403": lance's error carries the URL, which once read as HTTP 403."""
+    for port in range(40300, 40400):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    pytest.fail("every port in 40300-40399 answers on this machine")
+
+
 def test_s3_unreachable_names_the_fix() -> None:
-    options = {"aws_endpoint": f"http://127.0.0.1:{free_port()}", "aws_region": "us-east-1", "allow_http": "true",
+    endpoint = f"http://127.0.0.1:{_closed_port_with_403()}"
+    options = {"aws_endpoint": endpoint, "aws_region": "us-east-1", "allow_http": "true",
                "aws_access_key_id": "k", "aws_secret_access_key": "s"}
     with pytest.raises(BackendError) as info:
         with open_store(StoreLocation("lancedb-s3", "s3://toolkit/x", "t_x", options)) as store:
             store.insert(passages(2, dim=8))
-    assert "toolkit s3 up" in info.value.one_line()
+    line = info.value.one_line()
+    assert f"{endpoint} is unreachable" in line and "toolkit s3 up" in line and "credentials" not in line
 
 
 def test_passages_have_numpy_embeddings(tmp_path: Path) -> None:

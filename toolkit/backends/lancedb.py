@@ -140,7 +140,9 @@ def describe_data(spec: Spec) -> str:
 
 
 STRINGS = ("id", "user_id", "agent_id", "doc_id", "text", "data_source", "embedding_model", "metadata_")
-_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden")
+# A pattern, not substrings: lance's message carries the endpoint URL, so a bare "403" matched port 40312
+# and called a dead server a credentials problem.
+_CREDENTIALS = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|(?<![\w:.])403(?![\w.])")
 _UNREACHABLE = ("Connection refused", "error sending request", "tcp connect error", "dns error", "timed out")
 _UNWRITABLE = ("Permission denied", "Not a directory", "Read-only file system", "os error 13", "os error 20")
 
@@ -198,15 +200,16 @@ class LanceStore(StoreBase):
         except Exception as exc:  # noqa: BLE001 - lance reports I/O through several exception types
             text = str(exc)
             where = f"LanceDB at {self.uri}"
-            if self.remote and any(s in text for s in _CREDENTIALS):
-                raise BackendError(f"{where}: the object store refused the credentials",
-                                   hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or TOOLKIT_S3_*) "
-                                   "to keys that bucket accepts") from None
+            # A refused connection is never a refused key: test it first.
             if self.remote and any(s in text for s in _UNREACHABLE):
                 endpoint = self.options.get("aws_endpoint", "the S3 endpoint")
                 raise BackendError(f"{where}: {endpoint} is unreachable",
                                    hint="start the test S3 server with `toolkit s3 up`, or set TOOLKIT_S3_ENDPOINT") \
                     from None
+            if self.remote and _CREDENTIALS.search(text):
+                raise BackendError(f"{where}: the object store refused the credentials",
+                                   hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or TOOLKIT_S3_*) "
+                                   "to keys that bucket accepts") from None
             if not self.remote and any(s in text for s in _UNWRITABLE):
                 raise BackendError(f"{where}: the path is not writable ({error_line(exc)})",
                                    hint="choose a writable directory (TOOLKIT_LANCEDB_URI) or fix its permissions") \
