@@ -105,3 +105,54 @@ def _unknown_options(number: int, path: str, command: click.Command | None, text
     known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
     return [f"README.md:{number}: toolkit {path} has no option {opt}"
             for opt in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", text) if opt not in known]
+
+
+# -- make targets: the Makefile, `make help` and the README agree ------------------------------------
+
+MAKEFILE = REPO / "Makefile"
+
+
+def makefile_targets() -> set[str]:
+    """The targets a user may type: the .PHONY list (file targets such as the venv stamp are not)."""
+    text = MAKEFILE.read_text().replace("\\\n", " ")
+    phony = re.search(r"^\.PHONY:(.*)$", text, re.M)
+    assert phony, "the Makefile has no .PHONY line"
+    return set(phony.group(1).split())
+
+
+def readme_make_targets() -> set[str]:
+    """The backticked names of the README paragraph that starts with "Make targets"."""
+    text = README.read_text()
+    start = text.index("Make targets")
+    paragraph = text[start:text.index("\n\n", start)]
+    return set(re.findall(r"`([a-z][a-z0-9-]*)`", paragraph))
+
+
+def make_help() -> dict[str, str]:
+    """`make help`, run for real: target -> its one-line description."""
+    import shutil
+    import subprocess
+
+    make = shutil.which("make")
+    assert make, "make is not installed"
+    out = subprocess.run([make, "-s", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    rows = [re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines() if line.strip()]
+    return {row[0]: row[1] if len(row) > 1 else "" for row in rows}
+
+
+def test_make_help_lists_every_target_with_a_description() -> None:
+    listed = make_help()
+    targets = makefile_targets()
+    assert {"s3-up", "s3-down", "db-up", "test"} <= targets
+    assert sorted(targets - listed.keys()) == [], "targets `make help` leaves out"
+    assert sorted(listed.keys() - targets) == [], "`make help` lists what is not a target"
+    assert [name for name, text in listed.items() if not text] == [], "targets without a description"
+    assert [text for text in listed.values() if "$$" in text] == [], "make's escaping shows in `make help`"
+
+
+def test_readme_lists_exactly_the_make_targets() -> None:
+    documented_targets = readme_make_targets()
+    targets = makefile_targets()
+    assert sorted(targets - documented_targets) == [], "Makefile targets the README does not name"
+    assert sorted(documented_targets - targets) == [], "README names make targets that do not exist"
