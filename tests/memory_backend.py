@@ -28,6 +28,7 @@ WORD = "memory"
 OWN_QUERY = False
 EXAMPLE = "memory://NAME"
 SERVER = None
+SERVICE = None
 FORMATS: dict[str, str] = {}
 ALIASES: dict[str, str] = {}
 

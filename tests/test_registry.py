@@ -92,6 +92,7 @@ NOT_A_BACKEND = {
     ("toolkit/__init__.py", "postgres"): "the function toolkit.postgres(), imported lazily",
     ("toolkit/urls.py", "postgres"): "the URL scheme postgres://, which libpq accepts",
     ("toolkit/services/registry.py", "chroma"): "the Chroma server's service name (`toolkit chroma up`)",
+    ("toolkit/services/pidfile.py", "chroma"): "the Chroma server's service name, keying its process marker",
 }
 
 

@@ -1,5 +1,7 @@
 """Configuration, resolved once: flags > environment (``TOOLKIT_*``) > ``.env`` > defaults (the port:
-the last ``toolkit up``'s, then 8888).
+the last ``toolkit up``'s, then 8888; the Chroma port: that of the toolkit's Chroma server running here,
+then 8000). ``sources`` says where each value came from, so a value the toolkit itself wrote into .env
+(``toolkit s3 up``'s endpoint) is not taken for the user's choice.
 
 ``resolve()`` builds one frozen ``Settings``; nothing else in the package reads ``os.environ`` for
 toolkit settings. To add a setting, add a field to ``Settings`` and one row to ``FIELDS``.
@@ -14,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ConfigError, UsageError
-from toolkit.state import last_up
+from toolkit.state import exported, last_up
 from toolkit.urls import PgUrl
 
 ENGINES = ("auto", "docker", "embedded", "external")
+RUNNING_SERVER = "the toolkit's running {} server"  # the source of a port taken from a server's pid file
+WRITTEN_BY_TOOLKIT = "{} (written by the toolkit)"  # the source of a .env value a toolkit command wrote
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,15 @@ class Settings:
     clients_dir: Path | None = None  # None: state_dir / "clients" (isolated envs of older clients)
     switch_engine: bool = False  # up: start an engine other than the one holding the data (an empty database)
 
-    # where each value came from ("flag", "env", ".env", "default"); for `toolkit status`/doctor
+    # where each value came from ("flag", "environment", ".env", a record of the toolkit's: RUNNING_SERVER,
+    # WRITTEN_BY_TOOLKIT); a default has none. For `toolkit status`/doctor, and to tell the user's choice
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def user_chose(self, *names: str) -> bool:
+        """Did the user give any of these settings (a flag, the environment, a line of .env the toolkit
+        did not write)? A server at an address the user chose may be used whoever started it; at the
+        toolkit's defaults only a server the toolkit started here may be."""
+        return any(self.sources.get(name) in ("flag", "environment", self.env_file.name) for name in names)
 
     def with_db(self, **changes: Any) -> Settings:
         return replace(self, db=replace(self.db, **changes))
@@ -263,6 +274,17 @@ def resolve(
         port = last_up(state_dir).get("port")
         if port is not None:
             values["db.port"], sources["db.port"] = port, "last `toolkit up`"
+    if "chroma_port" not in values:
+        # below .env, above the default: the port the toolkit's Chroma server of this checkout runs on
+        from toolkit.services import pidfile
+
+        record = pidfile.running(state_dir, "chroma")
+        if record is not None and record.port is not None:
+            top["chroma_port"], sources["chroma_port"] = record.port, RUNNING_SERVER.format("chroma")
+    written = exported(state_dir)
+    for setting in FIELDS:
+        if sources.get(setting.name) == env_file.name and written.get(setting.env) == dotenv.get(setting.env):
+            sources[setting.name] = WRITTEN_BY_TOOLKIT.format(env_file.name)
     db = DbParams(**{k[3:]: v for k, v in values.items() if k.startswith("db.")})
     for key in ("chroma_path", "memgpt_config", "clients_dir"):
         if key in top:

@@ -116,14 +116,43 @@ def _targets(settings: Settings, selection: str | None) -> list[Target]:
 
 def target(name: str, settings: Settings) -> Target:
     """The location ``name``'s check uses by default (its module's ``default_spec``), and whether its
-    server is there."""
+    server is there (and, at the toolkit's default address, is the toolkit's own)."""
     from toolkit import specs
 
     try:
         spec = backend(name).default_spec(settings)
     except NotConfigured as exc:
         return Target(name, None, exc.message, exc.hint)
-    return _preflight(specs.with_defaults(spec, settings).store())
+    location = specs.with_defaults(spec, settings).store()
+    foreign = _not_ours(location, settings)
+    return Target(name, location, *foreign) if foreign else _preflight(location)
+
+
+def _not_ours(location: StoreLocation, settings: Settings) -> tuple[str, str] | None:
+    """(problem, hint) when ``location`` is the default address of a helper server the toolkit runs (not
+    one the user chose) and the toolkit's server of this checkout does not run there: whatever answers
+    may be another user's or another checkout's server, and smoke never writes into it."""
+    from toolkit.services import pidfile
+    from toolkit.services.registry import SERVICES
+
+    kind = backend(location.backend)
+    endpoint = kind.endpoint(location)
+    if kind.SERVICE is None or endpoint is None or SERVICES[kind.SERVICE].user_address(settings):
+        return None
+    host, port = endpoint
+    ours = pidfile.running(settings.state_dir, kind.SERVICE)
+    if ours is not None and ours.port == port and _same_host(ours.host or "", host):
+        return None
+    hint = f"start it with `{kind.SERVER}`"
+    if not _answers(host, port):
+        return f"nothing answers at {host}:{port}", hint
+    return (f"the toolkit's {kind.SERVICE} server of this checkout is not running; the server at {host}:{port} "
+            "was not started here and is not used"), f"{hint} (on a free port when that one is taken)"
+
+
+def _same_host(a: str, b: str) -> bool:
+    loopback = ("127.0.0.1", "localhost")
+    return a == b or (a in loopback and b in loopback)
 
 
 def _preflight(location: StoreLocation) -> Target:
@@ -131,7 +160,7 @@ def _preflight(location: StoreLocation) -> Target:
     kind = backend(location.backend)
     endpoint = kind.endpoint(location)
     if endpoint and not _answers(*endpoint):
-        return Target(kind.NAME, location, f"not running at {endpoint[0]}:{endpoint[1]}",
+        return Target(kind.NAME, location, f"nothing answers at {endpoint[0]}:{endpoint[1]}",
                       f"start it with `{kind.SERVER}`" if kind.SERVER else None)
     return Target(kind.NAME, location)
 

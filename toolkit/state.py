@@ -65,3 +65,25 @@ def forget(state_dir: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         return  # not ours to delete; record_up says so
     path.unlink(missing_ok=True)
+
+
+EXPORTS = "exported"  # <state_dir>/exported: JSON, the settings a toolkit command last wrote into .env
+
+
+def exported(state_dir: Path) -> dict[str, str]:
+    """The settings the toolkit wrote into .env (``toolkit s3 up``'s endpoint), by variable; {} for none.
+    A .env value equal to one of them is the toolkit's choice, not the user's."""
+    try:
+        data = json.loads(perms.read_bounded(state_dir / EXPORTS, 64 * 1024))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def record_exported(state_dir: Path, values: dict[str, str]) -> None:
+    """Remember ``values`` as written into .env by the toolkit (beside what it wrote before)."""
+    merged = {**exported(state_dir), **values}
+    if merged != exported(state_dir):
+        perms.replace_private(state_dir / EXPORTS, json.dumps(merged, sort_keys=True) + "\n")

@@ -215,6 +215,9 @@ class Backend(Protocol):
     def SERVER(self) -> str | None: ...  # the command that starts the server it needs; None: it needs none
 
     @property
+    def SERVICE(self) -> str | None: ...  # the helper server the toolkit runs for it (services.registry); None: none
+
+    @property
     def FORMATS(self) -> Mapping[str, str]: ...  # on-disk format -> who reads it; empty: one format, any reader's
 
     @property

@@ -24,6 +24,7 @@ WORD = "chroma+http"
 OWN_QUERY = False
 EXAMPLE = "chroma+http://HOST:PORT"
 SERVER = "toolkit chroma up"
+SERVICE = "chroma"  # a helper server the toolkit runs (services/registry.py)
 FORMATS = chroma.FORMATS
 ALIASES = chroma.ALIASES
 

@@ -56,6 +56,7 @@ WORD = "lancedb"
 OWN_QUERY = False
 EXAMPLE = "lancedb:///PATH"
 SERVER = None
+SERVICE = None
 
 # format -> who reads it; lance's own name is what create_table takes as data_storage_version
 FORMATS = {"legacy": "Lance file format 0.1 (lancedb 0.3 / pylance 0.8: MemGPT 0.3.x)",

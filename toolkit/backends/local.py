@@ -39,6 +39,7 @@ WORD = "local"
 OWN_QUERY = False
 EXAMPLE = "local:///PATH"
 SERVER = None
+SERVICE = None
 FORMATS: dict[str, str] = {}  # one format
 ALIASES: dict[str, str] = {}
 COMPACT_AFTER = 32  # segments

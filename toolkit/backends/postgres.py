@@ -38,6 +38,7 @@ WORD = "postgres"  # the Postgres `toolkit up` provisioned
 OWN_QUERY = True
 EXAMPLE = "a Postgres URL (postgresql://...)"
 SERVER = "toolkit up"
+SERVICE = None
 FORMATS: dict[str, str] = {}  # one format
 ALIASES: dict[str, str] = {}
 URL_ENV = "PGVECTOR_TEST_DB_URL"

@@ -1,23 +1,24 @@
 """A helper server the toolkit runs in the background (room: services/): pid file, log, HTTP readiness.
 
 ``BackgroundServer`` owns one process started in its own session, with the state dir as its working
-directory. The pid file (JSON, 0600, replaced atomically) records the pid and where the server listens
-and on which data: a pid counts as ours only when that process is alive, its command line holds the
-marker, its working directory is this state dir and (when recorded) its ``--path`` is the recorded one,
-so a pid file copied from another checkout, or a recycled pid, never makes us signal someone else.
+directory. Its pid file (``services/pidfile.py``) records the pid and where the server listens and on
+which data; a pid counts as ours only when that process is alive, its command line holds the marker,
+its working directory is this state dir and (when recorded) its ``--path`` is the recorded one, so a
+pid file copied from another checkout, or a recycled pid, never makes us signal someone else.
 
 ``up`` and ``down`` of one service hold a lock of that service (an ``flock`` on
 ``<state_dir>/.<name>.lock``) for the whole operation, so concurrent ``up`` start one server. ``up`` is
 idempotent (our healthy server where asked is left alone), refuses when ours runs elsewhere (another
-host, port or data path), waits with ``toolkit.health.wait_ready`` and, when that fails, stops only the
-process it spawned itself. ``down`` stops ours wherever it runs (TERM, then KILL); ``status`` reports it
-where it runs. The Chroma server and the S3 test server are two instances of it.
+host, port or data path), never adopts a server it did not start (a port one holds is an error, or,
+when the port is only a default, a reason to start on a free one), waits with
+``toolkit.health.wait_ready`` and, when that fails, stops only the process it spawned itself. ``down``
+stops ours wherever it runs (TERM, then KILL); ``status`` reports it where it runs. The Chroma server
+and the S3 test server are two instances of it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -33,7 +34,11 @@ from toolkit import perms, proc
 from toolkit.errors import NotReadyError, PortInUseError, UsageError
 from toolkit.health import Transient, wait_ready
 from toolkit.lock import state_lock
-from toolkit.ports import port_holder, port_is_free
+from toolkit.ports import free_port, port_holder, port_is_free
+from toolkit.services import pidfile
+from toolkit.services.pidfile import Record
+
+__all__ = ["BackgroundServer", "Record", "ServiceStatus"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LOCK_MARGIN = 30.0  # beyond the readiness timeout: a waiting `up` outlasts the `up` it waits for
@@ -55,27 +60,12 @@ class ServiceStatus:
                 "started_by_toolkit": self.ours, "detail": self.detail}
 
     def line(self) -> str:
+        if not self.running and self.pid is not None:  # ours, alive, not answering
+            return f"{self.name}: not answering at {self.url} (pid {self.pid}{f'; {self.detail}' if self.detail else ''})"
         if not self.running:
             return f"{self.name}: stopped{f' ({self.detail})' if self.detail else ''}"
         who = f"pid {self.pid}" if self.ours else "not started by the toolkit"
         return f"{self.name}: running at {self.url} ({who}{f'; {self.detail}' if self.detail else ''})"
-
-
-@dataclass(frozen=True)
-class Record:
-    """What a pid file says: the pid, and where the server listens and on which data. A plain-integer
-    pid file (an older toolkit's) gives the pid only: the other fields are None."""
-
-    pid: int
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-    fmt: str | None = None
-    health_path: str | None = None
-
-    @property
-    def legacy(self) -> bool:
-        return self.host is None or self.port is None
 
 
 @dataclass(frozen=True)
@@ -90,6 +80,7 @@ class BackgroundServer:
     start_hint: str  # the command that starts it, for messages
     data_path: str | None = None  # the server's data directory (its `--path`), when it has one
     fmt: str | None = None  # the data format it serves, when that varies
+    port_flag: str = "--port"  # the option of ``argv`` whose value is the port
 
     @property
     def url(self) -> str:
@@ -153,9 +144,17 @@ class BackgroundServer:
                        health_path=record.health_path or self.health_path, data_path=record.path,
                        fmt=record.fmt)
 
-    def status(self, *, exact: bool = False) -> ServiceStatus:
+    def on_port(self, port: int) -> BackgroundServer:
+        """This server, asked for on ``port`` instead (its command line too)."""
+        argv = list(self.argv)
+        argv[argv.index(self.port_flag) + 1] = str(port)
+        return replace(self, port=port, argv=tuple(argv))
+
+    def status(self, *, exact: bool = False, foreign: bool = True) -> ServiceStatus:
         """Our server where it runs; else whatever answers where asked. ``exact``: report the asked
-        host and port only (a server of ours elsewhere is named in the detail)."""
+        host and port only (a server of ours elsewhere is named in the detail). ``foreign``: a server
+        not started here that answers where asked counts as running (an address the user chose);
+        False: it is named, not counted (the toolkit's default address, which it never uses for that)."""
         record = self.running()
         if record is not None and (not exact or record.legacy or (record.host, record.port) == (self.host, self.port)):
             where = self.at(record)
@@ -163,7 +162,13 @@ class BackgroundServer:
             return ServiceStatus(self.name, ready, where.url, record.pid, detail="" if ready else "starting or unhealthy")
         elsewhere = f"the toolkit's {self.name} server runs at {self.at(record).url} (pid {record.pid})" if record else ""
         if self.healthy():
-            return ServiceStatus(self.name, True, self.url, None, ours=False, detail=elsewhere)
+            if foreign:
+                return ServiceStatus(self.name, True, self.url, None, ours=False, detail=elsewhere)
+            holder = port_holder(self.port)
+            return ServiceStatus(self.name, False, self.url, None, ours=False,
+                                 detail=f"what answers at {self.url}{f', {holder},' if holder else ''} was not started "
+                                        f"in this checkout and is not used; `{self.start_hint}` starts this "
+                                        "checkout's own on a free port")
         if record is not None:
             return ServiceStatus(self.name, False, self.url, detail=f"nothing answers at {self.url}; {elsewhere}")
         return ServiceStatus(self.name, False, self.url, detail=f"start it with `{self.start_hint}`")
@@ -181,33 +186,49 @@ class BackgroundServer:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def up(self, *, timeout: float = 60.0) -> ServiceStatus:
+    def up(self, *, timeout: float = 60.0, movable: bool = False) -> ServiceStatus:
         """Start the server where asked and wait until it answers; a healthy one of ours there is kept.
-        Refuses (UsageError) when ours runs elsewhere; on failure stops only what this call spawned."""
+        Refuses (UsageError) when ours runs elsewhere; on failure stops only what this call spawned.
+
+        Never uses a server it did not start: when something else holds the port, that is an error
+        (PortInUseError naming the holder), or with ``movable`` (the port is only a default) the server
+        starts on a free port instead, and a server of ours on another port is the one wanted. The
+        port is chosen under the lock, so concurrent ``up`` agree on it."""
         with self._lock(timeout + _LOCK_MARGIN, "up"):
             record = self.running()
             if record is not None:
+                if movable and record.port is not None and record.host == self.host:
+                    return self.on_port(record.port)._await_existing(record, timeout)
                 return self._await_existing(record, timeout)
             self._drop_stale_pid_file()
-            if self.healthy():
-                return ServiceStatus(self.name, True, self.url, None, ours=False)
-            if not port_is_free(self.host, self.port):
-                holder = port_holder(self.port)
-                raise PortInUseError(f"port {self.port} is taken{f' by {holder}' if holder else ''}",
-                                     hint=f"free it, or choose another port for the {self.name} server")
-            process = self._spawn()
-            try:
-                self._write_record(Record(process.pid, self.host, self.port, self.data_path, self.fmt, self.health_path))
-                wait_ready(self._probe, timeout=timeout, what=f"{self.name} server",
-                           alive=lambda: None if process.poll() is None else f"process {process.pid} exited",
-                           log_tail=self.logs)
-            except BaseException:
-                # only the process this call started: the pid file may by now name nothing else
-                _stop(process.pid, timeout=10.0)
-                process.poll()
-                self._drop_record_of(process.pid)
-                raise
-            return ServiceStatus(self.name, True, self.url, process.pid)
+            answers = self.healthy()
+            if not answers and port_is_free(self.host, self.port):
+                return self._start(timeout)
+            holder = port_holder(self.port) or "another process"
+            what = f"{holder}, a server not started in this checkout" if answers else holder
+            if not movable:
+                raise PortInUseError(f"port {self.port} on {self.host} is already in use by {what}",
+                                     hint=f"choose another port for the {self.name} server with --port N, "
+                                          "or stop that process; the toolkit never writes into a server it did not start")
+            moved = self.on_port(free_port(self.host))
+            state = moved._start(timeout)
+            return replace(state, detail=f"port {self.port} is in use by {what}: listening on {moved.port} instead")
+
+    def _start(self, timeout: float) -> ServiceStatus:
+        """Spawn the server here and wait for it (under the lock); on failure stop what was spawned."""
+        process = self._spawn()
+        try:
+            self._write_record(Record(process.pid, self.host, self.port, self.data_path, self.fmt, self.health_path))
+            wait_ready(self._probe, timeout=timeout, what=f"{self.name} server",
+                       alive=lambda: None if process.poll() is None else f"process {process.pid} exited",
+                       log_tail=self.logs)
+        except BaseException:
+            # only the process this call started: the pid file may by now name nothing else
+            _stop(process.pid, timeout=10.0)
+            process.poll()
+            self._drop_record_of(process.pid)
+            raise
+        return ServiceStatus(self.name, True, self.url, process.pid)
 
     def _await_existing(self, record: Record, timeout: float) -> ServiceStatus:
         if not self._matches(record):
@@ -257,55 +278,20 @@ class BackgroundServer:
         """Is ``record`` the server this object asks for (host, port, data path, format)?"""
         if record.legacy:
             # an older toolkit's pid-only file: the same command line is the same server
-            args = _cmdline(record.pid)
+            args = pidfile.cmdline(record.pid)
             return args is not None and args[1:] == list(self.argv[1:])
         return (record.host == self.host and record.port == self.port
                 and (record.path is None or self.data_path is None or _same_path(record.path, self.data_path))
                 and (record.fmt is None or self.fmt is None or record.fmt == self.fmt))
 
     def _is_ours(self, record: Record) -> bool:
-        args = _cmdline(record.pid)
-        if args is None or self.marker not in " ".join(args) or not proc.pid_alive(record.pid):
-            return False
-        try:
-            # the servers run in the state dir: a server of another checkout (its pid file copied here) does not
-            if not os.path.samestat(os.stat(f"/proc/{record.pid}/cwd"), os.stat(self.state_dir)):
-                return False
-        except OSError:  # gone, or another user's
-            return False
-        if record.path is not None:
-            given = args[args.index("--path") + 1] if "--path" in args[:-1] else None
-            return given == record.path
-        return True
+        return pidfile.is_ours(record, self.state_dir, self.marker)
 
     def _read_record(self) -> Record | None:
-        try:
-            text = perms.read_bounded(self.pid_file, 4096).strip()  # never through a symlink, never a FIFO
-        except OSError:
-            return None
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return None
-        if isinstance(data, int) and not isinstance(data, bool):
-            return Record(data) if data > 0 else None
-        if not isinstance(data, dict):
-            return None
-        pid, port = data.get("pid"), data.get("port")
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-            return None
-
-        def text_of(key: str) -> str | None:
-            value = data.get(key)
-            return value if isinstance(value, str) else None
-
-        return Record(pid, text_of("host"), port if isinstance(port, int) and not isinstance(port, bool) else None,
-                      text_of("path"), text_of("format"), text_of("health_path"))
+        return pidfile.read(self.pid_file)
 
     def _write_record(self, record: Record) -> None:
-        data = {"pid": record.pid, "host": record.host, "port": record.port, "path": record.path,
-                "format": record.fmt, "health_path": record.health_path}
-        perms.replace_private(self.pid_file, json.dumps(data) + "\n")
+        pidfile.write(self.pid_file, record)
 
     def _drop_record_of(self, pid: int) -> None:
         record = self._read_record()
@@ -324,14 +310,6 @@ class BackgroundServer:
 
 def _same_path(a: str, b: str) -> bool:
     return a == b or os.path.realpath(a) == os.path.realpath(b)
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]] if raw else None
 
 
 def _stop(pid: int, *, timeout: float) -> None:

@@ -92,8 +92,9 @@ class Service:
 
     ``server(settings, port)``: the server where ``port`` (None: the default) asks; its pid file leads
     ``down``/``status``/``logs`` to wherever ours runs. ``start``: the service's ``up``. ``describe``:
-    what the service adds to a status (chroma: the format of what answers). The ``*_help`` texts are
-    the commands' help; ``port_default`` says in words where the default port comes from.
+    what the service adds to a status (chroma: the format of what answers). ``chosen(settings)``: did
+    the user choose where its server listens (``user_address``). The ``*_help`` texts are the commands'
+    help; ``port_default`` says in words where the default port comes from.
     """
 
     name: str
@@ -108,6 +109,13 @@ class Service:
     start: Start
     up_options: tuple[Option, ...] = ()
     describe: Callable[[BackgroundServer, ServiceStatus], Report] | None = None
+    chosen: Callable[[Settings], bool] = lambda settings: False
+
+    def user_address(self, settings: Settings) -> bool:
+        """Is the address of this service's server the user's choice (a flag, the environment, their
+        .env)? Then whatever answers there may be used; at a default address only the toolkit's own
+        server of this checkout is ever used (``up`` starts one on a free port when the default is taken)."""
+        return self.chosen(settings)
 
     def up(self, settings: Settings, *, port: int | None = None, timeout: float = 60.0,
            progress: Progress | None = None, **options: Any) -> Report:
@@ -126,10 +134,11 @@ class Service:
         return Stopped(self.name, stopped, server.at(running).url if stopped and running else None)
 
     def status(self, settings: Settings, *, port: int | None = None) -> Report:
-        """Without ``port``: the toolkit's server where it runs (else the default port). With it: that
-        port only, naming where the toolkit's server runs when that is elsewhere."""
+        """Without ``port``: the toolkit's server where it runs (else the default port, where a server not
+        started here is named but not counted as running, unless the user chose that address). With it:
+        that port only, naming where the toolkit's server runs when that is elsewhere."""
         server = self.server(settings, port)
-        state = server.status(exact=port is not None)
+        state = server.status(exact=port is not None, foreign=port is not None or self.user_address(settings))
         return self.describe(server, state) if self.describe else Report(state)
 
     def logs(self, settings: Settings, tail: int = 100) -> LogTail:

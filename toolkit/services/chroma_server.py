@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.services.base import Option, Progress, Report, Service
+from toolkit.services.pidfile import MARKERS
 from toolkit.settings import Settings
 
 if TYPE_CHECKING:
     from toolkit.services.background import BackgroundServer, ServiceStatus
 
-DEFAULT_PORT = 8000  # settings' chroma_port default (TOOLKIT_CHROMA_PORT)
+DEFAULT_PORT = 8000  # settings' chroma_port default (TOOLKIT_CHROMA_PORT, else where ours runs)
 HEARTBEAT = {"1": "/api/v2/heartbeat", "0.5": "/api/v2/heartbeat", "0.4": "/api/v1/heartbeat"}
 _RUN = "import sys; from chromadb.cli.cli import app; sys.argv[0] = 'chroma'; app()"
 
@@ -64,7 +65,7 @@ def chroma_server(settings: Settings, *, host: str | None = None, port: int | No
     data = str(path if path is not None else data_dir(settings, fmt))
     argv = (python, "-c", _RUN, "run", "--path", data, "--host", host, "--port", str(port))
     return BackgroundServer(name="chroma", argv=argv, host=host, port=port, health_path=HEARTBEAT[fmt],
-                            state_dir=settings.state_dir, marker="chromadb.cli.cli", start_hint="toolkit chroma up",
+                            state_dir=settings.state_dir, marker=MARKERS["chroma"], start_hint="toolkit chroma up",
                             data_path=data, fmt=fmt)
 
 
@@ -79,17 +80,24 @@ def start(settings: Settings, *, port: int | None, timeout: float, progress: Pro
 
     where = Path(options["path"]).absolute() if options.get("path") else None
     chosen = format_to_serve(settings, formats.normalize("chroma", options.get("fmt")), where)
-    # before the server (and the older client's environment it may build): refusing needs only the port
+    # the default port (none given, no server of ours running): another one when something holds it
+    movable = port is None and not chosen_address(settings)
     at = port if port is not None else settings.chroma_port
-    running = server_format(settings.chroma_host, at)
+    # before the server (and the older client's environment it may build): refusing needs only the port
+    running = server_format(settings.chroma_host, at) if not movable or "chroma_port" in settings.sources else None
     if running is not None and running != chosen:
         raise UsageError(f"a Chroma server of {describe(running)} already answers on port {at}, "
                          f"not format {chosen}",
                          hint="stop it with `toolkit chroma down`, or choose another --port")
     server = chroma_server(settings, port=port, path=where, fmt=chosen, progress=progress)
-    state = server.up(timeout=timeout)
+    state = server.up(timeout=timeout, movable=movable)
     data = server.data_path
     return Report(state, {"path": data, "format": chosen}, (describe(chosen), f"data in {data}"))
+
+
+def chosen_address(settings: Settings) -> bool:
+    """Did the user choose where the server listens (TOOLKIT_CHROMA_HOST / TOOLKIT_CHROMA_PORT)?"""
+    return settings.user_chose("chroma_port", "chroma_host")
 
 
 def describe_status(server: BackgroundServer, state: ServiceStatus) -> Report:
@@ -106,29 +114,36 @@ def describe_status(server: BackgroundServer, state: ServiceStatus) -> Report:
 SERVICE = Service(
     name="chroma",
     default_port=DEFAULT_PORT,
-    port_default=f"TOOLKIT_CHROMA_PORT, else {DEFAULT_PORT}",
+    port_default=f"TOOLKIT_CHROMA_PORT, else where the toolkit's server runs, else {DEFAULT_PORT} (a free port when taken)",
     help="""Run a Chroma server (`chroma run`) in the background, in the format its clients read.
 
 \b
 --format 0.5 (or memgpt) runs chromadb 0.5 from an isolated environment built on first use: the
 server MemGPT 0.3.x's HttpClient talks to. --format 1 (or current) runs the chromadb installed here.
 Data in ./.toolkit/chroma-server (-0.5 for 0.5; or --path); pid file and log in ./.toolkit.
-One server per checkout: status, down and logs follow it to the port and data it was started on;
-up refuses another port or --path while it runs (`toolkit chroma down` first).
+One server per checkout: smoke, status, down and logs follow it to the port and data it was started
+on; up refuses another port or --path while it runs (`toolkit chroma down` first). A server this
+checkout did not start is never used at the default port: when something holds 8000, up starts
+ours on a free port and says so; a port you give (--port, TOOLKIT_CHROMA_PORT) that something else
+holds is an error (exit 3).
 Example:
   toolkit chroma up --port 8001 && toolkit smoke --backend chroma-http
   toolkit chroma up --format memgpt     # for MemGPT 0.3.x (archival_storage uri 127.0.0.1:8000)
 """,
     up_help="""Start the Chroma server and wait on its heartbeat; idempotent.
 
-When the toolkit's server already runs on another port or data path, this refuses (stop it with
-`toolkit chroma down` first); when it fails, only the process it started is stopped.
+Without --port (and TOOLKIT_CHROMA_PORT): where the toolkit's server runs, else 8000, else a free
+port when something else holds 8000. When the toolkit's server already runs on another port or
+data path, this refuses (stop it with `toolkit chroma down` first); when it fails, only the process
+it started is stopped.
 """,
     down_help="Stop the Chroma server the toolkit started in this checkout, on whichever port it runs (data kept).",
-    status_help="""Is the Chroma server running, and of which format? Exit 0 when it answers, 1 when not.
+    status_help="""Is the Chroma server running, and of which format? Exit 0 whether it runs or not
+("running" in --json); non-zero only when it cannot tell.
 
-Without --port: the toolkit's server where it runs. With --port: that port (naming where the
-toolkit's server runs when that is elsewhere).
+Without --port: the toolkit's server where it runs (a server this checkout did not start at the
+default port is named, not counted). With --port: that port (naming where the toolkit's server
+runs when that is elsewhere).
 """,
     logs_help="The Chroma server log's tail (one log per checkout, whatever the port).",
     server=lambda settings, port: chroma_server(settings, port=port),
@@ -140,4 +155,5 @@ toolkit's server runs when that is elsewhere).
                                   "configured, else current].", metavar="FORMAT"),
     ),
     describe=describe_status,
+    chosen=chosen_address,
 )

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from toolkit.errors import NotReadyError
 from toolkit.services.base import Option, Progress, Report, Service
+from toolkit.services.pidfile import MARKERS
 from toolkit.settings import Settings
 
 if TYPE_CHECKING:
@@ -28,17 +29,31 @@ TEST_KEY = "testing"  # moto accepts any keys; these only make clients sign requ
 KEY_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
+def local_port(settings: Settings) -> int | None:
+    """The port of TOOLKIT_S3_ENDPOINT when it names this machine (where the test server would listen)."""
+    endpoint = urlsplit(settings.s3_endpoint or "")
+    try:
+        return endpoint.port if endpoint.hostname in ("127.0.0.1", "localhost") else None
+    except ValueError:  # a port out of range: not one of ours
+        return None
+
+
+def chosen_address(settings: Settings) -> bool:
+    """Did the user choose where the server listens: a TOOLKIT_S3_ENDPOINT on this machine that they set
+    (in the environment or their .env), not one `toolkit s3 up` wrote?"""
+    return local_port(settings) is not None and settings.user_chose("s3_endpoint")
+
+
 def s3_server(settings: Settings, *, port: int | None = None, host: str = "127.0.0.1") -> BackgroundServer:
     """The server; its port is ``port``, else the one in a local TOOLKIT_S3_ENDPOINT, else 9000."""
     from toolkit.services.background import BackgroundServer
 
     if port is None:
-        endpoint = urlsplit(settings.s3_endpoint or "")
-        local = endpoint.hostname in ("127.0.0.1", "localhost")
-        port = endpoint.port if local and endpoint.port else DEFAULT_PORT
+        port = local_port(settings) or DEFAULT_PORT
     argv = (sys.executable, "-m", "moto.server", "-H", host, "-p", str(port))
     return BackgroundServer(name="s3", argv=argv, host=host, port=port, health_path="/moto-api/data.json",
-                            state_dir=settings.state_dir, marker="moto.server", start_hint="toolkit s3 up")
+                            state_dir=settings.state_dir, marker=MARKERS["s3"], start_hint="toolkit s3 up",
+                            port_flag="-p")
 
 
 def create_bucket(server: BackgroundServer, bucket: str = BUCKET) -> None:
@@ -74,28 +89,36 @@ def start(settings: Settings, *, port: int | None, timeout: float, progress: Pro
           options: Mapping[str, Any]) -> Report:
     """`s3 up`: the server started and awaited, the bucket created, and (unless ``options["no_export"]``)
     its settings written into the .env, keeping the AWS keys already there."""
-    from toolkit import envfile
+    from toolkit import envfile, state
     from toolkit.settings import read_dotenv
 
+    # the default port (none given; the .env's endpoint, when `s3 up` wrote it, is one): another one
+    # when something holds it, and that one written into .env
+    movable = port is None and not chosen_address(settings)
     server = s3_server(settings, port=port)
-    state = server.up(timeout=timeout)
+    status = server.up(timeout=timeout, movable=movable)
+    server = server.on_port(urlsplit(status.url).port or server.port)
     create_bucket(server)
     changed = False
     kept: list[str] = []
     if not options.get("no_export"):
-        values, kept = env_to_write(server, read_dotenv(settings.env_file))
+        current = read_dotenv(settings.env_file)
+        values, kept = env_to_write(server, current)
         changed = envfile.write(settings.env_file, values)
+        if not (settings.user_chose("s3_endpoint") and current.get("TOOLKIT_S3_ENDPOINT") == server.url):
+            # the endpoint is the toolkit's choice, not the user's: what answers there later must be ours
+            state.record_exported(settings.state_dir, {"TOOLKIT_S3_ENDPOINT": server.url})
     name = settings.env_file.name
     notes = (f"bucket {BUCKET}",
              *((f"settings written to {name}",) if changed else ()),
              *((f"kept {' and '.join(kept)} already in {name}",) if kept else ()))
-    return Report(state, {"bucket": BUCKET, "env_changed": changed, "env_kept": kept}, notes)
+    return Report(status, {"bucket": BUCKET, "env_changed": changed, "env_kept": kept}, notes)
 
 
 SERVICE = Service(
     name="s3",
     default_port=DEFAULT_PORT,
-    port_default=f"the port of a local TOOLKIT_S3_ENDPOINT, else {DEFAULT_PORT}",
+    port_default=f"the port of a local TOOLKIT_S3_ENDPOINT, else {DEFAULT_PORT} (a free port when taken)",
     help="""Run an S3-compatible test server (moto) on 127.0.0.1 for LanceDB on s3://.
 
 `s3 up` creates the bucket `toolkit` and writes TOOLKIT_S3_ENDPOINT, TOOLKIT_S3_REGION,
@@ -108,18 +131,23 @@ Example:
 """,
     up_help="""Start the S3 test server, create the bucket, export its settings; idempotent.
 
-AWS keys already in .env are kept; test keys are written only where there are none. When the
+AWS keys already in .env are kept; test keys are written only where there are none. Without --port
+(and an endpoint you set): where the toolkit's server runs, else 9000, else a free port when
+something else holds it. A port you give that something else holds is an error (exit 3). When the
 toolkit's S3 server already runs on another port, this refuses (`toolkit s3 down` first).
 """,
     down_help="Stop the S3 test server the toolkit started, on whichever port it runs (its data lives in memory "
               "and is gone).",
-    status_help="""Is the S3 test server running? Exit 0 when it answers, 1 when not.
+    status_help="""Is the S3 test server running? Exit 0 whether it runs or not ("running" in --json);
+non-zero only when it cannot tell.
 
-Without --port: the toolkit's server where it runs, else the .env's port or 9000. With --port: that
-port (naming where the toolkit's server runs when that is elsewhere).
+Without --port: the toolkit's server where it runs, else the .env's port or 9000 (a server this
+checkout did not start there is named, not counted, unless you set that endpoint yourself). With
+--port: that port (naming where the toolkit's server runs when that is elsewhere).
 """,
     logs_help="The S3 test server log's tail (one log per checkout, whatever the port).",
     server=lambda settings, port: s3_server(settings, port=port),
     start=start,
     up_options=(Option("--no-export", "no_export", "Do not write the S3 settings into .env.", kind="flag"),),
+    chosen=chosen_address,
 )
