@@ -14,7 +14,7 @@ PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check --config-s
         chroma-up chroma-down s3-up s3-down compose-up compose-down image bench lint
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(BASE): pyproject.toml
 	@# a half-made venv (no pip: python3-venv missing) is made again, not reused
@@ -50,7 +50,7 @@ db-reset: $(BASE) ## stop and delete the data (asks first), then start fresh
 	@$(TK) down --purge
 	@$(TK) up
 
-env: $(BASE) ## print the export line: eval "$$(make -s env)"
+env: $(BASE) ## print the export line: eval "$(make -s env)"
 	@$(TK) env
 
 test: $(STAMP) ## run the test suite against real servers
