@@ -1,47 +1,56 @@
 # Every target bootstraps .venv itself; `make db-up` and `make test` are all a fresh clone needs.
+# Two installs: the base (Postgres: what db-* need, a small first run) and everything else on top of it
+# (every backend's and server's extra, test and dev tools: what test, smoke and lint need).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TK     := $(BIN)/toolkit
+BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat
 
 .DEFAULT_GOAL := help
 .PHONY: help venv db-up db-down db-status db-logs db-psql db-reset env test smoke \
         chroma-up chroma-down s3-up s3-down compose-up compose-down image bench lint
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	@# a half-made venv (no pip: python3-venv missing) is made again, not reused
 	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
 	  echo "cannot create $(VENV) with $(PYTHON); on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }; }
-	@echo "installing toolkit into $(VENV) (first run takes a minute)..."
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev]' --config-settings editable_mode=compat
+	@echo "installing toolkit (base: Postgres+pgvector) into $(VENV)..."
+	@$(PIP) -e .
 	@touch $@
 
-venv: $(STAMP) ## create .venv and install the toolkit
+$(STAMP): $(BASE)
+	@echo "installing every backend, the test and dev tools into $(VENV) (first run takes a minute)..."
+	@$(PIP) -e '.[all,test,dev]'
+	@touch $@
 
-db-up: $(STAMP) ## start Postgres+pgvector (Docker, else embedded), wait, write .env
+venv: $(STAMP) ## create .venv and install the toolkit with every extra (make db-up needs only the base)
+
+db-up: $(BASE) ## start Postgres+pgvector (Docker, else embedded), wait, write .env
 	@$(TK) up
 
-db-down: $(STAMP) ## stop it (data kept)
+db-down: $(BASE) ## stop it (data kept)
 	@$(TK) down
 
-db-status: $(STAMP) ## is it running? (toolkit status --json for machines)
+db-status: $(BASE) ## is it running? (toolkit status --json for machines)
 	@$(TK) status
 
-db-logs: $(STAMP) ## the server log's tail
+db-logs: $(BASE) ## the server log's tail
 	@$(TK) logs
 
-db-psql: $(STAMP) ## open psql on the database
+db-psql: $(BASE) ## open psql on the database
 	@$(TK) psql
 
-db-reset: $(STAMP) ## stop and delete the data (asks first), then start fresh
+db-reset: $(BASE) ## stop and delete the data (asks first), then start fresh
 	@$(TK) down --purge
 	@$(TK) up
 
-env: $(STAMP) ## print the export line: eval "$$(make -s env)"
+env: $(BASE) ## print the export line: eval "$(make -s env)"
 	@$(TK) env
 
 test: $(STAMP) ## run the test suite against real servers
@@ -53,13 +62,13 @@ smoke: $(STAMP) chroma-up s3-up ## prove every archival backend works (starts th
 chroma-up: $(STAMP) ## start a Chroma server on 127.0.0.1:8000
 	@$(TK) chroma up
 
-chroma-down: $(STAMP) ## stop it
+chroma-down: $(BASE) ## stop it
 	@$(TK) chroma down
 
 s3-up: $(STAMP) ## start the S3 test server (moto) on 127.0.0.1:9000, bucket toolkit, settings into .env
 	@$(TK) s3 up
 
-s3-down: $(STAMP) ## stop it
+s3-down: $(BASE) ## stop it
 	@$(TK) s3 down
 
 # Compose v2 plugin when present, else Debian's docker-compose 1.29 (which has no --wait)
@@ -71,7 +80,7 @@ compose-up: ## docker compose: Postgres+pgvector and Chroma (TOOLKIT_PG_IMAGE=to
 compose-down: ## stop the compose services (volumes kept)
 	$(COMPOSE) -f compose/compose.yaml down
 
-image: $(STAMP) ## build the offline pgvector image (no registry needed)
+image: $(BASE) ## build the offline pgvector image (no registry needed)
 	@$(TK) image build
 
 bench: $(STAMP) ## benchmarks: ratios against the raw tools

@@ -29,6 +29,7 @@ OWN_QUERY = False
 EXAMPLE = "memory://NAME"
 SERVER = None
 SERVICE = None
+EXTRA = None
 FORMATS: dict[str, str] = {}
 ALIASES: dict[str, str] = {}
 

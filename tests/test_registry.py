@@ -93,6 +93,8 @@ NOT_A_BACKEND = {
     ("toolkit/urls.py", "postgres"): "the URL scheme postgres://, which libpq accepts",
     ("toolkit/services/registry.py", "chroma"): "the Chroma server's service name (`toolkit chroma up`)",
     ("toolkit/services/pidfile.py", "chroma"): "the Chroma server's service name, keying its process marker",
+    ("toolkit/extras.py", "chroma"): "the pip extra toolkit[chroma] (the backends name theirs in EXTRA)",
+    ("toolkit/extras.py", "lancedb"): "the pip extra toolkit[lancedb] (the backends name theirs in EXTRA)",
 }
 
 

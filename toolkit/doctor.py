@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -26,8 +25,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _port(settings),
         _env_file(settings),
         _docker(settings),
-        _module("chromadb", "Chroma backend"),
-        _module("lancedb", "LanceDB backend"),
+        *_extras(),
         _archival(settings),
         Check("psql", True, shutil.which("psql") or "not on PATH; `toolkit psql` uses the wheel's"),
     ]
@@ -104,9 +102,17 @@ def _docker(settings: Settings) -> Check:
     return Check("docker", True, f"not available ({reason}); engine auto uses embedded", "optional")
 
 
-def _module(name: str, what: str) -> Check:
-    found = importlib.util.find_spec(name) is not None
-    return Check(name, found, f"{what}: {'installed' if found else 'missing'}", "make venv")
+def _extras() -> list[Check]:
+    """One line per optional extra: installed or not. Optional: a missing one fails no check (the command
+    that needs it says so, with exit 4)."""
+    from toolkit.extras import EXTRAS
+
+    checks = []
+    for extra in EXTRAS.values():
+        gone = extra.missing()
+        state = f"not installed (no {', '.join(gone)}): {extra.install}" if gone else "installed"
+        checks.append(Check(f"extra {extra.name}", True, f"{state}; for {extra.used_by}"))
+    return checks
 
 
 def _archival(settings: Settings) -> Check:

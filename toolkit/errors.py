@@ -70,6 +70,14 @@ class ImageUnavailableError(EngineUnavailableError):
     """The Docker image is not here and cannot be pulled (offline, no registry, rate limit)."""
 
 
+class MissingPackageError(ToolkitError):
+    """A library the command needs comes in an optional extra that is not installed: it cannot run here
+    (``pip install 'toolkit[EXTRA]'``). Its own class, not an EngineUnavailableError: engine auto's
+    fallback must never swallow it."""
+
+    exit_code = 4
+
+
 class NotReadyError(ToolkitError):
     """The server did not become usable: died, timed out, refused auth, lacks the extension."""
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from toolkit import extras
 from toolkit.backends import BACKENDS, MEMGPT_DEFAULT, NotConfigured, StoreLocation, backend, open_store
 from toolkit.backends.base import Filters, Passage
 from toolkit.errors import BackendError, ToolkitError, UsageError
@@ -36,7 +37,7 @@ LATENT = 16  # intrinsic dimension of the seeded embeddings
 @dataclass(frozen=True)
 class Result:
     backend: str
-    status: str  # pass | fail | not running | timeout
+    status: str  # pass | fail | not running | not installed | timeout
     seconds: float
     detail: str
     location: str = ""
@@ -57,6 +58,7 @@ class Target:
     location: StoreLocation | None
     problem: str | None = None  # why it cannot be checked (not running, not configured)
     hint: str | None = None  # how to fix that: the command that starts the server
+    status: str | None = None  # its row's result when not checked [default: not running, or fail without a location]
 
     @property
     def why(self) -> str:
@@ -69,8 +71,18 @@ class Target:
 def targets(settings: Settings, selection: str | None, fmt: str | None = None) -> list[Target]:
     """``selection``: a backend name, ``all``, or None for the MemGPT config's backend plus postgres.
     ``fmt``: the format to write (memgpt, current, or a backend's own name), where it applies."""
-    chosen = _targets(settings, selection)
+    if selection in BACKENDS:  # the one backend asked for lacks its library: that is the whole answer (exit 4)
+        extras.require(backend(selection).EXTRA, selection)
+    chosen = [_installed(t) for t in _targets(settings, selection)]
     return [_with_format(t, fmt, chosen) for t in chosen]
+
+
+def _installed(t: Target) -> Target:
+    """``t``, or ``t`` not to be checked when its backend's library (an extra) is not installed."""
+    missing = extras.problem(backend(t.backend).EXTRA, t.backend)
+    if missing is None:
+        return t
+    return replace(t, problem=missing.message, hint=missing.hint, status="not installed")
 
 
 def _with_format(t: Target, fmt: str | None, chosen: list[Target]) -> Target:
@@ -306,7 +318,7 @@ def run(chosen: list[Target], *, n: int = 100, dim: int = 1536, timeout: float =
     for i, t in enumerate(chosen):
         if t.location is None or t.problem:
             shown = t.location.describe() if t.location else ""
-            results[i] = Result(t.backend, "not running" if t.location else "fail", 0.0, t.why, shown)
+            results[i] = Result(t.backend, t.status or ("not running" if t.location else "fail"), 0.0, t.why, shown)
             continue
         location = replace(t.location, table=f"toolkit_smoke_{uuid.uuid4().hex[:12]}")
         thread = threading.Thread(target=work, args=(i, t, location), name=f"smoke-{t.backend}", daemon=True)

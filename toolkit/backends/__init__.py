@@ -94,4 +94,7 @@ def open_store(location: StoreLocation) -> ArchivalStore:
     if not _TABLE_NAME.match(location.table):
         raise UsageError(f"invalid table name {location.table!r}",
                          hint="use 3-63 letters, digits and underscores, starting with a letter")
+    from toolkit import extras
+
+    extras.require(kind.EXTRA, kind.NAME)  # one line naming the extra, not an ImportError from deep inside
     return kind.open_store(location)

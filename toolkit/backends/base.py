@@ -218,6 +218,9 @@ class Backend(Protocol):
     def SERVICE(self) -> str | None: ...  # the helper server the toolkit runs for it (services.registry); None: none
 
     @property
+    def EXTRA(self) -> str | None: ...  # the pip extra its client comes in (toolkit/extras.py); None: the base has it
+
+    @property
     def FORMATS(self) -> Mapping[str, str]: ...  # on-disk format -> who reads it; empty: one format, any reader's
 
     @property

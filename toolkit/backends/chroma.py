@@ -51,6 +51,7 @@ OWN_QUERY = False
 EXAMPLE = "chroma:///PATH"
 SERVER = None
 SERVICE = None
+EXTRA = "chroma"  # pip install 'toolkit[chroma]'
 
 FIELDS = ("user_id", "agent_id", "doc_id", "data_source", "embedding_model", "embedding_dim", "created_at")
 _DIM = re.compile(r"dimension of (\d+), got (\d+)")  # chromadb 1.x: existing, new

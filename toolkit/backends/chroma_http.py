@@ -25,6 +25,7 @@ OWN_QUERY = False
 EXAMPLE = "chroma+http://HOST:PORT"
 SERVER = "toolkit chroma up"
 SERVICE = "chroma"  # a helper server the toolkit runs (services/registry.py)
+EXTRA = chroma.EXTRA
 FORMATS = chroma.FORMATS
 ALIASES = chroma.ALIASES
 

@@ -57,6 +57,7 @@ OWN_QUERY = False
 EXAMPLE = "lancedb:///PATH"
 SERVER = None
 SERVICE = None
+EXTRA = "lancedb"  # pip install 'toolkit[lancedb]'
 
 # format -> who reads it; lance's own name is what create_table takes as data_storage_version
 FORMATS = {"legacy": "Lance file format 0.1 (lancedb 0.3 / pylance 0.8: MemGPT 0.3.x)",

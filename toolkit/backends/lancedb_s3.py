@@ -26,6 +26,7 @@ OWN_QUERY = False
 EXAMPLE = "s3://BUCKET/PREFIX"
 SERVER = "toolkit s3 up"
 SERVICE = "s3"  # a helper server the toolkit runs (services/registry.py)
+EXTRA = lancedb.EXTRA
 FORMATS = lancedb.FORMATS
 ALIASES = lancedb.ALIASES
 DEFAULT_URI = "s3://toolkit/lancedb"  # the bucket `toolkit s3 up` creates

@@ -40,6 +40,7 @@ OWN_QUERY = False
 EXAMPLE = "local:///PATH"
 SERVER = None
 SERVICE = None
+EXTRA = None  # in the base install
 FORMATS: dict[str, str] = {}  # one format
 ALIASES: dict[str, str] = {}
 COMPACT_AFTER = 32  # segments

@@ -39,6 +39,7 @@ OWN_QUERY = True
 EXAMPLE = "a Postgres URL (postgresql://...)"
 SERVER = "toolkit up"
 SERVICE = None
+EXTRA = None  # in the base install
 FORMATS: dict[str, str] = {}  # one format
 ALIASES: dict[str, str] = {}
 URL_ENV = "PGVECTOR_TEST_DB_URL"

@@ -12,7 +12,9 @@ from toolkit.commands._common import echo, echo_json, settings_from
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.pass_context
 def doctor(ctx: click.Context, port: int | None, as_json: bool) -> None:
-    """Check Python, the embedded wheel, the port, .env, Docker and the backend libraries.
+    """Check Python, the embedded wheel, the port, .env, Docker, and which extras are installed.
+
+    An extra not installed (chroma, lancedb, s3: pip install 'toolkit[all]') is reported, not failed.
 
     Exits 1 when a check fails; each failing line says how to fix it.
     """

@@ -29,7 +29,8 @@ def smoke(ctx: click.Context, backend: str | None, count: int, dim: int, timeout
     Each backend is checked in a temporary table that is dropped afterwards, all in parallel.
     Servers are not started for you: a stopped one is reported with the command that starts it
     (toolkit up, toolkit chroma up, toolkit s3 up). Exit 0 only when every check passes; 6 when
-    no backend could be checked at all (the one asked for is not running).
+    no backend could be checked at all (the one asked for is not running); 4 when the one asked for
+    needs a library of an extra that is not installed (pip install 'toolkit[chroma]', [lancedb]).
 
     A Chroma directory another client generation wrote (MemGPT 0.3.x's chromadb 0.5) is checked on a
     private copy, through that client in an isolated environment: the directory stays as it was.

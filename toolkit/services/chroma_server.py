@@ -74,10 +74,12 @@ def start(settings: Settings, *, port: int | None, timeout: float, progress: Pro
     """`chroma up`: the format to serve (``options["fmt"]``, else what the data holds, else the default),
     refused when a server of another format already answers on the port (ours or not: its clients would
     get the wrong format), then the server started and awaited."""
+    from toolkit import extras
     from toolkit.backends import formats
     from toolkit.backends.chroma import describe, server_format
     from toolkit.errors import UsageError
 
+    extras.require("chroma", "toolkit chroma up")  # chromadb 1.x serves, uv builds the older ones' environment
     where = Path(options["path"]).absolute() if options.get("path") else None
     chosen = format_to_serve(settings, formats.normalize("chroma", options.get("fmt")), where)
     # the default port (none given, no server of ours running): another one when something holds it

@@ -89,9 +89,10 @@ def start(settings: Settings, *, port: int | None, timeout: float, progress: Pro
           options: Mapping[str, Any]) -> Report:
     """`s3 up`: the server started and awaited, the bucket created, and (unless ``options["no_export"]``)
     its settings written into the .env, keeping the AWS keys already there."""
-    from toolkit import envfile, state
+    from toolkit import envfile, extras, state
     from toolkit.settings import read_dotenv
 
+    extras.require("s3", "toolkit s3 up")
     # the default port (none given; the .env's endpoint, when `s3 up` wrote it, is one): another one
     # when something holds it, and that one written into .env
     movable = port is None and not chosen_address(settings)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import proc
-from toolkit.errors import BackendError
+from toolkit.errors import BackendError, MissingPackageError
+from toolkit.extras import EXTRAS
 
 READY = ".toolkit-ready"
 
@@ -113,5 +114,5 @@ def _uv() -> str:
         found = shutil.which("uv")
         if found:
             return found
-    raise BackendError("uv is not installed; it builds the environment of the older client",
-                       hint="pip install uv (the toolkit's own install brings it)")
+    raise MissingPackageError("the older client's environment needs the uv package, which is not installed",
+                              hint=EXTRAS["chroma"].install)
