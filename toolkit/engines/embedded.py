@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import bootstrap, libpq, perms, proc
-from toolkit.engines.base import Endpoint, EngineStatus, Progress, quiet
+from toolkit.engines.base import Choice, Endpoint, EngineStatus, Progress, quiet
 from toolkit.engines.wheel import bin_path, install_dir
 from toolkit.errors import ConfigError, NotReadyError, PortInUseError, ToolkitError
 from toolkit.health import PgProbe, Transient, wait_ready
-from toolkit.ports import check_free, connect_host
+from toolkit.ports import check_free, connect_host, own_port, port_holder, port_is_free
 from toolkit.settings import Settings
 from toolkit.urls import PgUrl, redact
 
@@ -81,6 +81,15 @@ class EmbeddedEngine:
 
     def endpoint(self) -> Endpoint:
         return Endpoint(self.db.url())
+
+    def choose_free(self) -> list[Choice]:
+        """The port, when nobody gave it and another server holds it (another checkout's, anyone's): a
+        port of this project's own. A running server of ours keeps its port (up checks it matches)."""
+        db = self.db
+        if not self.settings.may_choose("db.port") or self._running_pid() is not None or port_is_free(db.bind, db.port):
+            return []
+        holder = port_holder(db.port) or "another process"
+        return [Choice("db.port", own_port(db.bind, str(self.settings.project_dir)), db.port, holder)]
 
     def down(self, *, purge: bool = False) -> None:
         if self.home.exists() or self.home.is_symlink():
@@ -260,23 +269,23 @@ class EmbeddedEngine:
     def _wait(self, url: PgUrl, *, extension: bool = True) -> None:
         probe = PgProbe(url, extension=extension)
 
-        def probe_then_ours() -> None:
+        def ours_then_probe() -> None:
+            self._ours_ready()
             probe()
-            self._answered_by_ours()
 
-        wait_ready(probe_then_ours, timeout=self.settings.timeout, what="postgres (embedded)",
+        wait_ready(ours_then_probe, timeout=self.settings.timeout, what="postgres (embedded)",
                    alive=self._alive, log_tail=self.logs, secrets=self.settings.secrets)
 
-    def _answered_by_ours(self) -> None:
-        """The server that just answered is the one this call started only if its postmaster.pid says
-        "ready" (Postgres writes that as it starts accepting connections): else another checkout's
-        server won a race for the port, and we wait until ours is ready or dies of it. Checked after
-        the probe, not before: polling the file first would delay every start by a backoff step."""
+    def _ours_ready(self) -> None:
+        """The server this call started says "ready" in its postmaster.pid (Postgres writes that as it
+        starts accepting connections); until then no connection is tried: one while it starts up is
+        refused with a FATAL line in the server log, and one that another checkout's server answers
+        (it won a race for the port) is not ours. Reading the file costs less than the connection it saves."""
         if self._server is None:
             return
         info = self._postmaster_info()
         if info.get("pid") != self._server.pid or info.get("status") != "ready":
-            raise Transient("start", "the server answering is not (yet) the one this call started")
+            raise Transient("start", "the server this call started is not ready yet")
 
     def _alive(self) -> str | None:
         if self._server is None:
