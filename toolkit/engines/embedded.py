@@ -39,6 +39,7 @@ SUPERUSER = "postgres"
 STOP_TIMEOUT = 30.0
 INITDB_PWFILE = ".initdb.pw"
 INITDB_TIMEOUT = 300
+READY_SPIN = 0.2  # seconds a readiness check follows a server that says it is starting
 LOG_READ = 256 * 1024  # bytes of the log's end that `logs` reads
 HBA_MARK = "# toolkit: --bind beyond loopback"
 _SERVER_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
@@ -283,9 +284,16 @@ class EmbeddedEngine:
         (it won a race for the port) is not ours. Reading the file costs less than the connection it saves."""
         if self._server is None:
             return
-        info = self._postmaster_info()
-        if info.get("pid") != self._server.pid or info.get("status") != "ready":
-            raise Transient("start", "the server this call started is not ready yet")
+        # the file says "starting" from the moment the server listens until it is ready, usually a few ms:
+        # polled closely meanwhile (a read costs microseconds), rather than at the readiness backoff's steps
+        deadline = time.monotonic() + READY_SPIN
+        while True:
+            info = self._postmaster_info()
+            if info.get("pid") == self._server.pid and info.get("status") == "ready":
+                return
+            if info.get("status") != "starting" or time.monotonic() > deadline or self._server.poll() is not None:
+                raise Transient("start", "the server this call started is not ready yet")
+            time.sleep(0.002)
 
     def _alive(self) -> str | None:
         if self._server is None:
