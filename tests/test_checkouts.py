@@ -55,7 +55,7 @@ def test_two_checkouts_both_serve_with_no_flags(checkouts: tuple[Path, Path]) ->
     assert second.returncode == 0, second.stderr
     said = re.search(rf"port {default} is held by (.+); this project uses port (\d+)", second.stderr)
     assert said, second.stderr
-    assert "postgres" in said.group(1)  # the holder: checkout a's server
+    assert f"the toolkit's embedded server with data in {a}" in said.group(1)  # the holder: checkout a's server
     own = int(said.group(2))
     assert own != default
     result = json.loads(second.stdout)

@@ -443,9 +443,9 @@ class DockerEngine:
         except NotFound:
             return None
         if container.labels.get(f"{LABEL}.managed") != "true":
-            raise ToolkitError(f"container {container.name} exists but was not created by the toolkit; leaving it alone",
-                               hint=f"remove it (docker rm -f {container.name}) or pick another name with "
-                                    "TOOLKIT_PG_CONTAINER")
+            raise InUseError(f"container {container.name} exists but was not created by the toolkit; leaving it alone",
+                             hint=f"remove it (docker rm -f {container.name}) or pick another name with "
+                                  "TOOLKIT_PG_CONTAINER")
         self._check_project("container", container.name, container.labels)
         return container
 
@@ -453,7 +453,7 @@ class DockerEngine:
         """The default names are the same in every checkout: never take over another project's."""
         owner = found.get(f"{LABEL}.project")
         if owner is not None and owner != str(self.settings.project_dir):
-            raise ToolkitError(
+            raise InUseError(
                 f"{kind} {name} belongs to the toolkit project at {owner}; leaving it alone",
                 hint=f"run `toolkit down` there, or give this project its own names with TOOLKIT_PG_CONTAINER and "
                      f"TOOLKIT_PG_VOLUME (if that project moved here: docker rm -f {name} keeps the data volume)"

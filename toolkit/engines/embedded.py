@@ -89,8 +89,7 @@ class EmbeddedEngine:
         db = self.db
         if not self.settings.may_choose("db.port") or self._running_pid() is not None or port_is_free(db.bind, db.port):
             return []
-        holder = port_holder(db.port) or "another process"
-        return [Choice("db.port", own_port(db.bind, str(self.settings.project_dir)), db.port, holder)]
+        return [Choice("db.port", own_port(db.bind, str(self.settings.project_dir)), db.port, _holder(db.port))]
 
     def down(self, *, purge: bool = False) -> None:
         if self.home.exists() or self.home.is_symlink():
@@ -407,6 +406,21 @@ def server_env() -> dict[str, str]:
     """What initdb and the server inherit: locale and path, never a password, key or token of the
     toolkit's or the user's (a server's environment is readable by its system user)."""
     return {k: v for k, v in os.environ.items() if k in _SERVER_ENV or k.startswith("LC_")}
+
+
+def _holder(port: int) -> str:
+    """Who listens on ``port``: another checkout's embedded server by its data dir, else the process."""
+    import re
+
+    holder = port_holder(port) or "another process"
+    found = re.match(r"pid (\d+) \(postgres", holder)
+    try:
+        cwd = Path(os.readlink(f"/proc/{found.group(1)}/cwd")) if found else None
+    except OSError:
+        cwd = None
+    if cwd is not None and cwd.parts[-2:] == ("embedded", "pgdata"):
+        return f"{holder}, the toolkit's embedded server with data in {cwd}"
+    return holder
 
 
 def _loopback_only(bind: str) -> bool:
