@@ -262,3 +262,30 @@ def test_an_external_servers_data_is_never_offered_for_deletion(pg_url: str, iso
     wrong = run_toolkit("up", env={**external, "TOOLKIT_PG_URL": pg_url.replace("memgpt:memgpt@", "memgpt:wrong@")})
     assert wrong.returncode == 5 and "password authentication failed" in wrong.stderr
     assert "--purge" not in wrong.stderr and "managed elsewhere" in wrong.stderr
+
+
+@pytest.mark.docker
+def test_the_seeds_own_container_on_the_defaults_is_left_alone(checkouts: tuple[Path, Path], docker_api: Any,
+                                                               offline_image: str, made: dict[str, list[str]]) -> None:
+    """run_postgres.sh's container (no toolkit labels) runs under the default name, on the default volume and
+    port: `up` with no flags takes names and a port of its own, and touches none of it."""
+    a, _ = checkouts
+    container, volume = _names_for(made, a)
+    default = free_port()
+    seed = docker_api.containers.run(offline_image, ["sleep", "600"], entrypoint=[], name=container, detach=True,
+                                     volumes={volume: {"bind": "/data", "mode": "rw"}},
+                                     ports={"5432/tcp": ("127.0.0.1", default)})
+    up = run_toolkit_with_defaults({"db.port": default, "container": container, "volume": volume}, "up", "--json",
+                                   cwd=a, env=fresh_env(TOOLKIT_PG_IMAGE=offline_image))
+    assert up.returncode == 0, up.stderr
+    chosen = {c["setting"]: c for c in json.loads(up.stdout)["chosen"]}
+    assert chosen["container"]["held_by"] == "a container the toolkit did not create (running)"
+    assert chosen["volume"]["held_by"] == f"the running container {container}"
+    assert chosen["db.port"]["held_by"] == f"container {container}"
+    seed.reload()
+    assert seed.status == "running" and volume in [m["Name"] for m in seed.attrs["Mounts"]]
+    ours = docker_api.containers.get(chosen["container"]["value"])
+    assert [m["Name"] for m in ours.attrs["Mounts"]] == [chosen["volume"]["value"]] and ours.status == "running"
+    assert run_toolkit("down", "--purge", "--yes", cwd=a, env=fresh_env()).returncode == 0
+    seed.reload()
+    assert seed.status == "running" and docker_api.volumes.get(volume)
