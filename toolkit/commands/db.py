@@ -25,7 +25,9 @@ def db_options(func: F) -> F:
     """Flags every database command shares; each overrides TOOLKIT_* / .env / defaults."""
     options = [
         click.option("--engine", type=click.Choice(ENGINES), help="Where Postgres runs [default: auto]."),
-        click.option("--port", type=click.IntRange(1, 65535), help="Port on this machine [default: 8888]."),
+        click.option("--port", type=click.IntRange(1, 65535),
+                     help="Port on this machine [default: the last `up`'s; else 8888, or this project's own when "
+                          "8888 is held]."),
         click.option("--user", help="Application role [default: memgpt]."),
         click.option("--password", help="Its password [default: memgpt]; prefer TOOLKIT_PG_PASSWORD."),
         click.option("--database", help="Database name [default: memgpt]."),
