@@ -38,6 +38,39 @@ def run_toolkit(*args: str, cwd: Path | None = None, env: dict[str, str] | None 
                           cwd=cwd or Path.cwd(), env={**os.environ, **(env or {})}, input=input, timeout=timeout)
 
 
+# the CLI, with the settings' defaults replaced first (argv[1]: JSON of field names to values)
+_WITH_DEFAULTS = """
+import dataclasses, json, sys
+import toolkit.settings as s
+wanted = json.loads(sys.argv.pop(1))
+def with_defaults(cls, values):
+    return dataclasses.make_dataclass(cls.__name__, [(k, type(v), dataclasses.field(default=v)) for k, v in values.items()],
+                                      bases=(cls,), frozen=True)
+s.DbParams = with_defaults(s.DbParams, {k[3:]: v for k, v in wanted.items() if k.startswith("db.")})
+s.Settings = with_defaults(s.Settings, {k: v for k, v in wanted.items() if not k.startswith("db.")})
+from toolkit.cli import main
+sys.argv[0] = "toolkit"
+main()
+"""
+
+
+def run_toolkit_with_defaults(defaults: dict[str, Any], *args: str, cwd: Path, env: dict[str, str],
+                              timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess whose defaults are ``defaults`` (``{"db.port": 41234, "container": ...}``)
+    and whose environment is ``env`` alone: the seed's defaults (port 8888, container memgpt-db-test) are
+    every checkout's, so a test that needs "the defaults" must not take the real ones from the user."""
+    import json
+
+    return subprocess.run([sys.executable, "-c", _WITH_DEFAULTS, json.dumps(defaults), *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def fresh_env(**extra: str) -> dict[str, str]:
+    """A new shell's environment: the test's, without any TOOLKIT_* variable or PGVECTOR_TEST_DB_URL."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("TOOLKIT_") and k != "PGVECTOR_TEST_DB_URL"},
+            **extra}
+
+
 def spawn_toolkit(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
                   **popen_kwargs: Any) -> subprocess.Popen[str]:
     """Start the real CLI without waiting for it, stdout and stderr piped (read them with

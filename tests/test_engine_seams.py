@@ -40,6 +40,9 @@ class FakeEngine:
     def endpoint(self) -> Endpoint:
         return Endpoint(PgUrl("fake_role", "s3cret/:@", "fake-host", 6543, "fake db"))
 
+    def choose_free(self) -> list[Any]:
+        return []
+
     def down(self, *, purge: bool = False) -> None:
         FakeEngine.calls.append("down")
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from toolkit import engines, envfile, state
-from toolkit.engines.base import Progress, quiet
-from toolkit.errors import ImageUnavailableError
+from toolkit.engines.base import Choice, Endpoint, Engine, Progress, quiet
+from toolkit.errors import ImageUnavailableError, InUseError
 from toolkit.lock import state_lock
 from toolkit.settings import Settings, resolve
 from toolkit.urls import PgUrl, parse
@@ -29,6 +29,8 @@ class UpResult:
     env_file: Path
     env_changed: bool
     note: str | None = None
+    chosen: tuple[Choice, ...] = ()  # values this project took because the defaults were held
+    settings: Settings | None = field(default=None, compare=False, repr=False)  # what the server runs with
 
     def line(self) -> str:
         where = f"PGVECTOR_TEST_DB_URL written to {self.env_file.name}" if self.env_changed else \
@@ -37,7 +39,7 @@ class UpResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"engine": self.engine, "url": self.url.redacted(), "ready": True, "env_file": str(self.env_file),
-                "env_changed": self.env_changed, "note": self.note}
+                "env_changed": self.env_changed, "note": self.note, "chosen": [c.as_dict() for c in self.chosen]}
 
 
 def database_url(settings: Settings) -> PgUrl:
@@ -75,31 +77,64 @@ def _up(settings: Settings, *, export: bool, progress: Progress = quiet) -> UpRe
     """``up`` for a caller that holds the lock. The URL is the one the engine that started the server
     hands back."""
     state.check_recordable(settings.state_dir)
+    given = settings
     engine, note = engines.select(settings, starting=True)
     try:
-        endpoint = engine.up(progress=progress)
+        engine, settings, chosen, endpoint = _start(engine, settings, progress)
     except ImageUnavailableError as exc:
-        # auto chose Docker, but the image cannot be had here (no registry): what works is the
-        # embedded engine. An explicit --engine docker, or a project already on Docker, fails instead.
-        if settings.engine != "auto" or engine.name != "docker" or engines.remembered(settings) is not None:
+        if not engines.falls_back(given, engine):
             raise
-        engine = engines.load("embedded", settings)
-        note = (f"{exc.message}; using the embedded engine (for Docker without a registry: "
-                "`toolkit image build`, then TOOLKIT_PG_IMAGE=toolkit/pgvector-offline:pg18)")
-        endpoint = engine.up(progress=progress)
+        engine, settings, chosen, endpoint = _start(engines.load("embedded", given), given, progress)
+        note = engines.fallback_note(exc)
     if engine.name != "external":
         engines.remember(settings, engine.name)
     changed = envfile.write(settings.env_file, env_values(settings, endpoint.url)) if export else False
-    return UpResult(engine.name, endpoint.url, settings.env_file, changed, note)
+    return UpResult(engine.name, endpoint.url, settings.env_file, changed, note, tuple(chosen), settings)
+
+
+def _start(engine: Engine, settings: Settings, progress: Progress) -> tuple[Engine, Settings, list[Choice], Endpoint]:
+    """``engine.up`` with this project's own values where defaults are held; when another checkout took one
+    a moment ago (the same default port, the same container name), its own are chosen once more."""
+    engine, settings, chosen = _choose_free(engine, settings, progress)
+    try:
+        return engine, settings, chosen, engine.up(progress=progress)
+    except InUseError:
+        engine, settings, again = _choose_free(engine, settings, progress)
+        if not again:
+            raise  # a value given (flag, environment, .env) is never replaced: who holds it is the answer
+        return engine, settings, chosen + again, engine.up(progress=progress)
+
+
+def _choose_free(engine: Engine, settings: Settings, progress: Progress) -> tuple[Engine, Settings, list[Choice]]:
+    """The engine and settings with this project's own values where a default is held by another project
+    or server (said through ``progress``); a given value is never replaced (the engine then says who holds it)."""
+    chosen = engine.choose_free()
+    if not chosen:
+        return engine, settings, []
+    for choice in chosen:
+        progress(choice.line())
+    settings = settings.choosing({c.setting: c.value for c in chosen})
+    return engines.load(engine.name, settings), settings, chosen
 
 
 def down(settings: Settings, *, purge: bool = False) -> str:
     with _lifecycle(settings, "down --purge" if purge else "down"):
         engine, _ = engines.select(settings)
         engine.down(purge=purge)
-        if purge:
+        if purge and engine.name != "external":  # an external server's data is not ours: nor is the record's
             state.forget(settings.state_dir)
     return engine.name
+
+
+def data_location(settings: Settings) -> str | None:
+    """Where ``down --purge`` would delete this project's data, for the question it asks; None for an
+    external server (its data is not the toolkit's to delete)."""
+    engine, _ = engines.select(settings)
+    if engine.name == "external":
+        return None
+    if engine.name == "docker":
+        return f"Docker volume {settings.volume}"
+    return str(settings.state_dir / engine.name)
 
 
 def down_all(settings: Settings, *, purge: bool = False) -> list[str]:
@@ -162,9 +197,11 @@ def postgres(*, engine: str = "embedded", keep: bool = False, export: bool = Fal
         with _lifecycle(resolved, "up"):
             # decided under the lock: the server this call finds stopped is the one it must stop
             used, _ = engines.select(resolved, starting=True)
+            used, resolved, _ = _choose_free(used, resolved, quiet)  # its own names, as `up` will take them
             stop = not keep and not used.status().running
             result = _up(resolved, export=export)
-        if result.engine != used.name:  # auto fell back to another engine
+        if result.settings is not None:  # the settings it runs with: auto's fallback, names and port of its own
+            resolved = result.settings
             used = engines.load(result.engine, resolved)
         yield Database(result.url.render("pg8000"), resolved)
     finally:

@@ -61,12 +61,18 @@ def _port(settings: Settings) -> Check:
     ours = _our_server(settings)
     if ours is not None:  # taken by our own server is fine
         return Check("port", True, f"{db.bind}:{db.port} is held by the toolkit's own server ({ours})")
-    holder = port_holder(db.port) or "another process"
+    choice = _port_choice(settings)
+    if choice is not None:  # nobody gave the port: `up` takes one of this project's own
+        return Check("port", True, f"{db.bind}:{db.port} is held by {choice.holder}; `toolkit up` will use port "
+                                   f"{choice.value} (this project's own)")
+    container = _container_on(settings)
+    holder = f"container {container[0]}" if container else port_holder(db.port) or "another process"
     return Check("port", False, f"{db.bind}:{db.port} is held by {holder}", "use --port N or TOOLKIT_PG_PORT")
 
 
 def _our_server(settings: Settings) -> str | None:
-    """The engine whose server runs on the settings' port, asked through the Engine Protocol."""
+    """The engine whose server runs on the settings' port, asked through the Engine Protocol; or a
+    container labelled as this project's publishing it (docker-proxy is what the OS sees)."""
     from toolkit import engines
     from toolkit.errors import ToolkitError
 
@@ -74,11 +80,34 @@ def _our_server(settings: Settings) -> str | None:
         engine, _ = engines.select(settings)
         found = engine.status()
     except ToolkitError:
+        found = None
+    if found is not None and engine.name != "external" and found.running \
+            and found.extra.get("port", settings.db.port) == settings.db.port:
+        return engine.name
+    container = _container_on(settings)
+    if container is not None and container[1] == str(settings.project_dir):
+        return f"docker: container {container[0]}"
+    return None
+
+
+def _container_on(settings: Settings) -> tuple[str, str | None] | None:
+    try:
+        from toolkit.engines.docker import container_publishing
+    except ImportError:
         return None
-    if engine.name == "external" or not found.running:
+    return container_publishing(settings, settings.db.port)
+
+
+def _port_choice(settings: Settings):  # type: ignore[no-untyped-def]
+    """The port `up` would take instead, when nobody gave it and another holds it."""
+    from toolkit import engines
+    from toolkit.errors import ToolkitError
+
+    try:
+        engine, _ = engines.select(settings, starting=True)
+        return next((c for c in engine.choose_free() if c.setting == "db.port"), None)
+    except ToolkitError:
         return None
-    port = found.extra.get("port", settings.db.port)
-    return engine.name if port == settings.db.port else None
 
 
 def _env_file(settings: Settings) -> Check:
@@ -94,12 +123,17 @@ def _env_file(settings: Settings) -> Check:
 
 
 def _docker(settings: Settings) -> Check:
-    from toolkit.engines import docker_unavailable_reason
+    from toolkit import engines
+    from toolkit.errors import ToolkitError
 
-    reason = docker_unavailable_reason(settings)
+    reason = engines.docker_unavailable_reason(settings)
+    try:
+        name, why = engines.plan(settings)
+    except ToolkitError as exc:
+        return Check("docker", False, exc.message, exc.hint or "")
     if reason is None:
-        return Check("docker", True, "an engine answers; engine auto would use it")
-    return Check("docker", True, f"not available ({reason}); engine auto uses embedded", "optional")
+        return Check("docker", True, f"an engine answers; `toolkit up` would use the {name} engine ({why})")
+    return Check("docker", True, f"not available ({reason}); `toolkit up` would use the {name} engine", "optional")
 
 
 def _extras() -> list[Check]:

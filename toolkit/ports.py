@@ -71,6 +71,26 @@ def port_holder(port: int) -> str | None:
     return None
 
 
+OWN_PORTS = (20000, 30000)  # where a project's own port is derived: below Linux's ephemeral range (32768-)
+
+
+def own_port(bind: str, seed: str) -> int:
+    """A port free on ``bind`` now for the project ``seed`` names: derived from it, so the same project
+    gets the same port each time it must choose one (while it stays free), two projects different ones."""
+    import hashlib
+
+    low, high = OWN_PORTS
+    start = int(hashlib.sha256(seed.encode()).hexdigest(), 16) % (high - low)
+    for step in range(64):
+        port = low + (start + step) % (high - low)
+        if port_is_free(bind, port):
+            return port
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:  # a crowded range: any port the OS says is free
+        sock.bind((bind.split(",")[0].strip(), 0))
+        return int(sock.getsockname()[1])
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the OS considers free now (for tests and benchmarks)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -1,7 +1,7 @@
-"""Configuration, resolved once: flags > environment (``TOOLKIT_*``) > ``.env`` > defaults (the port:
-the last ``toolkit up``'s, then 8888; the Chroma port: that of the toolkit's Chroma server running here,
-then 8000). ``sources`` says where each value came from, so a value the toolkit itself wrote into .env
-(``toolkit s3 up``'s endpoint) is not taken for the user's choice.
+"""Configuration, resolved once: flags > environment (``TOOLKIT_*``) > ``.env`` > what the last ``toolkit up``
+here used (``RECORDED``: its port, Docker names, database parameters) > defaults (the Chroma port: that of
+the toolkit's Chroma server running here, then 8000). ``sources`` says where each value came from, so a
+value the toolkit itself wrote into .env (``toolkit s3 up``'s endpoint) is not taken for the user's choice.
 
 ``resolve()`` builds one frozen ``Settings``; nothing else in the package reads ``os.environ`` for
 toolkit settings. To add a setting, add a field to ``Settings`` and one row to ``FIELDS``.
@@ -22,6 +22,8 @@ from toolkit.urls import PgUrl
 ENGINES = ("auto", "docker", "embedded", "external")
 RUNNING_SERVER = "the toolkit's running {} server"  # the source of a port taken from a server's pid file
 WRITTEN_BY_TOOLKIT = "{} (written by the toolkit)"  # the source of a .env value a toolkit command wrote
+LAST_UP = "last `toolkit up`"  # the source of a value the last `toolkit up` here used
+CHOSEN = "chosen by `toolkit up`"  # a default another project or server held: this project's own
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,11 @@ class Settings:
     switch_engine: bool = False  # up: start an engine other than the one holding the data (an empty database)
 
     # where each value came from ("flag", "environment", ".env", a record of the toolkit's: RUNNING_SERVER,
-    # WRITTEN_BY_TOOLKIT); a default has none. For `toolkit status`/doctor, and to tell the user's choice
+    # WRITTEN_BY_TOOLKIT, LAST_UP, CHOSEN); a default has none. For `toolkit status`/doctor, and to tell the
+    # user's choice
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # recorded values that the last `up` chose itself (defaults, or its own when a default was held)
+    chosen: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)
 
     def user_chose(self, *names: str) -> bool:
         """Did the user give any of these settings (a flag, the environment, a line of .env the toolkit
@@ -78,6 +83,30 @@ class Settings:
 
     def with_db(self, **changes: Any) -> Settings:
         return replace(self, db=replace(self.db, **changes))
+
+    def may_choose(self, name: str) -> bool:
+        """May ``up`` replace this value when another server or project holds it? Only when nobody gave
+        it: a default, or a value an earlier ``up`` chose the same way. A given value is never replaced."""
+        return name not in self.sources or name in self.chosen
+
+    def value(self, name: str) -> Any:
+        return getattr(self.db, name[3:]) if name.startswith("db.") else getattr(self, name)
+
+    def choosing(self, values: Mapping[str, Any]) -> Settings:
+        """These settings with ``values`` (field names) that ``up`` chose, marked as chosen."""
+        top = {k: v for k, v in values.items() if not k.startswith("db.")}
+        db = replace(self.db, **{k[3:]: v for k, v in values.items() if k.startswith("db.")})
+        return replace(self, db=db, sources={**self.sources, **dict.fromkeys(values, CHOSEN)},
+                       chosen=self.chosen | set(values), **top)
+
+    def recorded(self, engine: str) -> tuple[dict[str, Any], list[str]]:
+        """What ``state.record_up`` keeps of these settings for ``engine``: its values by record key (the
+        password only when not the default; Docker's names only for Docker), and the keys chosen."""
+        values = {key: self.value(name) for name, key in RECORDED.items()
+                  if engine == "docker" or name not in DOCKER_ONLY}
+        if values.get("password") == DbParams.password:
+            del values["password"]
+        return values, [RECORDED[name] for name in RECORDED if RECORDED[name] in values and self.may_choose(name)]
 
     @property
     def chroma_dir(self) -> Path:
@@ -199,6 +228,11 @@ FIELDS: tuple[Field, ...] = (
           "up: start another engine than the one holding the data, with an empty database"),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
+# what `toolkit up` records and later commands use, below .env (setting -> key in the state record); not the
+# bind address: a server exposed to the network with --bind once is not exposed again by a plain `up`
+RECORDED = {"db.port": "port", "db.user": "user", "db.password": "password", "db.database": "database",
+            "db.host": "host", "container": "container", "volume": "volume", "image": "image"}
+DOCKER_ONLY = ("container", "volume", "image")
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -265,22 +299,30 @@ def resolve(
     if flags:
         raise UsageError(f"unknown setting(s): {', '.join(sorted(flags))}")
 
-    top = {k: v for k, v in values.items() if not k.startswith("db.")}
-    state_dir = Path(top.pop("state_dir", root / ".toolkit")).expanduser()
+    state_dir = Path(values.pop("state_dir", root / ".toolkit")).expanduser()
     if not state_dir.is_absolute():
         state_dir = root / state_dir
-    if "db.port" not in values:
-        # below .env, above the default: the port the last `toolkit up` here used (its server's)
-        port = last_up(state_dir).get("port")
-        if port is not None:
-            values["db.port"], sources["db.port"] = port, "last `toolkit up`"
+    record = last_up(state_dir)
+    chosen = set()
+    for name, key in RECORDED.items():
+        # below .env, above the default: what the last `toolkit up` here used (its server's)
+        if name in values or key not in record:
+            continue
+        try:
+            value = FIELD_BY_NAME[name].parse(record[key]) if isinstance(record[key], str) else record[key]
+        except ValueError:
+            continue  # a record edited by hand: the default, as without one
+        values[name], sources[name] = value, LAST_UP
+        if key in record.get("chosen", ()):
+            chosen.add(name)
+    top = {k: v for k, v in values.items() if not k.startswith("db.")}
     if "chroma_port" not in values:
         # below .env, above the default: the port the toolkit's Chroma server of this checkout runs on
         from toolkit.services import pidfile
 
-        record = pidfile.running(state_dir, "chroma")
-        if record is not None and record.port is not None:
-            top["chroma_port"], sources["chroma_port"] = record.port, RUNNING_SERVER.format("chroma")
+        running = pidfile.running(state_dir, "chroma")
+        if running is not None and running.port is not None:
+            top["chroma_port"], sources["chroma_port"] = running.port, RUNNING_SERVER.format("chroma")
     written = exported(state_dir)
     for setting in FIELDS:
         if sources.get(setting.name) == env_file.name and written.get(setting.env) == dotenv.get(setting.env):
@@ -292,4 +334,5 @@ def resolve(
             top[key] = path if path.is_absolute() else root / path
     known = {f.name for f in fields(Settings)}
     assert set(top) <= known, set(top) - known
-    return Settings(project_dir=root, env_file=env_file, state_dir=state_dir, db=db, sources=sources, **top)
+    return Settings(project_dir=root, env_file=env_file, state_dir=state_dir, db=db, sources=sources,
+                    chosen=frozenset(chosen), **top)

@@ -1,13 +1,20 @@
-"""What the last ``toolkit up`` of a state dir used: its engine and port.
+"""What the last ``toolkit up`` of a state dir used: its engine, port, Docker names and database parameters,
+and which of them it chose itself (a default, or a value of its own when the default was held by another).
 
 ``engines.select`` keeps to that engine (a Docker daemon that appears later never starts a second
-database beside the data), and settings take that port as the default, so ``env``, ``psql``,
-``status`` and ``down`` follow the server that runs after ``toolkit up --port N``.
+database beside the data), and settings take the recorded values below flags, environment and ``.env``,
+so ``env``, ``psql``, ``status``, ``down``, ``logs`` and ``smoke`` follow the server that ``toolkit up``
+started, in any shell, however its settings were given.
+
+The record may hold the application role's password (when it is not the default): the state dir already
+holds the embedded superuser's, and the record is written 0600 in one step. ``.env``'s URL is not read
+back instead: ``up --no-export`` writes none, and it is the user's file (edited, pointed elsewhere).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +22,13 @@ from toolkit import perms
 from toolkit.errors import ConfigError
 
 RECORD = "engine"  # <state_dir>/engine: JSON; older toolkits wrote the engine's name alone
+# values a record may hold besides engine and port (strings), and "chosen": the keys up chose itself
+VALUES = ("user", "password", "database", "host", "container", "volume", "image")
 
 
 def last_up(state_dir: Path) -> dict[str, Any]:
-    """``{"engine": str, "port": int}`` as far as the record holds them; {} for no record or a damaged one."""
+    """``{"engine": str, "port": int, <VALUES>: str, "chosen": [key]}`` as far as the record holds them;
+    {} for no record or a damaged one."""
     try:
         text = (state_dir / RECORD).read_text().strip()
     except (OSError, UnicodeDecodeError):
@@ -37,6 +47,12 @@ def last_up(state_dir: Path) -> dict[str, Any]:
     port = data.get("port")
     if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535:
         record["port"] = port
+    for key in VALUES:
+        if isinstance(data.get(key), str) and data[key]:
+            record[key] = data[key]
+    chosen = data.get("chosen")
+    if isinstance(chosen, list):
+        record["chosen"] = [key for key in chosen if isinstance(key, str) and key in record]
     return record
 
 
@@ -48,8 +64,15 @@ def check_recordable(state_dir: Path) -> None:
                           hint="move that directory away, then run the command again")
 
 
-def record_up(state_dir: Path, engine: str, port: int) -> None:
-    wanted = {"engine": engine, "port": port}
+def record_up(state_dir: Path, engine: str, port: int, values: Mapping[str, str] | None = None,
+              chosen: Iterable[str] = ()) -> None:
+    """Record what ``up`` used; ``chosen``: the keys whose values were not given (a default, or chosen
+    because the default was held), which a later ``up`` may choose again."""
+    wanted: dict[str, Any] = {"engine": engine, "port": port}
+    wanted.update({k: v for k, v in (values or {}).items() if k in VALUES and v})
+    picked = sorted(k for k in set(chosen) if k in wanted)
+    if picked:
+        wanted["chosen"] = picked
     if last_up(state_dir) == wanted:
         return  # a warm `up` writes nothing
     path = state_dir / RECORD

@@ -25,7 +25,9 @@ def db_options(func: F) -> F:
     """Flags every database command shares; each overrides TOOLKIT_* / .env / defaults."""
     options = [
         click.option("--engine", type=click.Choice(ENGINES), help="Where Postgres runs [default: auto]."),
-        click.option("--port", type=click.IntRange(1, 65535), help="Port on this machine [default: 8888]."),
+        click.option("--port", type=click.IntRange(1, 65535),
+                     help="Port on this machine [default: the last `up`'s; else 8888, or this project's own when "
+                          "8888 is held]."),
         click.option("--user", help="Application role [default: memgpt]."),
         click.option("--password", help="Its password [default: memgpt]; prefer TOOLKIT_PG_PASSWORD."),
         click.option("--database", help="Database name [default: memgpt]."),
@@ -101,10 +103,14 @@ def down(ctx: click.Context, purge: bool, yes: bool, all_: bool, **kwargs: Any) 
         removed = api.down_all(settings, purge=purge)
         echo(f"removed {len(removed)}: {', '.join(removed) or 'nothing labelled as this project'}", settings)
         return
-    if purge:
-        confirm_or_abort(f"delete all data of the {settings.db.database!r} database under {settings.state_dir}",
-                         yes=yes)
+    where = api.data_location(settings) if purge else None
+    if where is not None:
+        confirm_or_abort(f"delete all data of the {settings.db.database!r} database in {where}", yes=yes)
     engine = api.down(settings, purge=purge)
+    if engine == "external":
+        echo("the external server is managed elsewhere: nothing stopped" +
+             ("; nothing deleted (its data is not the toolkit's)" if purge else ""), settings)
+        return
     echo(f"postgres stopped ({engine})" + ("; data deleted" if purge else "; data kept"), settings)
 
 

@@ -11,7 +11,7 @@ import importlib
 
 from toolkit import state
 from toolkit.engines.base import Endpoint, Engine, EngineStatus
-from toolkit.errors import EngineUnavailableError, UsageError
+from toolkit.errors import EngineUnavailableError, ToolkitError, UsageError
 from toolkit.settings import Settings
 
 ENGINES: dict[str, str] = {
@@ -38,8 +38,10 @@ def load(name: str, settings: Settings) -> Engine:
 
 
 def remember(settings: Settings, name: str) -> None:
-    """Record which engine ``up`` used (and its port), so auto keeps to it for down/status/logs and the next up."""
-    state.record_up(settings.state_dir, name, settings.db.port)
+    """Record which engine ``up`` used and the settings it used (settings.RECORDED), so auto keeps to it
+    and every later command (down, status, env, logs, the next up) uses what the server was started with."""
+    values, chosen = settings.recorded(name)
+    state.record_up(settings.state_dir, name, settings.db.port, values, chosen)
 
 
 def remembered(settings: Settings) -> str | None:
@@ -97,6 +99,37 @@ def docker_unavailable_reason(settings: Settings) -> str | None:
     except ImportError as exc:
         return f"the Docker engine module cannot load ({exc})"
     return docker_available(settings)
+
+
+def falls_back(settings: Settings, engine: Engine) -> bool:
+    """When auto chose Docker but the image cannot be had here (no registry), what works is the embedded
+    engine. An explicit --engine docker, or a project already on Docker, fails instead."""
+    return settings.engine == "auto" and engine.name == "docker" and remembered(settings) is None
+
+
+def fallback_note(exc: ToolkitError) -> str:
+    return (f"{exc.message}; using the embedded engine (for Docker without a registry: "
+            "`toolkit image build`, then TOOLKIT_PG_IMAGE=toolkit/pgvector-offline:pg18)")
+
+
+def plan(settings: Settings) -> tuple[str, str]:
+    """What ``toolkit up`` would start, and why, asked of the same selection ``up`` makes (its fallback to
+    embedded included: the image is checked, not pulled). Starts nothing. For doctor."""
+    engine, note = select(settings, starting=True)
+    if note:
+        return engine.name, note
+    if falls_back(settings, engine):
+        from toolkit.engines.docker import image_unobtainable
+
+        problem = image_unobtainable(settings)
+        if problem is not None:
+            return "embedded", problem
+    if settings.engine != "auto":
+        return engine.name, "the engine given"
+    held = holding_data(settings)
+    if held is not None:
+        return engine.name, "it holds this project's database"
+    return engine.name, "a Docker engine answers" if engine.name == "docker" else "the default"
 
 
 def select(settings: Settings, *, starting: bool = False) -> tuple[Engine, str | None]:

@@ -37,6 +37,25 @@ def quiet(line: str, *, live: bool = False) -> None:
     """The default ``Progress``: a library call reports nothing."""
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A value ``up`` chose for this project because the default (or what an earlier ``up`` chose) is held
+    by another project or server: ``setting`` ("db.port", "container", "volume") is ``value``, not ``held``."""
+
+    setting: str
+    value: Any
+    held: Any
+    holder: str  # "pid 123 (postgres)", "the toolkit project at /src/other", ...
+
+    def line(self) -> str:
+        what = self.setting.removeprefix("db.")
+        return f"{what} {self.held} is held by {self.holder}; this project uses {what} {self.value}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"setting": self.setting, "value": self.value, "instead_of": self.held, "held_by": self.holder,
+                "line": self.line()}
+
+
 @dataclass
 class EngineStatus:
     engine: str
@@ -56,6 +75,10 @@ class Engine(Protocol):
 
     def endpoint(self) -> Endpoint:
         """Where this engine's server answers (or will, once up), from the settings alone: no I/O."""
+
+    def choose_free(self) -> list[Choice]:
+        """For each setting nobody gave (``Settings.may_choose``) that another project or server holds
+        (a port, a Docker name): this project's own value. Changes nothing; ``up`` applies them."""
 
     def down(self, *, purge: bool = False) -> None:
         """Stop the server; with ``purge`` also delete its data. Idempotent."""

@@ -30,7 +30,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from toolkit import __version__, bootstrap
-from toolkit.engines.base import Endpoint, EngineStatus, Progress, quiet
+from toolkit.engines.base import Choice, Endpoint, EngineStatus, Progress, quiet
 from toolkit.engines.docker_image import OFFLINE_IMAGE
 from toolkit.errors import (
     EngineUnavailableError,
@@ -41,8 +41,8 @@ from toolkit.errors import (
     UsageError,
     error_line,
 )
-from toolkit.health import PgProbe, wait_ready
-from toolkit.ports import check_free, connect_host, in_use_error
+from toolkit.health import PgProbe, Transient, wait_ready
+from toolkit.ports import check_free, connect_host, in_use_error, own_port, port_holder, port_is_free
 from toolkit.settings import DbParams, Settings
 
 LABEL = "com.toolkit"  # label prefix: .managed, .project, .version, .config
@@ -156,6 +156,50 @@ def volume_exists(settings: Settings) -> bool | None:
         api.close()
 
 
+def image_unobtainable(settings: Settings) -> str | None:
+    """None when ``up`` could have the settings' image (it is here, the toolkit builds it, or the registry
+    has it: asked without pulling), else why not, in the words ``up`` would fail with. For doctor."""
+    from docker.errors import ImageNotFound
+
+    image = settings.image
+    try:
+        api = client(timeout=10)
+    except EngineUnavailableError as exc:
+        return exc.message
+    try:
+        try:
+            api.images.get(image)
+            return None
+        except ImageNotFound:
+            if image == OFFLINE_IMAGE:
+                return None  # up builds it
+        api.api.inspect_distribution(image)
+        return None
+    except Exception as exc:  # noqa: BLE001 - offline, unknown image, a daemon error: up would fail the same way
+        return f"image {image} is not here and pulling it failed: {error_line(exc)}"
+    finally:
+        api.close()
+
+
+def container_publishing(settings: Settings, port: int) -> tuple[str, str | None] | None:
+    """The running container publishing ``port`` (its name, and the toolkit project it belongs to, if any);
+    None when none does or no engine answers. For doctor: docker-proxy holds the port, the container is who."""
+    try:
+        api = client(timeout=PING_TIMEOUT)
+    except EngineUnavailableError:
+        return None
+    try:
+        for container in api.containers.list():
+            for bindings in (container.ports or {}).values():
+                if any(str(b.get("HostPort")) == str(port) for b in bindings or ()):
+                    return container.name, container.labels.get(f"{LABEL}.project")
+    except Exception:  # noqa: BLE001 - best effort, as the OS's process table
+        return None
+    finally:
+        api.close()
+    return None
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -191,6 +235,7 @@ class DockerEngine:
         self._client: Any = None
         self._container: Any = None
         self._restarts = 0
+        self._started = False  # this call started the container: wait for its server to say it is ready
         self._progress: Progress = quiet
 
     @property
@@ -223,6 +268,88 @@ class DockerEngine:
 
     def endpoint(self) -> Endpoint:
         return Endpoint(self.db.url())
+
+    @daemon_errors
+    def choose_free(self) -> list[Choice]:
+        """Names and port of this project's own where nobody gave them and another holds the default
+        (another checkout's ``memgpt-db-test``, a container the toolkit did not make, a volume another
+        project's or a running foreign container's, a port anyone's): the default suffixed with a hash of
+        the project dir (stable), a port derived the same way. An unlabelled volume by the default name
+        (the seed's run_postgres.sh made it) is still adopted, as always."""
+        s = self.settings
+        chosen: list[Choice] = []
+        container = s.container
+        if s.may_choose("container"):
+            container = self._own_name(s.container, "-", self._container_holder)
+            if container != s.container:
+                chosen.append(Choice("container", container, s.container, self._container_holder(s.container) or ""))
+        if s.may_choose("volume"):
+            volume = self._own_name(s.volume, "_", lambda name: self._volume_holder(name, container))
+            if volume != s.volume:
+                chosen.append(Choice("volume", volume, s.volume, self._volume_holder(s.volume, container) or ""))
+        if s.may_choose("db.port") and not self._publishes(container, self.db.port) \
+                and not port_is_free(self.db.bind, self.db.port):
+            found = self._container_on(self.db.port)
+            holder = found[0] if found else port_holder(self.db.port) or "another process"
+            chosen.append(Choice("db.port", own_port(self.db.bind, str(s.project_dir)), self.db.port, holder))
+        return chosen
+
+    def _own_name(self, name: str, sep: str, holder: Callable[[str], str | None]) -> str:
+        """``name`` when nobody else holds it, else the first of name-<hash>, name-<hash>-2, ... that nobody does."""
+        if holder(name) is None:
+            return name
+        tag = hashlib.sha256(str(self.settings.project_dir).encode()).hexdigest()[:6]
+        for n in range(1, 10):
+            candidate = f"{name}{sep}{tag}" + (f"{sep}{n}" if n > 1 else "")
+            if holder(candidate) is None:
+                return candidate
+        raise InUseError(f"{name} and nine names of this project's own are held by others",
+                         hint="give this project its own names with TOOLKIT_PG_CONTAINER and TOOLKIT_PG_VOLUME")
+
+    def _container_holder(self, name: str) -> str | None:
+        """Who holds the container name ``name``, when not this project."""
+        from docker.errors import NotFound
+
+        try:
+            found = self.client.containers.get(name)
+        except NotFound:
+            return None
+        owner = found.labels.get(f"{LABEL}.project")
+        if found.labels.get(f"{LABEL}.managed") != "true":
+            return f"a container the toolkit did not create ({found.status})"
+        if owner is not None and owner != str(self.settings.project_dir):
+            return f"the toolkit project at {owner}"
+        return None
+
+    def _volume_holder(self, name: str, container: str) -> str | None:
+        """Who holds the volume ``name``, when not this project: another project's label, or (unlabelled) a
+        running container other than ours (``container``) mounting it."""
+        from docker.errors import NotFound
+
+        try:
+            volume = self.client.volumes.get(name)
+        except NotFound:
+            return None
+        owner = (volume.attrs.get("Labels") or {}).get(f"{LABEL}.project")
+        if owner == str(self.settings.project_dir):
+            return None  # this project's data: never traded for an empty volume (up refuses a foreign mount)
+        if owner is not None:
+            return f"the toolkit project at {owner}"
+        for other in self.client.containers.list(filters={"volume": name}):
+            if other.name != container:
+                return f"the running container {other.name}"
+        return None
+
+    def _publishes(self, name: str, port: int) -> bool:
+        """Does our container ``name`` (running or paused) publish ``port``? Then the port is ours."""
+        from docker.errors import NotFound
+
+        try:
+            found = self.client.containers.get(name)
+        except NotFound:
+            return False
+        bindings = (found.ports or {}).get("5432/tcp") or ()
+        return self._container_holder(name) is None and any(str(b.get("HostPort")) == str(port) for b in bindings)
 
     @daemon_errors
     def down(self, *, purge: bool = False) -> None:
@@ -316,9 +443,9 @@ class DockerEngine:
         except NotFound:
             return None
         if container.labels.get(f"{LABEL}.managed") != "true":
-            raise ToolkitError(f"container {container.name} exists but was not created by the toolkit; leaving it alone",
-                               hint=f"remove it (docker rm -f {container.name}) or pick another name with "
-                                    "TOOLKIT_PG_CONTAINER")
+            raise InUseError(f"container {container.name} exists but was not created by the toolkit; leaving it alone",
+                             hint=f"remove it (docker rm -f {container.name}) or pick another name with "
+                                  "TOOLKIT_PG_CONTAINER")
         self._check_project("container", container.name, container.labels)
         return container
 
@@ -326,7 +453,7 @@ class DockerEngine:
         """The default names are the same in every checkout: never take over another project's."""
         owner = found.get(f"{LABEL}.project")
         if owner is not None and owner != str(self.settings.project_dir):
-            raise ToolkitError(
+            raise InUseError(
                 f"{kind} {name} belongs to the toolkit project at {owner}; leaving it alone",
                 hint=f"run `toolkit down` there, or give this project its own names with TOOLKIT_PG_CONTAINER and "
                      f"TOOLKIT_PG_VOLUME (if that project moved here: docker rm -f {name} keeps the data volume)"
@@ -421,7 +548,10 @@ class DockerEngine:
             if exc.status_code != 409:
                 raise
             # the name was taken a moment ago (another checkout with the default names): whose is it?
-            self._find()  # raises when it is not this project's
+            try:
+                self._find()  # raises when it is not this project's
+            except ToolkitError as exc:
+                raise InUseError(exc.message, hint=exc.hint) from None  # in use: `up` may choose a name of its own
             raise InUseError(f"container {self.settings.container} was created meanwhile by another toolkit process",
                              hint="run `toolkit up` again") from None
         try:
@@ -436,6 +566,7 @@ class DockerEngine:
 
         try:
             container.start()
+            self._started = True
         except APIError as exc:
             text = str(exc.explanation or exc)
             if "port is already allocated" in text or "address already in use" in text:
@@ -445,9 +576,31 @@ class DockerEngine:
         container.reload()
 
     def _wait(self) -> None:
-        app = self.db.url(host=connect_host(self.db.bind))
-        wait_ready(PgProbe(app), timeout=self.settings.timeout, what=f"postgres (docker: {self.settings.container})",
-                   alive=self._alive, log_tail=self.logs, secrets=self.settings.secrets)
+        probe = PgProbe(self.db.url(host=connect_host(self.db.bind)))
+
+        def says_ready_then_probe() -> None:
+            self._says_ready()
+            probe()
+
+        wait_ready(says_ready_then_probe, timeout=self.settings.timeout,
+                   what=f"postgres (docker: {self.settings.container})", alive=self._alive, log_tail=self.logs,
+                   secrets=self.settings.secrets)
+
+    def _says_ready(self) -> None:
+        """A container this call started is probed only once the server it runs last logged that it accepts
+        connections: a connection while it starts up is refused with a FATAL line in its log. (The image's
+        first start runs a socket-only server first; probing that one reaches nobody, so logs no FATAL.) A
+        log without these lines (another language) holds nothing back."""
+        started = self._container.attrs.get("State", {}).get("StartedAt", "") if self._started else ""
+        if not started:
+            return
+        import calendar
+
+        since = calendar.timegm(time.strptime(started[:19], "%Y-%m-%dT%H:%M:%S"))
+        text = self._container.logs(since=since, tail=200).decode("utf-8", "replace")
+        start = text.rfind("starting PostgreSQL")
+        if start >= 0 and "ready to accept connections" not in text[start:]:
+            raise Transient("start", f"container {self._container.name}: the server is starting up")
 
     def _alive(self) -> str | None:
         container = self._container

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import bootstrap, libpq, perms, proc
-from toolkit.engines.base import Endpoint, EngineStatus, Progress, quiet
+from toolkit.engines.base import Choice, Endpoint, EngineStatus, Progress, quiet
 from toolkit.engines.wheel import bin_path, install_dir
 from toolkit.errors import ConfigError, NotReadyError, PortInUseError, ToolkitError
 from toolkit.health import PgProbe, Transient, wait_ready
-from toolkit.ports import check_free, connect_host
+from toolkit.ports import check_free, connect_host, own_port, port_holder, port_is_free
 from toolkit.settings import Settings
 from toolkit.urls import PgUrl, redact
 
@@ -39,6 +39,7 @@ SUPERUSER = "postgres"
 STOP_TIMEOUT = 30.0
 INITDB_PWFILE = ".initdb.pw"
 INITDB_TIMEOUT = 300
+READY_SPIN = 0.2  # seconds a readiness check follows a server that says it is starting
 LOG_READ = 256 * 1024  # bytes of the log's end that `logs` reads
 HBA_MARK = "# toolkit: --bind beyond loopback"
 _SERVER_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
@@ -81,6 +82,14 @@ class EmbeddedEngine:
 
     def endpoint(self) -> Endpoint:
         return Endpoint(self.db.url())
+
+    def choose_free(self) -> list[Choice]:
+        """The port, when nobody gave it and another server holds it (another checkout's, anyone's): a
+        port of this project's own. A running server of ours keeps its port (up checks it matches)."""
+        db = self.db
+        if not self.settings.may_choose("db.port") or self._running_pid() is not None or port_is_free(db.bind, db.port):
+            return []
+        return [Choice("db.port", own_port(db.bind, str(self.settings.project_dir)), db.port, _holder(db.port))]
 
     def down(self, *, purge: bool = False) -> None:
         if self.home.exists() or self.home.is_symlink():
@@ -260,23 +269,30 @@ class EmbeddedEngine:
     def _wait(self, url: PgUrl, *, extension: bool = True) -> None:
         probe = PgProbe(url, extension=extension)
 
-        def probe_then_ours() -> None:
+        def ours_then_probe() -> None:
+            self._ours_ready()
             probe()
-            self._answered_by_ours()
 
-        wait_ready(probe_then_ours, timeout=self.settings.timeout, what="postgres (embedded)",
+        wait_ready(ours_then_probe, timeout=self.settings.timeout, what="postgres (embedded)",
                    alive=self._alive, log_tail=self.logs, secrets=self.settings.secrets)
 
-    def _answered_by_ours(self) -> None:
-        """The server that just answered is the one this call started only if its postmaster.pid says
-        "ready" (Postgres writes that as it starts accepting connections): else another checkout's
-        server won a race for the port, and we wait until ours is ready or dies of it. Checked after
-        the probe, not before: polling the file first would delay every start by a backoff step."""
+    def _ours_ready(self) -> None:
+        """The server this call started says "ready" in its postmaster.pid (Postgres writes that as it
+        starts accepting connections); until then no connection is tried: one while it starts up is
+        refused with a FATAL line in the server log, and one that another checkout's server answers
+        (it won a race for the port) is not ours. Reading the file costs less than the connection it saves."""
         if self._server is None:
             return
-        info = self._postmaster_info()
-        if info.get("pid") != self._server.pid or info.get("status") != "ready":
-            raise Transient("start", "the server answering is not (yet) the one this call started")
+        # the file says "starting" from the moment the server listens until it is ready, usually a few ms:
+        # polled closely meanwhile (a read costs microseconds), rather than at the readiness backoff's steps
+        deadline = time.monotonic() + READY_SPIN
+        while True:
+            info = self._postmaster_info()
+            if info.get("pid") == self._server.pid and info.get("status") == "ready":
+                return
+            if info.get("status") != "starting" or time.monotonic() > deadline or self._server.poll() is not None:
+                raise Transient("start", "the server this call started is not ready yet")
+            time.sleep(0.002)
 
     def _alive(self) -> str | None:
         if self._server is None:
@@ -390,6 +406,21 @@ def server_env() -> dict[str, str]:
     """What initdb and the server inherit: locale and path, never a password, key or token of the
     toolkit's or the user's (a server's environment is readable by its system user)."""
     return {k: v for k, v in os.environ.items() if k in _SERVER_ENV or k.startswith("LC_")}
+
+
+def _holder(port: int) -> str:
+    """Who listens on ``port``: another checkout's embedded server by its data dir, else the process."""
+    import re
+
+    holder = port_holder(port) or "another process"
+    found = re.match(r"pid (\d+) \(postgres", holder)
+    try:
+        cwd = Path(os.readlink(f"/proc/{found.group(1)}/cwd")) if found else None
+    except OSError:
+        cwd = None
+    if cwd is not None and cwd.parts[-2:] == ("embedded", "pgdata"):
+        return f"{holder}, the toolkit's embedded server with data in {cwd}"
+    return holder
 
 
 def _loopback_only(bind: str) -> bool:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import shutil
 
-from toolkit.engines.base import Endpoint, EngineStatus, Progress, quiet
+from toolkit.engines.base import Choice, Endpoint, EngineStatus, Progress, quiet
 from toolkit.errors import NotReadyError, UsageError
-from toolkit.health import PgProbe, wait_ready
+from toolkit.health import AuthFailed, PgProbe, RoleOrDatabaseMissing, wait_ready
 from toolkit.settings import Settings
 from toolkit.urls import parse
 
@@ -23,12 +23,23 @@ class ExternalEngine:
         self.url = parse(settings.external_url)
 
     def up(self, *, progress: Progress = quiet) -> Endpoint:
-        wait_ready(PgProbe(self.url), timeout=self.settings.timeout, what=f"postgres at {self.url.host}:{self.url.port}",
-                   secrets=(self.url.password, *self.settings.secrets))
+        try:
+            wait_ready(PgProbe(self.url), timeout=self.settings.timeout,
+                       what=f"postgres at {self.url.host}:{self.url.port}", secrets=(self.url.password, *self.settings.secrets))
+        except (AuthFailed, RoleOrDatabaseMissing) as exc:
+            # the engines' hints (another password, `toolkit up` creates them, start over with --purge) are
+            # about servers the toolkit runs; this one, and its data, are someone else's
+            exc.hint = ("check the user and password in the URL (--url or TOOLKIT_PG_URL); the server is managed "
+                        "elsewhere, its roles too") if isinstance(exc, AuthFailed) else \
+                       "create that role and database on the server (it is managed elsewhere), or fix the URL"
+            raise
         return self.endpoint()
 
     def endpoint(self) -> Endpoint:
         return Endpoint(self.url)
+
+    def choose_free(self) -> list[Choice]:
+        return []  # its address is given, never chosen
 
     def down(self, *, purge: bool = False) -> None:
         # not ours to stop or delete
