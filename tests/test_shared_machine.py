@@ -120,7 +120,7 @@ def test_a_foreign_server_on_the_default_port_gets_nothing_and_smoke_passes_on_i
     foreign = default_ports["chroma"]
     before = _tk("smoke", "--backend", "chroma-http", *SMALL)
     assert before.returncode == 6, before.stdout + before.stderr
-    assert "not started here and is not used" in before.stdout and "toolkit chroma up" in before.stdout
+    assert "not started by this checkout, so it is not used" in before.stdout and "toolkit chroma up" in before.stdout
     assert foreign.requests == []  # not even a probe: smoke only knocks (TCP) at a server it will not use
     status = _tk("chroma", "status")
     assert status.returncode == 0, status.stdout + status.stderr
@@ -192,7 +192,7 @@ def test_another_projects_chroma_server_on_the_default_port_is_left_alone(
 
         listed = collections()
         before = _tk("smoke", "--backend", "chroma-http", *SMALL)
-        assert before.returncode == 6 and "not started here and is not used" in before.stdout, before.stdout
+        assert before.returncode == 6 and "not started by this checkout, so it is not used" in before.stdout, before.stdout
         up = _tk("chroma", "up", "--format", "current")
         assert up.returncode == 0 and "port 8000 is in use by" in up.stdout, up.stdout + up.stderr
         smoked = _json("smoke", "--backend", "chroma-http", *SMALL)
@@ -253,7 +253,7 @@ def test_two_checkouts_each_run_make_smoke_on_their_own_servers(
         moved = _tk("s3", "up", "--port", str(freed), "--no-export", cwd=two)
         assert moved.returncode == 0, moved.stdout + moved.stderr
         stale = _tk("smoke", "--backend", "lancedb-s3", *SMALL, cwd=one)
-        assert stale.returncode == 6 and "not started here and is not used" in stale.stdout, stale.stdout
+        assert stale.returncode == 6 and "not started by this checkout, so it is not used" in stale.stdout, stale.stdout
         status = _tk("s3", "status", cwd=one)
         assert status.returncode == 0 and status.stdout.startswith("s3: stopped (what answers at"), status.stdout
         again = _tk("s3", "up", cwd=one)

@@ -158,8 +158,8 @@ def _not_ours(location: StoreLocation, settings: Settings) -> tuple[str, str] | 
     hint = f"start it with `{kind.SERVER}`"
     if not _answers(host, port):
         return f"nothing answers at {host}:{port}", hint
-    return (f"the toolkit's {kind.SERVICE} server of this checkout is not running; the server at {host}:{port} "
-            "was not started here and is not used"), f"{hint} (on a free port when that one is taken)"
+    return (f"the {kind.SERVICE} server at {host}:{port} was not started by this checkout, so it is not used"), \
+        f"{hint} (on a free port when that one is taken)"
 
 
 def _same_host(a: str, b: str) -> bool:
@@ -183,7 +183,8 @@ def nothing_checked(chosen: list[Target]) -> BackendError | None:
     if not chosen or any(t.problem is None for t in chosen):
         return None
     hints = list(dict.fromkeys(t.hint for t in chosen if t.hint))
-    return BackendError("; ".join(f"{t.backend}: {t.problem}" for t in chosen), hint="; ".join(hints) or None)
+    return BackendError("; ".join(f"{t.backend} {t.status or 'not running'} ({t.problem})" for t in chosen),
+                        hint="; ".join(hints) or None)
 
 
 def _answers(host: str, port: int, timeout: float = 1.0) -> bool:
