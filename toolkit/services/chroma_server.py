@@ -123,6 +123,12 @@ Example:
 
 When the toolkit's server already runs on another port or data path, this refuses (stop it with
 `toolkit chroma down` first); when it fails, only the process it started is stopped.
+
+\b
+Examples:
+  toolkit chroma up                  # on TOOLKIT_CHROMA_PORT, else 8000
+  toolkit chroma up --format memgpt  # chromadb 0.5: what MemGPT 0.3.x's HttpClient talks to
+  toolkit chroma up --port 8001 --path /srv/chroma --json
 """,
     down_help="Stop the Chroma server the toolkit started in this checkout, on whichever port it runs (data kept).",
     status_help="""Is the Chroma server running, and of which format? Exit 0 when it answers, 1 when not.

@@ -110,6 +110,11 @@ Example:
 
 AWS keys already in .env are kept; test keys are written only where there are none. When the
 toolkit's S3 server already runs on another port, this refuses (`toolkit s3 down` first).
+
+\b
+Examples:
+  toolkit s3 up                                 # 127.0.0.1:9000, bucket toolkit, settings into .env
+  toolkit s3 up --port 9001 --no-export --json  # leave .env alone; the endpoint for a script
 """,
     down_help="Stop the S3 test server the toolkit started, on whichever port it runs (its data lives in memory "
               "and is gone).",
