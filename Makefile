@@ -14,7 +14,8 @@ PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check --config-s
         chroma-up chroma-down s3-up s3-down compose-up compose-down image bench lint
 
 help: ## list targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@# names with digits too (s3-up); a description's $$$$ (make's escape) shown as the $$ it runs as
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{gsub(/\$$\$$/, "$$", $$2); printf "  %-14s %s\n", $$1, $$2}'
 
 $(BASE): pyproject.toml
 	@# a half-made venv (no pip: python3-venv missing) is made again, not reused
@@ -46,8 +47,11 @@ db-logs: $(BASE) ## the server log's tail
 db-psql: $(BASE) ## open psql on the database
 	@$(TK) psql
 
-db-reset: $(BASE) ## stop and delete the data (asks first), then start fresh
-	@$(TK) down --purge
+db-reset: $(BASE) ## stop, delete the data (asks first; YES=1 does not), start fresh
+	@# off a terminal (CI, an editor's task) nobody can answer the question: say how instead of failing on it
+	@if [ "$(YES)" != 1 ] && [ ! -t 0 ]; then \
+	  echo "make db-reset: no terminal to confirm deleting the data on; run \`make db-reset YES=1\`" >&2; exit 1; fi
+	@$(TK) down --purge $(if $(filter 1,$(YES)),--yes,)
 	@$(TK) up
 
 env: $(BASE) ## print the export line: eval "$(make -s env)"

@@ -24,6 +24,38 @@ def test_every_registered_command_loads() -> None:
 
 
 @pytest.mark.parametrize("path", _all_commands(), ids=lambda p: " ".join(p))
+def test_every_command_shows_an_example(path: list[str]) -> None:
+    """`--help` promises examples: every command and group, walked from the root, shows at least one
+    runnable line of itself under an "Example:"/"Examples:" heading."""
+    done = run_toolkit(*path, "--help")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.split("\nOptions:")[0]
+    assert "\n  Example:\n" in text or "\n  Examples:\n" in text, f"`toolkit {' '.join(path)} --help` has no examples"
+    examples = text.split("Example", 1)[1].splitlines()[1:]
+    assert any(line.strip().startswith(f"toolkit {' '.join(path)}") or f" toolkit {' '.join(path)}" in line
+               for line in examples), f"no example runs `toolkit {' '.join(path)}`:\n{text}"
+
+
+@pytest.mark.parametrize("group", [()] + [path for path, command in cli_commands() if isinstance(command, click.Group)],
+                         ids=lambda p: " ".join(("toolkit", *p)))
+def test_group_help_shows_each_summary_whole(group: tuple[str, ...]) -> None:
+    """click cuts a command's summary in its group's help at ~45 characters with "..."; ours are whole."""
+    from tests.support import subcommands
+    from toolkit.commands._common import summary
+
+    command: click.Command = cli
+    for name in group:
+        command = subcommands(command)[name]  # type: ignore[arg-type]
+    assert isinstance(command, click.Group)
+    done = run_toolkit(*group, "--help")
+    listed = " ".join(done.stdout.split("\nCommands:\n", 1)[1].split())
+    assert "..." not in listed and "\u2026" not in listed, listed
+    for name, sub in subcommands(command, hidden=False).items():
+        whole = summary(sub)
+        assert f"{name} {whole}" in listed, f"{name}'s summary is not whole in:\n{listed}"
+
+
+@pytest.mark.parametrize("path", _all_commands(), ids=lambda p: " ".join(p))
 def test_every_command_has_help(path: list[str]) -> None:
     command: click.Command = cli
     ctx = click.Context(cli)
@@ -47,22 +79,78 @@ def test_python_dash_m_and_version() -> None:
     assert done.returncode == 0 and "toolkit" in done.stdout
 
 
-@pytest.mark.parametrize("args,code,words", [
-    (["up", "--port", "abc"], 2, "'abc' is not a valid integer"),
-    (["up", "--engine", "podman"], 2, "podman"),
-    (["env", "--format", "xml"], 2, "xml"),
-    (["no-such-command"], 2, "No such command"),
+@pytest.mark.parametrize("args,words,fix", [
+    (["up", "--port", "abc"], "invalid value for '--port': 'abc' is not a valid port", "toolkit up --help"),
+    (["up", "--port", "0"], "'--port': 0 is not in the range 1<=x<=65535", "toolkit up --help"),
+    (["up", "--timeout", "soon"], "'--timeout': 'soon' is not a number of seconds", "toolkit up --help"),
+    (["logs", "--tail", "x"], "'x' is not a valid integer", "toolkit logs --help"),
+    (["up", "--engine", "podman"], "'podman' is not one of 'auto', 'docker'", "toolkit up --help"),
+    (["up", "--bogus"], "no such option '--bogus'", "toolkit up --help"),
+    (["env", "--format", "xml"], "'xml' is not one of", "toolkit env --help"),
+    (["migrate", "--to", "postgres"], "missing option '--from'", "toolkit migrate --help"),
+    (["status", "extra"], "unexpected extra argument (extra)", "toolkit status --help"),
+    (["no-such-command"], "no such command 'no-such-command'", "toolkit --help"),
+    (["chroma", "up", "--port", "x"], "'x' is not a valid port", "toolkit chroma up --help"),
+    (["s3", "no-such-command"], "no such command", "toolkit s3 --help"),
+    (["smoke", "--backend", "nope"], "'nope' is not one of", "toolkit smoke --help"),
+    (["--project-dir"], "option '--project-dir' requires an argument", "toolkit --help"),
 ])
-def test_bad_input_is_one_line_without_traceback(args: list[str], code: int, words: str) -> None:
+def test_bad_flags_are_one_line_naming_the_help_to_read(args: list[str], words: str, fix: str) -> None:
+    """click's usage block (Usage:, Try ..., Error: ...) becomes the house line: `toolkit: error: what;
+    see `toolkit CMD --help``, exit 2."""
     done = run_toolkit(*args)
-    assert done.returncode == code
-    assert words in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("toolkit: error: ") and words in lines[0], lines[0]
+    assert lines[0].endswith(f"; see `{fix}`"), lines[0]
+    assert "Usage:" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_did_you_mean_stays_in_the_one_line() -> None:
+    done = run_toolkit("up", "--prot", "5")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "toolkit: error: no such option '--prot' (did you mean '--port'?); see `toolkit up --help`"
+    several = run_toolkit("up", "--p")
+    assert several.stderr.strip() == ("toolkit: error: no such option '--p' (did you mean one of: '--help', '--port'?); "
+                                      "see `toolkit up --help`")
+
+
+def test_help_still_works_and_a_bare_group_shows_its_help() -> None:
+    for args in (["--help"], ["-h"], ["up", "--help"], ["chroma", "status", "-h"]):
+        done = run_toolkit(*args)
+        assert done.returncode == 0 and done.stdout.startswith("Usage: toolkit"), (args, done.stderr)
+    bare = run_toolkit("chroma")
+    assert "Usage: toolkit chroma" in bare.stdout + bare.stderr and "Commands:" in bare.stdout + bare.stderr
 
 
 def test_bad_env_value_is_one_line() -> None:
     done = run_toolkit("status", env={"TOOLKIT_PG_PORT": "eighty"})
     assert done.returncode == 2 and "TOOLKIT_PG_PORT" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name,value,says", [
+    ("TOOLKIT_PG_PORT", "eighty", "not a port number; expected port on this machine"),
+    ("TOOLKIT_PG_PORT", "70000", "not a port number (1-65535)"),
+    ("TOOLKIT_TIMEOUT", "soon", "not a number; expected seconds"),
+    ("TOOLKIT_TIMEOUT", "nan", "not greater than 0"),
+    ("TOOLKIT_ENGINE", "podman", "no such engine; expected auto | docker | embedded | external"),
+    ("TOOLKIT_ARCHIVAL_FORMAT", "new", "no such format; expected auto | memgpt | current"),
+    ("TOOLKIT_S3_ALLOW_HTTP", "maybe", "not true or false"),
+    ("TOOLKIT_PG_USER", "postgres", "that is the superuser's name; expected application role, not postgres"),
+    ("TOOLKIT_PG_PASSWORD", "", "no value; expected its password"),
+])
+def test_bad_setting_values_are_said_in_words_once(name: str, value: str, says: str) -> None:
+    """No Python internals ("invalid literal for int() with base 10"), and what is expected said once
+    (not "must be one of a, b; expected a | b")."""
+    done = run_toolkit("status", env={name: value})
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert line.startswith(f"toolkit: error: invalid value {value!r} for {name} (environment): ") and says in line, line
+    for internal in ("invalid literal", "could not convert", "base 10", "float()", "must be"):
+        assert internal not in line, line
 
 
 def test_debug_shows_the_traceback() -> None:

@@ -177,14 +177,19 @@ def test_refuses_dimension_mismatch(make_spec: Callable[[str, str], Spec], table
 
 
 def test_refuses_unreachable_destination(make_spec: Callable[[str, str], Spec], table: str) -> None:
+    """A refusal (exit 7), naming the store, its cause and how to start it; not a bare backend failure (6)."""
     from toolkit.ports import free_port
 
     source = make_spec("local", "src")
     fill(source, table)
-    for spec in (Spec("postgres", f"postgresql://memgpt:memgpt@127.0.0.1:{free_port()}/memgpt"),
-                 Spec("chroma-http", f"127.0.0.1:{free_port()}")):
-        with pytest.raises(BackendError):
+    for spec, start in ((Spec("postgres", f"postgresql://memgpt:memgpt@127.0.0.1:{free_port()}/memgpt"), "toolkit up"),
+                        (Spec("chroma-http", f"127.0.0.1:{free_port()}"), "toolkit chroma up")):
+        with pytest.raises(MigrationError) as refused:
             migrate(source, spec, table=table)
+        assert refused.value.message.startswith(f"cannot migrate into {spec}: ")
+        assert refused.value.message.endswith("; nothing was written")
+        assert start in (refused.value.hint or "")
+        assert isinstance(refused.value.__cause__, BackendError)
 
 
 # -- kill mid-migration, then resume -------------------------------------------------------------------

@@ -101,7 +101,7 @@ def test_the_application_role_is_never_the_superuser_and_never_passwordless(tmp_
     with pytest.raises(UsageError, match="superuser"):
         resolve({"db.user": "postgres"}, environ={}, project_dir=tmp_path)
     (tmp_path / ".env").write_text("TOOLKIT_PG_PASSWORD=\n")
-    with pytest.raises(UsageError, match=r"TOOLKIT_PG_PASSWORD \(.env\): must not be empty"):
+    with pytest.raises(UsageError, match=r"TOOLKIT_PG_PASSWORD \(.env\): no value"):
         resolve(environ={}, project_dir=tmp_path)
     (tmp_path / ".env").write_text("TOOLKIT_PG_IMAGE=\n")  # other empty values still mean "unset"
     assert resolve(environ={"TOOLKIT_PG_PORT": ""}, project_dir=tmp_path).image == "pgvector/pgvector:pg16"

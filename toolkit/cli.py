@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -17,7 +18,8 @@ from typing import Any, NoReturn
 import click
 
 from toolkit import __version__
-from toolkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, ToolkitError
+from toolkit.commands._common import Group
+from toolkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, Declined, Terminated, ToolkitError
 from toolkit.urls import redact
 
 # (module, attribute): one line per command; order is the order in --help
@@ -38,7 +40,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 
-class LazyGroup(click.Group):
+class LazyGroup(Group):
     """Imports a command's module only when that command (or the full help) is needed."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -91,16 +93,34 @@ def _unexpected(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
+def _usage_line(exc: click.ClickException) -> str:
+    """click's error (usage block, "Error:", message) as one line in the house format: what, and the
+    command whose --help says how."""
+    message = " ".join(exc.format_message().split())
+    # "No such option '--p'. (Did you mean one of: '--help', '--port'?)" / ". Did you mean '--user'?"
+    message = re.sub(r"\.\s*\(?Did you mean (.+?\?)\)?$", r" (did you mean \1)", message).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    if not isinstance(exc, click.UsageError):
+        return f"toolkit: error: {message}"
+    return f"toolkit: error: {message}; see `{exc.ctx.command_path if exc.ctx else 'toolkit'} --help`"
+
+
+# SIGTERM arrived: click's prompts turn the Terminated they catch into an Abort without a cause
+_terminated = False
+
+
 def _terminate(signum: int, frame: Any) -> None:
+    global _terminated
+    _terminated = True
     raise Terminated()
 
 
-def _interrupted(cause: BaseException | None, word: str) -> NoReturn:
-    """Exit for Ctrl-C (130, ``word``) or SIGTERM (143)."""
-    if isinstance(cause, Terminated):
+def _interrupted(cause: BaseException | None) -> NoReturn:
+    """Exit for SIGTERM (143) or Ctrl-C (130; also Ctrl-D at a prompt: click says both as one Abort)."""
+    if _terminated or isinstance(cause, Terminated):
         click.echo("toolkit: terminated", err=True)
         sys.exit(EXIT_TERMINATED)
-    click.echo(f"toolkit: {word}", err=True)
+    click.echo("toolkit: interrupted", err=True)
     sys.exit(EXIT_INTERRUPTED)
 
 
@@ -111,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # without standalone mode click returns ctx.exit(N)'s code instead of exiting
         code = cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
+    except Declined as exc:  # the user said no: nothing failed
+        click.echo(exc.one_line(), err=True)
+        sys.exit(exc.exit_code)
     except ToolkitError as exc:
         if debug:
             traceback.print_exc()
@@ -119,15 +142,18 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"toolkit: error: {redact(exc.one_line())}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort as exc:
-        _interrupted(exc.__cause__, "aborted")  # click turns Ctrl-C (and so our SIGTERM) into Abort
-    except click.ClickException as exc:
-        # bad flags/arguments: click's own message, one line, exit 2
+        _interrupted(exc.__cause__)  # click turns Ctrl-C (and so our SIGTERM), and Ctrl-D, into Abort
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare `toolkit` or `toolkit chroma`: its help
         exc.show()
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        # bad flags/arguments (exit 2): one line naming the --help to read, not click's usage block
+        click.echo(_usage_line(exc), err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
-        _interrupted(exc, "interrupted")
+        _interrupted(exc)
     except Exception as exc:  # noqa: BLE001 - the boundary
         if debug:
             raise

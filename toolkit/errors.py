@@ -107,7 +107,8 @@ EXIT_TERMINATED = 143  # SIGTERM, as a shell reports it
 EXIT_INTERNAL = 70  # an unexpected error (EX_SOFTWARE): a bug to report
 
 
-class Aborted(ToolkitError):
-    """The user declined a confirmation."""
+class Declined(ToolkitError):
+    """The user answered no to a confirmation: a decision, not a failure, so it is said as a plain line
+    (no "error:"), with exit 1."""
 
     exit_code = 1

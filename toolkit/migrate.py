@@ -17,13 +17,13 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolkit.backends import DEFAULT_TABLE, ArchivalStore, Passage, open_store
-from toolkit.errors import MigrationError
+from toolkit.errors import BackendError, MigrationError
 from toolkit.specs import Spec
 
 _MOD = 1 << 128
@@ -208,8 +208,10 @@ def migrate(
 
         memgpt_config.preflight(switch)
     started = time.perf_counter()
-    with closing(open_store(source.store(table, snapshot=True))) as src:
-        rows, dim = _source_rows(src, source, table)
+    with ExitStack() as stores:
+        with _refused_unless_usable("--from", source):
+            src = stores.enter_context(closing(open_store(source.store(table, snapshot=True))))
+            rows, dim = _source_rows(src, source, table)
 
         def planned(before: int) -> Result:
             if on_start:
@@ -220,14 +222,15 @@ def migrate(
 
         if dry_run and destination.kind.holds_nothing(destination):  # opening it might create it
             return planned(0)
-        with closing(open_store(destination.store(table))) as dst:
+        with _refused_unless_usable("--to", destination):
+            dst = stores.enter_context(closing(open_store(destination.store(table))))
             before = _destination_rows(dst, destination, table, dim)
-            if dry_run:
-                return planned(before)
-            if on_start:
-                on_start(rows, before)
-            expected, got = _copy(src, dst, destination, table, batch, progress, on_verify)
-            dst_rows = dst.count()
+        if dry_run:
+            return planned(before)
+        if on_start:
+            on_start(rows, before)
+        expected, got = _copy(src, dst, destination, table, batch, progress, on_verify)
+        dst_rows = dst.count()
     seconds = time.perf_counter() - started
     _verify(expected, got, dst_rows)
     backup = _switch(switch, destination) if switch else None
@@ -247,6 +250,19 @@ def _check_request(source: Spec, destination: Spec, batch: int) -> None:
         raise MigrationError(f"source {source} does not exist", hint="check the path in --from")
 
 
+@contextmanager
+def _refused_unless_usable(flag: str, spec: Spec) -> Iterator[None]:
+    """A store (``flag``: --from or --to) that fails before anything is written (unreachable, unreadable)
+    refuses the migration: a ``MigrationError`` (exit 7), not a bare backend failure. A failure while
+    copying stays a ``BackendError``: rows were written, and running again resumes."""
+    try:
+        yield
+    except BackendError as exc:
+        where = "from" if flag == "--from" else "into"
+        raise MigrationError(f"cannot migrate {where} {spec}: {exc.message.rstrip('.')}; nothing was written",
+                             hint=exc.hint or f"check {flag}", detail=exc.detail) from exc
+
+
 def _source_rows(src: ArchivalStore, source: Spec, table: str) -> tuple[int, int]:
     """(rows, embedding dimension) of the source table; a missing or empty one is refused."""
     if not src.exists() or not (rows := src.count()):
@@ -259,7 +275,7 @@ def _source_rows(src: ArchivalStore, source: Spec, table: str) -> tuple[int, int
 
 def _destination_rows(dst: ArchivalStore, destination: Spec, table: str, dim: int) -> int:
     """Rows the destination table holds already (a resumed run); one of another dimension is refused."""
-    if not dst.exists():  # also the reachability check: an unreachable server raises BackendError here
+    if not dst.exists():  # also the reachability check: an unreachable server raises BackendError here (a refusal)
         return 0
     before = dst.count()
     existing = _first(dst) if before else None

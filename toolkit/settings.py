@@ -133,29 +133,39 @@ class Settings:
         return tuple(s for s in (password, self.s3_secret_access_key) if s)
 
 
+# Each parser's ValueError says what is wrong with the value in a few words; the message adds the
+# setting's help after "expected", so the words must not say it again (nor Python's own words: "invalid
+# literal for int() with base 10").
+
 def _port(value: str) -> int:
-    port = int(value)
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError("not a port number") from None
     if not 1 <= port <= 65535:
-        raise ValueError("out of range 1-65535")
+        raise ValueError("not a port number (1-65535)")
     return port
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise ValueError("must be greater than 0")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not number > 0:  # also NaN
+        raise ValueError("not greater than 0")
     return number
 
 
 def _engine(value: str) -> str:
     if value not in ENGINES:
-        raise ValueError(f"must be one of {', '.join(ENGINES)}")
+        raise ValueError("no such engine")
     return value
 
 
 def _format(value: str) -> str:
     if value.strip().lower() not in ("auto", "memgpt", "current"):
-        raise ValueError("must be auto, memgpt or current")
+        raise ValueError("no such format")
     return value.strip().lower()
 
 
@@ -165,12 +175,12 @@ def _bool(value: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError("must be true or false")
+    raise ValueError("not true or false (nor 1/0, yes/no, on/off)")
 
 
 def _nonempty(value: str) -> str:
     if not value:
-        raise ValueError("must not be empty")
+        raise ValueError("no value")
     return value
 
 
@@ -178,7 +188,7 @@ def _app_user(value: str) -> str:
     # the engines make "postgres" the superuser: an application role by that name would be the superuser
     # itself, with the application's password (COPY TO PROGRAM runs shell commands)
     if _nonempty(value) == "postgres":
-        raise ValueError("that is the superuser's name, and the application role must not be the superuser")
+        raise ValueError("that is the superuser's name")
     return value
 
 

@@ -1,7 +1,9 @@
-"""Helpers every command module uses: settings from flags, JSON output, confirmation."""
+"""Helpers every command module uses: settings from flags, JSON output, confirmation, the parameter
+types whose messages say what is expected, and the group whose help lists whole summaries."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from collections.abc import Sequence
@@ -9,7 +11,7 @@ from typing import Any
 
 import click
 
-from toolkit.errors import Aborted
+from toolkit.errors import Declined, ToolkitError
 from toolkit.settings import Settings, resolve
 from toolkit.urls import redact
 
@@ -33,13 +35,15 @@ def echo(line: str, settings: Settings | None = None, *, err: bool = False) -> N
 
 
 def confirm_or_abort(question: str, *, yes: bool) -> None:
-    """Ask before destroying anything; ``--yes`` skips; no terminal means no consent."""
+    """Ask before destroying anything; ``--yes`` skips; no terminal means no consent (an error: the caller
+    must say --yes); a "no" is a decision, not an error (``Declined``: a plain line, exit 1)."""
     if yes:
         return
     if sys.stdin is None or not sys.stdin.isatty():
-        raise Aborted(f"refusing to {question} without confirmation", hint="re-run with --yes")
+        raise ToolkitError(f"refusing to {question} without confirmation (no terminal to ask on)",
+                           hint="re-run with --yes")
     if not click.confirm(question[0].upper() + question[1:] + "?", default=False):
-        raise Aborted("nothing was changed")
+        raise Declined("nothing was changed")
 
 
 class BackendName(click.Choice):  # type: ignore[type-arg]
@@ -66,3 +70,62 @@ def prompt(text: str, *, default: str, choices: Sequence[str] | None = None, sho
     answer: str = click.prompt(text, default=default, type=click.Choice(list(choices)) if choices else None,
                                show_default=show_default)
     return answer
+
+
+# click's number types say "'abc' is not a valid integer range" and show INTEGER RANGE as the metavar;
+# these say what the value is
+
+
+class Port(click.IntRange):
+    """A TCP port, 1-65535: "'abc' is not a valid port"."""
+
+    name = "port"
+
+    def __init__(self) -> None:
+        super().__init__(1, 65535)
+
+
+class Whole(click.IntRange):
+    """A whole number in a range: "'abc' is not a valid integer"."""
+
+    name = "integer"
+
+
+class Seconds(click.FloatRange):
+    """A duration in seconds, greater than 0: "'abc' is not a valid number"."""
+
+    name = "seconds"
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def summary(command: click.Command) -> str:
+    """A command's line in its group's help: ``short_help``, else the whole first paragraph of its help
+    (click cuts it at about 45 characters with "...")."""
+    if command.short_help:
+        return inspect.cleandoc(command.short_help)
+    paragraph = inspect.cleandoc(command.help or "").split("\n\n")[0]
+    return " ".join(paragraph.replace("\b", "").split())
+
+
+class Group(click.Group):
+    """A command group whose help lists each command's whole summary, wrapped, never cut."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, summary(command)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)

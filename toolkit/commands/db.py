@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from toolkit.commands._common import confirm_or_abort, echo, echo_json, settings_from
+from toolkit.commands._common import Port, Seconds, Whole, confirm_or_abort, echo, echo_json, settings_from
 from toolkit.envfile import FORMATS
 from toolkit.settings import ENGINES, Settings
 from toolkit.urls import redact
@@ -25,7 +25,7 @@ def db_options(func: F) -> F:
     """Flags every database command shares; each overrides TOOLKIT_* / .env / defaults."""
     options = [
         click.option("--engine", type=click.Choice(ENGINES), help="Where Postgres runs [default: auto]."),
-        click.option("--port", type=click.IntRange(1, 65535),
+        click.option("--port", type=Port(),
                      help="Port on this machine [default: the last `up`'s; else 8888, or this project's own when "
                           "8888 is held]."),
         click.option("--user", help="Application role [default: memgpt]."),
@@ -48,7 +48,7 @@ def _flags(**kwargs: Any) -> dict[str, Any]:
 @click.command()
 @db_options
 @click.option("--bind", help="Address to listen on [default: 127.0.0.1]; 0.0.0.0 exposes it to the network.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds to wait for readiness [default: 60].")
+@click.option("--timeout", type=Seconds(), help="Seconds to wait for readiness [default: 60].")
 @click.option("--no-export", is_flag=True, help="Do not write PGVECTOR_TEST_DB_URL into .env.")
 @click.option("--image", help="Docker image [default: pgvector/pgvector:pg16]; with --build, the base image.")
 @click.option("--build", is_flag=True, help="Docker: build db/Dockerfile (role memgpt, vector) and run that image.")
@@ -119,7 +119,17 @@ def down(ctx: click.Context, purge: bool, yes: bool, all_: bool, **kwargs: Any) 
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, **kwargs: Any) -> None:
-    """Say whether the database runs, where, and its (redacted) URL."""
+    """Say whether the database runs, where, and its (redacted) URL.
+
+    Exits 0 whenever it can tell (running or not: read "running" in --json); non-zero only when it
+    cannot (bad settings 2, Docker unreachable with --engine docker 4).
+
+    \b
+    Examples:
+      toolkit status
+      toolkit status --json     # {"running": false, "engine": "embedded", ...} for scripts
+      toolkit status --engine docker --port 5433
+    """
     from toolkit import api
 
     settings = settings_from(ctx, **_flags(**kwargs))
@@ -153,10 +163,16 @@ def env(ctx: click.Context, fmt: str, **kwargs: Any) -> None:
 
 @click.command()
 @db_options
-@click.option("--tail", "-n", type=click.IntRange(min=0), default=100, show_default=True, help="Lines to show.")
+@click.option("--tail", "-n", type=Whole(min=0), default=100, show_default=True, help="Lines to show.")
 @click.pass_context
 def logs(ctx: click.Context, tail: int, **kwargs: Any) -> None:
-    """Show the end of the server log (passwords redacted)."""
+    """Show the end of the server log (passwords redacted).
+
+    \b
+    Examples:
+      toolkit logs              # the last 100 lines
+      toolkit logs -n 20 --engine docker
+    """
     from toolkit import api
 
     settings = settings_from(ctx, **_flags(**kwargs))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands._common import echo, echo_json, settings_from
+from toolkit.commands._common import Port, echo, echo_json, settings_from
 
 
 @click.command()
-@click.option("--port", type=click.IntRange(1, 65535), help="Port to check [default: 8888].")
+@click.option("--port", type=Port(), help="Port to check [default: 8888].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.pass_context
 def doctor(ctx: click.Context, port: int | None, as_json: bool) -> None:
@@ -17,6 +17,11 @@ def doctor(ctx: click.Context, port: int | None, as_json: bool) -> None:
     An extra not installed (chroma, lancedb, s3: pip install 'toolkit[all]') is reported, not failed.
 
     Exits 1 when a check fails; each failing line says how to fix it.
+
+    \b
+    Examples:
+      toolkit doctor
+      toolkit doctor --port 5433 --json   # the checks as a list, for CI logs
     """
     from toolkit.doctor import as_dicts, run_checks
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands._common import echo
+from toolkit.commands._common import Group, echo
 
 
-@click.group()
+@click.group(cls=Group)
 def image() -> None:
-    """Docker images the toolkit can build without a registry."""
+    """Docker images the toolkit can build without a registry.
+
+    \b
+    Example:
+      toolkit image build && toolkit up --engine docker --image toolkit/pgvector-offline:pg18
+    """
 
 
 @image.command("build")

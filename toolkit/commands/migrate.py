@@ -9,14 +9,14 @@ from typing import Any
 import click
 
 from toolkit.backends import DEFAULT_TABLE
-from toolkit.commands._common import echo, echo_json, settings_from
+from toolkit.commands._common import Whole, echo, echo_json, settings_from
 
 
 @click.command()
 @click.option("--from", "source", required=True, metavar="SPEC", help="Store to copy from (read only).")
 @click.option("--to", "destination", required=True, metavar="SPEC", help="Store to copy into (upsert by id).")
 @click.option("--table", default=DEFAULT_TABLE, show_default=True, help="Table / collection name on both sides.")
-@click.option("--batch", type=click.IntRange(min=1), default=1000, show_default=True, help="Rows per batch.")
+@click.option("--batch", type=Whole(min=1), default=1000, show_default=True, help="Rows per batch.")
 @click.option("--format", "fmt", metavar="FORMAT",
               help="Format to write a new Chroma/LanceDB destination in: memgpt (chromadb 0.5, Lance legacy: what "
                    "MemGPT 0.3.x reads), current, or the backend's own name (0.5, 1, legacy, stable) "

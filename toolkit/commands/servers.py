@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from toolkit.commands._common import echo, echo_json, settings_from
+from toolkit.commands._common import Group, Port, Seconds, Whole, echo, echo_json, settings_from
 from toolkit.services.base import Option, Service
 from toolkit.services.registry import SERVICES
 
@@ -23,7 +23,7 @@ _CORE_DESTS = {"port", "timeout", "as_json", "tail"}
 
 
 def _port(help: str) -> click.Option:
-    return click.Option(["--port"], type=click.IntRange(1, 65535), help=help)
+    return click.Option(["--port"], type=Port(), help=help)
 
 
 def _json(what: str) -> click.Option:
@@ -35,6 +35,16 @@ def _extra(option: Option) -> click.Option:
         return click.Option([option.flag, option.dest], is_flag=True, help=option.help)
     kind = click.Path(file_okay=False) if option.kind == "dir" else click.STRING
     return click.Option([option.flag, option.dest], type=kind, metavar=option.metavar, help=option.help)
+
+
+def _with_examples(help: str, *examples: tuple[str, str]) -> str:
+    """``help`` ending in an Examples block of (command, comment) pairs, unless the service wrote its own."""
+    if "Example" in help:
+        return help
+    width = max(len(command) for command, _ in examples)
+    lines = [f"  {command:{width}}  # {comment}" if comment else f"  {command}" for command, comment in examples]
+    label = "Example:" if len(examples) == 1 else "Examples:"
+    return help.rstrip() + f"\n\n\b\n{label}\n" + "\n".join(lines) + "\n"
 
 
 def server_group(service: Service) -> click.Group:
@@ -64,22 +74,28 @@ def server_group(service: Service) -> click.Group:
     def logs(ctx: click.Context, tail: int) -> None:
         echo(service.logs(settings_from(ctx), tail).line())
 
-    default = service.port_default
-    group = click.Group(service.name, help=service.help)
-    group.add_command(click.Command("up", callback=up, help=service.up_help, params=[
+    default, name, other_port = service.port_default, f"toolkit {service.name}", service.default_port + 1
+    group = Group(service.name, help=service.help)
+    up_help = _with_examples(service.up_help, (f"{name} up", f"on its default port ({default})"),
+                             (f"{name} up --port {other_port} --json", "elsewhere; the result for a script"))
+    down_help = _with_examples(service.down_help, (f"{name} down", ""))
+    status_help = _with_examples(service.status_help, (f"{name} status", "the toolkit's server, wherever it runs"),
+                                 (f"{name} status --port {other_port} --json", "whatever answers on that port"))
+    logs_help = _with_examples(service.logs_help, (f"{name} logs --tail 20", ""))
+    group.add_command(click.Command("up", callback=up, help=up_help, params=[
         _port(f"Port on 127.0.0.1 [default: {default}]."),
         *map(_extra, service.up_options),
-        click.Option(["--timeout"], type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+        click.Option(["--timeout"], type=Seconds(), default=60.0, show_default=True,
                      help="Seconds to wait for readiness."),
         _json("result"),
     ]))
-    group.add_command(click.Command("down", callback=down, help=service.down_help))
-    group.add_command(click.Command("status", callback=status, help=service.status_help, params=[
+    group.add_command(click.Command("down", callback=down, help=down_help))
+    group.add_command(click.Command("status", callback=status, help=status_help, params=[
         _port(f"Report this port on 127.0.0.1 [default: where the toolkit's server runs, else {default}]."),
         _json("status"),
     ]))
-    group.add_command(click.Command("logs", callback=logs, help=service.logs_help, params=[
-        click.Option(["--tail"], type=click.IntRange(min=0), default=100, show_default=True, help="Lines to show."),
+    group.add_command(click.Command("logs", callback=logs, help=logs_help, params=[
+        click.Option(["--tail"], type=Whole(min=0), default=100, show_default=True, help="Lines to show."),
     ]))
     return group
 

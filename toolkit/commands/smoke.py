@@ -6,15 +6,16 @@ import time
 
 import click
 
-from toolkit.commands._common import BackendName, echo, echo_json, settings_from
+from toolkit.commands._common import BackendName, Seconds, Whole, echo, echo_json, settings_from
+from toolkit.errors import BackendError
 
 
 @click.command()
 @click.option("--backend", type=BackendName("all"),
               help="Backend to check [default: the one in the MemGPT config, plus postgres].")
-@click.option("-n", "count", type=click.IntRange(min=2), default=100, show_default=True, help="Passages per check.")
-@click.option("--dim", type=click.IntRange(1, 4096), default=1536, show_default=True, help="Embedding dimension.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+@click.option("-n", "count", type=Whole(min=2), default=100, show_default=True, help="Passages per check.")
+@click.option("--dim", type=Whole(1, 4096), default=1536, show_default=True, help="Embedding dimension.")
+@click.option("--timeout", type=Seconds(), default=120.0, show_default=True,
               help="Seconds each backend's check may take.")
 @click.option("--format", "fmt", metavar="FORMAT",
               help="Format a new Chroma/LanceDB store is written in: memgpt (chromadb 0.5, Lance legacy), current, "
@@ -28,9 +29,10 @@ def smoke(ctx: click.Context, backend: str | None, count: int, dim: int, timeout
 
     Each backend is checked in a temporary table that is dropped afterwards, all in parallel.
     Servers are not started for you: a stopped one is reported with the command that starts it
-    (toolkit up, toolkit chroma up, toolkit s3 up). Exit 0 only when every check passes; 6 when
-    no backend could be checked at all (the one asked for is not running); 4 when the one asked for
-    needs a library of an extra that is not installed (pip install 'toolkit[chroma]', [lancedb]).
+    (toolkit up, toolkit chroma up, toolkit s3 up). Exit 0 only when every check passes, else 6 (a
+    backend failed its check, or none could be checked at all: the one asked for is not running); 4
+    when the one asked for needs a library of an extra that is not installed (pip install
+    'toolkit[chroma]', [lancedb]).
 
     A Chroma directory another client generation wrote (MemGPT 0.3.x's chromadb 0.5) is checked on a
     private copy, through that client in an isolated environment: the directory stays as it was.
@@ -56,4 +58,7 @@ def smoke(ctx: click.Context, backend: str | None, count: int, dim: int, timeout
     unchecked = lib.nothing_checked(chosen)
     if unchecked:
         raise unchecked
-    ctx.exit(0 if all(r.ok for r in results) else 1)
+    failed = [r.backend for r in results if not r.ok]
+    if failed:  # a backend that fails its check is a backend failure: exit 6, as when none could be checked
+        raise BackendError(f"{len(failed)} of {len(results)} checks failed ({', '.join(failed)})",
+                           hint=f"the {'JSON results say' if as_json else 'table above says'} why")

@@ -138,6 +138,12 @@ Without --port (and TOOLKIT_CHROMA_PORT): where the toolkit's server runs, else 
 port when something else holds 8000. When the toolkit's server already runs on another port or
 data path, this refuses (stop it with `toolkit chroma down` first); when it fails, only the process
 it started is stopped.
+
+\b
+Examples:
+  toolkit chroma up                  # where ours runs, else 8000 (a free port if 8000 is not ours)
+  toolkit chroma up --format memgpt  # chromadb 0.5: what MemGPT 0.3.x's HttpClient talks to
+  toolkit chroma up --port 8001 --path /srv/chroma --json
 """,
     down_help="Stop the Chroma server the toolkit started in this checkout, on whichever port it runs (data kept).",
     status_help="""Is the Chroma server running, and of which format? Exit 0 whether it runs or not

@@ -136,6 +136,11 @@ AWS keys already in .env are kept; test keys are written only where there are no
 (and an endpoint you set): where the toolkit's server runs, else 9000, else a free port when
 something else holds it. A port you give that something else holds is an error (exit 3). When the
 toolkit's S3 server already runs on another port, this refuses (`toolkit s3 down` first).
+
+\b
+Examples:
+  toolkit s3 up                                 # 127.0.0.1:9000, bucket toolkit, settings into .env
+  toolkit s3 up --port 9001 --no-export --json  # leave .env alone; the endpoint for a script
 """,
     down_help="Stop the S3 test server the toolkit started, on whichever port it runs (its data lives in memory "
               "and is gone).",
