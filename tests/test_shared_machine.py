@@ -166,7 +166,7 @@ def test_an_explicit_port_something_else_holds_is_an_error(isolated: Path) -> No
         assert foreign.writes() == [] and not (isolated / ".toolkit" / "chroma.pid").exists()
         # a server at an address the user chose is theirs to use: smoke goes there
         smoked = run_toolkit("smoke", "--backend", "chroma-http", *SMALL, env={"TOOLKIT_CHROMA_PORT": str(foreign.port)})
-        assert smoked.returncode == 1 and foreign.requests, smoked.stdout + smoked.stderr
+        assert smoked.returncode == 6 and foreign.requests, smoked.stdout + smoked.stderr
     finally:
         foreign.close()
 

@@ -58,7 +58,11 @@ def smoke(ctx: click.Context, backend: str | None, count: int, dim: int, timeout
     unchecked = lib.nothing_checked(chosen)
     if unchecked:
         raise unchecked
-    failed = [r.backend for r in results if not r.ok]
+    failed = [r for r in results if not r.ok]
     if failed:  # a backend that fails its check is a backend failure: exit 6, as when none could be checked
-        raise BackendError(f"{len(failed)} of {len(results)} checks failed ({', '.join(failed)})",
+        by_status: dict[str, list[str]] = {}
+        for r in failed:
+            by_status.setdefault(r.status, []).append(r.backend)
+        said = "; ".join(f"{', '.join(names)}: {status}" for status, names in by_status.items())
+        raise BackendError(f"{len(failed)} of {len(results)} checks did not pass ({said})",
                            hint=f"the {'JSON results say' if as_json else 'table above says'} why")
