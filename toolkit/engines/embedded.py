@@ -111,7 +111,7 @@ class EmbeddedEngine:
         if pid is None:
             detail = "stopped (data kept)" if extra["initialized"] else "no data yet"
             if info.get("pid") is not None:  # postmaster.pid names a process that is not our server
-                detail = "not running: the server died (stale postmaster.pid); `toolkit up` recovers it, data kept"
+                detail = "the server died (stale postmaster.pid); `toolkit up` recovers it, data kept"
             return EngineStatus(self.name, False, detail, extra)
         extra.update(pid=pid, port=info.get("port"))
         return EngineStatus(self.name, True, f"pid {pid}, port {info.get('port')}, data {self.pgdata}", extra)
