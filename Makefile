@@ -63,13 +63,13 @@ test: $(STAMP) ## run the test suite against real servers
 smoke: $(STAMP) chroma-up s3-up ## prove every archival backend works (starts the Chroma and S3 test servers)
 	@$(TK) smoke --backend all
 
-chroma-up: $(STAMP) ## start a Chroma server on 127.0.0.1:8000
+chroma-up: $(STAMP) ## start a Chroma server on 127.0.0.1:8000 (a free port when 8000 is not this checkout's)
 	@$(TK) chroma up
 
 chroma-down: $(BASE) ## stop it
 	@$(TK) chroma down
 
-s3-up: $(STAMP) ## start the S3 test server (moto) on 127.0.0.1:9000, bucket toolkit, settings into .env
+s3-up: $(STAMP) ## start the S3 test server (moto) on 127.0.0.1:9000 (or a free port), bucket toolkit, settings into .env
 	@$(TK) s3 up
 
 s3-down: $(BASE) ## stop it
