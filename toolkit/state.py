@@ -29,9 +29,9 @@ VALUES = ("user", "password", "database", "host", "container", "volume", "image"
 def last_up(state_dir: Path) -> dict[str, Any]:
     """``{"engine": str, "port": int, <VALUES>: str, "chosen": [key]}`` as far as the record holds them;
     {} for no record or a damaged one."""
-    try:
-        text = (state_dir / RECORD).read_text().strip()
-    except (OSError, UnicodeDecodeError):
+    try:  # bounded, never through a symlink, never blocking on a FIFO: every command reads it
+        text = perms.read_bounded(state_dir / RECORD, 64 * 1024).strip()
+    except OSError:
         return {}
     if not text.startswith("{"):
         return {"engine": text} if text.isidentifier() else {}

@@ -87,7 +87,16 @@ class EmbeddedEngine:
         """The port, when nobody gave it and another server holds it (another checkout's, anyone's): a
         port of this project's own. A running server of ours keeps its port (up checks it matches)."""
         db = self.db
-        if not self.settings.may_choose("db.port") or self._running_pid() is not None or port_is_free(db.bind, db.port):
+        if not self.settings.may_choose("db.port"):
+            return []
+        if self._running_pid() is not None:
+            # an `up` killed before it recorded the port it chose left our server there: it is this project's
+            running = self._postmaster_info().get("port")
+            if running is None or running == db.port:
+                return []
+            held = "nobody now" if port_is_free(db.bind, db.port) else _holder(db.port)
+            return [Choice("db.port", running, db.port, f"{held} (this project's server already runs on {running})")]
+        if port_is_free(db.bind, db.port):
             return []
         return [Choice("db.port", own_port(db.bind, str(self.settings.project_dir)), db.port, _holder(db.port))]
 
