@@ -289,3 +289,35 @@ def test_the_seeds_own_container_on_the_defaults_is_left_alone(checkouts: tuple[
     assert run_toolkit("down", "--purge", "--yes", cwd=a, env=fresh_env()).returncode == 0
     seed.reload()
     assert seed.status == "running" and docker_api.volumes.get(volume)
+
+
+@pytest.mark.docker
+def test_a_moved_checkout_is_told_where_its_database_is_not_given_an_empty_one(
+        checkouts: tuple[Path, Path], docker_api: Any, offline_image: str, made: dict[str, list[str]]) -> None:
+    """The labels name the project dir; after `mv`, names of its own would start an empty database and the
+    user's rows would seem gone. `up` refuses, naming the volume and the old path; moved back, all is there."""
+    import psycopg
+
+    a, _ = checkouts
+    moved = a.with_name("checkout-a-moved")
+    container, volume = _names_for(made, moved)  # and the names of its own the moved checkout would take
+    defaults = {"db.port": free_port(), "container": container, "volume": volume}
+    env = fresh_env(TOOLKIT_PG_IMAGE=offline_image)
+    assert run_toolkit_with_defaults(defaults, "up", cwd=a, env=env).returncode == 0
+    with psycopg.connect(env_url(a).replace("+pg8000", "")) as conn:
+        conn.execute("CREATE TABLE keepme (x int)")
+    a.rename(moved)
+    try:
+        again = run_toolkit_with_defaults(defaults, "up", cwd=moved, env=env)
+        assert again.returncode == 3, again.stdout + again.stderr
+        line = again.stderr.strip().splitlines()[-1]
+        assert f"volume {volume}" in line and f"{a}, a directory that no longer exists" in line and "moved" in line
+        assert [c.name for c in docker_api.containers.list(all=True, filters={"label": f"com.toolkit.project={moved}"})] \
+            == []  # no empty database beside the data
+        status = run_toolkit_with_defaults(defaults, "status", cwd=moved, env=env)
+        assert "no longer exists" in status.stderr and "docker rm" not in status.stderr, status.stderr
+    finally:
+        moved.rename(a)
+    assert run_toolkit_with_defaults(defaults, "up", cwd=a, env=env).returncode == 0
+    with psycopg.connect(env_url(a).replace("+pg8000", "")) as conn:
+        assert conn.execute("SELECT count(*) FROM keepme").fetchone() == (0,)

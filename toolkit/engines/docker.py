@@ -29,7 +29,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from toolkit import __version__, bootstrap
+from toolkit import __version__, bootstrap, state
 from toolkit.engines.base import Choice, Endpoint, EngineStatus, Progress, quiet
 from toolkit.engines.docker_image import OFFLINE_IMAGE
 from toolkit.errors import (
@@ -277,6 +277,7 @@ class DockerEngine:
         the project dir (stable), a port derived the same way. An unlabelled volume by the default name
         (the seed's run_postgres.sh made it) is still adopted, as always."""
         s = self.settings
+        self._check_not_moved()
         chosen: list[Choice] = []
         container = s.container
         if s.may_choose("container"):
@@ -293,6 +294,27 @@ class DockerEngine:
             holder = found[0] if found else port_holder(self.db.port) or "another process"
             chosen.append(Choice("db.port", own_port(self.db.bind, str(s.project_dir)), self.db.port, holder))
         return chosen
+
+    def _check_not_moved(self) -> None:
+        """This checkout's record names a volume whose label names a project dir that is gone: the checkout
+        was moved (or renamed), and its data is in that volume. Names of its own would start an empty
+        database here, and the data would seem lost: refuse, saying where it is."""
+        from docker.errors import NotFound
+
+        recorded = state.last_up(self.settings.state_dir).get("volume")
+        if not recorded:
+            return
+        try:
+            volume = self.client.volumes.get(recorded)
+        except NotFound:
+            return
+        owner = (volume.attrs.get("Labels") or {}).get(f"{LABEL}.project")
+        if owner is None or owner == str(self.settings.project_dir) or os.path.exists(owner):
+            return
+        raise InUseError(f"this project's database is in Docker volume {recorded}, which belongs to the toolkit "
+                         f"project at {owner}, a directory that no longer exists (was this checkout moved?)",
+                         hint=f"move the checkout back to {owner} to use it (or to copy its data out with "
+                              "`toolkit migrate`); TOOLKIT_PG_VOLUME=another-name starts an empty database here")
 
     def _own_name(self, name: str, sep: str, holder: Callable[[str], str | None]) -> str:
         """``name`` when nobody else holds it, else the first of name-<hash>, name-<hash>-2, ... that nobody does."""
@@ -453,11 +475,15 @@ class DockerEngine:
         """The default names are the same in every checkout: never take over another project's."""
         owner = found.get(f"{LABEL}.project")
         if owner is not None and owner != str(self.settings.project_dir):
+            if not os.path.exists(owner):  # moved or renamed: its data is still labelled with the old path
+                raise InUseError(f"{kind} {name} belongs to the toolkit project at {owner}, a directory that no "
+                                 "longer exists (was this checkout moved?)",
+                                 hint=f"move the checkout back to {owner} to use its database (or copy the data out "
+                                      "with `toolkit migrate`)")
             raise InUseError(
                 f"{kind} {name} belongs to the toolkit project at {owner}; leaving it alone",
-                hint=f"run `toolkit down` there, or give this project its own names with TOOLKIT_PG_CONTAINER and "
-                     f"TOOLKIT_PG_VOLUME (if that project moved here: docker rm -f {name} keeps the data volume)"
-                     if kind == "container" else
+                hint="run `toolkit down` there, or give this project its own names with TOOLKIT_PG_CONTAINER and "
+                     "TOOLKIT_PG_VOLUME" if kind == "container" else
                      "give this project its own volume with TOOLKIT_PG_VOLUME, or purge it from that project")
 
     def _config_key(self) -> str:
