@@ -55,3 +55,16 @@ def test_configure_with_its_input_ending_says_so_and_changes_nothing(isolated: P
         assert last.startswith("toolkit: error: the input ended before an answer to "), last
         assert "--no-input" in last and "interrupted" not in done.stderr, last
         assert not config.exists()
+
+
+@pytest.mark.usefixtures("embedded_down_after")
+def test_up_no_export_does_not_call_another_url_in_env_current(isolated: Path) -> None:
+    """`up --no-export` writes nothing; when .env holds some other URL, the closing line must not say that
+    URL "is current" (a user would then eval a stale one)."""
+    env_file = isolated / ".env"
+    env_file.write_text("PGVECTOR_TEST_DB_URL='postgresql+pg8000://memgpt:memgpt@localhost:1/elsewhere'\n")
+    done = run_toolkit("up", "--engine", "embedded", "--no-export")
+    assert done.returncode == 0, done.stderr
+    assert "is current" not in done.stdout, done.stdout
+    assert "not written to .env (--no-export)" in done.stdout, done.stdout
+    assert "localhost:1/elsewhere" in env_file.read_text()
