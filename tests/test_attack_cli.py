@@ -68,3 +68,26 @@ def test_up_no_export_does_not_call_another_url_in_env_current(isolated: Path) -
     assert "is current" not in done.stdout, done.stdout
     assert "not written to .env (--no-export)" in done.stdout, done.stdout
     assert "localhost:1/elsewhere" in env_file.read_text()
+
+
+def test_ctrl_c_during_smoke_stops_it_and_drops_its_table(isolated: Path) -> None:
+    """Ctrl-C while a check runs: the check is told to stop, drops its table, and the command exits 130.
+    The checks run in threads: a main thread that raised at once left its check's table behind, and an
+    exit with a thread inside NumPy's BLAS could hang for good in OpenBLAS's exit handler."""
+    import signal
+
+    from tests.support import spawn_toolkit, wait_until
+
+    archival = Path.home() / ".memgpt" / "archival"
+    victim = spawn_toolkit("smoke", "--backend", "local", "-n", "60000", "--dim", "1536", "--timeout", "3600")
+    try:
+        wait_until(lambda: list(archival.glob("toolkit_smoke_*")) or victim.poll() is not None, 600,
+                   "the check's table", interval=0.01)
+        assert victim.poll() is None, victim.communicate()
+        victim.send_signal(signal.SIGINT)
+        out, err = victim.communicate(timeout=600)
+    finally:
+        victim.kill()
+    assert victim.returncode == 130, out + err
+    assert err.strip().splitlines()[-1] == "toolkit: interrupted", err
+    assert list(archival.glob("toolkit_smoke_*")) == []  # dropped on the way out
