@@ -91,3 +91,26 @@ def test_ctrl_c_during_smoke_stops_it_and_drops_its_table(isolated: Path) -> Non
     assert victim.returncode == 130, out + err
     assert err.strip().splitlines()[-1] == "toolkit: interrupted", err
     assert list(archival.glob("toolkit_smoke_*")) == []  # dropped on the way out
+
+
+def test_a_question_is_asked_on_stderr_so_a_redirected_stdout_does_not_hide_it(isolated: Path, tmp_path: Path) -> None:
+    """`toolkit down --purge > log` at a terminal: the question must reach the user (stderr, as the
+    progress and errors do), not the file, or the command just seems to hang."""
+    import os
+    import pty
+
+    from tests.support import spawn_toolkit
+
+    (isolated / ".toolkit" / "embedded" / "pgdata").mkdir(parents=True)  # data to ask about
+    (isolated / ".toolkit" / "embedded" / "pgdata" / "PG_VERSION").write_text("18\n")
+    primary, secondary = pty.openpty()
+    try:
+        victim = spawn_toolkit("down", "--purge", "--engine", "embedded", cwd=isolated, stdin=secondary)
+        os.close(secondary)
+        os.write(primary, b"n\n")
+        out, err = victim.communicate(timeout=120)
+    finally:
+        os.close(primary)
+    assert victim.returncode == 1, out + err
+    assert "[y/N]" in err and "[y/N]" not in out, (out, err)
+    assert "nothing was changed" in err

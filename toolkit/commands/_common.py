@@ -43,7 +43,8 @@ def confirm_or_abort(question: str, *, yes: bool) -> None:
     if sys.stdin is None or not sys.stdin.isatty():
         raise ToolkitError(f"refusing to {question} without confirmation (no terminal to ask on)",
                            hint="re-run with --yes")
-    if not click.confirm(question[0].upper() + question[1:] + "?", default=False):
+    # asked on stderr, as progress and errors are: `toolkit down --purge > log` still shows the question
+    if not click.confirm(question[0].upper() + question[1:] + "?", default=False, err=True):
         raise Declined("nothing was changed")
 
 
@@ -72,7 +73,7 @@ def prompt(text: str, *, default: str, choices: Sequence[str] | None = None, sho
     as one Abort; at a terminal Ctrl-D still is one)."""
     try:
         answer: str = click.prompt(text, default=default, type=click.Choice(list(choices)) if choices else None,
-                                   show_default=show_default)
+                                   show_default=show_default, err=True)
     except click.exceptions.Abort as exc:
         if isinstance(exc.__context__, EOFError) and not (sys.stdin and sys.stdin.isatty()):
             click.echo(err=True)  # end the prompt's line
