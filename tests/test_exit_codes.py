@@ -99,8 +99,8 @@ def terminated_at_a_prompt(project: Path) -> Outcome:
 
         def asked() -> bool:
             nonlocal shown
-            if select.select([victim.stdout], [], [], 0.1)[0]:  # the prompt ends in no newline: read what is there
-                shown += os.read(victim.stdout.fileno(), 1024)  # type: ignore[union-attr]
+            if select.select([victim.stderr], [], [], 0.1)[0]:  # the prompt ends in no newline: read what is there
+                shown += os.read(victim.stderr.fileno(), 1024)  # type: ignore[union-attr]
             assert victim.poll() is None, victim.communicate()
             return b"[y/N]" in shown
 
@@ -109,7 +109,7 @@ def terminated_at_a_prompt(project: Path) -> Outcome:
         out, err = victim.communicate(timeout=60)
     finally:
         os.close(primary)
-    return Outcome(victim.returncode, shown.decode() + out, err)
+    return Outcome(victim.returncode, out, shown.decode() + err)
 
 
 def purge_without_a_terminal(project: Path) -> Outcome:

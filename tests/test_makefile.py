@@ -1,7 +1,7 @@
 """The Makefile as a newcomer meets it: `make help` lists every target as it runs, `make db-reset` works
 without a terminal when told to (YES=1) and says how when not.
 
-Targets run with ``TK`` (the toolkit command) and ``STAMP`` (the venv's install stamp) overridden, so make
+Targets run with ``TK`` (the toolkit command), ``STAMP`` and ``BASE`` (the venv's install stamps) overridden, so make
 neither builds a venv nor touches the checkout's: the recipes themselves run, against the test's project.
 """
 
@@ -17,9 +17,11 @@ from tests.support import REPO, env_url, run_toolkit
 
 
 def _make(*args: str, tmp_path: Path, project: Path | None = None) -> subprocess.CompletedProcess[str]:
-    stamp = tmp_path / "installed"
-    stamp.touch()  # newer than pyproject.toml: make's venv rule has nothing to do
-    overrides = [f"STAMP={stamp}"]
+    # newer than pyproject.toml: make's install rules have nothing to do (the db-* targets need only the base)
+    base, stamp = tmp_path / "installed-base", tmp_path / "installed"
+    base.touch()
+    stamp.touch()
+    overrides = [f"BASE={base}", f"STAMP={stamp}"]
     if project is not None:
         overrides.append(f"TK={sys.executable} -m toolkit --project-dir {project}")
     return subprocess.run(["make", "--no-print-directory", *args, *overrides], cwd=REPO, capture_output=True,
@@ -62,3 +64,13 @@ def test_db_reset_without_a_terminal_needs_yes(isolated: Path, tmp_path: Path, m
     assert "data deleted" in reset.stdout
     with psycopg.connect(env_url(isolated).replace("+pg8000", ""), autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('kept')").fetchone() == (None,)  # a fresh database
+
+
+@pytest.mark.parametrize("target", ["db-up", "db-reset", "db-status", "chroma-down", "s3-down", "test", "env"])
+def test_the_overrides_leave_no_venv_to_build(target: str, tmp_path: Path) -> None:
+    """The targets these tests run must not build or reinstall the checkout's .venv (a clone without one, or a
+    pyproject.toml newer than its stamp): the db-* targets need the base install's stamp, the rest the full one."""
+    planned = _make("-n", target, tmp_path=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    assert "pip install" not in planned.stdout and "-m venv" not in planned.stdout, planned.stdout
+    assert "warning" not in planned.stderr, planned.stderr

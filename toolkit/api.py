@@ -31,10 +31,12 @@ class UpResult:
     note: str | None = None
     chosen: tuple[Choice, ...] = ()  # values this project took because the defaults were held
     settings: Settings | None = field(default=None, compare=False, repr=False)  # what the server runs with
+    exported: bool = True  # False: --no-export; .env was not looked at, whatever it holds
 
     def line(self) -> str:
         where = f"PGVECTOR_TEST_DB_URL written to {self.env_file.name}" if self.env_changed else \
-            f"PGVECTOR_TEST_DB_URL in {self.env_file.name} is current"
+            f"PGVECTOR_TEST_DB_URL in {self.env_file.name} is current" if self.exported else \
+            f"PGVECTOR_TEST_DB_URL not written to {self.env_file.name} (--no-export)"
         return f"postgres ready ({self.engine}) at {self.url.redacted()}; {where}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,7 +91,7 @@ def _up(settings: Settings, *, export: bool, progress: Progress = quiet) -> UpRe
     if engine.name != "external":
         engines.remember(settings, engine.name)
     changed = envfile.write(settings.env_file, env_values(settings, endpoint.url)) if export else False
-    return UpResult(engine.name, endpoint.url, settings.env_file, changed, note, tuple(chosen), settings)
+    return UpResult(engine.name, endpoint.url, settings.env_file, changed, note, tuple(chosen), settings, export)
 
 
 def _start(engine: Engine, settings: Settings, progress: Progress) -> tuple[Engine, Settings, list[Choice], Endpoint]:

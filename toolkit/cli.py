@@ -93,6 +93,15 @@ def _unexpected(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
+def _output_failed(exc: BaseException) -> bool:
+    """Did click fail to write what we print (stdout on a full disk, a terminal that went away)? That is
+    the machine's state, not a bug: no crash log. click itself ends a closed pipe (EPIPE) quietly."""
+    if not isinstance(exc, OSError) or exc.__traceback__ is None:
+        return False
+    innermost = traceback.extract_tb(exc.__traceback__)[-1]
+    return innermost.name == "echo" and os.path.samefile(innermost.filename, click.utils.__file__)
+
+
 def _usage_line(exc: click.ClickException) -> str:
     """click's error (usage block, "Error:", message) as one line in the house format: what, and the
     command whose --help says how."""
@@ -157,5 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the boundary
         if debug:
             raise
+        if _output_failed(exc):
+            assert isinstance(exc, OSError)
+            try:
+                click.echo(f"toolkit: error: cannot write the output: {exc.strerror or exc}", err=True)
+            except OSError:
+                pass  # stderr too: nowhere left to say it
+            sys.exit(1)
         sys.exit(_unexpected(exc))
     sys.exit(code if isinstance(code, int) else 0)

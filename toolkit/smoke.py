@@ -303,9 +303,11 @@ def run(chosen: list[Target], *, n: int = 100, dim: int = 1536, timeout: float =
 
     cancel = threading.Event()
     results: dict[int, Result] = {}
-    threads: dict[int, tuple[threading.Thread, float, StoreLocation]] = {}
+    # each check's end, as an Event: after a KeyboardInterrupt in Thread.join, Python 3.11's is_alive()
+    # says False of a thread that still runs (its join marks it stopped on the way out)
+    checks: dict[int, tuple[threading.Event, float, StoreLocation]] = {}
 
-    def work(i: int, t: Target, location: StoreLocation) -> None:
+    def check(i: int, t: Target, location: StoreLocation) -> None:
         start = time.monotonic()
         try:
             guarded = backend(location.backend).guarded(location)  # someone else's data: on a private copy
@@ -316,30 +318,50 @@ def run(chosen: list[Target], *, n: int = 100, dim: int = 1536, timeout: float =
             outcome = Result(t.backend, "fail", time.monotonic() - start, redact(message), location.describe())
         results.setdefault(i, outcome)  # a timeout already reported stays reported
 
+    def work(i: int, t: Target, location: StoreLocation, done: threading.Event) -> None:
+        try:
+            check(i, t, location)
+        finally:
+            done.set()
+
     for i, t in enumerate(chosen):
         if t.location is None or t.problem:
             shown = t.location.describe() if t.location else ""
             results[i] = Result(t.backend, t.status or ("not running" if t.location else "fail"), 0.0, t.why, shown)
             continue
         location = replace(t.location, table=f"toolkit_smoke_{uuid.uuid4().hex[:12]}")
-        thread = threading.Thread(target=work, args=(i, t, location), name=f"smoke-{t.backend}", daemon=True)
-        threads[i] = (thread, time.monotonic(), location)
-        thread.start()
+        done = threading.Event()
+        checks[i] = (done, time.monotonic(), location)
+        threading.Thread(target=work, args=(i, t, location, done), name=f"smoke-{t.backend}", daemon=True).start()
     late: dict[int, float] = {}
-    for i, (thread, started, _) in threads.items():
-        thread.join(max(0.0, started + timeout - time.monotonic()))
-        if thread.is_alive():
-            late[i] = time.monotonic() - started
+    try:
+        for i, (done, started, _) in checks.items():
+            if not _wait(done, started + timeout):
+                late[i] = time.monotonic() - started
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: each check stops at its next step and drops its table
+        cancel.set()
+        deadline = time.monotonic() + grace
+        for done, _, _ in checks.values():
+            _wait(done, deadline)  # a second Ctrl-C stops waiting
+        raise
     if late:
         cancel.set()  # each late check stops at its next step and drops its table in `finally`
         deadline = time.monotonic() + grace
         for i, seconds in late.items():
-            thread, _, location = threads[i]
-            thread.join(max(0.0, deadline - time.monotonic()))
-            left = f"; table {location.table} may be left behind" if thread.is_alive() else "; its table was dropped"
+            done, _, location = checks[i]
+            left = "; its table was dropped" if _wait(done, deadline) else f"; table {location.table} may be left behind"
             results[i] = Result(chosen[i].backend, "timeout", seconds, f"no answer within {timeout:g}s{left}",
                                 location.describe())
     return [results[i] for i in range(len(chosen))]
+
+
+def _wait(done: threading.Event, deadline: float) -> bool:
+    """Wait for ``done`` until ``deadline`` (monotonic), in short slices: a signal that lands in another
+    thread (NumPy's BLAS threads take them too) is handled by the main thread only when it runs again.
+    True when it is set."""
+    while not done.is_set() and time.monotonic() < deadline:
+        done.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+    return done.is_set()
 
 
 def table(results: list[Result]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -42,7 +43,8 @@ def confirm_or_abort(question: str, *, yes: bool) -> None:
     if sys.stdin is None or not sys.stdin.isatty():
         raise ToolkitError(f"refusing to {question} without confirmation (no terminal to ask on)",
                            hint="re-run with --yes")
-    if not click.confirm(question[0].upper() + question[1:] + "?", default=False):
+    # asked on stderr, as progress and errors are: `toolkit down --purge > log` still shows the question
+    if not click.confirm(question[0].upper() + question[1:] + "?", default=False, err=True):
         raise Declined("nothing was changed")
 
 
@@ -66,9 +68,18 @@ class BackendName(click.Choice):  # type: ignore[type-arg]
 
 
 def prompt(text: str, *, default: str, choices: Sequence[str] | None = None, show_default: bool = True) -> str:
-    """click's prompt as the library's ``Prompt``: what `configure` asks."""
-    answer: str = click.prompt(text, default=default, type=click.Choice(list(choices)) if choices else None,
-                               show_default=show_default)
+    """click's prompt as the library's ``Prompt``: what `configure` asks. Answers may be piped in; input
+    that ends before an answer (stdin /dev/null in CI) is an error, not an interruption (click says both
+    as one Abort; at a terminal Ctrl-D still is one)."""
+    try:
+        answer: str = click.prompt(text, default=default, type=click.Choice(list(choices)) if choices else None,
+                                   show_default=show_default, err=True)
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, EOFError) and not (sys.stdin and sys.stdin.isatty()):
+            click.echo(err=True)  # end the prompt's line
+            raise ToolkitError(f"the input ended before an answer to {text!r}",
+                               hint="answer every question, or re-run with --no-input (and --backend, --uri, --path)") from None
+        raise
     return answer
 
 
@@ -92,7 +103,8 @@ class Whole(click.IntRange):
 
 
 class Seconds(click.FloatRange):
-    """A duration in seconds, greater than 0: "'abc' is not a valid number"."""
+    """A duration in seconds, greater than 0: "'abc' is not a number of seconds". Not NaN: it parses, and
+    passes a range check (every comparison with it is false), and a wait for "now >= deadline" never ends."""
 
     name = "seconds"
 
@@ -102,8 +114,10 @@ class Seconds(click.FloatRange):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str):
             try:
-                float(value)
+                number = float(value)
             except ValueError:
+                number = math.nan
+            if math.isnan(number):
                 self.fail(f"{value!r} is not a number of seconds", param, ctx)
         return super().convert(value, param, ctx)
 
