@@ -6,8 +6,12 @@ import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from toolkit.settings import Settings
+
+if TYPE_CHECKING:
+    from toolkit.engines.base import Choice
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ def _container_on(settings: Settings) -> tuple[str, str | None] | None:
     return container_publishing(settings, settings.db.port)
 
 
-def _port_choice(settings: Settings):  # type: ignore[no-untyped-def]
+def _port_choice(settings: Settings) -> Choice | None:
     """The port `up` would take instead, when nobody gave it and another holds it."""
     from toolkit import engines
     from toolkit.errors import ToolkitError

@@ -85,14 +85,11 @@ def own_port(bind: str, seed: str) -> int:
         port = low + (start + step) % (high - low)
         if port_is_free(bind, port):
             return port
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:  # a crowded range: any port the OS says is free
-        sock.bind((bind.split(",")[0].strip(), 0))
-        return int(sock.getsockname()[1])
+    return free_port(bind.split(",")[0].strip())  # a crowded range: any port the OS says is free
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS considers free now (for tests and benchmarks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port the OS considers free now on ``host`` (an IPv4 or IPv6 address)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

@@ -107,6 +107,7 @@ def exported(state_dir: Path) -> dict[str, str]:
 
 def record_exported(state_dir: Path, values: dict[str, str]) -> None:
     """Remember ``values`` as written into .env by the toolkit (beside what it wrote before)."""
-    merged = {**exported(state_dir), **values}
-    if merged != exported(state_dir):
+    current = exported(state_dir)
+    merged = {**current, **values}
+    if merged != current:
         perms.replace_private(state_dir / EXPORTS, json.dumps(merged, sort_keys=True) + "\n")

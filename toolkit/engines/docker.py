@@ -189,14 +189,20 @@ def container_publishing(settings: Settings, port: int) -> tuple[str, str | None
     except EngineUnavailableError:
         return None
     try:
-        for container in api.containers.list():
-            for bindings in (container.ports or {}).values():
-                if any(str(b.get("HostPort")) == str(port) for b in bindings or ()):
-                    return container.name, container.labels.get(f"{LABEL}.project")
+        found = _publishing(api, port)
     except Exception:  # noqa: BLE001 - best effort, as the OS's process table
         return None
     finally:
         api.close()
+    return (found.name, found.labels.get(f"{LABEL}.project")) if found is not None else None
+
+
+def _publishing(api: Any, port: int) -> Any:
+    """The running container that publishes ``port`` on this machine, or None."""
+    for container in api.containers.list():
+        for bindings in (container.ports or {}).values():
+            if any(str(b.get("HostPort")) == str(port) for b in bindings or ()):
+                return container
     return None
 
 
@@ -281,13 +287,13 @@ class DockerEngine:
         chosen: list[Choice] = []
         container = s.container
         if s.may_choose("container"):
-            container = self._own_name(s.container, "-", self._container_holder)
-            if container != s.container:
-                chosen.append(Choice("container", container, s.container, self._container_holder(s.container) or ""))
+            container, holder = self._own_name(s.container, "-", self._container_holder)
+            if holder is not None:
+                chosen.append(Choice("container", container, s.container, holder))
         if s.may_choose("volume"):
-            volume = self._own_name(s.volume, "_", lambda name: self._volume_holder(name, container))
-            if volume != s.volume:
-                chosen.append(Choice("volume", volume, s.volume, self._volume_holder(s.volume, container) or ""))
+            volume, holder = self._own_name(s.volume, "_", lambda name: self._volume_holder(name, container))
+            if holder is not None:
+                chosen.append(Choice("volume", volume, s.volume, holder))
         if s.may_choose("db.port") and not self._publishes(container, self.db.port) \
                 and not port_is_free(self.db.bind, self.db.port):
             found = self._container_on(self.db.port)
@@ -309,22 +315,20 @@ class DockerEngine:
         except NotFound:
             return
         owner = (volume.attrs.get("Labels") or {}).get(f"{LABEL}.project")
-        if owner is None or owner == str(self.settings.project_dir) or os.path.exists(owner):
-            return
-        raise InUseError(f"this project's database is in Docker volume {recorded}, which belongs to the toolkit "
-                         f"project at {owner}, a directory that no longer exists (was this checkout moved?)",
-                         hint=f"move the checkout back to {owner} to use it (or to copy its data out with "
-                              "`toolkit migrate`); TOOLKIT_PG_VOLUME=another-name starts an empty database here")
+        if owner is not None and owner != str(self.settings.project_dir) and not os.path.exists(owner):
+            raise _moved("volume", recorded, owner)
 
-    def _own_name(self, name: str, sep: str, holder: Callable[[str], str | None]) -> str:
-        """``name`` when nobody else holds it, else the first of name-<hash>, name-<hash>-2, ... that nobody does."""
-        if holder(name) is None:
-            return name
+    def _own_name(self, name: str, sep: str, holder: Callable[[str], str | None]) -> tuple[str, str | None]:
+        """``name`` when nobody else holds it, else the first of name-<hash>, name-<hash>-2, ... that nobody
+        does; and who holds ``name`` (None: nobody)."""
+        held_by = holder(name)
+        if held_by is None:
+            return name, None
         tag = hashlib.sha256(str(self.settings.project_dir).encode()).hexdigest()[:6]
         for n in range(1, 10):
             candidate = f"{name}{sep}{tag}" + (f"{sep}{n}" if n > 1 else "")
             if holder(candidate) is None:
-                return candidate
+                return candidate, held_by
         raise InUseError(f"{name} and nine names of this project's own are held by others",
                          hint="give this project its own names with TOOLKIT_PG_CONTAINER and TOOLKIT_PG_VOLUME")
 
@@ -333,12 +337,15 @@ class DockerEngine:
         from docker.errors import NotFound
 
         try:
-            found = self.client.containers.get(name)
+            return self._foreign(self.client.containers.get(name))
         except NotFound:
             return None
-        owner = found.labels.get(f"{LABEL}.project")
-        if found.labels.get(f"{LABEL}.managed") != "true":
-            return f"a container the toolkit did not create ({found.status})"
+
+    def _foreign(self, container: Any) -> str | None:
+        """Who ``container`` belongs to, when not to this project."""
+        owner = container.labels.get(f"{LABEL}.project")
+        if container.labels.get(f"{LABEL}.managed") != "true":
+            return f"a container the toolkit did not create ({container.status})"
         if owner is not None and owner != str(self.settings.project_dir):
             return f"the toolkit project at {owner}"
         return None
@@ -371,7 +378,7 @@ class DockerEngine:
         except NotFound:
             return False
         bindings = (found.ports or {}).get("5432/tcp") or ()
-        return self._container_holder(name) is None and any(str(b.get("HostPort")) == str(port) for b in bindings)
+        return self._foreign(found) is None and any(str(b.get("HostPort")) == str(port) for b in bindings)
 
     @daemon_errors
     def down(self, *, purge: bool = False) -> None:
@@ -476,10 +483,7 @@ class DockerEngine:
         owner = found.get(f"{LABEL}.project")
         if owner is not None and owner != str(self.settings.project_dir):
             if not os.path.exists(owner):  # moved or renamed: its data is still labelled with the old path
-                raise InUseError(f"{kind} {name} belongs to the toolkit project at {owner}, a directory that no "
-                                 "longer exists (was this checkout moved?)",
-                                 hint=f"move the checkout back to {owner} to use its database (or copy the data out "
-                                      "with `toolkit migrate`)")
+                raise _moved(kind, name, owner)
             raise InUseError(
                 f"{kind} {name} belongs to the toolkit project at {owner}; leaving it alone",
                 hint="run `toolkit down` there, or give this project its own names with TOOLKIT_PG_CONTAINER and "
@@ -711,11 +715,16 @@ class DockerEngine:
 
     def _container_on(self, port: int) -> tuple[str, str] | None:
         """The running container publishing ``port``, and how to stop it."""
-        for container in self.client.containers.list():
-            for bindings in (container.ports or {}).values():
-                if any(str(b.get("HostPort")) == str(port) for b in bindings or ()):
-                    return f"container {container.name}", f"`docker stop {container.name}`"
-        return None
+        found = _publishing(self.client, port)
+        return (f"container {found.name}", f"`docker stop {found.name}`") if found is not None else None
+
+
+def _moved(kind: str, name: str, owner: str) -> InUseError:
+    """A container or volume of a project dir that is gone: most likely this checkout, moved or renamed."""
+    return InUseError(f"{kind} {name} belongs to the toolkit project at {owner}, a directory that no longer exists "
+                      "(was this checkout moved?)",
+                      hint=f"move the checkout back to {owner} to use its database (or to copy its data out with "
+                           "`toolkit migrate`); TOOLKIT_PG_VOLUME=another-name starts an empty database here")
 
 
 def _bootstrap_env(db: DbParams) -> dict[str, str]:

@@ -89,7 +89,7 @@ class BackgroundServer:
 
     @property
     def pid_file(self) -> Path:
-        return self.state_dir / f"{self.name}.pid"
+        return pidfile.path_of(self.state_dir, self.name)
 
     @property
     def log_file(self) -> Path:
