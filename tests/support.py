@@ -59,10 +59,21 @@ def run_toolkit_with_defaults(defaults: dict[str, Any], *args: str, cwd: Path, e
     """The real CLI in a subprocess whose defaults are ``defaults`` (``{"db.port": 41234, "container": ...}``)
     and whose environment is ``env`` alone: the seed's defaults (port 8888, container memgpt-db-test) are
     every checkout's, so a test that needs "the defaults" must not take the real ones from the user."""
+    return subprocess.run(_with_defaults_argv(defaults, args), capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)
+
+
+def spawn_toolkit_with_defaults(defaults: dict[str, Any], *args: str, cwd: Path,
+                                env: dict[str, str]) -> subprocess.Popen[str]:
+    """``run_toolkit_with_defaults`` without waiting for it (stdout and stderr piped), to signal it mid-way."""
+    return subprocess.Popen(_with_defaults_argv(defaults, args), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _with_defaults_argv(defaults: dict[str, Any], args: tuple[str, ...]) -> list[str]:
     import json
 
-    return subprocess.run([sys.executable, "-c", _WITH_DEFAULTS, json.dumps(defaults), *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=timeout)
+    return [sys.executable, "-c", _WITH_DEFAULTS, json.dumps(defaults), *args]
 
 
 def fresh_env(**extra: str) -> dict[str, str]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,14 @@ from typing import Any
 import pytest
 
 from tests.docker_support import unique_names
-from tests.support import env_url, fresh_env, run_toolkit, run_toolkit_with_defaults
+from tests.support import (
+    env_url,
+    fresh_env,
+    run_toolkit,
+    run_toolkit_with_defaults,
+    spawn_toolkit_with_defaults,
+    wait_until,
+)
 from toolkit.ports import free_port
 
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # engine auto: embedded, without a ping's wait
@@ -321,3 +330,49 @@ def test_a_moved_checkout_is_told_where_its_database_is_not_given_an_empty_one(
     assert run_toolkit_with_defaults(defaults, "up", cwd=a, env=env).returncode == 0
     with psycopg.connect(env_url(a).replace("+pg8000", "")) as conn:
         assert conn.execute("SELECT count(*) FROM keepme").fetchone() == (0,)
+
+
+# -- hostile and clumsy cases: a record that is no file, an `up` killed before its record ---------------
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink to /dev/zero"])
+def test_a_record_that_is_no_file_neither_hangs_nor_eats_memory(isolated: Path, kind: str) -> None:
+    """The record is read by every command: a FIFO in its place blocked them all forever, a symlink to
+    /dev/zero read until memory ran out. Now it is no record."""
+    state = isolated / ".toolkit"
+    state.mkdir()
+    if kind == "fifo":
+        os.mkfifo(state / "engine")
+    else:
+        (state / "engine").symlink_to("/dev/zero")
+    done = run_toolkit("env", env=fresh_env(**NO_DOCKER, TOOLKIT_PG_PORT="47001"), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ":47001/memgpt" in done.stdout
+
+
+def test_up_killed_before_its_record_then_up_again_keeps_its_own_port(checkouts: tuple[Path, Path]) -> None:
+    """Checkout b chose a port of its own (a's server holds the default); its `up` is killed (SIGKILL) after
+    the server started, before the record was written. `up` again adopts the port its running server has,
+    instead of failing with "already running on port P, not <default>"."""
+    a, b = checkouts
+    default = free_port()  # stands for 8888
+    defaults = {"db.port": default}
+    first = run_toolkit_with_defaults(defaults, "up", cwd=a, env=fresh_env(**NO_DOCKER))
+    assert first.returncode == 0, first.stderr
+
+    record = b / ".toolkit" / "engine"
+    postmaster = b / ".toolkit" / "embedded" / "pgdata" / "postmaster.pid"
+    killed = spawn_toolkit_with_defaults(defaults, "up", cwd=b, env=fresh_env(**NO_DOCKER))
+    wait_until(lambda: postmaster.exists() or killed.poll() is not None, 300, "b's server to start")
+    killed.send_signal(signal.SIGKILL)
+    _, said = killed.communicate()
+    own = int(re.findall(r"this project uses port (\d+)", said)[0])
+    record.unlink(missing_ok=True)  # if `up` got that far: the state a kill a moment earlier leaves
+    wait_until(lambda: f"\n{own}\n" in postmaster.read_text() if postmaster.exists() else False, 300,
+               "b's server to listen")
+
+    again = run_toolkit_with_defaults(defaults, "up", cwd=b, env=fresh_env(**NO_DOCKER))
+    assert again.returncode == 0, again.stderr
+    assert f"@localhost:{own}/memgpt" in again.stdout
+    assert json.loads(record.read_text())["port"] == own
+    env = run_toolkit("env", cwd=b, env=fresh_env())
+    assert f"@localhost:{own}/memgpt" in env.stdout, env.stderr  # not a's server
