@@ -192,6 +192,26 @@ def internal_error(project: Path) -> Outcome:
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 
+def interrupted_while_importing(project: Path) -> Outcome:
+    return _wrapped_signal(project, signal.SIGINT)
+
+
+def terminated_while_importing(project: Path) -> Outcome:
+    return _wrapped_signal(project, signal.SIGTERM)
+
+
+def _wrapped_signal(project: Path, sig: signal.Signals) -> Outcome:
+    """The signal arrives while Python creates a class (a module imported mid-command): Python reports what
+    the handler raised as RuntimeError "Error calling __set_name__", caused by it. Still 130/143, not 70."""
+    code = ("import os, signal, sys\nfrom toolkit import api\nfrom toolkit.cli import main\n"
+            "class Descriptor:\n    def __set_name__(self, owner, name):\n"
+            f"        os.kill(os.getpid(), {int(sig)})\n"
+            "def importing(settings):\n    class Engine:\n        attribute = Descriptor()\n"
+            "api.status = importing\nmain(['status'])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project, timeout=120)
+    return Outcome(done.returncode, done.stdout, done.stderr)
+
+
 def _signalled_up(project: Path, sig: signal.Signals) -> Outcome:
     """`toolkit up` waiting for a server that is never ready (a long --timeout): signalled once it has
     connected, so certainly mid-wait. (The server closes each connection: a silent one would hold the
@@ -237,6 +257,8 @@ CASES: list[tuple[int, Callable[[Path], Outcome], str]] = [
     (130, interrupted, "toolkit: interrupted"),
     (143, terminated, "toolkit: terminated"),
     (143, terminated_at_a_prompt, "toolkit: terminated"),
+    (130, interrupted_while_importing, "toolkit: interrupted"),
+    (143, terminated_while_importing, "toolkit: terminated"),
 ]
 
 

@@ -118,6 +118,20 @@ def _usage_line(exc: click.ClickException) -> str:
 _terminated = False
 
 
+def _interruption(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM an exception stands for, if any: Python wraps what a signal handler raises at
+    some moments in an error of its own (RuntimeError "Error calling __set_name__" while a module that
+    defines a class with a cached_property is imported), which is no bug of ours."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _terminate(signum: int, frame: Any) -> None:
     global _terminated
     _terminated = True
@@ -164,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as exc:
         _interrupted(exc)
     except Exception as exc:  # noqa: BLE001 - the boundary
+        interrupt = _interruption(exc)
+        if interrupt is not None:
+            _interrupted(interrupt)
         if debug:
             raise
         if _output_failed(exc):
