@@ -72,7 +72,9 @@ def up(settings: Settings, *, export: bool = True, progress: Progress = quiet, b
 
         settings = build_for_up(settings, base=base_image)
     with _lifecycle(settings, "up"):
-        return _up(settings, export=export, progress=progress)
+        result = _up(settings, export=export, progress=progress)
+        state.claim_from_tests(settings.state_dir)  # started by a test run before: the user's server now
+        return result
 
 
 def _up(settings: Settings, *, export: bool, progress: Progress = quiet) -> UpResult:
@@ -186,6 +188,26 @@ class Database:
         return parse(self.url).libpq
 
 
+def ensure_up(settings: Settings, *, export: bool = False, keep_failed: bool = False) -> tuple[UpResult, Engine, bool]:
+    """``up`` that also tells whether this call started the server (it was not running): the result, the
+    engine it runs on (with the settings it runs with), and started. Decided under the state dir's lock, so
+    of two callers at once exactly one is told it started the server. A failed up (a timeout, a wrong
+    password) that started the server stops it again, unless ``keep_failed``."""
+    with _lifecycle(settings, "up"):
+        used, _ = engines.select(settings, starting=True)
+        used, settings, _ = _choose_free(used, settings, quiet)  # its own names, as `up` will take them
+        started = not used.status().running
+        try:
+            result = _up(settings, export=export)
+        except BaseException:
+            if started and not keep_failed:
+                used.down()
+            raise
+    if result.settings is not None:  # the settings it runs with: auto's fallback, names and port of its own
+        used = engines.load(result.engine, result.settings)
+    return result, used, started
+
+
 @contextmanager
 def postgres(*, engine: str = "embedded", keep: bool = False, export: bool = False, **flags: Any) -> Iterator[Database]:
     """A ready Postgres+pgvector for a test or script; stopped on exit unless it was already running.
@@ -194,19 +216,11 @@ def postgres(*, engine: str = "embedded", keep: bool = False, export: bool = Fal
     """
     names = {"port", "user", "password", "database", "host", "bind"}
     resolved = resolve({("db." + k if k in names else k): v for k, v in flags.items()} | {"engine": engine})
-    stop = False
-    try:  # a failed up (timeout, wrong password) may have started the server: stop it all the same
-        with _lifecycle(resolved, "up"):
-            # decided under the lock: the server this call finds stopped is the one it must stop
-            used, _ = engines.select(resolved, starting=True)
-            used, resolved, _ = _choose_free(used, resolved, quiet)  # its own names, as `up` will take them
-            stop = not keep and not used.status().running
-            result = _up(resolved, export=export)
-        if result.settings is not None:  # the settings it runs with: auto's fallback, names and port of its own
-            resolved = result.settings
-            used = engines.load(result.engine, resolved)
+    result, used, started = ensure_up(resolved, export=export, keep_failed=keep)
+    resolved = result.settings or resolved
+    try:
         yield Database(result.url.render("pg8000"), resolved)
     finally:
-        if stop:
+        if started and not keep:
             with _lifecycle(resolved, "down"):
                 used.down()

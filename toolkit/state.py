@@ -111,3 +111,22 @@ def record_exported(state_dir: Path, values: dict[str, str]) -> None:
     merged = {**current, **values}
     if merged != current:
         perms.replace_private(state_dir / EXPORTS, json.dumps(merged, sort_keys=True) + "\n")
+
+
+STARTED_BY_TESTS = "started-by-tests"  # <state_dir>/started-by-tests: a test run started the server
+
+
+def mark_started_by_tests(state_dir: Path) -> None:
+    """A test run started the server: the last test process to leave stops it (toolkit.testing.server)."""
+    perms.replace_private(state_dir / STARTED_BY_TESTS, "1\n")
+
+
+def started_by_tests(state_dir: Path) -> bool:
+    return (state_dir / STARTED_BY_TESTS).is_file()
+
+
+def claim_from_tests(state_dir: Path) -> None:
+    """``toolkit up`` by hand: the server is the user's now, and no test run stops it."""
+    path = state_dir / STARTED_BY_TESTS
+    if path.is_file() or path.is_symlink():
+        path.unlink(missing_ok=True)

@@ -64,6 +64,15 @@ class EngineStatus:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Admin:
+    """A role that may create databases for tests, owned by ``owner`` (the application role), from the host."""
+
+    url: PgUrl  # connects to a database where it may stay connected (not the application's)
+    owner: str  # the role new databases are given to (OWNER)
+    vector_template: str | None = None  # a database with the extension to clone, when url's role may not create it
+
+
 @runtime_checkable
 class Engine(Protocol):
     name: str
@@ -90,3 +99,6 @@ class Engine(Protocol):
 
     def psql_argv(self, url: str) -> list[str]:
         """argv that opens psql against the server (a local psql binary, or ``docker exec``)."""
+
+    def admin(self) -> Admin:
+        """A role that may create and drop the test databases of ``toolkit.testing`` (the server runs)."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import bootstrap, libpq, perms, proc
-from toolkit.engines.base import Choice, Endpoint, EngineStatus, Progress, quiet
+from toolkit.engines.base import Admin, Choice, Endpoint, EngineStatus, Progress, quiet
 from toolkit.engines.wheel import bin_path, install_dir
 from toolkit.errors import ConfigError, NotReadyError, PortInUseError, ToolkitError
 from toolkit.health import PgProbe, Transient, wait_ready
@@ -374,6 +374,9 @@ class EmbeddedEngine:
         if listen and listen != wanted:
             raise ToolkitError(f"the embedded server is already running, listening on {listen}, not {wanted}",
                                hint=f"run `toolkit down` first to change it, or use --bind {listen}")
+
+    def admin(self) -> Admin:
+        return Admin(self._superuser_url(), self.db.user)
 
     def _superuser_url(self) -> PgUrl:
         try:

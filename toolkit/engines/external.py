@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 
-from toolkit.engines.base import Choice, Endpoint, EngineStatus, Progress, quiet
+from toolkit.engines.base import Admin, Choice, Endpoint, EngineStatus, Progress, quiet
 from toolkit.errors import NotReadyError, UsageError
 from toolkit.health import AuthFailed, PgProbe, RoleOrDatabaseMissing, wait_ready
 from toolkit.settings import Settings
@@ -55,6 +55,10 @@ class ExternalEngine:
 
     def logs(self, tail: int = 100) -> str:
         return "(the external engine has no server log here)"
+
+    def admin(self) -> Admin:
+        # the only role known here: it owns what it creates, and may need CREATEDB (checked where used)
+        return Admin(self.url, self.url.user)
 
     def psql_argv(self, url: str) -> list[str]:
         local = shutil.which("psql")

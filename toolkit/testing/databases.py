@@ -1,0 +1,330 @@
+"""A fresh database for every test: cloned from the run's template, prepared ahead and dropped behind the
+tests on a thread of their own, so a test waits for neither when it takes longer than a clone
+(pytest-postgresql clones and drops in the test's own time).
+
+Names: ``tk_<run>_tpl`` is a run's template, ``tk_<run>_<worker>_<n>`` a test's database. ``<run>`` is shared
+by the pytest-xdist workers of one run and random for each run, so names collide neither between workers
+nor between runs of different checkouts on one server.
+
+Who removes what, when nothing may be trusted to end cleanly (CI kills jobs): every connection of a run
+holds a shared advisory lock on the run's key (``RUN_LOCK``, hashtext(run)) for as long as it lives. The
+process that leaves last (its try for the exclusive lock succeeds) drops the template. A run killed outright
+leaves its databases behind: the next run that makes a template drops those of every run whose key nobody
+holds (their template's comment names the database its locks were taken in, so a run that takes its locks
+elsewhere is never taken for dead), except databases kept with ``keep``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from toolkit.engines.base import Admin
+from toolkit.errors import NotReadyError, ToolkitError, error_line
+from toolkit.urls import PgUrl
+
+RUN_LOCK = 0x746B + 1  # advisory lock classid of a run's key (objid: hashtext(run))
+TEMPLATE_LOCK = 0x746B + 2  # held while a run's template is made, by one of its processes
+PREFIX = "tk_"
+READY = "toolkit-tests template; locks in database "  # the template's comment, + the admin's database
+KEPT = "toolkit-tests: kept"
+_NAME = re.compile(r"^tk_([0-9a-f]{12})_")
+
+# a callable that loads the template: it gets a psycopg connection as the owner, in a transaction
+Load = Callable[[Any], None]
+
+
+def new_run() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass(frozen=True)
+class TestDatabase:
+    """A database of a test's own, owned by the application role, with the ``vector`` extension."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of its name
+
+    name: str
+    pg: PgUrl  # the owner's URL
+
+    @property
+    def url(self) -> str:
+        """postgresql+pg8000://..., as MemGPT reads PGVECTOR_TEST_DB_URL."""
+        return self.pg.render("pg8000")
+
+    @property
+    def libpq_url(self) -> str:
+        """postgresql://..., for psycopg, psql, libpq."""
+        return self.pg.libpq
+
+    def connect(self, *, register_vector: bool = True, **kwargs: Any) -> Any:
+        """A psycopg connection to this database (``vector`` columns read as numpy arrays unless told not)."""
+        import psycopg
+
+        conn = psycopg.connect(self.libpq_url, **kwargs)
+        if register_vector:
+            from pgvector.psycopg import register_vector as register
+
+            register(conn)
+        return conn
+
+
+def sql_file(path: Any) -> Load:
+    """A ``Load`` that runs the statements of an SQL file (several per file, as psql would)."""
+    from pathlib import Path
+
+    text = Path(path).read_text()
+
+    def load(conn: Any) -> None:
+        conn.execute(text)
+
+    load.__name__ = f"sql_file({path})"
+    return load
+
+
+class Databases:
+    """Test databases of one process of one run, on one server: ``take`` one per test, ``give_back`` after."""
+
+    def __init__(self, admin: Admin, owner_url: PgUrl, run: str, worker: str, *, loads: Sequence[Load] = (),
+                 ahead: int = 2, keep: bool = False) -> None:
+        self.admin = admin
+        self.owner_url = owner_url  # the owner's credentials and address; the database is replaced per test
+        self.run = run
+        self.worker = re.sub(r"[^a-z0-9]", "", worker.lower())[:16] or "main"
+        self.template = f"{PREFIX}{run}_tpl"
+        self.loads = list(loads)
+        self.ahead = max(0, ahead)
+        self.keep = keep
+        self.kept: list[str] = []
+        self._count = itertools.count(1)
+        self._cond = threading.Condition()
+        self._ready: deque[str] = deque()
+        self._drops: deque[str] = deque()
+        self._wanted = False  # a test took one: from then on the thread keeps ``ahead`` ready
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def open(self) -> Databases:
+        self._conn = self._connect()
+        self._ensure_template(self._conn)
+        if self.ahead:
+            self._thread = threading.Thread(target=self._work, name="toolkit-test-databases", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> list[str]:
+        """Drop what this process made and no test needs any more (what ``keep`` kept stays); the last process
+        of the run drops the template too. Returns the names kept."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return self.kept
+        try:
+            for name in [*self._ready, *self._drops]:
+                _drop(conn, name)
+            self._ready.clear()
+            self._drops.clear()
+            conn.execute("SELECT pg_advisory_unlock_shared(%s, hashtext(%s))", (RUN_LOCK, self.run))
+            last = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK, self.run)).fetchone()[0]
+            if last:
+                _drop(conn, self.template)
+        finally:
+            conn.close()
+        return self.kept
+
+    # --- per test -------------------------------------------------------------------------------------
+
+    def take(self) -> TestDatabase:
+        if self._thread is None:
+            name = self._create(self._conn)
+        else:
+            with self._cond:
+                self._wanted = True
+                self._cond.notify_all()
+                while not self._ready and self._error is None:
+                    self._cond.wait()
+                if self._error is not None:
+                    raise self._error
+                name = self._ready.popleft()
+                self._cond.notify_all()
+        return TestDatabase(name, replace(self.owner_url, database=name))
+
+    def give_back(self, db: TestDatabase) -> None:
+        if self.keep:
+            _comment(self._conn, db.name, KEPT)
+            self.kept.append(db.name)
+            return
+        if self._thread is None:
+            _drop(self._conn, db.name)
+            return
+        with self._cond:
+            self._drops.append(db.name)
+            self._cond.notify_all()
+
+    # --- the thread that prepares and drops -----------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # noqa: B036 - handed to the test that waits
+            self._fail(exc)
+            return
+        try:
+            while True:
+                with self._cond:
+                    while not self._closed and self._error is None and not self._drops and not self._short():
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    # a test may be waiting for a database: that first, drops when none is short
+                    drop = None if self._short() else self._drops.popleft()
+                if drop is not None:
+                    _drop(conn, drop)
+                    continue
+                name = self._create(conn)
+                with self._cond:
+                    self._ready.append(name)
+                    self._cond.notify_all()
+        except BaseException as exc:  # noqa: B036
+            self._fail(exc)
+        finally:
+            conn.close()
+
+    def _short(self) -> bool:
+        return self._wanted and len(self._ready) < self.ahead
+
+    def _fail(self, exc: BaseException) -> None:
+        if not isinstance(exc, ToolkitError):
+            exc = NotReadyError(f"cannot prepare a test database: {error_line(exc, last=True)}",
+                                hint="check the server with `toolkit status` and `toolkit logs`")
+        with self._cond:
+            self._error = exc
+            self._cond.notify_all()
+
+    # --- SQL ------------------------------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        from toolkit.testing.server import connect_admin
+
+        conn = connect_admin(self.admin)
+        conn.execute("SELECT pg_advisory_lock_shared(%s, hashtext(%s))", (RUN_LOCK, self.run))
+        return conn
+
+    def _create(self, conn: Any) -> str:
+        name = f"{PREFIX}{self.run}_{self.worker}_{next(self._count)}"
+        conn.execute(_sql("CREATE DATABASE {} TEMPLATE {} OWNER {}", name, self.template, self.admin.owner))
+        return name
+
+    def _ensure_template(self, conn: Any) -> None:
+        """The run's template, made by the first of its processes (the others wait for it): the extension,
+        then the loads as the owner. One left half-made by a killed process is made again."""
+        conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (TEMPLATE_LOCK, self.run))
+        try:
+            comment = _comments(conn, [self.template]).get(self.template, "missing")
+            if comment is not None and comment.startswith(READY):
+                return
+            if comment != "missing":
+                _drop(conn, self.template)
+            self._sweep(conn)
+            base = self.admin.vector_template or "template1"
+            try:
+                conn.execute(_sql("CREATE DATABASE {} TEMPLATE {} OWNER {}", self.template, base, self.admin.owner))
+            except Exception as exc:
+                raise _refused(exc, self.admin, "create databases") from None
+            self._load()
+            _comment(conn, self.template, READY + self.admin.url.database)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (TEMPLATE_LOCK, self.run))
+
+    def _load(self) -> None:
+        import psycopg
+
+        admin = replace(self.admin.url, database=self.template)
+        with psycopg.connect(admin.libpq, autocommit=True) as conn:
+            try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            except Exception as exc:
+                raise _refused(exc, self.admin, "create the vector extension") from None
+        if not self.loads:
+            return
+        with psycopg.connect(replace(self.owner_url, database=self.template).libpq) as conn:
+            for load in self.loads:
+                try:
+                    load(conn)
+                except Exception as exc:
+                    raise LoadError(f"loading the test template failed in {getattr(load, '__name__', load)}: "
+                                    f"{error_line(exc)}", hint="fix the SQL file or the toolkit_load callable") from exc
+            conn.commit()
+
+    def _sweep(self, conn: Any) -> None:
+        """Drop the databases of runs nobody runs any more (killed before they could clean up)."""
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'tk\\_%'").fetchall()
+        names = [row[0] for row in rows]
+        comments = _comments(conn, names)
+        runs = {m.group(1) for n in names if (m := _NAME.match(n))} - {self.run}
+        mine = READY + self.admin.url.database
+        for run in sorted(runs):
+            template = f"{PREFIX}{run}_tpl"
+            if comments.get(template) != mine:
+                continue  # locks taken elsewhere, or a template being made: not ours to judge
+            free = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK, run)).fetchone()[0]
+            if not free:
+                continue
+            try:
+                for name in names:
+                    if name.startswith(f"{PREFIX}{run}_") and comments.get(name) != KEPT:
+                        _drop(conn, name)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (RUN_LOCK, run))
+
+
+class LoadError(ToolkitError):
+    """A load (an SQL file, a toolkit_load callable) failed on the template."""
+
+
+def _comments(conn: Any, names: Iterable[str]) -> dict[str, str | None]:
+    rows = conn.execute("SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+                        "WHERE datname = ANY(%s)", (list(names),)).fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def _drop(conn: Any, name: str) -> None:
+    conn.execute(_sql("DROP DATABASE IF EXISTS {} WITH (FORCE)", name))
+
+
+def _comment(conn: Any, name: str, text: str) -> None:
+    from psycopg import sql
+
+    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(text)))
+
+
+def _sql(template: str, *names: str) -> Any:
+    """``template`` with each {} an identifier, quoted by psycopg."""
+    from psycopg import sql
+
+    return sql.SQL(template).format(*(sql.Identifier(n) for n in names))
+
+
+def _refused(exc: Exception, admin: Admin, what: str) -> ToolkitError:
+    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None)
+    if sqlstate == "42501":  # insufficient_privilege
+        return NotReadyError(f"role {admin.url.user!r} may not {what} on the server at {admin.url.host}:{admin.url.port}",
+                             hint="test databases need a role with CREATEDB (and a superuser, or pgvector installed "
+                                  "in template1, for the extension); use such a URL, or the embedded engine")
+    return NotReadyError(f"cannot {what} for tests: {error_line(exc, last=True)}",
+                         hint="check the server with `toolkit status` and `toolkit logs`")
