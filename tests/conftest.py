@@ -19,6 +19,7 @@ import pytest
 from tests.support import CLIENTS, run_toolkit
 from toolkit.ports import free_port
 from toolkit.settings import Settings, resolve
+from toolkit.testing.server import Server
 from toolkit.urls import PgUrl
 
 # the session servers of the backend suites (chroma_http, s3) and the Docker fixtures (docker_api, dsettings,
@@ -70,25 +71,27 @@ def embedded_down_after(isolated: Path) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def pg_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """One embedded Postgres+pgvector for the session, on a free port, in a temp state dir."""
+def toolkit_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The toolkit plugin's server for this suite (it overrides the plugin's own, which would use this checkout's
+    server): an embedded Postgres+pgvector on a free port in a temp state dir, purged at the end."""
     from toolkit import api
 
     root = tmp_path_factory.mktemp("pg-session")
-    settings = resolve({"engine": "embedded", "db.port": free_port(), "timeout": 120.0},
-                       environ={}, project_dir=root)
-    api.up(settings, export=False)
-    try:
-        yield settings
-    finally:
-        api.down(settings, purge=True)
+    settings = resolve({"engine": "embedded", "db.port": free_port(), "timeout": 120.0}, environ={}, project_dir=root)
+    yield settings
+    api.down(settings, purge=True)  # after pgvector_server stopped it
 
 
 @pytest.fixture(scope="session")
-def pg_admin(pg_settings: Settings) -> PgUrl:
+def pg_settings(pgvector_server: Server) -> Settings:
+    """The session server's settings (the plugin's pgvector_server, started once for the session)."""
+    return pgvector_server.settings
+
+
+@pytest.fixture(scope="session")
+def pg_admin(pgvector_server: Server) -> PgUrl:
     """The session server's superuser (postgres) on its maintenance database, over 127.0.0.1."""
-    password = (pg_settings.state_dir / "embedded" / "superuser.pw").read_text().strip()
-    return PgUrl("postgres", password, "127.0.0.1", pg_settings.db.port, "postgres")
+    return pgvector_server.admin.url.with_address(host="127.0.0.1")
 
 
 @pytest.fixture(scope="session")

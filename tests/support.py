@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -213,3 +214,30 @@ def cli_commands(*, hidden: bool = True) -> list[tuple[tuple[str, ...], click.Co
 
     walk(cli, ())
     return found
+
+
+def uv_binary() -> str:
+    """uv (from the chroma extra's wheel, else PATH): builds venvs of a fresh install in seconds."""
+    try:
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found is None:
+            pytest.fail("uv is needed to build the base venv: pip install 'toolkit[chroma]' (make venv)")
+        return found
+
+
+def clean_env() -> dict[str, str]:
+    """The test's environment without what would let a venv built by a test import this checkout or another venv."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+def source_copy(target: Path) -> Path:
+    """This checkout's package sources, copied to ``target`` to install from (a build writes build/ and
+    egg-info next to them)."""
+    shutil.copytree(REPO / "toolkit", target / "toolkit", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, target / name)
+    return target

@@ -22,6 +22,7 @@ from toolkit.backends import BACKENDS, ArchivalStore, StoreLocation, open_store
 from toolkit.backends.base import Filters, Passage
 from toolkit.errors import BackendError, UsageError
 from toolkit.ports import free_port
+from toolkit.testing.databases import TestDatabase
 
 ALL = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3")
 
@@ -142,9 +143,10 @@ def test_bad_names_and_backends_are_refused() -> None:
 
 # -- Postgres: MemGPT's layout, readable by plain SQL ------------------------------------------------
 
-def test_postgres_rows_are_memgpt_rows(pg_url: str) -> None:
+def test_postgres_rows_are_memgpt_rows(pgvector_db: TestDatabase) -> None:
     import psycopg
 
+    pg_url = pgvector_db.libpq_url
     table = f"t_{uuid.uuid4().hex[:10]}"
     data = passages(5, dim=12)
     with open_store(StoreLocation("postgres", pg_url, table)) as store:
@@ -320,9 +322,10 @@ def test_local_segments_replacements_and_deletes_read_back_exactly(tmp_path: Pat
             assert store.query(expected[i], 1)[0].id == i
 
 
-def test_postgres_takes_what_other_backends_take_and_refuses_bad_text_in_one_line(pg_url: str) -> None:
+def test_postgres_takes_what_other_backends_take_and_refuses_bad_text_in_one_line(pgvector_db: TestDatabase) -> None:
     """Metadata with non-JSON values and naive timestamps (the local backend keeps both) load into Postgres;
     a NUL byte in a text, which Postgres cannot store, is a BackendError, not a traceback."""
+    pg_url = pgvector_db.libpq_url
     from datetime import datetime, timezone
 
     table = f"t_{uuid.uuid4().hex[:10]}"

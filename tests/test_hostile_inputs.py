@@ -20,6 +20,7 @@ from toolkit.backends import StoreLocation, open_store
 from toolkit.errors import BackendError, ConfigError, UsageError
 from toolkit.ports import free_port
 from toolkit.settings import read_dotenv
+from toolkit.testing.databases import TestDatabase
 from toolkit.urls import PgUrl, parse, redact
 
 NEW = "postgresql+pg8000://memgpt:n%23w%2Fpw@127.0.0.1:5433/memgpt"
@@ -198,7 +199,8 @@ def _race(n: int, action: Callable[[int], None]) -> list[BaseException]:
 
 
 @pytest.mark.parametrize("creators", [2, 4])
-def test_concurrent_creators_of_one_table_all_succeed(pg_url: str, creators: int) -> None:
+def test_concurrent_creators_of_one_table_all_succeed(pgvector_db: TestDatabase, creators: int) -> None:
+    pg_url = pgvector_db.libpq_url
     for _ in range(10):
         table = f"t_race_{uuid.uuid4().hex[:10]}"
         stores = [open_store(StoreLocation("postgres", pg_url, table)) for _ in range(creators)]
@@ -214,12 +216,12 @@ def test_concurrent_creators_of_one_table_all_succeed(pg_url: str, creators: int
                 store.close()
 
 
-def test_concurrent_migrations_into_a_new_table(tmp_path: Path, pg_url: str) -> None:
+def test_concurrent_migrations_into_a_new_table(tmp_path: Path, pgvector_db: TestDatabase) -> None:
     from toolkit.migrate import migrate
     from toolkit.specs import Spec
 
     sources = [Spec("local", str(tmp_path / f"src{i}")) for i in range(3)]
-    destination = Spec("postgres", pg_url)
+    destination = Spec("postgres", pgvector_db.libpq_url)
     for _ in range(5):
         table = f"t_mig_{uuid.uuid4().hex[:10]}"
         for spec in sources:

@@ -7,16 +7,14 @@ the toolkit runs there through its console script, with the test's project dir, 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import REPO
+from tests.support import clean_env, source_copy, uv_binary
 from toolkit.cli import COMMANDS
 from toolkit.errors import MissingPackageError
 from toolkit.extras import EXTRAS
@@ -28,30 +26,15 @@ HEAVY = ("chromadb", "lancedb", "pyarrow", "moto", "flask", "uv", "onnxruntime",
 BASE_MB = 300  # the base weighs ~120 MB (numpy 60, the embedded wheel 40); a full install ~1100
 
 
-def _uv() -> str:
-    try:
-        from uv import find_uv_bin
-
-        return str(find_uv_bin())
-    except (ImportError, FileNotFoundError):
-        found = shutil.which("uv")
-        if found is None:
-            pytest.fail("uv is needed to build the base venv: pip install 'toolkit[chroma]' (make venv)")
-        return found
-
-
 @pytest.fixture(scope="session")
 def base_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv holding `pip install toolkit` without extras, from this checkout's sources (copied: a build
     writes build/ and egg-info next to them)."""
     root = tmp_path_factory.mktemp("base-install")
-    source = root / "src"
-    shutil.copytree(REPO / "toolkit", source / "toolkit", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(REPO / name, source / name)
+    source = source_copy(root / "src")
     venv = root / "venv"
-    uv = _uv()
-    env = _clean_env()
+    uv = uv_binary()
+    env = clean_env()
     for argv in ([uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
                  [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), str(source)]):
         done = subprocess.run(argv, capture_output=True, text=True, env=env)
@@ -59,15 +42,10 @@ def base_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
-def _clean_env() -> dict[str, str]:
-    """The test's environment without what would let the base venv import this checkout or another venv."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-
-
 def run_base(venv: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The base install's `toolkit` console script, as a user runs it."""
     return subprocess.run([str(venv / "bin" / "toolkit"), *args], capture_output=True, text=True,
-                          cwd=cwd or Path.cwd(), env=_clean_env(), timeout=300)
+                          cwd=cwd or Path.cwd(), env=clean_env(), timeout=300)
 
 
 def _installed(venv: Path) -> set[str]:
@@ -86,10 +64,11 @@ def test_the_base_install_holds_no_extra_and_is_small(base_venv: Path) -> None:
 
 def test_every_module_of_the_toolkit_imports_in_the_base_install(base_venv: Path) -> None:
     """Heavy imports live inside the functions that need them: a module importing an extra's library at
-    top level breaks every command of the base that imports it."""
+    top level breaks every command of the base that imports it. The pytest plugin's modules import pytest:
+    only pytest loads them."""
     code = ("import importlib, pkgutil, toolkit\n"
             "for m in pkgutil.walk_packages(toolkit.__path__, 'toolkit.'):\n"
-            "    if m.name != 'toolkit.__main__':\n"
+            "    if m.name != 'toolkit.__main__' and m.name not in ('toolkit.testing.plugin', 'toolkit.testing.archival'):\n"
             "        importlib.import_module(m.name)")
     done = subprocess.run([str(base_venv / "bin" / "python"), "-I", "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -155,7 +134,7 @@ def test_a_migration_to_a_backend_of_an_extra_says_so_in_one_line(base_venv: Pat
     write = ("from toolkit.backends import DEFAULT_TABLE, StoreLocation, open_store; from toolkit.smoke import "
              "seeded_passages\nwith open_store(StoreLocation('local', 'src', DEFAULT_TABLE)) as store: "
              "store.insert(seeded_passages(4, 8))")
-    subprocess.run([str(base_venv / "bin" / "python"), "-I", "-c", write], cwd=isolated, env=_clean_env(), check=True)
+    subprocess.run([str(base_venv / "bin" / "python"), "-I", "-c", write], cwd=isolated, env=clean_env(), check=True)
     done = run_base(base_venv, "migrate", "--from", "local://src", "--to", "lancedb://dst")
     assert done.returncode == 4, done.stdout + done.stderr
     assert done.stderr.splitlines() == ["toolkit: error: lancedb needs the lancedb package, which is not installed; "

@@ -65,7 +65,8 @@ class TestDatabase:
         return self.pg.libpq
 
     def connect(self, *, register_vector: bool = True, **kwargs: Any) -> Any:
-        """A psycopg connection to this database (``vector`` columns read as numpy arrays unless told not)."""
+        """A psycopg connection to this database, with pgvector's types registered (numpy arrays go in as
+        vectors, vectors come out as ``pgvector.Vector``) unless ``register_vector=False``."""
         import psycopg
 
         conn = psycopg.connect(self.libpq_url, **kwargs)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 _ENVIRON = pytest.StashKey[dict]()  # the environment as pytest started (before any test changed it)
 _KEPT = pytest.StashKey[list]()  # names of databases --toolkit-keep kept, for the summary
+_LOADS = pytest.StashKey[list]()  # the SQL files to load into the template
+_AHEAD = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,6 +58,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_ENVIRON] = dict(os.environ)
     config.stash[_KEPT] = []
+    # bad options end the run before any test, in one line (exit 4), as pytest's own do
+    config.stash[_LOADS] = _load_files(config)
+    try:
+        config.stash[_AHEAD] = int(_option(config, "ahead"))
+    except ValueError:
+        raise pytest.UsageError(f"toolkit: toolkit_ahead must be a whole number, not {_option(config, 'ahead')!r}") from None
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -111,11 +119,8 @@ def _toolkit_databases(pgvector_server: Server, toolkit_load: list[Load], pytest
     from toolkit.testing.databases import Databases, sql_file
 
     config = pytestconfig
-    files = [sql_file(p) for p in _load_files(config)]
-    try:
-        ahead = int(_option(config, "ahead"))
-    except ValueError:
-        raise pytest.UsageError("toolkit_ahead must be a whole number") from None
+    files = [sql_file(p) for p in config.stash[_LOADS]]
+    ahead = config.stash[_AHEAD]
     databases = Databases(pgvector_server.admin, pgvector_server.url, _run_id(config), _worker_id(config),
                           loads=[*files, *toolkit_load], ahead=ahead, keep=bool(_option(config, "keep")))
     _failing_cleanly(databases.open)
