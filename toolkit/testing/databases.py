@@ -135,6 +135,8 @@ class Databases:
         conn, self._conn = self._conn, None
         if conn is None:
             return self.kept
+        import psycopg
+
         try:
             for name in [*self._ready, *self._drops]:
                 _drop(conn, name)
@@ -144,6 +146,8 @@ class Databases:
             last = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK, self.run)).fetchone()[0]
             if last:
                 _drop(conn, self.template)
+        except psycopg.OperationalError:
+            pass  # the server went away (stopped by hand, crashed): the tests said so; the next run sweeps
         finally:
             conn.close()
         return self.kept

@@ -210,4 +210,6 @@ def _failing_cleanly(call: Any) -> Any:
     try:
         return call()
     except ToolkitError as exc:
-        pytest.fail(f"toolkit: {exc.one_line()}" + (f"\n{exc.detail}" if exc.detail else ""), pytrace=False)
+        failure = exc
+    # outside the except block: no "During handling of the above exception" chain in the report
+    pytest.fail(f"toolkit: {failure.one_line()}" + (f"\n{failure.detail}" if failure.detail else ""), pytrace=False)
