@@ -189,11 +189,15 @@ def test_a_role_the_toolkit_did_not_create_is_left_alone(dsettings: Settings) ->
     assert superuser(dsettings, "SELECT rolcreatedb FROM pg_roles WHERE rolname = 'memgpt_tests'") == "f"
     assert superuser(dsettings, "SELECT count(*) FROM pg_auth_members WHERE member = 'memgpt_tests'::regrole") == "0"
     superuser(dsettings, "DROP ROLE memgpt_tests")
-    # a database by the template's name that another role owns: refused, nothing changed
-    superuser(dsettings, "CREATE DATABASE memgpt_vector_template")
-    with pytest.raises(InUseError, match="'memgpt_vector_template' exists .* not owned by 'memgpt'"):
-        docker_engine(dsettings).admin()
-    assert superuser(dsettings, "SELECT count(*) FROM pg_roles WHERE rolname = 'memgpt_tests'") == "0"
+    # a database by the template's name, another role's or the application role's own: refused, nothing changed
+    for owner in ("postgres", "memgpt"):
+        superuser(dsettings, f"CREATE DATABASE memgpt_vector_template OWNER {owner}")
+        with pytest.raises(InUseError, match="'memgpt_vector_template' exists .* the toolkit did not create it"):
+            docker_engine(dsettings).admin()
+        assert superuser(dsettings, "SELECT count(*) FROM pg_roles WHERE rolname = 'memgpt_tests'") == "0"
+        assert superuser(dsettings, "SELECT datistemplate, datallowconn FROM pg_database "
+                                    "WHERE datname = 'memgpt_vector_template'") == "f|t"
+        superuser(dsettings, "DROP DATABASE memgpt_vector_template")
 
 
 def test_no_server_or_no_docker_is_one_clear_error(dsettings: Settings, isolated: Path,

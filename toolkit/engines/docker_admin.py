@@ -8,11 +8,13 @@ exec`` over the container's socket as for bootstrap, sets up once:
 * ``<user>_tests``: a login role, NOSUPERUSER CREATEDB NOCREATEROLE, a member of the application role
   (with SET, which Postgres 16+ needs for ``CREATE DATABASE ... OWNER``, and INHERIT, which cloning a
   database the application role owns and dropping one need). Its password is random, kept in
-  ``<state_dir>/docker/tests-role.pw`` (0600); a lost file is replaced and the password reset. A role by
-  that name that the toolkit did not create (no marker comment) is left alone.
+  ``<state_dir>/docker/tests-role.pw`` (0600); a lost file is replaced and the password reset.
 * ``<database>_vector_template``: owned by the application role, the extension created by the superuser,
   then marked a template that accepts no connections (``datistemplate`` is also the mark that it is
   complete: a connection to it, even ours, would make every concurrent clone fail).
+
+A role or database by those names that the toolkit did not create (no marker comment; for the database,
+also another owner) is left alone: changing it could break someone's application.
 
 Each call first logs in as that role over TCP and checks all of it; only when something is missing or wrong
 does it run the superuser's script. A lock in the state dir makes concurrent callers (pytest-xdist workers)
@@ -39,7 +41,7 @@ ROLE_SUFFIX = "_tests"
 TEMPLATE_SUFFIX = "_vector_template"
 PASSWORD_FILE = Path("docker") / "tests-role.pw"  # under the state dir
 LOCK = ".docker-admin.lock"
-MARKER = "toolkit: creates the test databases of the application role"  # the role's comment: it is ours
+MARKER = "toolkit: for the tests of the application role"  # the role's and the template's comment: ours
 REFUSED = "toolkit-admin: refused"
 NAMEDATALEN = 63  # bytes in a Postgres identifier; a longer name is cut silently
 
@@ -56,7 +58,8 @@ SQL = rf"""SELECT
           AND shobj_description(oid, 'pg_authid') = :'toolkit_marker') AS toolkit_role_ours,
   EXISTS (SELECT 1 FROM pg_database WHERE datname = :'toolkit_template') AS toolkit_db_exists,
   EXISTS (SELECT 1 FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba
-          WHERE d.datname = :'toolkit_template' AND r.rolname = :'toolkit_owner') AS toolkit_db_ours,
+          WHERE d.datname = :'toolkit_template' AND r.rolname = :'toolkit_owner'
+          AND shobj_description(d.oid, 'pg_database') = :'toolkit_marker') AS toolkit_db_ours,
   EXISTS (SELECT 1 FROM pg_database WHERE datname = :'toolkit_template'
           AND datistemplate AND NOT datallowconn) AS toolkit_db_done,
   current_setting('server_version_num')::int >= 160000 AS toolkit_pg16 \gset
@@ -92,6 +95,7 @@ SQL = rf"""SELECT
 \if :toolkit_db_exists
 \else
   CREATE DATABASE :"toolkit_template" OWNER :"toolkit_owner";
+  COMMENT ON DATABASE :"toolkit_template" IS :'toolkit_marker';
   \echo {bootstrap.CREATED} template
 \endif
 \if :toolkit_db_done
@@ -194,8 +198,8 @@ def _setup(container: Any, values: dict[str, str]) -> list[str]:
                              "did not create it; leaving it alone",
                              hint="drop or rename that role, or give the application another role (TOOLKIT_PG_USER)")
         if f"{REFUSED} database" in text:
-            raise InUseError(f"database {values['toolkit_template']!r} exists in container {container.name} but is not "
-                             f"owned by {values['toolkit_owner']!r}; leaving it alone",
+            raise InUseError(f"database {values['toolkit_template']!r} exists in container {container.name} but the "
+                             f"toolkit did not create it for role {values['toolkit_owner']!r}; leaving it alone",
                              hint="drop or rename that database, or use another database name (TOOLKIT_PG_DATABASE)")
         if code == 0:
             return bootstrap.created_in(text)
