@@ -38,6 +38,16 @@ def quiet(line: str, *, live: bool = False) -> None:
 
 
 @dataclass(frozen=True)
+class Admin:
+    """A role that may create databases for tests, owned by ``owner`` (the application role), from the host."""
+
+    url: PgUrl  # connects to a database where it may stay connected (not the app database)
+    owner: str  # the role new databases are given to (OWNER)
+    # a database with the vector extension to clone from, when ``url``'s role may not CREATE EXTENSION (not a superuser)
+    vector_template: str | None
+
+
+@dataclass(frozen=True)
 class Choice:
     """A value ``up`` chose for this project because the default (or what an earlier ``up`` chose) is held
     by another project or server: ``setting`` ("db.port", "container", "volume") is ``value``, not ``held``."""
@@ -101,4 +111,6 @@ class Engine(Protocol):
         """argv that opens psql against the server (a local psql binary, or ``docker exec``)."""
 
     def admin(self) -> Admin:
-        """A role that may create and drop the test databases of ``toolkit.testing`` (the server runs)."""
+        """A role (and what it needs) that creates databases for tests, owned by the application role, with
+        the ``vector`` extension: for the pytest plugin. Needs the server up; idempotent, safe to call from
+        several processes at once."""

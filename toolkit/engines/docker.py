@@ -30,7 +30,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from toolkit import __version__, bootstrap, state
-from toolkit.engines.base import Choice, Endpoint, EngineStatus, Progress, quiet
+from toolkit.engines.base import Admin, Choice, Endpoint, EngineStatus, Progress, quiet
 from toolkit.engines.docker_image import OFFLINE_IMAGE
 from toolkit.errors import (
     EngineUnavailableError,
@@ -448,6 +448,22 @@ class DockerEngine:
                     "-d", self.db.database]
         raise EngineUnavailableError("no psql on this machine and no docker CLI to use the container's",
                                      hint="install a Postgres client (apt-get install postgresql-client)")
+
+    @daemon_errors
+    def admin(self) -> Admin:
+        """A role for tests (``<user>_tests``) and a template with the ``vector`` extension, set up by the
+        superuser through ``docker exec`` when missing: see toolkit/engines/docker_admin.py."""
+        from toolkit.engines import docker_admin
+
+        container = self._find()
+        name = self.settings.container
+        if container is None:
+            raise NotReadyError(f"no container {name}: the Docker engine's server is not up",
+                                hint="run `toolkit up --engine docker` first")
+        if container.status != "running":
+            raise NotReadyError(f"container {name} is {container.status}, not running",
+                                hint="run `toolkit up --engine docker` first")
+        return docker_admin.ensure(self.settings, container, self.endpoint().url)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
