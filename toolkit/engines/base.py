@@ -38,16 +38,6 @@ def quiet(line: str, *, live: bool = False) -> None:
 
 
 @dataclass(frozen=True)
-class Admin:
-    """A role that may create databases for tests, owned by ``owner`` (the application role), from the host."""
-
-    url: PgUrl  # connects to a database where it may stay connected (not the app database)
-    owner: str  # the role new databases are given to (OWNER)
-    # a database with the vector extension to clone from, when ``url``'s role may not CREATE EXTENSION (not a superuser)
-    vector_template: str | None
-
-
-@dataclass(frozen=True)
 class Choice:
     """A value ``up`` chose for this project because the default (or what an earlier ``up`` chose) is held
     by another project or server: ``setting`` ("db.port", "container", "volume") is ``value``, not ``held``."""
