@@ -69,17 +69,18 @@ def pytest_argv(project: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(project / ".bt"), *args]
 
 
-def run_pytest(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_pytest(project: Path, *args: str, env: dict[str, str] | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(pytest_argv(project, *args), cwd=project, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TOOLKIT_ENGINE": "embedded"})
+                          env={**os.environ, "TOOLKIT_ENGINE": "embedded", **(env or {})})
 
 
 def output(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout + done.stderr
 
 
-def running(project: Path) -> bool:
-    done = run_toolkit("status", "--json", "--engine", "embedded", cwd=project)
+def running(project: Path, engine: str = "embedded") -> bool:
+    done = run_toolkit("status", "--json", "--engine", engine, cwd=project)
     assert done.returncode == 0, done.stderr
     return bool(json.loads(done.stdout)["running"])
 
@@ -273,3 +274,19 @@ def test_a_fresh_install_brings_the_plugin(embedded_down_after: Path, tmp_path_f
         assert done.returncode == 0, output(done)
         assert "5 passed" in done.stdout
     assert not running(project)
+
+
+@pytest.mark.docker
+def test_a_users_suite_on_the_docker_engine(dsettings) -> None:  # type: ignore[no-untyped-def]
+    """The Docker engine keeps no superuser password: its test role (CREATEDB, not a superuser) makes the
+    databases, cloned from its vector template, owned by the application role all the same."""
+    project = dsettings.project_dir
+    write_suite(project)
+    env = {"TOOLKIT_ENGINE": "docker", "TOOLKIT_PG_IMAGE": dsettings.image, "TOOLKIT_PG_CONTAINER": dsettings.container,
+           "TOOLKIT_PG_VOLUME": dsettings.volume, "TOOLKIT_PG_PORT": str(dsettings.db.port)}
+    for args in ((), ("-n", "2")):
+        done = run_pytest(project, *args, env=env)
+        assert done.returncode == 0, output(done)
+        assert "5 passed" in done.stdout
+        done = run_toolkit("status", "--json", cwd=project, env=env)
+        assert json.loads(done.stdout)["running"] is False, "the run started the container: it stops it"
