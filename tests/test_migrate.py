@@ -40,12 +40,13 @@ def table() -> str:
 
 @pytest.fixture
 def make_spec(request: pytest.FixtureRequest, tmp_path: Path, table: str) -> Iterator[Callable[[str, str], Spec]]:
-    """A Spec per backend: a fresh directory for the embedded ones, the session server for the others."""
+    """A Spec per backend: a fresh directory for the embedded ones, a database of the test's own for postgres,
+    the session server for chroma-http."""
     made: list[Spec] = []
 
     def make(backend: str, tag: str) -> Spec:
         if backend == "postgres":
-            spec = Spec("postgres", request.getfixturevalue("pg_url"))
+            spec = Spec("postgres", request.getfixturevalue("pgvector_db").libpq_url)
         elif backend == "chroma-http":
             spec = Spec("chroma-http", request.getfixturevalue("chroma_hostport"))
         else:
@@ -229,9 +230,10 @@ def test_kill_then_resume_gives_exact_copy(make_spec: Callable[[str, str], Spec]
 # -- the CLI, --switch ------------------------------------------------------------------------------------
 
 
-def test_cli_switch_keeps_foreign_sections(make_spec: Callable[[str, str], Spec], table: str, pg_url: str) -> None:
+def test_cli_switch_keeps_foreign_sections(make_spec: Callable[[str, str], Spec], table: str) -> None:
     source = make_spec("chroma", "src")
     destination = make_spec("postgres", "dst")
+    pg_url = destination.location
     expected = fill(source, table)
     config = Path(os.environ["MEMGPT_CONFIG_PATH"])
     config.parent.mkdir(parents=True)

@@ -17,6 +17,7 @@ from toolkit import smoke
 from toolkit.backends import StoreLocation, open_store
 from toolkit.ports import free_port
 from toolkit.settings import resolve
+from toolkit.testing.databases import TestDatabase
 
 
 def _pg_smoke_tables(pg_url: str) -> list[str]:
@@ -30,8 +31,9 @@ def _chroma_smoke_collections(client) -> list[str]:  # type: ignore[no-untyped-d
     return [c.name for c in client.list_collections() if c.name.startswith("toolkit_smoke_")]
 
 
-def test_smoke_all_backends_pass_and_leave_nothing(pg_url, chroma_http, s3, isolated: Path) -> None:  # type: ignore[no-untyped-def]
-    env = {"PGVECTOR_TEST_DB_URL": pg_url, "TOOLKIT_CHROMA_PORT": str(chroma_http.port), **s3_env(s3)}
+def test_smoke_all_backends_pass_and_leave_nothing(pgvector_db, chroma_http, s3, isolated: Path) -> None:  # type: ignore[no-untyped-def]
+    pg_url = pgvector_db.libpq_url
+    env = {"PGVECTOR_TEST_DB_URL": pgvector_db.url, "TOOLKIT_CHROMA_PORT": str(chroma_http.port), **s3_env(s3)}
     done = run_toolkit("smoke", "--backend", "all", "--json", "-n", "30", "--dim", "64", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
@@ -83,8 +85,8 @@ def test_default_selection_is_memgpt_config_plus_postgres(isolated: Path) -> Non
 
 
 @pytest.mark.parametrize("backend", ["local", "postgres"])
-def test_a_check_failing_midway_drops_its_table(backend: str, pg_url: str, tmp_path: Path) -> None:
-    where = pg_url if backend == "postgres" else str(tmp_path)
+def test_a_check_failing_midway_drops_its_table(backend: str, pgvector_db: TestDatabase, tmp_path: Path) -> None:
+    where = pgvector_db.libpq_url if backend == "postgres" else str(tmp_path)
     location = StoreLocation(backend, where, f"toolkit_smoke_{uuid.uuid4().hex[:8]}")
     asked = []
 
@@ -98,7 +100,8 @@ def test_a_check_failing_midway_drops_its_table(backend: str, pg_url: str, tmp_p
         assert not store.exists()
 
 
-def test_a_check_past_its_time_bound_is_reported_and_cleaned_up(pg_url: str) -> None:
+def test_a_check_past_its_time_bound_is_reported_and_cleaned_up(pgvector_db: TestDatabase) -> None:
+    pg_url = pgvector_db.libpq_url
     location = StoreLocation("postgres", pg_url)
     (result,) = smoke.run([smoke.Target("postgres", location)], n=4000, dim=1536, timeout=0.2)
     assert result.status == "timeout" and "its table was dropped" in result.detail, result
