@@ -181,7 +181,7 @@ def test_backend_without_its_extra_is_skipped_naming_the_pip_command(isolated: P
     assert "4 passed, 12 skipped" in result.stdout, outcome(result)
     assert "toolkit: the chroma backend needs the chromadb package, which is not installed; " \
            "pip install 'toolkit[chroma]'" in result.stdout
-    assert "the lancedb-s3 backend's test server (moto) needs the moto package" in result.stdout
+    assert "the lancedb-s3 backend's test server (s3) needs the moto package" in result.stdout
     assert "pip install 'toolkit[s3]'" in result.stdout
     assert left_running(isolated.parent) == {}
 
@@ -233,8 +233,8 @@ def test_a_helper_server_is_stopped_by_the_last_process_using_it(tmp_path: Path)
     from toolkit.testing.stores import Stores
 
     first, second = Stores("0123456789ab", "gw0", tmp_path), Stores("0123456789ab", "gw1", tmp_path)
-    server = first.chroma()
-    assert second.chroma().url == server.url  # the one the first started, wherever it listens
+    server = first.service("chroma")
+    assert second.service("chroma").server.url == server.server.url  # the one the first started, wherever it listens
     assert server.server.healthy()
 
     assert first.close() == []
@@ -248,7 +248,7 @@ def test_a_helper_server_is_stopped_by_the_last_process_using_it(tmp_path: Path)
 
     third = Stores("0123456789ab", "gw2", tmp_path)
     try:
-        assert third.chroma().server.healthy()
+        assert third.service("chroma").server.healthy()
     finally:
         assert third.close() == ["chroma"]
     assert left_running(tmp_path) == {}

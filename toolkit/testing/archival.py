@@ -163,9 +163,9 @@ def archival_store(archival_backend: str, request: pytest.FixtureRequest,
     if reason is not None:
         pytest.skip(f"toolkit: {reason}")
     stores: Stores = request.getfixturevalue("_toolkit_stores")
-    directory = tmp_path_factory.mktemp(f"archival-{archival_backend}", numbered=True)
     test_store = _failing_cleanly(lambda: stores.take(
-        archival_backend, directory=directory, database=lambda: request.getfixturevalue("pgvector_db")))
+        archival_backend, directory=lambda: tmp_path_factory.mktemp(f"archival-{archival_backend}", numbered=True),
+        database=lambda: request.getfixturevalue("pgvector_db")))
     try:
         yield test_store
     finally:

@@ -31,6 +31,7 @@ from toolkit.backends.base import Passage, Spec, StoreLocation
 if TYPE_CHECKING:
     from toolkit.backends.base import ArchivalStore
     from toolkit.services.background import BackgroundServer
+    from toolkit.settings import Settings
     from toolkit.testing.databases import TestDatabase
 
 DEFAULT_BACKENDS = ("local",)  # MemGPT's default archival storage: no extra, no server
@@ -100,26 +101,43 @@ def missing(backend: str) -> str | None:
     from toolkit.backends import backend as kind_of
 
     kind = kind_of(backend)
-    needed = [(kind.EXTRA, f"the {backend} backend"),
-              *([("s3", f"the {backend} backend's test server (moto)")] if kind.SERVICE == "s3" else [])]
-    for extra, what in needed:
-        error = extras.problem(extra, what)
-        if error is not None:
-            return error.one_line()
-    return None
+    error = extras.problem(kind.EXTRA, f"the {backend} backend")
+    if error is None and kind.SERVICE is not None:
+        from toolkit.services.registry import SERVICES
+
+        error = extras.problem(SERVICES[kind.SERVICE].extra, f"the {backend} backend's test server ({kind.SERVICE})")
+    return error.one_line() if error is not None else None
 
 
 @dataclass
 class HelperServer:
     """A helper server (``services/``) of the run, shared by its processes through the lease file."""
 
-    name: str  # chroma, s3
+    name: str  # a key of services.registry.SERVICES
     server: BackgroundServer
+    settings: Settings  # what points clients at it
     lease: Any = field(default=None, repr=False)  # the open lease file, locked shared
 
-    @property
-    def url(self) -> str:
-        return self.server.url
+
+@dataclass
+class _Scratch:
+    """What the run offers one test's backend (``backends.base.Scratch``): only what the backend asks for is made."""
+
+    table: str
+    stores: Stores
+    make_directory: Callable[[], Path]
+    make_database: Callable[[], TestDatabase]
+    made_database: TestDatabase | None = None
+
+    def directory(self) -> Path:
+        return self.make_directory()
+
+    def database(self) -> str:
+        self.made_database = self.make_database()
+        return self.made_database.libpq_url
+
+    def service(self, name: str) -> Settings:
+        return self.stores.service(name).settings
 
 
 class Stores:
@@ -138,31 +156,16 @@ class Stores:
     def next_table(self) -> str:
         return f"tk_{self.run}_{self.worker}_{next(self._count)}"
 
-    def take(self, backend: str, *, directory: Path | None = None,
+    def take(self, backend: str, *, directory: Callable[[], Path] | None = None,
              database: Callable[[], TestDatabase] | None = None) -> TestStore:
-        """A new empty table in ``backend``: ``directory`` holds the file backends' data (a directory of the
-        test's own); ``database`` gives postgres its database (called only for postgres)."""
+        """A new empty table in ``backend``, where its module's ``scratch_spec`` puts it: ``directory()`` makes
+        a directory of the test's own, ``database()`` a database (each called only when the backend asks)."""
+        from toolkit.backends import backend as kind_of
         from toolkit.backends import open_store
 
-        table = self.next_table()
-        db = None
-        if backend == "postgres":
-            assert database is not None, "postgres needs a database"
-            db = database()
-            spec = Spec(backend, db.libpq_url)
-        elif backend in ("local", "chroma", "lancedb"):
-            assert directory is not None, f"{backend} needs a directory"
-            spec = Spec(backend, str(directory / backend))
-        elif backend == "chroma-http":
-            spec = Spec(backend, self.chroma().url.removeprefix("http://"))
-        elif backend == "lancedb-s3":
-            spec = self.s3_spec(table)
-        else:
-            from toolkit.backends import backend as kind_of
-
-            kind_of(backend)  # unknown: the usual UsageError listing the known ones
-            raise NotImplementedError(f"the archival_store fixture has no place for backend {backend!r} yet")
-        location = spec.store(table)
+        scratch = _Scratch(self.next_table(), self, directory or _refuse("a directory"), database or _refuse("a database"))
+        spec = kind_of(backend).scratch_spec(scratch)
+        location = spec.store(scratch.table)
         store = open_store(location)
         try:
             if store.exists():  # never a table someone else filled: the fixture promises an empty one
@@ -173,7 +176,7 @@ class Stores:
         except BaseException:
             store.close()
             raise
-        return TestStore(backend, spec, location, store, db)
+        return TestStore(backend, spec, location, store, scratch.made_database)
 
     def give_back(self, test_store: TestStore) -> None:
         """Drop the test's table (and close its store), whatever the test left in it."""
@@ -184,52 +187,35 @@ class Stores:
 
     # --- helper servers -------------------------------------------------------------------------------
 
-    def chroma(self) -> HelperServer:
-        """The run's Chroma server (chromadb installed here, format 1), started on first need."""
-        from toolkit.services.chroma_server import chroma_server
-
-        return self._server("chroma", lambda settings, port: chroma_server(settings, host="127.0.0.1", port=port))
-
-    def s3(self) -> HelperServer:
-        """The run's moto S3 server with the bucket ``toolkit``, started on first need."""
-        from toolkit.services.s3_server import create_bucket, s3_server
-
-        started = self._server("s3", lambda settings, port: s3_server(settings, port=port))
-        create_bucket(started.server)  # idempotent: each process makes sure of it
-        return started
-
-    def s3_spec(self, table: str) -> Spec:
-        from toolkit.backends import lancedb_s3
-        from toolkit.services.s3_server import BUCKET, REGION, TEST_KEY
-
-        server = self.s3()
-        options = {"aws_endpoint": server.url, "aws_region": REGION, "allow_http": "true",
-                   "aws_access_key_id": TEST_KEY, "aws_secret_access_key": TEST_KEY}
-        return Spec(lancedb_s3.NAME, f"s3://{BUCKET}/{table}", options=options)
-
-    def _server(self, name: str, make: Callable[[Any, int | None], BackgroundServer]) -> HelperServer:
+    def service(self, name: str) -> HelperServer:
+        """The run's helper server ``name`` (``services.registry``), started on first need, in the format of the
+        client installed here (the Chroma server: chromadb 1.x)."""
         if name in self.servers:
             return self.servers[name]
         import fcntl
 
         from toolkit.ports import free_port
+        from toolkit.services.registry import SERVICES
         from toolkit.settings import resolve
 
+        service = SERVICES[name]
         state_dir = self.run_dir / name
         state_dir.mkdir(parents=True, exist_ok=True)
         settings = resolve({"state_dir": str(state_dir)}, environ={}, project_dir=state_dir)
         # a free port as the default, movable: when a process of this run started it already, `up` finds it
         # through the pid file of the shared state dir and uses it wherever it listens
-        server = make(settings, free_port())
+        server = service.server(settings, free_port())
         lease = open(state_dir / _LEASE, "a+")  # noqa: SIM115 - held open for the session
         try:
             fcntl.flock(lease, fcntl.LOCK_SH)  # waits while the last process of a moment ago stops it
             status = server.up(timeout=self.timeout, movable=True)
             server = server.on_port(urlsplit(status.url).port or server.port)
+            environ = service.client_env(server)
         except BaseException:
             self._leave(lease, server)
             raise
-        self.servers[name] = HelperServer(name, server, lease)
+        clients = resolve({"state_dir": str(state_dir)}, environ=environ, project_dir=state_dir)
+        self.servers[name] = HelperServer(name, server, clients, lease)
         return self.servers[name]
 
     def close(self) -> list[str]:
@@ -253,3 +239,10 @@ class Stores:
             return server.down()  # ours wherever it runs (the pid file says where)
         finally:
             lease.close()  # lets go of whichever lock is held
+
+
+def _refuse(what: str) -> Callable[[], Any]:
+    def refuse() -> Any:
+        raise RuntimeError(f"this test run offers no {what}")
+
+    return refuse
