@@ -7,7 +7,8 @@
 
 Fixtures: ``pgvector_server`` (session), ``pgvector_db``, ``pgvector_env`` (with PGVECTOR_TEST_DB_URL set),
 ``toolkit_load`` (session: callables that load the template), ``toolkit_settings`` (session: where the server
-is, resolved as ``toolkit up`` resolves it). The server's settings are those of the directory pytest runs in
+is, resolved as ``toolkit up`` resolves it); ``archival_store`` and ``archival_backend`` (``archival.py``: an empty
+table of its own per test in one archival backend). The server's settings are those of the directory pytest runs in
 (its .env and the record of its last ``toolkit up``), read with the environment pytest started with.
 
 Only pytest is imported here: a run that uses none of these fixtures pays nothing else.
