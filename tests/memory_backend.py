@@ -16,7 +16,7 @@ from toolkit.backends.base import Filters, Passage, Spec, StoreLocation
 from toolkit.errors import UsageError
 
 if TYPE_CHECKING:
-    from toolkit.backends.base import Prompt
+    from toolkit.backends.base import Prompt, Scratch
     from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
 
@@ -134,3 +134,7 @@ holds_nothing = _kind.not_known_empty
 guarded = _kind.unguarded
 describe_data = _kind.one_format
 
+
+
+def scratch_spec(scratch: Scratch) -> Spec:
+    return Spec(NAME, scratch.table)  # a store of the test's own, named after its table

@@ -55,6 +55,21 @@ def test_one_registry_line_makes_a_backend_smoke_checkable(registered: None, set
     assert not memory_backend.TABLES  # its temporary table was dropped
 
 
+def test_one_registry_line_makes_a_backend_one_the_archival_store_fixture_serves(registered: None,
+                                                                                  tmp_path: Path) -> None:
+    from toolkit.testing.stores import Stores
+
+    stores = Stores("0123456789ab", "main", tmp_path)
+    first, second = stores.take("memory"), stores.take("memory")
+    assert first.table != second.table and first.count() == second.count() == 0
+    first.insert(first.passages(3))
+    assert (first.count(), second.count()) == (3, 0)
+    stores.give_back(first)
+    stores.give_back(second)
+    assert not memory_backend.TABLES  # both dropped
+    assert stores.close() == []  # no helper server was needed
+
+
 def test_one_registry_line_makes_a_backend_a_migration_source_and_destination(registered: None, settings: Settings,
                                                                               tmp_path: Path) -> None:
     from contextlib import closing

@@ -8,13 +8,14 @@ backends parse alike: a directory, a ``host:port``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from toolkit.errors import UsageError
 
 if TYPE_CHECKING:
-    from toolkit.backends.base import Spec, StoreLocation
+    from toolkit.backends.base import Scratch, Spec, StoreLocation
     from toolkit.settings import Settings
 
 
@@ -69,3 +70,13 @@ def host_port(rest: str, raw: str, *, default_port: int) -> str:
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise UsageError(f"bad HOST:PORT {hostport!r} in {raw!r}", hint="use chroma+http://127.0.0.1:8000")
     return f"{host}:{int(port)}"
+
+
+def scratch_directory(name: str) -> Callable[[Scratch], Spec]:
+    """``scratch_spec`` of a backend that keeps its data in a directory: a directory of the test's own."""
+    from toolkit.backends.base import Spec
+
+    def scratch_spec(scratch: Scratch) -> Spec:
+        return Spec(name, str(scratch.directory()))
+
+    return scratch_spec

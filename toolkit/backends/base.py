@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from toolkit.errors import ToolkitError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
 
     from toolkit.memgpt_config import ArchivalStorage
@@ -184,6 +186,23 @@ class Prompt(Protocol):
                  show_default: bool = True) -> str: ...
 
 
+class Scratch(Protocol):
+    """What a test run offers a backend for a store of one test's own (``toolkit/testing/stores.py``): each
+    backend takes what it needs (``scratch_spec``), and only that is made."""
+
+    table: str  # the test's table name: unique per test, per pytest-xdist worker and per run
+
+    def directory(self) -> Path:
+        """A new empty directory of the test's own."""
+
+    def database(self) -> str:
+        """The libpq URL of a new database of the test's own (the vector extension in it)."""
+
+    def service(self, name: str) -> Settings:
+        """Settings that point at the run's helper server ``name`` (a key of ``services.registry.SERVICES``),
+        started on first need and shared by the run's tests."""
+
+
 class Backend(Protocol):
     """What one backend module provides; ``BACKENDS`` maps each name to its module and mypy checks the
     module against this (modules as protocol implementations, as pre-commit's ``all_languages.py``).
@@ -268,3 +287,6 @@ class Backend(Protocol):
 
     def describe_data(self, spec: Spec) -> str:
         """What the data there is, for `doctor`: its format and who reads it, or "no data yet"."""
+
+    def scratch_spec(self, scratch: Scratch) -> Spec:
+        """A store of one test's own, from what the test run offers (the ``archival_store`` fixture)."""

@@ -164,6 +164,9 @@ def describe_data(spec: Spec) -> str:
     return describe(found) if found else "no data yet"
 
 
+scratch_spec = _kind.scratch_directory(NAME)  # a directory of the test's own
+
+
 _SCALARS = (str, int, float, bool)
 
 

@@ -12,7 +12,7 @@ from toolkit.backends import _kind, chroma
 from toolkit.backends.base import Spec
 
 if TYPE_CHECKING:
-    from toolkit.backends.base import Prompt, StoreLocation
+    from toolkit.backends.base import Prompt, Scratch, StoreLocation
     from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
 
@@ -85,3 +85,8 @@ guarded = _kind.unguarded
 def describe_data(spec: Spec) -> str:
     found = chroma.server_format(*chroma.host_port(spec.location), timeout=1.0)
     return chroma.describe(found) if found else "server not answering"
+
+
+def scratch_spec(scratch: Scratch) -> Spec:
+    """The run's Chroma server; the table's name keeps tests apart in it."""
+    return default_spec(scratch.service(SERVICE))

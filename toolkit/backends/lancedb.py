@@ -141,6 +141,9 @@ def describe_data(spec: Spec) -> str:
     return ", ".join(f"{name}: {f[0]} (Lance files {f[1]})" for name, f in tables.items() if f) or "no data yet"
 
 
+scratch_spec = _kind.scratch_directory(NAME)  # a directory of the test's own
+
+
 STRINGS = ("id", "user_id", "agent_id", "doc_id", "text", "data_source", "embedding_model", "metadata_")
 # A pattern, not substrings: lance's message carries the endpoint URL, so a bare "403" matched port 40312
 # and called a dead server a credentials problem.

@@ -13,7 +13,7 @@ from toolkit.backends.base import Spec
 from toolkit.errors import UsageError
 
 if TYPE_CHECKING:
-    from toolkit.backends.base import Prompt, StoreLocation
+    from toolkit.backends.base import Prompt, Scratch, StoreLocation
     from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
 
@@ -110,3 +110,10 @@ guarded = _kind.unguarded
 
 def describe_data(spec: Spec) -> str:
     return "format not inspected on S3"
+
+
+def scratch_spec(scratch: Scratch) -> Spec:
+    """A prefix of the test's own in the bucket of the run's S3 server."""
+    bucket = DEFAULT_URI.removeprefix("s3://").split("/")[0]
+    rest = f"{bucket}/{scratch.table}"
+    return parse(rest, "s3://" + rest, scratch.service(SERVICE))

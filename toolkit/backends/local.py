@@ -100,6 +100,8 @@ holds_nothing = _kind.directory_missing
 guarded = _kind.unguarded
 describe_data = _kind.one_format
 
+scratch_spec = _kind.scratch_directory(NAME)  # a directory of the test's own
+
 
 class _Table:
     """The live rows of a table, sorted by id string. Embeddings stay in their (memory-mapped) segment

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
     import psycopg
 
-    from toolkit.backends.base import Prompt, StoreLocation
+    from toolkit.backends.base import Prompt, Scratch, StoreLocation
     from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
 
@@ -138,6 +138,11 @@ def endpoint(location: StoreLocation) -> tuple[str, int] | None:
 holds_nothing = _kind.not_known_empty
 guarded = _kind.unguarded
 describe_data = _kind.one_format
+
+
+def scratch_spec(scratch: Scratch) -> Spec:
+    """A database of the test's own."""
+    return Spec(NAME, parse_url(scratch.database()).libpq)
 
 
 class PostgresStore(StoreBase):
@@ -445,4 +450,5 @@ def _json(value: Any) -> dict[str, Any]:
     if isinstance(value, (bytes, str)):
         value = json.loads(value)
     return dict(value)
+
 

@@ -94,7 +94,9 @@ class Service:
     ``down``/``status``/``logs`` to wherever ours runs. ``start``: the service's ``up``. ``describe``:
     what the service adds to a status (chroma: the format of what answers). ``chosen(settings)``: did
     the user choose where its server listens (``user_address``). The ``*_help`` texts are the commands'
-    help; ``port_default`` says in words where the default port comes from.
+    help; ``port_default`` says in words where the default port comes from. ``extra``: the pip extra its
+    server comes in. ``client_env(server)``: the settings (as environment variables) that point clients at
+    a running server of it, made ready for them (s3: the bucket created); a test run's servers need no more.
     """
 
     name: str
@@ -110,6 +112,8 @@ class Service:
     up_options: tuple[Option, ...] = ()
     describe: Callable[[BackgroundServer, ServiceStatus], Report] | None = None
     chosen: Callable[[Settings], bool] = lambda settings: False
+    extra: str | None = None
+    client_env: Callable[[BackgroundServer], dict[str, str]] = lambda server: {}
 
     def user_address(self, settings: Settings) -> bool:
         """Is the address of this service's server the user's choice (a flag, the environment, their

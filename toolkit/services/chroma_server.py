@@ -164,4 +164,6 @@ runs when that is elsewhere).
     ),
     describe=describe_status,
     chosen=chosen_address,
+    extra="chroma",
+    client_env=lambda server: {"TOOLKIT_CHROMA_HOST": server.host, "TOOLKIT_CHROMA_PORT": str(server.port)},
 )

@@ -76,6 +76,12 @@ def env_values(server: BackgroundServer) -> dict[str, str]:
             "AWS_ACCESS_KEY_ID": TEST_KEY, "AWS_SECRET_ACCESS_KEY": TEST_KEY}
 
 
+def client_env(server: BackgroundServer) -> dict[str, str]:
+    """The bucket created, and the settings that point LanceDB at it (a test run's server: ``Service.client_env``)."""
+    create_bucket(server)
+    return env_values(server)
+
+
 def env_to_write(server: BackgroundServer, current: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
     """What `toolkit s3 up` writes into a .env holding ``current``, and the key variables it keeps: a key
     already set there stays (they may be the user's real keys, and moto takes any), a missing one gets
@@ -156,4 +162,6 @@ checkout did not start there is named, not counted, unless you set that endpoint
     start=start,
     up_options=(Option("--no-export", "no_export", "Do not write the S3 settings into .env.", kind="flag"),),
     chosen=chosen_address,
+    extra="s3",
+    client_env=client_env,
 )

@@ -7,7 +7,8 @@
 
 Fixtures: ``pgvector_server`` (session), ``pgvector_db``, ``pgvector_env`` (with PGVECTOR_TEST_DB_URL set),
 ``toolkit_load`` (session: callables that load the template), ``toolkit_settings`` (session: where the server
-is, resolved as ``toolkit up`` resolves it). The server's settings are those of the directory pytest runs in
+is, resolved as ``toolkit up`` resolves it); ``archival_store`` and ``archival_backend`` (``archival.py``: an empty
+table of its own per test in one archival backend). The server's settings are those of the directory pytest runs in
 (its .env and the record of its last ``toolkit up``), read with the environment pytest started with.
 
 Only pytest is imported here: a run that uses none of these fixtures pays nothing else.
@@ -27,10 +28,14 @@ if TYPE_CHECKING:
     from toolkit.testing.databases import Databases, Load, TestDatabase
     from toolkit.testing.server import Server
 
+# the archival_store fixture and its hooks: a part of this plugin, so `-p no:toolkit` turns it off too
+pytest_plugins = ("toolkit.testing.archival",)
+
 _ENVIRON = pytest.StashKey[dict]()  # the environment as pytest started (before any test changed it)
 _KEPT = pytest.StashKey[list]()  # names of databases --toolkit-keep kept, for the summary
 _LOADS = pytest.StashKey[list]()  # the SQL files to load into the template
 _AHEAD = pytest.StashKey[int]()
+_RUN = pytest.StashKey[str]()  # this process's run id (databases and archival tables alike)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -153,6 +158,7 @@ def pgvector_env(pgvector_db: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> 
 # --- reporting -------------------------------------------------------------------------------------------
 
 
+@pytest.hookimpl(trylast=True)  # after the session fixtures' teardown (runner's sessionfinish) kept them
 def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller reports
@@ -189,13 +195,16 @@ def _load_files(config: pytest.Config) -> list[Path]:
 
 
 def _run_id(config: pytest.Config) -> str:
-    """Shared by the xdist workers of a run, new for every run."""
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput and workerinput.get("testrunuid"):
-        return str(workerinput["testrunuid"])[:12].lower().ljust(12, "0")
-    from toolkit.testing.databases import new_run
+    """Shared by the xdist workers of a run, new for every run; one per process, whoever asks."""
+    if _RUN not in config.stash:
+        workerinput = getattr(config, "workerinput", None)
+        if workerinput and workerinput.get("testrunuid"):
+            config.stash[_RUN] = str(workerinput["testrunuid"])[:12].lower().ljust(12, "0")
+        else:
+            from toolkit.testing.databases import new_run
 
-    return new_run()
+            config.stash[_RUN] = new_run()
+    return config.stash[_RUN]
 
 
 def _worker_id(config: pytest.Config) -> str:
@@ -210,6 +219,5 @@ def _failing_cleanly(call: Any) -> Any:
     try:
         return call()
     except ToolkitError as exc:
-        failure = exc
-    # outside the except block: no "During handling of the above exception" chain in the report
-    pytest.fail(f"toolkit: {failure.one_line()}" + (f"\n{failure.detail}" if failure.detail else ""), pytrace=False)
+        message = f"toolkit: {exc.one_line()}" + (f"\n{exc.detail}" if exc.detail else "")
+    pytest.fail(message, pytrace=False)  # outside the except: no "during handling of the above exception"
