@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import clean_env, run_toolkit, source_copy, uv_binary, wait_until
+from toolkit.testing.server import Server
 from toolkit.urls import PgUrl
 
 USER_TESTS = '''
@@ -290,3 +291,24 @@ def test_a_users_suite_on_the_docker_engine(dsettings) -> None:  # type: ignore[
         assert "5 passed" in done.stdout
         done = run_toolkit("status", "--json", cwd=project, env=env)
         assert json.loads(done.stdout)["running"] is False, "the run started the container: it stops it"
+
+
+def test_a_template_that_fails_to_load_leaves_neither_the_template_nor_a_lock(pgvector_server: Server,
+                                                                                pg_admin: PgUrl) -> None:
+    """A failed open is followed by no close (the fixture never yielded): open cleans up after itself."""
+    import psycopg
+
+    from toolkit.testing.databases import RUN_LOCK, Databases, LoadError, new_run
+
+    def broken(conn: object) -> None:
+        raise RuntimeError("a broken seed")
+
+    databases = Databases(pgvector_server.admin, pgvector_server.url, new_run(), "main", loads=[broken], ahead=0)
+    with pytest.raises(LoadError, match="a broken seed"):
+        databases.open()
+    with psycopg.connect(pg_admin.libpq, autocommit=True) as conn:
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname = %s", (databases.template,)).fetchall()
+        locks = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                             "AND objid = hashtext(%s)::oid", (RUN_LOCK, databases.run)).fetchone()
+    assert left == [], "the half-made template outlives the run: no sweep ever drops it"
+    assert locks == (0,), "the run's lock is still held: its connection was never closed"

@@ -16,6 +16,7 @@ elsewhere is never taken for dead), except databases kept with ``keep``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import threading
@@ -118,7 +119,13 @@ class Databases:
 
     def open(self) -> Databases:
         self._conn = self._connect()
-        self._ensure_template(self._conn)
+        try:
+            self._ensure_template(self._conn)
+        except BaseException:
+            # no close() follows a failed open (the fixture never yielded): its lock on the run's key with it
+            self._conn.close()
+            self._conn = None
+            raise
         if self.ahead:
             self._thread = threading.Thread(target=self._work, name="toolkit-test-databases", daemon=True)
             self._thread.start()
@@ -251,7 +258,13 @@ class Databases:
                 conn.execute(_sql("CREATE DATABASE {} TEMPLATE {} OWNER {}", self.template, base, self.admin.owner))
             except Exception as exc:
                 raise _refused(exc, self.admin, "create databases") from None
-            self._load()
+            try:
+                self._load()
+            except BaseException:
+                # a template without its comment is never swept (whose locks would say it is dead?): drop it now
+                with contextlib.suppress(Exception):
+                    _drop(conn, self.template)
+                raise
             _comment(conn, self.template, READY + self.admin.url.database)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (TEMPLATE_LOCK, self.run))

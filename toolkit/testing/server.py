@@ -68,12 +68,15 @@ def acquire(settings: Settings) -> Server:
         settings = result.settings or settings
         if started and engine.name != "external":
             state.mark_started_by_tests(settings.state_dir)
+        lease = None
         try:
             admin = engine.admin()
-            lease = connect_admin(admin) if engine.name != "external" else None
-            if lease is not None:
+            if engine.name != "external":
+                lease = connect_admin(admin)
                 lease.execute("SELECT pg_advisory_lock_shared(%s, %s)", SERVER_LOCK)
         except BaseException:
+            if lease is not None:
+                lease.close()
             if started:
                 _stop(settings)
             raise
