@@ -312,3 +312,31 @@ def test_a_template_that_fails_to_load_leaves_neither_the_template_nor_a_lock(pg
                              "AND objid = hashtext(%s)::oid", (RUN_LOCK, databases.run)).fetchone()
     assert left == [], "the half-made template outlives the run: no sweep ever drops it"
     assert locks == (0,), "the run's lock is still held: its connection was never closed"
+
+
+def test_a_server_gone_is_one_toolkit_error_without_the_prefetch_thread_too(pgvector_server: Server,
+                                                                            pg_admin: PgUrl) -> None:
+    """--toolkit-ahead 0 creates and drops in the test's own time: a lost server is a toolkit error there too
+    (the plugin shows it in one line), not psycopg's exception with a traceback."""
+    import psycopg
+    from psycopg import sql
+
+    from toolkit.errors import NotReadyError
+    from toolkit.testing.databases import RUN_LOCK, Databases, new_run
+
+    databases = Databases(pgvector_server.admin, pgvector_server.url, new_run(), "main", ahead=0)
+    databases.open()
+    try:
+        db = databases.take()
+        with psycopg.connect(pg_admin.libpq, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                         "AND objid = hashtext(%s)::oid", (RUN_LOCK, databases.run))
+        with pytest.raises(NotReadyError, match="cannot drop a test database"):
+            databases.give_back(db)
+        with pytest.raises(NotReadyError, match="cannot prepare a test database"):
+            databases.take()
+    finally:
+        databases.close()
+        with psycopg.connect(pg_admin.libpq, autocommit=True) as conn:
+            for name in (databases.template, db.name):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -21,7 +21,7 @@ import itertools
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -163,7 +163,8 @@ class Databases:
 
     def take(self) -> TestDatabase:
         if self._thread is None:
-            name = self._create(self._conn)
+            with _in_one_line("prepare"):
+                name = self._create(self._conn)
         else:
             with self._cond:
                 self._wanted = True
@@ -178,11 +179,13 @@ class Databases:
 
     def give_back(self, db: TestDatabase) -> None:
         if self.keep:
-            _comment(self._conn, db.name, KEPT)
+            with _in_one_line("keep"):
+                _comment(self._conn, db.name, KEPT)
             self.kept.append(db.name)
             return
         if self._thread is None:
-            _drop(self._conn, db.name)
+            with _in_one_line("drop"):
+                _drop(self._conn, db.name)
             return
         with self._cond:
             self._drops.append(db.name)
@@ -221,9 +224,7 @@ class Databases:
         return self._wanted and len(self._ready) < self.ahead
 
     def _fail(self, exc: BaseException) -> None:
-        if not isinstance(exc, ToolkitError):
-            exc = NotReadyError(f"cannot prepare a test database: {error_line(exc, last=True)}",
-                                hint="check the server with `toolkit status` and `toolkit logs`")
+        exc = _one_line_error(exc, "prepare")
         with self._cond:
             self._error = exc
             self._cond.notify_all()
@@ -336,6 +337,23 @@ def _sql(template: str, *names: str) -> Any:
     from psycopg import sql
 
     return sql.SQL(template).format(*(sql.Identifier(n) for n in names))
+
+
+def _one_line_error(exc: BaseException, what: str) -> ToolkitError:
+    """``exc`` (of SQL on a test database: the server gone mid-run, most often) as a toolkit error, which the
+    plugin shows in one line, not as a traceback."""
+    if isinstance(exc, ToolkitError):
+        return exc
+    return NotReadyError(f"cannot {what} a test database: {error_line(exc, last=True)}",
+                         hint="check the server with `toolkit status` and `toolkit logs`")
+
+
+@contextlib.contextmanager
+def _in_one_line(what: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        raise _one_line_error(exc, what) from None
 
 
 def _refused(exc: Exception, admin: Admin, what: str) -> ToolkitError:
