@@ -113,7 +113,7 @@ def _stop(settings: Settings) -> None:
         api.down(settings)
     finally:
         if not _running(settings):
-            (settings.state_dir / state.STARTED_BY_TESTS).unlink(missing_ok=True)
+            state.unmark_started_by_tests(settings.state_dir)
 
 
 def _running(settings: Settings) -> bool:
