@@ -46,6 +46,11 @@ def new_run() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def worker_tag(worker: str) -> str:
+    """A pytest-xdist worker id (``gw0``) as it goes into the names of its databases and archival tables."""
+    return re.sub(r"[^a-z0-9]", "", worker.lower())[:16] or "main"
+
+
 @dataclass(frozen=True)
 class TestDatabase:
     """A database of a test's own, owned by the application role, with the ``vector`` extension."""
@@ -99,7 +104,7 @@ class Databases:
         self.admin = admin
         self.owner_url = owner_url  # the owner's credentials and address; the database is replaced per test
         self.run = run
-        self.worker = re.sub(r"[^a-z0-9]", "", worker.lower())[:16] or "main"
+        self.worker = worker_tag(worker)
         self.template = f"{PREFIX}{run}_tpl"
         self.loads = list(loads)
         self.ahead = max(0, ahead)
