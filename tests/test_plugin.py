@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import clean_env, run_toolkit, source_copy, uv_binary, wait_until
+from toolkit.settings import Settings
 from toolkit.testing.server import Server
 from toolkit.urls import PgUrl
 
@@ -227,7 +228,8 @@ def test_a_server_that_cannot_start_fails_each_test_in_one_line(isolated: Path) 
     assert "Traceback" not in done.stdout and "site-packages" not in done.stdout
 
 
-def test_an_external_role_that_may_not_create_databases_is_told_so(pg_settings, pg_admin: PgUrl, isolated: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_external_role_that_may_not_create_databases_is_told_so(pg_settings: Settings, pg_admin: PgUrl,
+                                                                   isolated: Path) -> None:
     write_suite(isolated, '''
         def test_one(pgvector_db):
             with pgvector_db.connect() as conn:
@@ -254,6 +256,13 @@ def test_the_plugin_is_off_with_no_toolkit_and_light_to_import(isolated: Path) -
     assert done.stdout.strip() == "[]"
 
 
+def test_the_plugin_offers_the_engines_settings_knows() -> None:
+    from toolkit import settings
+    from toolkit.testing import plugin
+
+    assert plugin.ENGINES == settings.ENGINES
+
+
 @pytest.mark.slow
 def test_a_fresh_install_brings_the_plugin(embedded_down_after: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """`pip install toolkit` and the pytest a user already has: no conftest, no `-p`, the fixtures are there."""
@@ -278,7 +287,7 @@ def test_a_fresh_install_brings_the_plugin(embedded_down_after: Path, tmp_path_f
 
 
 @pytest.mark.docker
-def test_a_users_suite_on_the_docker_engine(dsettings) -> None:  # type: ignore[no-untyped-def]
+def test_a_users_suite_on_the_docker_engine(dsettings: Settings) -> None:
     """The Docker engine keeps no superuser password: its test role (CREATEDB, not a superuser) makes the
     databases, cloned from its vector template, owned by the application role all the same."""
     project = dsettings.project_dir
