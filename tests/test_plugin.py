@@ -263,6 +263,13 @@ def test_the_plugin_offers_the_engines_settings_knows() -> None:
     assert plugin.ENGINES == settings.ENGINES
 
 
+def test_the_plugins_help_names_the_backends_there_are() -> None:
+    from toolkit.backends import BACKENDS
+    from toolkit.testing import archival
+
+    assert list(archival.BACKENDS) == list(BACKENDS)
+
+
 @pytest.mark.slow
 def test_a_fresh_install_brings_the_plugin(embedded_down_after: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """`pip install toolkit` and the pytest a user already has: no conftest, no `-p`, the fixtures are there."""

@@ -58,7 +58,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("toolkit_load", "SQL files loaded into the test template (paths relative to the ini file)",
                   type="paths", default=[])
     parser.addini("toolkit_keep", "keep each test's database after the test", type="bool", default=False)
-    parser.addini("toolkit_engine", "where the test server runs: auto | docker | embedded | external", default="")
+    parser.addini("toolkit_engine", f"where the test server runs: {' | '.join(ENGINES)}", default="")
     parser.addini("toolkit_ahead", "databases each test process prepares ahead of the tests", default="2")
 
 
