@@ -22,7 +22,7 @@ from toolkit.urls import PgUrl
 
 SERVER_LOCK = (0x746B, 0)  # advisory lock key (classid 'tk', objid 0): the processes using the server
 LOCK_NAME = ".tests.lock"
-LOCK_GRACE = 120.0
+LOCK_GRACE = 120.0  # seconds, beyond the server's start timeout: the holder may be starting or stopping it
 
 
 @dataclass
