@@ -217,16 +217,14 @@ def cli_commands(*, hidden: bool = True) -> list[tuple[tuple[str, ...], click.Co
 
 
 def uv_binary() -> str:
-    """uv (from the chroma extra's wheel, else PATH): builds venvs of a fresh install in seconds."""
-    try:
-        from uv import find_uv_bin
+    """uv, as the toolkit finds it: builds venvs of a fresh install in seconds."""
+    from toolkit.backends.compat.envs import uv_binary as toolkit_uv
+    from toolkit.errors import MissingPackageError
 
-        return str(find_uv_bin())
-    except (ImportError, FileNotFoundError):
-        found = shutil.which("uv")
-        if found is None:
-            pytest.fail("uv is needed to build the base venv: pip install 'toolkit[chroma]' (make venv)")
-        return found
+    try:
+        return toolkit_uv()
+    except MissingPackageError:
+        pytest.fail("uv is needed to build the base venv: pip install 'toolkit[chroma]' (make venv)")
 
 
 def clean_env() -> dict[str, str]:

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import clean_env, run_toolkit, source_copy, uv_binary, wait_until
+from toolkit.settings import Settings
+from toolkit.testing.server import Server
 from toolkit.urls import PgUrl
 
 USER_TESTS = '''
@@ -226,7 +228,8 @@ def test_a_server_that_cannot_start_fails_each_test_in_one_line(isolated: Path) 
     assert "Traceback" not in done.stdout and "site-packages" not in done.stdout
 
 
-def test_an_external_role_that_may_not_create_databases_is_told_so(pg_settings, pg_admin: PgUrl, isolated: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_external_role_that_may_not_create_databases_is_told_so(pg_settings: Settings, pg_admin: PgUrl,
+                                                                   isolated: Path) -> None:
     write_suite(isolated, '''
         def test_one(pgvector_db):
             with pgvector_db.connect() as conn:
@@ -253,6 +256,20 @@ def test_the_plugin_is_off_with_no_toolkit_and_light_to_import(isolated: Path) -
     assert done.stdout.strip() == "[]"
 
 
+def test_the_plugin_offers_the_engines_settings_knows() -> None:
+    from toolkit import settings
+    from toolkit.testing import plugin
+
+    assert plugin.ENGINES == settings.ENGINES
+
+
+def test_the_plugins_help_names_the_backends_there_are() -> None:
+    from toolkit.backends import BACKENDS
+    from toolkit.testing import archival
+
+    assert list(archival.BACKENDS) == list(BACKENDS)
+
+
 @pytest.mark.slow
 def test_a_fresh_install_brings_the_plugin(embedded_down_after: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """`pip install toolkit` and the pytest a user already has: no conftest, no `-p`, the fixtures are there."""
@@ -277,7 +294,7 @@ def test_a_fresh_install_brings_the_plugin(embedded_down_after: Path, tmp_path_f
 
 
 @pytest.mark.docker
-def test_a_users_suite_on_the_docker_engine(dsettings) -> None:  # type: ignore[no-untyped-def]
+def test_a_users_suite_on_the_docker_engine(dsettings: Settings) -> None:
     """The Docker engine keeps no superuser password: its test role (CREATEDB, not a superuser) makes the
     databases, cloned from its vector template, owned by the application role all the same."""
     project = dsettings.project_dir
@@ -290,3 +307,52 @@ def test_a_users_suite_on_the_docker_engine(dsettings) -> None:  # type: ignore[
         assert "5 passed" in done.stdout
         done = run_toolkit("status", "--json", cwd=project, env=env)
         assert json.loads(done.stdout)["running"] is False, "the run started the container: it stops it"
+
+
+def test_a_template_that_fails_to_load_leaves_neither_the_template_nor_a_lock(pgvector_server: Server,
+                                                                                pg_admin: PgUrl) -> None:
+    """A failed open is followed by no close (the fixture never yielded): open cleans up after itself."""
+    import psycopg
+
+    from toolkit.testing.databases import RUN_LOCK, Databases, LoadError, new_run
+
+    def broken(conn: object) -> None:
+        raise RuntimeError("a broken seed")
+
+    databases = Databases(pgvector_server.admin, pgvector_server.url, new_run(), "main", loads=[broken], ahead=0)
+    with pytest.raises(LoadError, match="a broken seed"):
+        databases.open()
+    with psycopg.connect(pg_admin.libpq, autocommit=True) as conn:
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname = %s", (databases.template,)).fetchall()
+        locks = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                             "AND objid = hashtext(%s)::oid", (RUN_LOCK, databases.run)).fetchone()
+    assert left == [], "the half-made template outlives the run: no sweep ever drops it"
+    assert locks == (0,), "the run's lock is still held: its connection was never closed"
+
+
+def test_a_server_gone_is_one_toolkit_error_without_the_prefetch_thread_too(pgvector_server: Server,
+                                                                            pg_admin: PgUrl) -> None:
+    """--toolkit-ahead 0 creates and drops in the test's own time: a lost server is a toolkit error there too
+    (the plugin shows it in one line), not psycopg's exception with a traceback."""
+    import psycopg
+    from psycopg import sql
+
+    from toolkit.errors import NotReadyError
+    from toolkit.testing.databases import RUN_LOCK, Databases, new_run
+
+    databases = Databases(pgvector_server.admin, pgvector_server.url, new_run(), "main", ahead=0)
+    databases.open()
+    try:
+        db = databases.take()
+        with psycopg.connect(pg_admin.libpq, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                         "AND objid = hashtext(%s)::oid", (RUN_LOCK, databases.run))
+        with pytest.raises(NotReadyError, match="cannot drop a test database"):
+            databases.give_back(db)
+        with pytest.raises(NotReadyError, match="cannot prepare a test database"):
+            databases.take()
+    finally:
+        databases.close()
+        with psycopg.connect(pg_admin.libpq, autocommit=True) as conn:
+            for name in (databases.template, db.name):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

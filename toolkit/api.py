@@ -73,7 +73,7 @@ def up(settings: Settings, *, export: bool = True, progress: Progress = quiet, b
         settings = build_for_up(settings, base=base_image)
     with _lifecycle(settings, "up"):
         result = _up(settings, export=export, progress=progress)
-        state.claim_from_tests(settings.state_dir)  # started by a test run before: the user's server now
+        state.unmark_started_by_tests(settings.state_dir)  # started by a test run before: the user's server now
         return result
 
 

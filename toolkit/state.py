@@ -125,8 +125,8 @@ def started_by_tests(state_dir: Path) -> bool:
     return (state_dir / STARTED_BY_TESTS).is_file()
 
 
-def claim_from_tests(state_dir: Path) -> None:
-    """``toolkit up`` by hand: the server is the user's now, and no test run stops it."""
+def unmark_started_by_tests(state_dir: Path) -> None:
+    """No test run stops the server: ``toolkit up`` by hand made it the user's, or it is stopped already."""
     path = state_dir / STARTED_BY_TESTS
     if path.is_file() or path.is_symlink():
         path.unlink(missing_ok=True)

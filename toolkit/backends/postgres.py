@@ -450,5 +450,3 @@ def _json(value: Any) -> dict[str, Any]:
     if isinstance(value, (bytes, str)):
         value = json.loads(value)
     return dict(value)
-
-

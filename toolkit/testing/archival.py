@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from toolkit.testing.stores import Stores, TestStore
 
 MARKER = "archival_backends"
+BACKENDS = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3")  # for help: backends.BACKENDS' keys
 _STOPPED = pytest.StashKey[list]()  # helper servers this process stopped, for the summary
 
 
@@ -40,7 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{MARKER}(*names): run a test using archival_store over these archival "
-                                       "backends (local, postgres, chroma, chroma-http, lancedb, lancedb-s3)")
+                                       f"backends ({', '.join(BACKENDS)})")
     config.stash[_STOPPED] = []
     _selected(config)  # a bad --toolkit-backends is a usage error before anything runs
 

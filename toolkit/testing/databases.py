@@ -16,11 +16,12 @@ elsewhere is never taken for dead), except databases kept with ``keep``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,6 +44,11 @@ def new_run() -> str:
     import uuid
 
     return uuid.uuid4().hex[:12]
+
+
+def worker_tag(worker: str) -> str:
+    """A pytest-xdist worker id (``gw0``) as it goes into the names of its databases and archival tables."""
+    return re.sub(r"[^a-z0-9]", "", worker.lower())[:16] or "main"
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ class Databases:
         self.admin = admin
         self.owner_url = owner_url  # the owner's credentials and address; the database is replaced per test
         self.run = run
-        self.worker = re.sub(r"[^a-z0-9]", "", worker.lower())[:16] or "main"
+        self.worker = worker_tag(worker)
         self.template = f"{PREFIX}{run}_tpl"
         self.loads = list(loads)
         self.ahead = max(0, ahead)
@@ -118,7 +124,13 @@ class Databases:
 
     def open(self) -> Databases:
         self._conn = self._connect()
-        self._ensure_template(self._conn)
+        try:
+            self._ensure_template(self._conn)
+        except BaseException:
+            # no close() follows a failed open (the fixture never yielded): its lock on the run's key with it
+            self._conn.close()
+            self._conn = None
+            raise
         if self.ahead:
             self._thread = threading.Thread(target=self._work, name="toolkit-test-databases", daemon=True)
             self._thread.start()
@@ -156,7 +168,8 @@ class Databases:
 
     def take(self) -> TestDatabase:
         if self._thread is None:
-            name = self._create(self._conn)
+            with _in_one_line("prepare"):
+                name = self._create(self._conn)
         else:
             with self._cond:
                 self._wanted = True
@@ -171,11 +184,13 @@ class Databases:
 
     def give_back(self, db: TestDatabase) -> None:
         if self.keep:
-            _comment(self._conn, db.name, KEPT)
+            with _in_one_line("keep"):
+                _comment(self._conn, db.name, KEPT)
             self.kept.append(db.name)
             return
         if self._thread is None:
-            _drop(self._conn, db.name)
+            with _in_one_line("drop"):
+                _drop(self._conn, db.name)
             return
         with self._cond:
             self._drops.append(db.name)
@@ -214,9 +229,7 @@ class Databases:
         return self._wanted and len(self._ready) < self.ahead
 
     def _fail(self, exc: BaseException) -> None:
-        if not isinstance(exc, ToolkitError):
-            exc = NotReadyError(f"cannot prepare a test database: {error_line(exc, last=True)}",
-                                hint="check the server with `toolkit status` and `toolkit logs`")
+        exc = _one_line_error(exc, "prepare")
         with self._cond:
             self._error = exc
             self._cond.notify_all()
@@ -251,7 +264,13 @@ class Databases:
                 conn.execute(_sql("CREATE DATABASE {} TEMPLATE {} OWNER {}", self.template, base, self.admin.owner))
             except Exception as exc:
                 raise _refused(exc, self.admin, "create databases") from None
-            self._load()
+            try:
+                self._load()
+            except BaseException:
+                # a template without its comment is never swept (whose locks would say it is dead?): drop it now
+                with contextlib.suppress(Exception):
+                    _drop(conn, self.template)
+                raise
             _comment(conn, self.template, READY + self.admin.url.database)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (TEMPLATE_LOCK, self.run))
@@ -323,6 +342,23 @@ def _sql(template: str, *names: str) -> Any:
     from psycopg import sql
 
     return sql.SQL(template).format(*(sql.Identifier(n) for n in names))
+
+
+def _one_line_error(exc: BaseException, what: str) -> ToolkitError:
+    """``exc`` (of SQL on a test database: the server gone mid-run, most often) as a toolkit error, which the
+    plugin shows in one line, not as a traceback."""
+    if isinstance(exc, ToolkitError):
+        return exc
+    return NotReadyError(f"cannot {what} a test database: {error_line(exc, last=True)}",
+                         hint="check the server with `toolkit status` and `toolkit logs`")
+
+
+@contextlib.contextmanager
+def _in_one_line(what: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        raise _one_line_error(exc, what) from None
 
 
 def _refused(exc: Exception, admin: Admin, what: str) -> ToolkitError:

@@ -17,9 +17,9 @@ Only pytest is imported here: a run that uses none of these fixtures pays nothin
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -36,11 +36,13 @@ _KEPT = pytest.StashKey[list]()  # names of databases --toolkit-keep kept, for t
 _LOADS = pytest.StashKey[list]()  # the SQL files to load into the template
 _AHEAD = pytest.StashKey[int]()
 _RUN = pytest.StashKey[str]()  # this process's run id (databases and archival tables alike)
+T = TypeVar("T")
+ENGINES = ("auto", "docker", "embedded", "external")  # settings.ENGINES, which pytest's startup may not import
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("toolkit", "toolkit: a fresh pgvector database per test")
-    group.addoption("--toolkit-engine", choices=("auto", "docker", "embedded", "external"), default=None,
+    group.addoption("--toolkit-engine", choices=ENGINES, default=None,
                     help="where the test server runs (default: as `toolkit up` would choose: TOOLKIT_ENGINE, .env, "
                          "the engine of the last `toolkit up` here, else auto)")
     group.addoption("--toolkit-url", default=None, metavar="URL",
@@ -56,7 +58,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("toolkit_load", "SQL files loaded into the test template (paths relative to the ini file)",
                   type="paths", default=[])
     parser.addini("toolkit_keep", "keep each test's database after the test", type="bool", default=False)
-    parser.addini("toolkit_engine", "where the test server runs: auto | docker | embedded | external", default="")
+    parser.addini("toolkit_engine", f"where the test server runs: {' | '.join(ENGINES)}", default="")
     parser.addini("toolkit_ahead", "databases each test process prepares ahead of the tests", default="2")
 
 
@@ -212,7 +214,7 @@ def _worker_id(config: pytest.Config) -> str:
     return str(workerinput["workerid"]) if workerinput else "main"
 
 
-def _failing_cleanly(call: Any) -> Any:
+def _failing_cleanly(call: Callable[[], T]) -> T:
     """``call()``; a toolkit error fails the test in one line (what, why, how to fix), without a traceback."""
     from toolkit.errors import ToolkitError
 

@@ -22,7 +22,7 @@ from toolkit.urls import PgUrl
 
 SERVER_LOCK = (0x746B, 0)  # advisory lock key (classid 'tk', objid 0): the processes using the server
 LOCK_NAME = ".tests.lock"
-LOCK_GRACE = 120.0
+LOCK_GRACE = 120.0  # seconds, beyond the server's start timeout: the holder may be starting or stopping it
 
 
 @dataclass
@@ -68,12 +68,15 @@ def acquire(settings: Settings) -> Server:
         settings = result.settings or settings
         if started and engine.name != "external":
             state.mark_started_by_tests(settings.state_dir)
+        lease = None
         try:
             admin = engine.admin()
-            lease = connect_admin(admin) if engine.name != "external" else None
-            if lease is not None:
+            if engine.name != "external":
+                lease = connect_admin(admin)
                 lease.execute("SELECT pg_advisory_lock_shared(%s, %s)", SERVER_LOCK)
         except BaseException:
+            if lease is not None:
+                lease.close()
             if started:
                 _stop(settings)
             raise
@@ -110,7 +113,7 @@ def _stop(settings: Settings) -> None:
         api.down(settings)
     finally:
         if not _running(settings):
-            (settings.state_dir / state.STARTED_BY_TESTS).unlink(missing_ok=True)
+            state.unmark_started_by_tests(settings.state_dir)
 
 
 def _running(settings: Settings) -> bool:

@@ -18,7 +18,6 @@ descriptor, so a crashed worker never keeps a server up for ever.
 from __future__ import annotations
 
 import itertools
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from toolkit.backends.base import Passage, Spec, StoreLocation
+from toolkit.testing.databases import PREFIX, TestDatabase, worker_tag
 
 if TYPE_CHECKING:
     from toolkit.backends.base import ArchivalStore
     from toolkit.services.background import BackgroundServer
     from toolkit.settings import Settings
-    from toolkit.testing.databases import TestDatabase
 
 DEFAULT_BACKENDS = ("local",)  # MemGPT's default archival storage: no extra, no server
 TEST_USER = uuid.UUID("00000000-0000-4000-8000-00000000000b")
@@ -146,7 +145,7 @@ class Stores:
 
     def __init__(self, run: str, worker: str, run_dir: Path, *, timeout: float = 120.0) -> None:
         self.run = run
-        self.worker = re.sub(r"[^a-z0-9]", "", worker.lower())[:16] or "main"
+        self.worker = worker_tag(worker)
         self.run_dir = run_dir  # shared by the run's processes: the helper servers' state
         self.timeout = timeout
         self.servers: dict[str, HelperServer] = {}
@@ -154,7 +153,7 @@ class Stores:
         self._count = itertools.count(1)
 
     def next_table(self) -> str:
-        return f"tk_{self.run}_{self.worker}_{next(self._count)}"
+        return f"{PREFIX}{self.run}_{self.worker}_{next(self._count)}"
 
     def take(self, backend: str, *, directory: Callable[[], Path] | None = None,
              database: Callable[[], TestDatabase] | None = None) -> TestStore:

@@ -79,7 +79,7 @@ def _build(env: ClientEnv, home: Path, progress: Callable[[str], None] | None) -
     if progress:
         progress(f"building the {env.name} environment in {home} (first use only)...")
     started = time.monotonic()
-    uv = _uv()
+    uv = uv_binary()
     try:
         _step([uv, "venv", "--quiet", "--relocatable", "--python", sys.executable, str(scratch)], env)
         _step([uv, "pip", "install", "--quiet", "--python", str(scratch / "bin" / "python"),
@@ -105,7 +105,8 @@ def _step(argv: list[str], env: ClientEnv) -> None:
                                 "or UV_INDEX_URL for a mirror")
 
 
-def _uv() -> str:
+def uv_binary() -> str:
+    """uv: from the chroma extra's wheel, else PATH."""
     try:
         from uv import find_uv_bin
 
