@@ -1,6 +1,11 @@
 """A fresh database for every test: cloned from the run's template, prepared ahead and dropped behind the
-tests on a thread of their own, so a test waits for neither when it takes longer than a clone
+tests on threads of their own, so a test waits for neither when it takes longer than a clone
 (pytest-postgresql clones and drops in the test's own time).
+
+Why the threads are as they are (bench/fixtures.py measures it): a CREATE DATABASE mostly copies the template
+through shared buffers (CPU), a DROP DATABASE mostly waits for the checkpoint it forces. Two connections
+create and a third drops, so those overlap; at the end every thread drops what is left at once, and
+concurrent drops share their checkpoints.
 
 Names: ``tk_<run>_tpl`` is a run's template, ``tk_<run>_<worker>_<n>`` a test's database. ``<run>`` is shared
 by the pytest-xdist workers of one run and random for each run, so names collide neither between workers
@@ -34,6 +39,7 @@ TEMPLATE_LOCK = 0x746B + 2  # held while a run's template is made, by one of its
 PREFIX = "tk_"
 READY = "toolkit-tests template; locks in database "  # the template's comment, + the admin's database
 KEPT = "toolkit-tests: kept"
+CREATORS = 2  # connections that create test databases at once, per test process
 _NAME = re.compile(r"^tk_([0-9a-f]{12})_")
 
 # a callable that loads the template: it gets a psycopg connection as the owner, in a transaction
@@ -113,11 +119,12 @@ class Databases:
         self._count = itertools.count(1)
         self._cond = threading.Condition()
         self._ready: deque[str] = deque()
+        self._making = 0  # creates in flight
         self._drops: deque[str] = deque()
-        self._wanted = False  # a test took one: from then on the thread keeps ``ahead`` ready
+        self._wanted = False  # a test took one: from then on the threads keep ``ahead`` ready
         self._closed = False
         self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._conn: Any = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -132,8 +139,14 @@ class Databases:
             self._conn = None
             raise
         if self.ahead:
-            self._thread = threading.Thread(target=self._work, name="toolkit-test-databases", daemon=True)
-            self._thread.start()
+            # creates and drops on connections of their own: a drop waits for a checkpoint, a create copies
+            # the template (CPU), so they overlap; two creates at once keep up with tests faster than one
+            workers = [self._make] * min(self.ahead, CREATORS) + [self._drop_behind]
+            self._threads = [threading.Thread(target=self._on_connection, args=(work,), daemon=True,
+                                              name=f"toolkit-test-databases-{work.__name__.strip('_')}")
+                             for work in workers]
+            for thread in self._threads:
+                thread.start()
         return self
 
     def close(self) -> list[str]:
@@ -141,9 +154,11 @@ class Databases:
         of the run drops the template too. Returns the names kept."""
         with self._cond:
             self._closed = True
+            self._drops.extend(self._ready)  # unused: dropped with the rest, by every thread at once
+            self._ready.clear()
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in self._threads:
+            thread.join()
         conn, self._conn = self._conn, None
         if conn is None:
             return self.kept
@@ -167,7 +182,7 @@ class Databases:
     # --- per test -------------------------------------------------------------------------------------
 
     def take(self) -> TestDatabase:
-        if self._thread is None:
+        if not self._threads:
             with _in_one_line("prepare"):
                 name = self._create(self._conn)
         else:
@@ -188,7 +203,7 @@ class Databases:
                 _comment(self._conn, db.name, KEPT)
             self.kept.append(db.name)
             return
-        if self._thread is None:
+        if not self._threads:
             with _in_one_line("drop"):
                 _drop(self._conn, db.name)
             return
@@ -196,37 +211,55 @@ class Databases:
             self._drops.append(db.name)
             self._cond.notify_all()
 
-    # --- the thread that prepares and drops -----------------------------------------------------------
+    # --- the threads that prepare and drop ----------------------------------------------------------
 
-    def _work(self) -> None:
+    def _on_connection(self, work: Callable[[Any], None]) -> None:
         try:
             conn = self._connect()
         except BaseException as exc:  # noqa: B036 - handed to the test that waits
             self._fail(exc)
             return
         try:
-            while True:
-                with self._cond:
-                    while not self._closed and self._error is None and not self._drops and not self._short():
-                        self._cond.wait()
-                    if self._closed:
-                        return
-                    # a test may be waiting for a database: that first, drops when none is short
-                    drop = None if self._short() else self._drops.popleft()
-                if drop is not None:
-                    _drop(conn, drop)
-                    continue
-                name = self._create(conn)
-                with self._cond:
-                    self._ready.append(name)
-                    self._cond.notify_all()
+            work(conn)
         except BaseException as exc:  # noqa: B036
             self._fail(exc)
         finally:
             conn.close()
 
+    def _make(self, conn: Any) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and self._error is None and not self._short():
+                    self._cond.wait()
+                if self._closed:
+                    break
+                if self._error is not None:
+                    return
+                self._making += 1
+            try:
+                name = self._create(conn)
+            finally:
+                with self._cond:
+                    self._making -= 1
+            with self._cond:
+                (self._drops if self._closed else self._ready).append(name)
+                self._cond.notify_all()
+        self._drop_behind(conn)  # closing: help drop what is left
+
+    def _drop_behind(self, conn: Any) -> None:
+        """Drop what the tests gave back; when closing, what is left, with the other threads: concurrent drops
+        share the checkpoint each DROP DATABASE waits for."""
+        while True:
+            with self._cond:
+                while not self._closed and self._error is None and not self._drops:
+                    self._cond.wait()
+                if self._error is not None or not self._drops:
+                    return
+                name = self._drops.popleft()
+            _drop(conn, name)
+
     def _short(self) -> bool:
-        return self._wanted and len(self._ready) < self.ahead
+        return self._wanted and len(self._ready) + self._making < self.ahead
 
     def _fail(self, exc: BaseException) -> None:
         exc = _one_line_error(exc, "prepare")
