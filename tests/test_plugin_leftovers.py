@@ -1,0 +1,118 @@
+"""What the plugin leaves on a server when things end badly: a load that fails, an xdist worker that crashes, a run
+killed while its template is made. None of it may stay for ever: the run itself or the next one drops it.
+
+Real pytest runs in the test's project dir against its embedded server (helpers: tests/test_plugin.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.support import run_toolkit, wait_until
+from tests.test_plugin import USER_CONFTEST, USER_TESTS, output, pytest_argv, run_pytest, tk_databases, write_suite
+
+
+def test_a_load_that_fails_leaves_no_template_and_an_undecodable_file_fails_in_one_line(embedded_down_after: Path) -> None:
+    project = embedded_down_after
+    assert run_toolkit("up", "--engine", "embedded", "--no-export", cwd=project).returncode == 0
+    write_suite(project, "def test_one(pgvector_db):\n    pass\n", "")
+    (project / "latin1.sql").write_bytes("INSERT INTO t VALUES ('caf\xe9');\n".encode("latin-1"))
+    failed = run_pytest(project, "--toolkit-load", "latin1.sql")
+    assert failed.returncode == 1, output(failed)
+    assert "toolkit: loading the test template failed in sql_file(" in failed.stdout, output(failed)
+    assert "codec can't decode" in failed.stdout and "Traceback" not in failed.stdout
+    assert tk_databases(project) == [], "a template whose load failed is dropped (nothing sweeps it later)"
+
+    (project / "broken.sql").write_text("CREATE TABLE docs (id int);\nINSERT INTO nowhere VALUES (1);\n")
+    failed = run_pytest(project, "--toolkit-load", "broken.sql")
+    assert failed.returncode == 1 and 'relation "nowhere" does not exist' in failed.stdout, output(failed)
+    assert tk_databases(project) == []
+
+
+CRASHING_TESTS = '''
+import os
+import signal
+import time
+
+import pytest
+
+
+def test_crashes(pgvector_db):
+    # once this worker's thread has cloned the two it prepares ahead (and sits idle), the worker dies
+    prefix, n = pgvector_db.name.rsplit("_", 1)
+    with pgvector_db.connect() as conn:
+        while not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (f"{prefix}_{int(n) + 2}",)).fetchone():
+            time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("i", range(4))
+def test_others(pgvector_db, i):
+    pass
+'''
+
+
+def test_what_a_crashed_xdist_worker_left_is_dropped_by_the_runs_last_process(embedded_down_after: Path) -> None:
+    project = embedded_down_after
+    assert run_toolkit("up", "--engine", "embedded", "--no-export", cwd=project).returncode == 0
+    write_suite(project, CRASHING_TESTS, "")
+    done = run_pytest(project, "-n", "2")
+    assert done.returncode == 1 and "crashed" in done.stdout and "4 passed" in done.stdout, output(done)
+    assert tk_databases(project) == [], "the crashed worker's databases outlived the run (and no later run drops them)"
+
+
+LOAD_WAITS = '''
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def toolkit_load():
+    def load(conn):
+        conn.execute("CREATE TABLE seed (e vector(3))")
+        Path(os.environ["READY_FILE"]).write_text("")
+        time.sleep(600)  # killed here
+    return [load]
+'''
+
+
+def test_a_run_killed_while_its_template_is_made_is_swept_by_the_next(embedded_down_after: Path, tmp_path: Path) -> None:
+    project = embedded_down_after
+    assert run_toolkit("up", "--engine", "embedded", "--no-export", cwd=project).returncode == 0
+    write_suite(project, "def test_one(pgvector_db):\n    pass\n", LOAD_WAITS)
+    env = {**os.environ, "TOOLKIT_ENGINE": "embedded", "READY_FILE": str(tmp_path / "ready")}
+    killed = subprocess.Popen(pytest_argv(project), cwd=project, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: (tmp_path / "ready").exists(), 120, "the load to begin")
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    [template] = tk_databases(project)
+    assert template.endswith("_tpl")
+    # a run killed between creating its template and naming it: a template with no comment, and a crashed
+    # worker's database whose template is gone; nobody holds their run's key
+    with _superuser(project) as conn:
+        for name in ("tk_0123456789ab_tpl", "tk_00000000000c_gw1_7"):
+            conn.execute(f'CREATE DATABASE "{name}"')
+    write_suite(project, USER_TESTS, USER_CONFTEST)
+    done = run_pytest(project)
+    assert done.returncode == 0, output(done)
+    assert tk_databases(project) == [], "the next run sweeps what killed runs left"
+
+
+def _superuser(project: Path):  # type: ignore[no-untyped-def]
+    import psycopg
+
+    from toolkit import engines
+    from toolkit.settings import resolve
+
+    settings = resolve({"engine": "embedded"}, environ=dict(os.environ), project_dir=project)
+    engine, _ = engines.select(settings)
+    return psycopg.connect(engine.admin().url.libpq, autocommit=True)
