@@ -116,3 +116,30 @@ def _superuser(project: Path):  # type: ignore[no-untyped-def]
     settings = resolve({"engine": "embedded"}, environ=dict(os.environ), project_dir=project)
     engine, _ = engines.select(settings)
     return psycopg.connect(engine.admin().url.libpq, autocommit=True)
+
+
+LOAD_LEAVES_A_CONNECTION = '''
+import psycopg
+import pytest
+
+LEFT_OPEN = []
+
+
+@pytest.fixture(scope="session")
+def toolkit_load():
+    def load(conn):  # a connection of its own to the template, never closed: no clone can be made
+        LEFT_OPEN.append(psycopg.connect(conn.info.dsn, password=conn.info.password))
+    return [load]
+'''
+
+
+def test_a_load_that_leaves_a_connection_to_the_template_fails_each_test_in_one_line(embedded_down_after: Path) -> None:
+    project = embedded_down_after
+    assert run_toolkit("up", "--engine", "embedded", "--no-export", cwd=project).returncode == 0
+    write_suite(project, "def test_one(pgvector_db):\n    pass\n\n\ndef test_two(pgvector_db):\n    pass\n",
+                LOAD_LEAVES_A_CONNECTION)
+    for ahead in ("2", "0"):  # cloned on the thread, or in the test's own time
+        done = run_pytest(project, "--toolkit-ahead", ahead)
+        assert done.returncode == 1 and "2 errors" in done.stdout, output(done)
+        assert done.stdout.count("toolkit: cannot clone the test template: source database") == 2, output(done)
+        assert "must close it" in done.stdout and "Traceback" not in done.stdout and "psycopg.errors" not in done.stdout

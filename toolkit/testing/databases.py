@@ -159,7 +159,10 @@ class Databases:
 
     def take(self) -> TestDatabase:
         if self._thread is None:
-            name = self._create(self._conn)
+            try:
+                name = self._create(self._conn)
+            except Exception as exc:
+                raise _problem(exc) from None
         else:
             with self._cond:
                 self._wanted = True
@@ -173,12 +176,15 @@ class Databases:
         return TestDatabase(name, replace(self.owner_url, database=name))
 
     def give_back(self, db: TestDatabase) -> None:
-        if self.keep:
-            _comment(self._conn, db.name, KEPT)
-            self.kept.append(db.name)
-            return
-        if self._thread is None:
-            _drop(self._conn, db.name)
+        if self.keep or self._thread is None:
+            try:
+                if self.keep:
+                    _comment(self._conn, db.name, KEPT)
+                    self.kept.append(db.name)
+                else:
+                    _drop(self._conn, db.name)
+            except Exception as exc:
+                raise _problem(exc) from None
             return
         with self._cond:
             self._drops.append(db.name)
@@ -217,9 +223,8 @@ class Databases:
         return self._wanted and len(self._ready) < self.ahead
 
     def _fail(self, exc: BaseException) -> None:
-        if not isinstance(exc, ToolkitError):
-            exc = NotReadyError(f"cannot prepare a test database: {error_line(exc, last=True)}",
-                                hint="check the server with `toolkit status` and `toolkit logs`")
+        if isinstance(exc, Exception):
+            exc = _problem(exc)
         with self._cond:
             self._error = exc
             self._cond.notify_all()
@@ -353,6 +358,20 @@ def _sql(template: str, *names: str) -> Any:
     from psycopg import sql
 
     return sql.SQL(template).format(*(sql.Identifier(n) for n in names))
+
+
+def _problem(exc: Exception) -> ToolkitError:
+    """What went wrong preparing or dropping a test database, as one line for the test that meets it."""
+    if isinstance(exc, ToolkitError):
+        return exc
+    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None)
+    if sqlstate == "55006":  # object_in_use: a session is connected to the template, and no clone can be made
+        return NotReadyError(f"cannot clone the test template: {error_line(exc)}",
+                             hint="a session stays connected to it: a toolkit_load that opened a connection of its "
+                                  "own must close it before it returns")
+    # a server error says it in its first line; a connection's failure, in its last (libpq's cause)
+    return NotReadyError(f"cannot prepare a test database: {error_line(exc, last=sqlstate is None)}",
+                         hint="check the server with `toolkit status` and `toolkit logs`")
 
 
 def _refused(exc: Exception, admin: Admin, what: str) -> ToolkitError:

@@ -145,7 +145,7 @@ def pgvector_db(_toolkit_databases: Databases) -> Iterator[TestDatabase]:
     try:
         yield db
     finally:
-        _toolkit_databases.give_back(db)
+        _failing_cleanly(lambda: _toolkit_databases.give_back(db))
 
 
 @pytest.fixture
