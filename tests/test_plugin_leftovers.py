@@ -1,5 +1,6 @@
-"""What the plugin leaves on a server when things end badly: a load that fails, an xdist worker that crashes, a run
-killed while its template is made. None of it may stay for ever: the run itself or the next one drops it.
+"""When things go badly: what a load that fails, an xdist worker that crashes, a run killed while its template is
+made leave on the server (none of it may stay for ever: the run itself or the next one drops it), and the one line
+a user gets for a bad option or a load that holds the template.
 
 Real pytest runs in the test's project dir against its embedded server (helpers: tests/test_plugin.py).
 """
@@ -143,3 +144,17 @@ def test_a_load_that_leaves_a_connection_to_the_template_fails_each_test_in_one_
         assert done.returncode == 1 and "2 errors" in done.stdout, output(done)
         assert done.stdout.count("toolkit: cannot clone the test template: source database") == 2, output(done)
         assert "must close it" in done.stdout and "Traceback" not in done.stdout and "psycopg.errors" not in done.stdout
+
+
+def test_bad_options_end_the_run_before_any_test(isolated: Path) -> None:
+    project = isolated
+    write_suite(project, "def test_one(pgvector_db):\n    pass\n", "")
+    (project / "schema").mkdir()
+    os.mkfifo(project / "fifo.sql")
+    for args, said in ((("--toolkit-ahead", "-1"), "toolkit_ahead must be a whole number, 0 or more, not -1"),
+                       (("--toolkit-load", "schema"), "schema is not a file"),
+                       (("--toolkit-load", "fifo.sql"), "fifo.sql is not a file"),  # read, it would hang the run
+                       (("--toolkit-url", "postgresql://u:s3cret@h:99999/d"), "--toolkit-url: invalid database URL")):
+        done = run_pytest(project, *args)
+        assert done.returncode == 4 and said in output(done), output(done)
+        assert "s3cret" not in output(done)

@@ -67,8 +67,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_LOADS] = _load_files(config)
     try:
         config.stash[_AHEAD] = int(_option(config, "ahead"))
+        if config.stash[_AHEAD] < 0:
+            raise ValueError
     except ValueError:
-        raise pytest.UsageError(f"toolkit: toolkit_ahead must be a whole number, not {_option(config, 'ahead')!r}") from None
+        raise pytest.UsageError(f"toolkit: toolkit_ahead must be a whole number, 0 or more, not {_option(config, 'ahead')!r}") \
+            from None
+    url = config.getoption("toolkit_url")
+    if url:
+        _url_checked(url)
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -190,8 +196,20 @@ def _load_files(config: pytest.Config) -> list[Path]:
     files = given or [Path(p) for p in config.getini("toolkit_load")]
     for path in files:
         if not path.is_file():
-            raise pytest.UsageError(f"toolkit: the load file {path} does not exist (--toolkit-load / toolkit_load)")
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise pytest.UsageError(f"toolkit: the load file {path} {problem} (--toolkit-load / toolkit_load)")
     return files
+
+
+def _url_checked(url: str) -> None:
+    """A --toolkit-url that is no database URL ends the run before any test (the message hides its password)."""
+    from toolkit.errors import ToolkitError
+    from toolkit.urls import parse
+
+    try:
+        parse(url)
+    except ToolkitError as exc:
+        raise pytest.UsageError(f"toolkit: --toolkit-url: {exc.one_line()}") from None
 
 
 def _run_id(config: pytest.Config) -> str:
