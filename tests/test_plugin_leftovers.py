@@ -154,7 +154,9 @@ def test_bad_options_end_the_run_before_any_test(isolated: Path) -> None:
     for args, said in ((("--toolkit-ahead", "-1"), "toolkit_ahead must be a whole number, 0 or more, not -1"),
                        (("--toolkit-load", "schema"), "schema is not a file"),
                        (("--toolkit-load", "fifo.sql"), "fifo.sql is not a file"),  # read, it would hang the run
-                       (("--toolkit-url", "postgresql://u:s3cret@h:99999/d"), "--toolkit-url: invalid database URL")):
+                       (("--toolkit-url", "postgresql://u:s3cret@h:99999/d"), "--toolkit-url: invalid database URL"),
+                       (("--toolkit-project-dir", "typo/x"), "--toolkit-project-dir typo/x is not a directory")):
         done = run_pytest(project, *args)
         assert done.returncode == 4 and said in output(done), output(done)
         assert "s3cret" not in output(done)
+    assert not (project / "typo").exists(), "a mistyped project dir was made, and a server set up in it"

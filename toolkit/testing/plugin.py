@@ -75,6 +75,9 @@ def pytest_configure(config: pytest.Config) -> None:
     url = config.getoption("toolkit_url")
     if url:
         _url_checked(url)
+    project = config.getoption("toolkit_project_dir")
+    if project and not (config.invocation_params.dir / project).is_dir():  # a typo would start a server there
+        raise pytest.UsageError(f"toolkit: --toolkit-project-dir {project} is not a directory")
 
 
 def _option(config: pytest.Config, name: str) -> Any:
