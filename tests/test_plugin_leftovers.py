@@ -8,6 +8,7 @@ Real pytest runs in the test's project dir against its embedded server (helpers:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -35,6 +36,7 @@ def test_a_load_that_fails_leaves_no_template_and_an_undecodable_file_fails_in_o
 
 CRASHING_TESTS = '''
 import os
+import re
 import signal
 import time
 
@@ -67,6 +69,7 @@ def test_what_a_crashed_xdist_worker_left_is_dropped_by_the_runs_last_process(em
 
 LOAD_WAITS = '''
 import os
+import re
 import time
 from pathlib import Path
 
@@ -160,3 +163,18 @@ def test_bad_options_end_the_run_before_any_test(isolated: Path) -> None:
         assert done.returncode == 4 and said in output(done), output(done)
         assert "s3cret" not in output(done)
     assert not (project / "typo").exists(), "a mistyped project dir was made, and a server set up in it"
+
+
+def test_runs_given_the_same_testrunuid_share_no_database_name(embedded_down_after: Path) -> None:
+    project = embedded_down_after
+    assert run_toolkit("up", "--engine", "embedded", "--no-export", cwd=project).returncode == 0
+    write_suite(project, "import pytest\n\n\n@pytest.mark.parametrize('i', range(4))\ndef test_one(pgvector_db, i):\n"
+                         "    pass\n", "")
+    kept: list[str] = []
+    for _ in range(2):  # xdist's --testrunuid is the user's, the same for every run (a CI job's id, say)
+        done = run_pytest(project, "-n", "2", "--testrunuid", "ci-job-42", "--toolkit-keep")
+        assert done.returncode == 0, output(done)
+        names = sorted(set(tk_databases(project)) - set(kept))
+        assert len(names) == 4 and len({name.split("_")[1] for name in names}) == 1, names
+        assert re.fullmatch(r"tk_[0-9a-f]{12}_gw[01]_[0-9]+", names[0]), "a run id the sweep can read"
+        kept += names

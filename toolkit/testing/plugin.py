@@ -216,16 +216,23 @@ def _url_checked(url: str) -> None:
 
 
 def _run_id(config: pytest.Config) -> str:
-    """Shared by the xdist workers of a run, new for every run; one per process, whoever asks."""
+    """Shared by the xdist workers of a run (the controller's, handed to them), new for every run; one per
+    process, whoever asks. Not xdist's testrunuid: --testrunuid sets it, the same for runs that must not share."""
     if _RUN not in config.stash:
         workerinput = getattr(config, "workerinput", None)
-        if workerinput and workerinput.get("testrunuid"):
-            config.stash[_RUN] = str(workerinput["testrunuid"])[:12].lower().ljust(12, "0")
+        if workerinput and workerinput.get("toolkit_run"):
+            config.stash[_RUN] = str(workerinput["toolkit_run"])
         else:
             from toolkit.testing.databases import new_run
 
             config.stash[_RUN] = new_run()
     return config.stash[_RUN]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist's controller starting a worker: the worker's run is the controller's."""
+    node.workerinput["toolkit_run"] = _run_id(node.config)
 
 
 def _worker_id(config: pytest.Config) -> str:
