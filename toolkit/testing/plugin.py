@@ -65,13 +65,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_KEPT] = []
     # bad options end the run before any test, in one line (exit 4), as pytest's own do
     config.stash[_LOADS] = _load_files(config)
+    ahead = _option(config, "ahead")
     try:
-        config.stash[_AHEAD] = int(_option(config, "ahead"))
-        if config.stash[_AHEAD] < 0:
-            raise ValueError
+        config.stash[_AHEAD] = int(ahead)
     except ValueError:
-        raise pytest.UsageError(f"toolkit: toolkit_ahead must be a whole number, 0 or more, not {_option(config, 'ahead')!r}") \
-            from None
+        config.stash[_AHEAD] = -1
+    if config.stash[_AHEAD] < 0:
+        raise pytest.UsageError(f"toolkit: toolkit_ahead must be a whole number, 0 or more, not {ahead!r}")
     url = config.getoption("toolkit_url")
     if url:
         _url_checked(url)
