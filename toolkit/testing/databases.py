@@ -13,10 +13,11 @@ nor between runs of different checkouts on one server.
 
 Who removes what, when nothing may be trusted to end cleanly (CI kills jobs): every connection of a run
 holds a shared advisory lock on the run's key (``RUN_LOCK``, hashtext(run)) for as long as it lives. The
-process that leaves last (its try for the exclusive lock succeeds) drops the template. A run killed outright
-leaves its databases behind: the next run that makes a template drops those of every run whose key nobody
-holds (their template's comment names the database its locks were taken in, so a run that takes its locks
-elsewhere is never taken for dead), except databases kept with ``keep``.
+process that leaves last (its try for the exclusive lock succeeds) drops the template, and what a crashed
+xdist worker of the run left. A run killed outright leaves its databases behind: the next run that makes a
+template drops those of every run whose key nobody holds (their template's comment, set as soon as it is
+created, names the database its locks were taken in, so a run that takes its locks elsewhere is never taken
+for dead), except databases kept with ``keep``. A template whose load fails is dropped at once.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ RUN_LOCK = 0x746B + 1  # advisory lock classid of a run's key (objid: hashtext(r
 TEMPLATE_LOCK = 0x746B + 2  # held while a run's template is made, by one of its processes
 PREFIX = "tk_"
 READY = "toolkit-tests template; locks in database "  # the template's comment, + the admin's database
+MAKING = "toolkit-tests template being made; locks in database "  # its comment until the loads are done
 KEPT = "toolkit-tests: kept"
 CREATORS = 2  # connections that create test databases at once, per test process
 _NAME = re.compile(r"^tk_([0-9a-f]{12})_")
@@ -93,10 +95,9 @@ def sql_file(path: Any) -> Load:
     """A ``Load`` that runs the statements of an SQL file (several per file, as psql would)."""
     from pathlib import Path
 
-    text = Path(path).read_text()
-
     def load(conn: Any) -> None:
-        conn.execute(text)
+        # read here, when the template is made: an unreadable or non-UTF-8 file is a load that fails (one line)
+        conn.execute(Path(path).read_text())
 
     load.__name__ = f"sql_file({path})"
     return load
@@ -171,7 +172,9 @@ class Databases:
             self._drops.clear()
             conn.execute("SELECT pg_advisory_unlock_shared(%s, hashtext(%s))", (RUN_LOCK, self.run))
             last = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK, self.run)).fetchone()[0]
-            if last:
+            if last:  # nobody of the run is left: what a crashed worker left goes too, the template last
+                for name in self._leftovers(conn):
+                    _drop(conn, name)
                 _drop(conn, self.template)
         except psycopg.OperationalError:
             pass  # the server went away (stopped by hand, crashed): the tests said so; the next run sweeps
@@ -297,12 +300,15 @@ class Databases:
                 conn.execute(_sql("CREATE DATABASE {} TEMPLATE {} OWNER {}", self.template, base, self.admin.owner))
             except Exception as exc:
                 raise _refused(exc, self.admin, "create databases") from None
+            # named at once: if this process is killed while loading, a later run can tell the run is gone
+            _comment(conn, self.template, MAKING + self.admin.url.database)
             try:
                 self._load()
             except BaseException:
-                # a template without its comment is never swept (whose locks would say it is dead?): drop it now
-                with contextlib.suppress(Exception):
-                    _drop(conn, self.template)
+                try:
+                    _drop(conn, self.template)  # a failed load leaves nothing behind (a fixed load is tried again)
+                except Exception:  # noqa: S110 - the server is gone: the load's error says more; a later run sweeps
+                    pass
                 raise
             _comment(conn, self.template, READY + self.admin.url.database)
         finally:
@@ -334,11 +340,14 @@ class Databases:
         names = [row[0] for row in rows]
         comments = _comments(conn, names)
         runs = {m.group(1) for n in names if (m := _NAME.match(n))} - {self.run}
-        mine = READY + self.admin.url.database
+        mine = (READY + self.admin.url.database, MAKING + self.admin.url.database)
         for run in sorted(runs):
             template = f"{PREFIX}{run}_tpl"
-            if comments.get(template) != mine:
-                continue  # locks taken elsewhere, or a template being made: not ours to judge
+            comment = comments.get(template)
+            if comment is not None and comment not in mine:
+                continue  # a run that takes its locks in another database: not ours to judge
+            if comment is None and _held_anywhere(conn, run):
+                continue  # no template, or one just created: alive if any of its processes holds its key anywhere
             free = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK, run)).fetchone()[0]
             if not free:
                 continue
@@ -349,9 +358,24 @@ class Databases:
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (RUN_LOCK, run))
 
+    def _leftovers(self, conn: Any) -> list[str]:
+        """This run's test databases that nobody kept (a crashed xdist worker's), for its last process."""
+        prefix = f"{PREFIX}{self.run}_"
+        rows = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)).fetchall()
+        names = [row[0] for row in rows if row[0] != self.template]
+        comments = _comments(conn, names)
+        return [name for name in names if comments.get(name) != KEPT]
+
 
 class LoadError(ToolkitError):
     """A load (an SQL file, a toolkit_load callable) failed on the template."""
+
+
+def _held_anywhere(conn: Any, run: str) -> bool:
+    """A process of ``run`` holds its key, in whichever database it took it (pg_locks shows every database)."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                       "AND objid = hashtext(%s)::oid AND objsubid = 2)", (RUN_LOCK, run)).fetchone()
+    return bool(row[0])
 
 
 def _comments(conn: Any, names: Iterable[str]) -> dict[str, str | None]:
@@ -382,7 +406,13 @@ def _one_line_error(exc: BaseException, what: str) -> ToolkitError:
     plugin shows in one line, not as a traceback."""
     if isinstance(exc, ToolkitError):
         return exc
-    return NotReadyError(f"cannot {what} a test database: {error_line(exc, last=True)}",
+    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None)
+    if sqlstate == "55006":  # object_in_use: a session is connected to the template, and no clone can be made
+        return NotReadyError(f"cannot clone the test template: {error_line(exc)}",
+                             hint="a session stays connected to it: a toolkit_load that opened a connection of its "
+                                  "own must close it before it returns")
+    # a server error says it in its first line; a connection's failure, in its last (libpq's cause)
+    return NotReadyError(f"cannot {what} a test database: {error_line(exc, last=sqlstate is None)}",
                          hint="check the server with `toolkit status` and `toolkit logs`")
 
 

@@ -67,10 +67,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_KEPT] = []
     # bad options end the run before any test, in one line (exit 4), as pytest's own do
     config.stash[_LOADS] = _load_files(config)
+    ahead = _option(config, "ahead")
     try:
-        config.stash[_AHEAD] = int(_option(config, "ahead"))
+        config.stash[_AHEAD] = int(ahead)
     except ValueError:
-        raise pytest.UsageError(f"toolkit: toolkit_ahead must be a whole number, not {_option(config, 'ahead')!r}") from None
+        config.stash[_AHEAD] = -1
+    if config.stash[_AHEAD] < 0:
+        raise pytest.UsageError(f"toolkit: toolkit_ahead must be a whole number, 0 or more, not {ahead!r}")
+    url = config.getoption("toolkit_url")
+    if url:
+        _url_checked(url)
+    project = config.getoption("toolkit_project_dir")
+    if project and not (config.invocation_params.dir / project).is_dir():  # a typo would start a server there
+        raise pytest.UsageError(f"toolkit: --toolkit-project-dir {project} is not a directory")
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -147,7 +156,7 @@ def pgvector_db(_toolkit_databases: Databases) -> Iterator[TestDatabase]:
     try:
         yield db
     finally:
-        _toolkit_databases.give_back(db)
+        _failing_cleanly(lambda: _toolkit_databases.give_back(db))
 
 
 @pytest.fixture
@@ -192,21 +201,40 @@ def _load_files(config: pytest.Config) -> list[Path]:
     files = given or [Path(p) for p in config.getini("toolkit_load")]
     for path in files:
         if not path.is_file():
-            raise pytest.UsageError(f"toolkit: the load file {path} does not exist (--toolkit-load / toolkit_load)")
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise pytest.UsageError(f"toolkit: the load file {path} {problem} (--toolkit-load / toolkit_load)")
     return files
 
 
+def _url_checked(url: str) -> None:
+    """A --toolkit-url that is no database URL ends the run before any test (the message hides its password)."""
+    from toolkit.errors import ToolkitError
+    from toolkit.urls import parse
+
+    try:
+        parse(url)
+    except ToolkitError as exc:
+        raise pytest.UsageError(f"toolkit: --toolkit-url: {exc.one_line()}") from None
+
+
 def _run_id(config: pytest.Config) -> str:
-    """Shared by the xdist workers of a run, new for every run; one per process, whoever asks."""
+    """Shared by the xdist workers of a run (the controller's, handed to them), new for every run; one per
+    process, whoever asks. Not xdist's testrunuid: --testrunuid sets it, the same for runs that must not share."""
     if _RUN not in config.stash:
         workerinput = getattr(config, "workerinput", None)
-        if workerinput and workerinput.get("testrunuid"):
-            config.stash[_RUN] = str(workerinput["testrunuid"])[:12].lower().ljust(12, "0")
+        if workerinput and workerinput.get("toolkit_run"):
+            config.stash[_RUN] = str(workerinput["toolkit_run"])
         else:
             from toolkit.testing.databases import new_run
 
             config.stash[_RUN] = new_run()
     return config.stash[_RUN]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist's controller starting a worker: the worker's run is the controller's."""
+    node.workerinput["toolkit_run"] = _run_id(node.config)
 
 
 def _worker_id(config: pytest.Config) -> str:
