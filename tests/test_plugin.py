@@ -356,3 +356,22 @@ def test_a_server_gone_is_one_toolkit_error_without_the_prefetch_thread_too(pgve
         with psycopg.connect(pg_admin.libpq, autocommit=True) as conn:
             for name in (databases.template, db.name):
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize("args", [(), ("-n", "2")], ids=["alone", "xdist"])
+def test_sigterm_unwinds_like_ctrl_c(embedded_down_after: Path, tmp_path: Path, args: tuple[str, ...]) -> None:
+    """CI cancels a job with SIGTERM to its process group: the run tears down as on Ctrl-C, stopping the server
+    it started, instead of dying with it running."""
+    project = embedded_down_after
+    write_suite(project, SLOW_TESTS, "")
+    env = {**os.environ, "TOOLKIT_ENGINE": "embedded", "READY_FILE": str(tmp_path / "ready"), "GO_FILE": str(tmp_path / "go")}
+    run = subprocess.Popen(pytest_argv(project, *args), cwd=project, env=env, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: (tmp_path / "ready").exists(), 120, "the slow test")
+        os.killpg(run.pid, signal.SIGTERM)
+        out, _ = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode != 0, out
+    wait_until(lambda: not running(project), 30, "the server the run started to stop", interval=0.5)

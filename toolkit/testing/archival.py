@@ -133,10 +133,11 @@ def archival_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def _toolkit_stores(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Stores]:
-    from toolkit.testing.plugin import _run_id, _worker_id
+    from toolkit.testing.plugin import _run_id, _worker_id, unwind_on_sigterm
     from toolkit.testing.stores import Stores
 
     config = pytestconfig
+    unwind_on_sigterm(config)
     basetemp = tmp_path_factory.getbasetemp()
     # the run's own directory, which its xdist workers share: the controller's basetemp
     run_dir = (basetemp.parent if getattr(config, "workerinput", None) else basetemp) / "toolkit-servers"

@@ -35,6 +35,7 @@ _ENVIRON = pytest.StashKey[dict]()  # the environment as pytest started (before 
 _KEPT = pytest.StashKey[list]()  # names of databases --toolkit-keep kept, for the summary
 _LOADS = pytest.StashKey[list]()  # the SQL files to load into the template
 _AHEAD = pytest.StashKey[int]()
+_PREVIOUS_SIGTERM = pytest.StashKey[Any]()  # the SIGTERM handler before unwind_on_sigterm replaced it
 _RUN = pytest.StashKey[str]()  # this process's run id (databases and archival tables alike)
 T = TypeVar("T")
 ENGINES = ("auto", "docker", "embedded", "external")  # settings.ENGINES, which pytest's startup may not import
@@ -104,11 +105,12 @@ def toolkit_settings(pytestconfig: pytest.Config) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def pgvector_server(toolkit_settings: Settings) -> Iterator[Server]:
+def pgvector_server(toolkit_settings: Settings, pytestconfig: pytest.Config) -> Iterator[Server]:
     """A running Postgres+pgvector: started when it is not running, and stopped at the end only if a test run
     started it (the last test process to finish stops it; a server you started with `toolkit up` stays)."""
     from toolkit.testing import server as servers
 
+    unwind_on_sigterm(pytestconfig)
     server = _failing_cleanly(lambda: servers.acquire(toolkit_settings))
     try:
         yield server
@@ -193,6 +195,33 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
+
+
+def unwind_on_sigterm(config: pytest.Config) -> None:
+    """From the first server this run starts or shares until pytest ends: SIGTERM (how CI cancels a job, how
+    Docker stops one) unwinds like Ctrl-C, so teardown stops what the run started and drops its databases.
+    Left alone when the suite or another plugin has a handler of its own, and outside the main thread."""
+    import signal
+    import threading
+
+    if _PREVIOUS_SIGTERM in config.stash or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        from toolkit.errors import Terminated
+
+        raise Terminated("SIGTERM")
+
+    config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, terminated)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _PREVIOUS_SIGTERM in config.stash:
+        import signal
+
+        signal.signal(signal.SIGTERM, config.stash[_PREVIOUS_SIGTERM])
 
 
 def _load_files(config: pytest.Config) -> list[Path]:
