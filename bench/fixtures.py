@@ -242,8 +242,10 @@ def run_pytest(where: Path, server: Server, side: str, workers: int | None) -> t
     out.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TOOLKIT_", "PYTEST_"))}
     env.update(BENCH_OUT=str(out), PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    # a basetemp of its own: pytest's default one (/tmp/pytest-of-USER) keeps 3 runs and deletes older ones,
+    # the state dir of an embedded server that another pytest (a test suite running this script) still uses
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-            "-W", "ignore::pytest.PytestAssertRewriteWarning", "--rootdir", str(where)]
+            "-W", "ignore::pytest.PytestAssertRewriteWarning", "--rootdir", str(where), "--basetemp", str(where / "basetemp")]
     if side == "ours":
         argv += ["--toolkit-project-dir", str(server.project)]
     if workers is not None:

@@ -13,85 +13,25 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.plugin_support import (
+    SLOW_TESTS,
+    USER_CONFTEST,
+    USER_TESTS,
+    output,
+    pytest_argv,
+    run_pytest,
+    running,
+    tk_databases,
+    write_suite,
+)
 from tests.support import clean_env, run_toolkit, source_copy, uv_binary, wait_until
 from toolkit.settings import Settings
 from toolkit.testing.server import Server
 from toolkit.urls import PgUrl
-
-USER_TESTS = '''
-import os
-
-import pytest
-
-
-@pytest.mark.parametrize("i", range(4))
-def test_each_test_sees_only_its_own_tables(pgvector_db, i):
-    with pgvector_db.connect() as conn:
-        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        assert tables == ["seed"]
-        conn.execute("CREATE TABLE mine (id int, e vector(3))")
-        conn.execute("INSERT INTO mine VALUES (%s, '[1,2,3]')", (i,))
-        role = conn.execute("SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user").fetchone()
-        assert role == (False, False)
-        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()")
-        assert owner.fetchone()[0] == "memgpt"
-        assert conn.execute("SELECT e FROM seed").fetchone()[0].to_list() == [0, 0, 1]  # pgvector's types
-
-
-def test_memgpt_reads_the_variable(pgvector_env):
-    import sqlalchemy
-
-    url = os.environ["PGVECTOR_TEST_DB_URL"]
-    assert url == pgvector_env.url and url.startswith("postgresql+pg8000://")
-    with sqlalchemy.create_engine(url).connect() as conn:
-        assert conn.execute(sqlalchemy.text("SELECT current_database()")).scalar() == pgvector_env.name
-'''
-
-USER_CONFTEST = '''
-import pytest
-
-
-@pytest.fixture(scope="session")
-def toolkit_load():
-    return [lambda conn: conn.execute("CREATE TABLE seed (e vector(3)); INSERT INTO seed VALUES ('[0,0,1]')")]
-'''
-
-
-def write_suite(project: Path, tests: str = USER_TESTS, conftest: str = USER_CONFTEST) -> None:
-    (project / "test_user.py").write_text(textwrap.dedent(tests))
-    (project / "conftest.py").write_text(textwrap.dedent(conftest))
-
-
-def pytest_argv(project: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(project / ".bt"), *args]
-
-
-def run_pytest(project: Path, *args: str, env: dict[str, str] | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(pytest_argv(project, *args), cwd=project, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TOOLKIT_ENGINE": "embedded", **(env or {})})
-
-
-def output(done: subprocess.CompletedProcess[str]) -> str:
-    return done.stdout + done.stderr
-
-
-def running(project: Path, engine: str = "embedded") -> bool:
-    done = run_toolkit("status", "--json", "--engine", engine, cwd=project)
-    assert done.returncode == 0, done.stderr
-    return bool(json.loads(done.stdout)["running"])
-
-
-def tk_databases(project: Path) -> list[str]:
-    done = run_toolkit("psql", "--engine", "embedded", "-c",
-                       "SELECT datname FROM pg_database WHERE datname LIKE 'tk%' ORDER BY 1", "--", "-tA", cwd=project)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.split()
 
 
 def test_a_users_suite_passes_alone_and_with_xdist_and_the_server_it_started_stops(embedded_down_after: Path) -> None:
@@ -126,22 +66,6 @@ def test_keep_keeps_and_names_the_databases_and_no_later_run_drops_them(embedded
     assert "databases kept" in done.stdout and ":memgpt@" not in done.stdout  # no password printed
     assert run_pytest(project).returncode == 0
     assert tk_databases(project) == kept
-
-
-SLOW_TESTS = '''
-import os
-import time
-from pathlib import Path
-
-
-def test_waits(pgvector_db):
-    Path(os.environ["READY_FILE"]).write_text(pgvector_db.name)
-    deadline = time.monotonic() + 120
-    while not Path(os.environ["GO_FILE"]).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with pgvector_db.connect() as conn:  # the server is still up: the other run did not stop it
-        conn.execute("SELECT 1")
-'''
 
 
 def test_a_run_killed_outright_is_swept_by_the_next(embedded_down_after: Path, tmp_path: Path) -> None:

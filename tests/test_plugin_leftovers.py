@@ -13,8 +13,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+from tests.plugin_support import USER_CONFTEST, USER_TESTS, output, pytest_argv, run_pytest, tk_databases, write_suite
 from tests.support import run_toolkit, wait_until
-from tests.test_plugin import USER_CONFTEST, USER_TESTS, output, pytest_argv, run_pytest, tk_databases, write_suite
 
 
 def test_a_load_that_fails_leaves_no_template_and_an_undecodable_file_fails_in_one_line(embedded_down_after: Path) -> None:
