@@ -172,10 +172,12 @@ class Databases:
             self._drops.clear()
             conn.execute("SELECT pg_advisory_unlock_shared(%s, hashtext(%s))", (RUN_LOCK, self.run))
             last = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK, self.run)).fetchone()[0]
-            if last:  # nobody of the run is left: what a crashed worker left goes too, the template last
+            if last:  # nobody of the run is left: the template, then what a crashed worker left
+                # a crashed worker's clone may still be running on the server (its session outlives it until
+                # the statement ends): the template is in use until then, and the clone is listed after it
+                _drop_when_free(conn, self.template)
                 for name in self._leftovers(conn):
                     _drop(conn, name)
-                _drop(conn, self.template)
         except psycopg.OperationalError:
             pass  # the server went away (stopped by hand, crashed): the tests said so; the next run sweeps
         finally:
@@ -386,6 +388,23 @@ def _comments(conn: Any, names: Iterable[str]) -> dict[str, str | None]:
 
 def _drop(conn: Any, name: str) -> None:
     conn.execute(_sql("DROP DATABASE IF EXISTS {} WITH (FORCE)", name))
+
+
+def _drop_when_free(conn: Any, name: str, wait: float = 10.0) -> None:
+    """``_drop``, waiting up to ``wait`` seconds while another session's statement (a clone) uses it."""
+    import time
+
+    import psycopg
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            _drop(conn, name)
+            return
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _comment(conn: Any, name: str, text: str) -> None:
