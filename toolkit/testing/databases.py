@@ -127,6 +127,7 @@ class Databases:
         self._error: BaseException | None = None
         self._threads: list[threading.Thread] = []
         self._conn: Any = None
+        self._backends: list[int] = []  # server pids of this process's connections (the threads' too)
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -171,6 +172,7 @@ class Databases:
             self._ready.clear()
             self._drops.clear()
             conn.execute("SELECT pg_advisory_unlock_shared(%s, hashtext(%s))", (RUN_LOCK, self.run))
+            _gone(conn, [pid for pid in self._backends if pid != conn.info.backend_pid])
             last = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK, self.run)).fetchone()[0]
             if last:  # nobody of the run is left: the template, then what a crashed worker left
                 # a crashed worker's clone may still be running on the server (its session outlives it until
@@ -279,6 +281,7 @@ class Databases:
 
         conn = connect_admin(self.admin)
         conn.execute("SELECT pg_advisory_lock_shared(%s, hashtext(%s))", (RUN_LOCK, self.run))
+        self._backends.append(conn.info.backend_pid)
         return conn
 
     def _create(self, conn: Any) -> str:
@@ -388,6 +391,18 @@ def _comments(conn: Any, names: Iterable[str]) -> dict[str, str | None]:
 
 def _drop(conn: Any, name: str) -> None:
     conn.execute(_sql("DROP DATABASE IF EXISTS {} WITH (FORCE)", name))
+
+
+def _gone(conn: Any, pids: list[int], wait: float = 5.0) -> None:
+    """Wait until the server sessions ``pids`` have ended: a closed connection's session ends after the client
+    returns, and until it has, it still holds its advisory locks (the last process would not know it is last)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while pids and time.monotonic() < deadline:
+        if not conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone():
+            return
+        time.sleep(0.01)
 
 
 def _drop_when_free(conn: Any, name: str, wait: float = 10.0) -> None:
