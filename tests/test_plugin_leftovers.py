@@ -44,10 +44,14 @@ import pytest
 
 
 def test_crashes(pgvector_db):
-    # once this worker's thread has cloned the two it prepares ahead (and sits idle), the worker dies
-    prefix, n = pgvector_db.name.rsplit("_", 1)
+    # once this worker's threads have cloned the two they prepare ahead (and sit idle), the worker dies; two
+    # threads clone, so which names those are is theirs to decide: count them
+    prefix = pgvector_db.name.rsplit("_", 1)[0] + "_"
+    deadline = time.monotonic() + 120
     with pgvector_db.connect() as conn:
-        while not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (f"{prefix}_{int(n) + 2}",)).fetchone():
+        while conn.execute("SELECT count(*) FROM pg_database WHERE starts_with(datname, %s) AND datname <> %s",
+                           (prefix, pgvector_db.name)).fetchone()[0] < 2:
+            assert time.monotonic() < deadline, "the worker's threads never prepared two databases ahead"
             time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGKILL)
 
