@@ -25,7 +25,7 @@ import shutil
 import sys
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -60,13 +60,18 @@ ENV_OF = {"toolkit_user": "TOOLKIT_APP_USER", "toolkit_password": "TOOLKIT_APP_P
 # environment into psql variables, so psql quotes them (:'x' literal, :"x" identifier) and no password
 # sits in the script. psql reads each through printf, a shell builtin: a value is never in any
 # process's argv (`ps` on the host lists the container's processes too).
-BOOTSTRAP_SH = (
-    "# toolkit bootstrap: application role (not a superuser), its database, the vector extension\n"
-    'psql -v ON_ERROR_STOP=1 -q --username "${POSTGRES_USER:-postgres}" --dbname ' + bootstrap.MAINTENANCE_DB
-    + " <<'EOSQL'\n"
-    + "".join(f'\\set {var} `printf %s "${ENV_OF[var]}"`\n' for var in bootstrap.psql_variables(DbParams()))
-    + bootstrap.psql_script() + "EOSQL\n"
-)
+def superuser_psql_sh(sql: str, env_of: Mapping[str, str], *, options: str = "-v ON_ERROR_STOP=1 -q") -> str:
+    """A shell script running ``sql`` through psql as the image's superuser on the maintenance database, each
+    psql variable ``var`` of ``env_of`` read from the environment variable it maps to."""
+    return ("psql " + options + ' --username "${POSTGRES_USER:-postgres}" --dbname ' + bootstrap.MAINTENANCE_DB
+            + " <<'EOSQL'\n"
+            + "".join(f'\\set {var} `printf %s "${env}"`\n' for var, env in env_of.items())
+            + sql + "EOSQL\n")
+
+
+BOOTSTRAP_SH = ("# toolkit bootstrap: application role (not a superuser), its database, the vector extension\n"
+                + superuser_psql_sh(bootstrap.psql_script(),
+                                    {var: ENV_OF[var] for var in bootstrap.psql_variables(DbParams())}))
 
 
 def docker_host() -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 from toolkit import bootstrap, libpq, perms
 from toolkit.engines.base import Admin
-from toolkit.engines.docker import SUPERUSER
+from toolkit.engines.docker import SUPERUSER, superuser_psql_sh
 from toolkit.errors import InUseError, NotReadyError, error_line
 from toolkit.lock import state_lock
 from toolkit.ports import connect_host
@@ -107,12 +107,7 @@ SQL = rf"""SELECT
 \endif
 """
 
-SCRIPT = (
-    'psql -v ON_ERROR_STOP=1 -X -q --username "${POSTGRES_USER:-postgres}" --dbname ' + bootstrap.MAINTENANCE_DB
-    + " <<'EOSQL'\n"
-    + "".join(f'\\set {var} `printf %s "${env}"`\n' for var, env in ENV_OF.items())
-    + SQL + "EOSQL\n"
-)
+SCRIPT = superuser_psql_sh(SQL, ENV_OF, options="-v ON_ERROR_STOP=1 -X -q")
 
 
 def fit(name: str, suffix: str) -> str:

@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -167,10 +168,8 @@ class Databases:
         import psycopg
 
         try:
-            for name in [*self._ready, *self._drops]:
-                _drop(conn, name)
-            self._ready.clear()
-            self._drops.clear()
+            while self._drops:  # what the threads left (one failed), or none ran
+                _drop(conn, self._drops.popleft())
             conn.execute("SELECT pg_advisory_unlock_shared(%s, hashtext(%s))", (RUN_LOCK, self.run))
             _gone(conn, [pid for pid in self._backends if pid != conn.info.backend_pid])
             last = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK, self.run)).fetchone()[0]
@@ -178,7 +177,7 @@ class Databases:
                 # a crashed worker's clone may still be running on the server (its session outlives it until
                 # the statement ends): the template is in use until then, and the clone is listed after it
                 _drop_when_free(conn, self.template)
-                for name in self._leftovers(conn):
+                for name in _unkept(conn, self.run):
                     _drop(conn, name)
         except psycopg.OperationalError:
             pass  # the server went away (stopped by hand, crashed): the tests said so; the next run sweeps
@@ -341,10 +340,9 @@ class Databases:
 
     def _sweep(self, conn: Any) -> None:
         """Drop the databases of runs nobody runs any more (killed before they could clean up)."""
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'tk\\_%'").fetchall()
-        names = [row[0] for row in rows]
-        comments = _comments(conn, names)
-        runs = {m.group(1) for n in names if (m := _NAME.match(n))} - {self.run}
+        rows = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (PREFIX,)).fetchall()
+        runs = {m.group(1) for (name,) in rows if (m := _NAME.match(name))} - {self.run}
+        comments = _comments(conn, [f"{PREFIX}{run}_tpl" for run in runs])
         mine = (READY + self.admin.url.database, MAKING + self.admin.url.database)
         for run in sorted(runs):
             template = f"{PREFIX}{run}_tpl"
@@ -357,19 +355,10 @@ class Databases:
             if not free:
                 continue
             try:
-                for name in names:
-                    if name.startswith(f"{PREFIX}{run}_") and comments.get(name) != KEPT:
-                        _drop(conn, name)
+                for name in _unkept(conn, run):
+                    _drop(conn, name)
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (RUN_LOCK, run))
-
-    def _leftovers(self, conn: Any) -> list[str]:
-        """This run's test databases that nobody kept (a crashed xdist worker's), for its last process."""
-        prefix = f"{PREFIX}{self.run}_"
-        rows = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)).fetchall()
-        names = [row[0] for row in rows if row[0] != self.template]
-        comments = _comments(conn, names)
-        return [name for name in names if comments.get(name) != KEPT]
 
 
 class LoadError(ToolkitError):
@@ -381,6 +370,13 @@ def _held_anywhere(conn: Any, run: str) -> bool:
     row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
                        "AND objid = hashtext(%s)::oid AND objsubid = 2)", (RUN_LOCK, run)).fetchone()
     return bool(row[0])
+
+
+def _unkept(conn: Any, run: str) -> list[str]:
+    """``run``'s databases, its template included, but those ``keep`` kept."""
+    rows = conn.execute("SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+                        "WHERE starts_with(datname, %s)", (f"{PREFIX}{run}_",)).fetchall()
+    return [name for name, comment in rows if comment != KEPT]
 
 
 def _comments(conn: Any, names: Iterable[str]) -> dict[str, str | None]:
@@ -396,8 +392,6 @@ def _drop(conn: Any, name: str) -> None:
 def _gone(conn: Any, pids: list[int], wait: float = 5.0) -> None:
     """Wait until the server sessions ``pids`` have ended: a closed connection's session ends after the client
     returns, and until it has, it still holds its advisory locks (the last process would not know it is last)."""
-    import time
-
     deadline = time.monotonic() + wait
     while pids and time.monotonic() < deadline:
         if not conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone():
@@ -407,8 +401,6 @@ def _gone(conn: Any, pids: list[int], wait: float = 5.0) -> None:
 
 def _drop_when_free(conn: Any, name: str, wait: float = 10.0) -> None:
     """``_drop``, waiting up to ``wait`` seconds while another session's statement (a clone) uses it."""
-    import time
-
     import psycopg
 
     deadline = time.monotonic() + wait
@@ -440,7 +432,7 @@ def _one_line_error(exc: BaseException, what: str) -> ToolkitError:
     plugin shows in one line, not as a traceback."""
     if isinstance(exc, ToolkitError):
         return exc
-    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None)
+    sqlstate = _sqlstate(exc)
     if sqlstate == "55006":  # object_in_use: a session is connected to the template, and no clone can be made
         return NotReadyError(f"cannot clone the test template: {error_line(exc)}",
                              hint="a session stays connected to it: a toolkit_load that opened a connection of its "
@@ -458,9 +450,12 @@ def _in_one_line(what: str) -> Iterator[None]:
         raise _one_line_error(exc, what) from None
 
 
+def _sqlstate(exc: BaseException) -> str | None:
+    return getattr(getattr(exc, "diag", None), "sqlstate", None)
+
+
 def _refused(exc: Exception, admin: Admin, what: str) -> ToolkitError:
-    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None)
-    if sqlstate == "42501":  # insufficient_privilege
+    if _sqlstate(exc) == "42501":  # insufficient_privilege
         return NotReadyError(f"role {admin.url.user!r} may not {what} on the server at {admin.url.host}:{admin.url.port}",
                              hint="test databases need a role with CREATEDB (and a superuser, or pgvector installed "
                                   "in template1, for the extension); use such a URL, or the embedded engine")

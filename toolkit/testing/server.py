@@ -66,12 +66,13 @@ def acquire(settings: Settings) -> Server:
     with state_lock(settings.state_dir, "tests", timeout=settings.timeout + LOCK_GRACE, name=LOCK_NAME):
         result, engine, started = api.ensure_up(settings, export=False)
         settings = result.settings or settings
-        if started and engine.name != "external":
+        ours = engine.name != "external"  # a server the toolkit runs, which a test run may stop
+        if started and ours:
             state.mark_started_by_tests(settings.state_dir)
         lease = None
         try:
             admin = engine.admin()
-            if engine.name != "external":
+            if ours:
                 lease = connect_admin(admin)
                 lease.execute("SELECT pg_advisory_lock_shared(%s, %s)", SERVER_LOCK)
         except BaseException:

@@ -18,7 +18,6 @@ descriptor, so a crashed worker never keeps a server up for ever.
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,21 +33,7 @@ if TYPE_CHECKING:
     from toolkit.settings import Settings
 
 DEFAULT_BACKENDS = ("local",)  # MemGPT's default archival storage: no extra, no server
-TEST_USER = uuid.UUID("00000000-0000-4000-8000-00000000000b")
 _LEASE = ".lease"
-
-
-def seeded_passages(n: int, *, dim: int = 8, seed: int = 0, start: int = 0, user_id: uuid.UUID = TEST_USER,
-                    agent_id: uuid.UUID | None = None, **fields: Any) -> list[Passage]:
-    """``n`` passages with seeded NumPy embeddings (the same for the same seed, whatever the backend): no
-    embedding model is ever asked, Chroma's default one included. Ids derive from seed and index, so the
-    passages of two calls with other seeds or starts never share one; ``fields`` go to every Passage."""
-    import numpy as np
-
-    vectors = np.random.default_rng(seed).standard_normal((start + n, dim)).astype(np.float32)[start:]
-    return [Passage(id=uuid.UUID(int=((seed & 0xFFFFFFFF) << 64) + start + i + 1), user_id=user_id, agent_id=agent_id,
-                    text=f"passage {start + i}", embedding=vectors[i], embedding_model="seeded-numpy", **fields)
-            for i in range(n)]
 
 
 @dataclass
@@ -74,9 +59,11 @@ class TestStore:
         """The store's canonical SPEC, credentials included (``postgresql://...``, ``chroma+http://h:p``)."""
         return self.spec.render()
 
-    def passages(self, n: int, *, dim: int = 8, seed: int = 0, **fields: Any) -> list[Passage]:
-        """``seeded_passages``: passages with seeded NumPy embeddings, ready to insert."""
-        return seeded_passages(n, dim=dim, seed=seed, **fields)
+    def passages(self, n: int, *, dim: int = 8, seed: int = 0) -> list[Passage]:
+        """Passages with seeded NumPy embeddings, ready to insert (smoke's: no embedding model is asked)."""
+        from toolkit.smoke import seeded_passages
+
+        return seeded_passages(n, dim, seed)
 
     def open(self) -> ArchivalStore:
         """Another handle on the same table (the caller closes it): what a second client would see."""
