@@ -1,36 +1,37 @@
 # Every target bootstraps .venv itself; `make db-up` and `make test` are all a fresh clone needs.
-# Two installs: the base (Postgres: what db-* need, a small first run) and everything else on top of it
-# (every backend's and server's extra, test and dev tools: what test, smoke and lint need).
+# Two installs, both exactly the versions in uv.lock (tools/venv.sh: uv, else pip with constraints.txt):
+# the base (Postgres: what db-* need, a small first run) and everything else on top of it (every
+# backend's and server's extra, test and dev tools: what test, smoke and lint need).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TK     := $(BIN)/toolkit
 BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
-PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat
+LOCKED := pyproject.toml uv.lock constraints.txt tools/venv.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help venv db-up db-down db-status db-logs db-psql db-reset env test smoke \
+.PHONY: help venv lock db-up db-down db-status db-logs db-psql db-reset env test smoke \
         chroma-up chroma-down s3-up s3-down compose-up compose-down image bench lint
 
 help: ## list targets
 	@# names with digits too (s3-up); a description's $$$$ (make's escape) shown as the $$ it runs as
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{gsub(/\$$\$$/, "$$", $$2); printf "  %-14s %s\n", $$1, $$2}'
 
-$(BASE): pyproject.toml
-	@# a half-made venv (no pip: python3-venv missing) is made again, not reused
-	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
-	  echo "cannot create $(VENV) with $(PYTHON); on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }; }
-	@echo "installing toolkit (base: Postgres+pgvector) into $(VENV)..."
-	@$(PIP) -e .
+$(BASE): $(LOCKED)
+	@PYTHON=$(PYTHON) sh tools/venv.sh base
 	@touch $@
 
 $(STAMP): $(BASE)
-	@echo "installing every backend, the test and dev tools into $(VENV) (first run takes a minute)..."
-	@$(PIP) -e '.[all,test,dev]'
+	@echo "installing every backend, the test and dev tools into $(VENV)..."
+	@PYTHON=$(PYTHON) sh tools/venv.sh all
 	@touch $@
 
 venv: $(STAMP) ## create .venv and install the toolkit with every extra (make db-up needs only the base)
+
+lock: ## refresh uv.lock and constraints.txt (pip's copy of it) after editing pyproject.toml's dependencies
+	@uv=$$(PYTHON=$(PYTHON) sh tools/venv.sh uv) && "$$uv" lock --python $(PYTHON) && \
+	  "$$uv" export --quiet --locked --all-extras --no-emit-project --no-hashes --output-file constraints.txt
 
 db-up: $(BASE) ## start Postgres+pgvector (Docker, else embedded), wait, write .env
 	@$(TK) up

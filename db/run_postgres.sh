@@ -6,9 +6,7 @@
 # so the export line names the server that was started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! .venv/bin/python -m pip --version >/dev/null 2>&1 || [ ! -x .venv/bin/toolkit ]; then
-  make -s venv >&2
-fi
+make -s .venv/.installed-base >&2  # the base install (uv.lock's versions), made or brought up to date
 env_args=()
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
