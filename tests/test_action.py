@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.docker_support import unique_names
 from tests.support import IN_CI, REPO, clean_env, source_copy, uv_binary
 from toolkit.ports import free_port
 
@@ -362,5 +363,33 @@ def test_without_uv_the_action_installs_it_with_pip_first(action_files: tuple[Pa
         assert run.failed == 0, run.log
         assert (temp / "toolkit-action" / "uv-bootstrap" / "bin" / "uv").is_file()
         assert run.outputs["engine"] == "embedded" and run.env["PGVECTOR_TEST_DB_URL"] == run.outputs["url"]
+    finally:
+        toolkit_down(isolated)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_with_docker_auto_runs_the_image_input(action_files: tuple[Path, Path], isolated: Path, tmp_path: Path,
+                                               offline_image: str, made: dict[str, list[str]],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where an engine answers, auto runs the server in Docker, from the image input (the offline image here:
+    no registry; on GitHub the default image is pulled)."""
+    import psycopg
+
+    container, volume = unique_names()  # not the default names, which another checkout's server may hold
+    made["containers"].append(container)
+    made["volumes"].append(volume)
+    monkeypatch.setenv("TOOLKIT_PG_CONTAINER", container)
+    monkeypatch.setenv("TOOLKIT_PG_VOLUME", volume)
+    source, temp = action_files
+    runner = Runner(temp=temp, workspace=isolated, action_path=source, bin=runner_bin(tmp_path / "bin", uv=True))
+    try:
+        run = runner.use(port=str(free_port()), image=offline_image)
+        assert run.failed == 0, run.log
+        assert run.outputs["engine"] == "docker"
+        url = run.env["PGVECTOR_TEST_DB_URL"]
+        assert run.outputs["url"] == url
+        with psycopg.connect(url.replace("+pg8000", ""), autocommit=True, connect_timeout=10) as conn:
+            assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() == ("vector",)
     finally:
         toolkit_down(isolated)
