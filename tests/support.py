@@ -233,9 +233,9 @@ def clean_env() -> dict[str, str]:
 
 
 def source_copy(target: Path) -> Path:
-    """This checkout's package sources, copied to ``target`` to install from (a build writes build/ and
-    egg-info next to them)."""
+    """This checkout's package sources and the pins of its lock, copied to ``target`` to install from (a build
+    writes build/ and egg-info next to them)."""
     shutil.copytree(REPO / "toolkit", target / "toolkit", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "constraints.txt"):
         shutil.copy2(REPO / name, target / name)
     return target

@@ -26,7 +26,7 @@ PIP_CACHE = os.environ.get("PIP_CACHE_DIR") or str(Path(os.environ.get("XDG_CACH
 
 def checkout_copy(target: Path) -> Path:
     source_copy(target)
-    for name in ("Makefile", "uv.lock", "constraints.txt"):
+    for name in ("Makefile", "uv.lock"):
         shutil.copy2(REPO / name, target / name)
     shutil.copytree(REPO / "tools", target / "tools")
     return target
