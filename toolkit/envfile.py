@@ -23,6 +23,7 @@ def write(env_file: Path, values: dict[str, str]) -> list[str]:
     Atomic (temp file + rename), mode 0600. Returns the variables it changed (empty, so false, when the
     file did not change); nothing is written when every value is already there.
     """
+    _check_dotenv(values)
     try:
         perms.check_replaceable(env_file.resolve() if env_file.is_symlink() else env_file, "the .env file")
         current = read_dotenv(env_file)
@@ -67,7 +68,24 @@ def _replace(text: str, values: dict[str, str]) -> str:
 
 
 def _quote(value: str) -> str:
+    """A .env value python-dotenv reads back as it is: single quotes (\\\\ and \\' its only escapes; shells
+    and compose expand no $ in them; python-dotenv's ${NAME}: see _check_dotenv). A carriage return goes in
+    double quotes, escaped: a reader that opens .env in text mode (python-dotenv's load_dotenv) would turn a
+    CR, or CR LF, inside quotes into LF."""
+    if "\r" in value:
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+        return f'"{escaped}"'
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _check_dotenv(values: dict[str, str]) -> None:
+    """python-dotenv expands ${NAME} wherever it stands, quoted or not, and has no escape for it: a value
+    holding "${" would be read back as something else. Only a raw value can (a URL percent-encodes $)."""
+    for k, v in values.items():
+        if "${" in v:
+            raise UsageError(f"{k} holds '${{', which python-dotenv would expand when .env is read, so it cannot "
+                             "be written there as it is", hint="choose a password without '${', or --export "
+                             "database-url/letta/memgpt (URLs encode it) instead of libpq")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -88,6 +106,7 @@ def render(values: dict[str, str], fmt: str) -> str:
     if fmt == "fish":
         return "\n".join(f"set -gx {k} {_fish_quote(v)}" for k, v in values.items())
     if fmt == "dotenv":
+        _check_dotenv(values)
         return "\n".join(f"{k}={_quote(v)}" for k, v in values.items())
     if fmt == "github":
         return "\n".join(_github(k, v) for k, v in values.items())
