@@ -141,8 +141,12 @@ def test_up_writes_every_chosen_export_keeping_other_lines(embedded_down_after: 
     (("up", "--export", "psql"), {}, "invalid value 'psql' for --export: no export named 'psql'"),
     (("env",), {"TOOLKIT_EXPORT": "libpq,pg"}, "invalid value 'libpq,pg' for TOOLKIT_EXPORT (environment)"),
     (("up", "--no-export", "--export", "letta"), {}, "--export and --no-export contradict each other"),
+    # python-dotenv expands ${NAME} even in quotes: refused before a server starts
+    (("up", "--engine", "embedded", "--export", "libpq", "--password", "a${HOME}"), {},
+     "PGPASSWORD holds '${', which python-dotenv would expand"),
 ])
-def test_an_unknown_export_is_one_usage_line(args: tuple[str, ...], env: dict[str, str], says: str, isolated: Path) -> None:
+def test_an_unknown_or_unwritable_export_is_one_usage_line(args: tuple[str, ...], env: dict[str, str], says: str,
+                                                           isolated: Path) -> None:
     done = run_toolkit(*args, env=env)
     assert done.returncode == 2 and done.stdout == "", done
     [line] = done.stderr.splitlines()

@@ -77,6 +77,9 @@ def up(settings: Settings, *, export: bool = True, progress: Progress = quiet, b
     """Start (or find running) Postgres+pgvector, wait until usable, write PGVECTOR_TEST_DB_URL.
     ``progress`` hears what takes time (an image pull); the library prints nothing itself. ``build``:
     first build db/Dockerfile (on ``base_image``, else its own base) and run that image with Docker."""
+    if export:  # what .env cannot hold is said before a server starts, not after
+        external = settings.external_url if settings.engine in ("auto", "external") else None
+        envfile.check(exports.values(parse(external) if external else settings.db.url(), settings.export))
     if build:
         from toolkit.engines.docker import build_for_up
 

@@ -59,6 +59,7 @@ def run_checks(settings: Settings, planned: tuple[str, str] | ToolkitError | Non
         return diagnose(settings).checks
     engine = planned[0] if isinstance(planned, tuple) else None
     checks = [
+        _engine(settings, planned),
         Check("python", sys.version_info >= (3, 10), sys.version.split()[0], "use Python 3.10 or newer"),
         _wheel(engine),
         _port(settings, engine),
@@ -71,6 +72,30 @@ def run_checks(settings: Settings, planned: tuple[str, str] | ToolkitError | Non
     if os.geteuid() == 0:
         checks.append(Check("root", True, "the embedded server will run as the system user toolkit-postgres"))
     return checks
+
+
+def _engine(settings: Settings, planned: tuple[str, str] | ToolkitError) -> Check:
+    """The engine `toolkit up` would use, and why; for the external engine, whether its server answers
+    (connect and SELECT 1 as the URL's role: nothing is created)."""
+    if not isinstance(planned, tuple):
+        return Check("engine", False, f"`toolkit up` would refuse: {planned.message}", planned.hint or "")
+    name, why = planned
+    if name != "external":
+        return Check("engine", True, f"`toolkit up` would use the {name} engine ({why})")
+    from toolkit import engines
+    from toolkit.errors import ToolkitError
+    from toolkit.health import PgProbe, Transient
+
+    url = engines.load("external", settings).endpoint().url
+    where = f"postgres at {url.host}:{url.port}"
+    try:
+        PgProbe(url, extension=False)()
+    except Transient as exc:
+        return Check("engine", False, f"external: {where} does not answer ({exc})",
+                     "start that server, or fix the URL (--url or TOOLKIT_PG_URL)")
+    except ToolkitError as exc:
+        return Check("engine", False, f"external: {where}: {exc.message}", exc.hint or "")
+    return Check("engine", True, f"`toolkit up` would use the external engine ({why}): {where} answers as {url.user}")
 
 
 def _wheel(engine: str | None) -> Check:
@@ -173,10 +198,10 @@ def _docker(settings: Settings, planned: tuple[str, str] | ToolkitError) -> Chec
     never chooses Docker then: ``engines.plan`` falls back to embedded, as `up` does, and says why)."""
     from toolkit import engines
 
-    if not isinstance(planned, tuple):
-        return Check("docker", False, f"`toolkit up` would refuse: {planned.message}", planned.hint or "")
-    name, why = planned
     reason = engines.docker_unavailable_reason(settings)
+    if not isinstance(planned, tuple):  # the engine check says why
+        return Check("docker", True, "an engine answers" if reason is None else f"not available ({reason})", "optional")
+    name, why = planned
     offline = "`toolkit image build`, then TOOLKIT_PG_IMAGE=toolkit/pgvector-offline:pg18"
     if name == "docker":
         if reason is not None:

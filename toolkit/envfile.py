@@ -13,7 +13,7 @@ from toolkit.errors import ConfigError, UsageError
 from toolkit.exports import URL_VAR
 from toolkit.settings import read_dotenv
 
-__all__ = ["FORMATS", "URL_VAR", "render", "write"]
+__all__ = ["FORMATS", "URL_VAR", "check", "render", "write"]
 FORMATS = ("sh", "fish", "dotenv", "github", "json")
 
 
@@ -23,7 +23,7 @@ def write(env_file: Path, values: dict[str, str]) -> list[str]:
     Atomic (temp file + rename), mode 0600. Returns the variables it changed (empty, so false, when the
     file did not change); nothing is written when every value is already there.
     """
-    _check_dotenv(values)
+    check(values)
     try:
         perms.check_replaceable(env_file.resolve() if env_file.is_symlink() else env_file, "the .env file")
         current = read_dotenv(env_file)
@@ -69,7 +69,7 @@ def _replace(text: str, values: dict[str, str]) -> str:
 
 def _quote(value: str) -> str:
     """A .env value python-dotenv reads back as it is: single quotes (\\\\ and \\' its only escapes; shells
-    and compose expand no $ in them; python-dotenv's ${NAME}: see _check_dotenv). A carriage return goes in
+    and compose expand no $ in them; python-dotenv's ${NAME}: see check). A carriage return goes in
     double quotes, escaped: a reader that opens .env in text mode (python-dotenv's load_dotenv) would turn a
     CR, or CR LF, inside quotes into LF."""
     if "\r" in value:
@@ -78,7 +78,7 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _check_dotenv(values: dict[str, str]) -> None:
+def check(values: dict[str, str]) -> None:
     """python-dotenv expands ${NAME} wherever it stands, quoted or not, and has no escape for it: a value
     holding "${" would be read back as something else. Only a raw value can (a URL percent-encodes $)."""
     for k, v in values.items():
@@ -106,7 +106,7 @@ def render(values: dict[str, str], fmt: str) -> str:
     if fmt == "fish":
         return "\n".join(f"set -gx {k} {_fish_quote(v)}" for k, v in values.items())
     if fmt == "dotenv":
-        _check_dotenv(values)
+        check(values)
         return "\n".join(f"{k}={_quote(v)}" for k, v in values.items())
     if fmt == "github":
         return "\n".join(_github(k, v) for k, v in values.items())
