@@ -27,7 +27,7 @@ class Check:
 
 @dataclass(frozen=True)
 class Report:
-    engine: str | None  # what `toolkit up` would use; None when it would refuse (the docker check says why)
+    engine: str | None  # what `toolkit up` would use; None when it would refuse (the engine check says why)
     reason: str  # why that engine, or why none
     checks: list[Check]
 
