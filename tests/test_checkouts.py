@@ -219,7 +219,7 @@ def test_a_second_checkout_on_one_daemon_gets_names_of_its_own(checkouts: tuple[
     for text in (written, json.dumps({"engine": "docker", "port": default}), written):
         record.write_text(text)
         doctor = run_toolkit("doctor", "--json", cwd=a, env=fresh_env())
-        port = next(c for c in json.loads(doctor.stdout) if c["name"] == "port")
+        port = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "port")
         assert port["ok"] and "held by the toolkit's own server" in port["detail"], port
     # b's status, down and purge are about b's container and volume alone
     status = json.loads(run_toolkit("status", "--json", cwd=b, env=fresh_env()).stdout)
@@ -235,26 +235,42 @@ def test_doctor_calls_the_ports_owner_ours_and_a_held_default_a_choice(checkouts
     default = free_port()
     assert run_toolkit_with_defaults({"db.port": default}, "up", cwd=a, env=fresh_env(**NO_DOCKER)).returncode == 0
     ours = run_toolkit_with_defaults({"db.port": default}, "doctor", "--json", cwd=a, env=fresh_env(**NO_DOCKER))
-    port = next(c for c in json.loads(ours.stdout) if c["name"] == "port")
+    port = next(c for c in json.loads(ours.stdout)["checks"] if c["name"] == "port")
     assert port["ok"] and "the toolkit's own server" in port["detail"], port
     theirs = run_toolkit_with_defaults({"db.port": default}, "doctor", "--json", cwd=b, env=fresh_env(**NO_DOCKER))
-    port = next(c for c in json.loads(theirs.stdout) if c["name"] == "port")
+    port = next(c for c in json.loads(theirs.stdout)["checks"] if c["name"] == "port")
     assert port["ok"] and re.search(r"`toolkit up` will use port \d+", port["detail"]), port
 
 
 @pytest.mark.docker
 def test_doctor_says_which_engine_up_would_really_use(docker_api: Any, offline_image: str, isolated: Path) -> None:
     """Auto falls back to embedded when the image can neither be found nor pulled: doctor asks the same
-    selection, so it says so, rather than "Docker would be used"."""
+    selection, so it says so (and why), rather than "Docker would be used"; an explicit --engine docker with
+    that image cannot start, so doctor fails (exit 1) naming the fix. CI reads the JSON object's ok/engine."""
     import uuid
 
-    def docker_check(image: str) -> str:
-        done = run_toolkit("doctor", "--json", env={"TOOLKIT_PG_IMAGE": image})
-        return str(next(c for c in json.loads(done.stdout) if c["name"] == "docker")["detail"])
+    missing = f"toolkit-test/absent-{uuid.uuid4().hex[:8]}:1"
+    for args, env in ((("--engine", "auto"), {"TOOLKIT_PG_IMAGE": missing}), (("--image", missing), {})):
+        done = run_toolkit("doctor", "--json", *args, env=env)
+        report = json.loads(done.stdout)
+        assert done.returncode == 0 and report["ok"] is True and report["engine"] == "embedded", done.stdout
+        assert missing in report["reason"] and "pulling it failed" in report["reason"], report
+        docker = next(c for c in report["checks"] if c["name"] == "docker")
+        assert "`toolkit up` would use the embedded engine" in docker["detail"] and "pulling it failed" in docker["detail"]
+        assert "would use the docker engine" not in done.stdout
 
-    missing = docker_check(f"toolkit-test/absent-{uuid.uuid4().hex[:8]}:1")
-    assert "`toolkit up` would use the embedded engine" in missing and "pulling it failed" in missing, missing
-    assert "`toolkit up` would use the docker engine" in docker_check(offline_image)
+    refused = run_toolkit("doctor", "--json", "--engine", "docker", env={"TOOLKIT_PG_IMAGE": missing})
+    report = json.loads(refused.stdout)
+    assert refused.returncode == 1 and report["ok"] is False and report["engine"] == "docker", refused.stdout
+    docker = next(c for c in report["checks"] if c["name"] == "docker")
+    assert not docker["ok"] and missing in docker["detail"] and "toolkit image build" in docker["fix"], docker
+    text = run_toolkit("doctor", "--engine", "docker", "--image", missing)
+    assert text.returncode == 1 and "FAIL docker" in text.stdout and "toolkit image build" in text.stdout, text.stdout
+
+    found = run_toolkit("doctor", "--json", env={"TOOLKIT_PG_IMAGE": offline_image})
+    report = json.loads(found.stdout)
+    assert found.returncode == 0 and report["ok"] and report["engine"] == "docker", found.stdout
+    assert run_toolkit("doctor", "--engine", "docker", "--image", offline_image).returncode == 0
     assert not (isolated / ".toolkit").exists()  # doctor starts nothing
 
 

@@ -109,9 +109,9 @@ def test_bad_flags_are_one_line_naming_the_help_to_read(args: list[str], words: 
 
 
 def test_did_you_mean_stays_in_the_one_line() -> None:
-    done = run_toolkit("up", "--prot", "5")
+    done = run_toolkit("status", "--prot", "5")  # (up's --export is close to --prot too)
     assert done.returncode == 2
-    assert done.stderr.strip() == "toolkit: error: no such option '--prot' (did you mean '--port'?); see `toolkit up --help`"
+    assert done.stderr.strip() == "toolkit: error: no such option '--prot' (did you mean '--port'?); see `toolkit status --help`"
     several = run_toolkit("up", "--p")
     assert several.stderr.strip() == ("toolkit: error: no such option '--p' (did you mean one of: '--help', '--port'?); "
                                       "see `toolkit up --help`")
@@ -178,7 +178,7 @@ def test_doctor_reports_a_taken_port() -> None:
 
     port = int(os.environ["TOOLKIT_PG_PORT"])
     ok = run_toolkit("doctor", "--json")
-    checks = {c["name"]: c for c in json.loads(ok.stdout)}
+    checks = {c["name"]: c for c in json.loads(ok.stdout)["checks"]}
     assert checks["embedded wheel"]["ok"] and checks["port"]["ok"]
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
@@ -186,6 +186,41 @@ def test_doctor_reports_a_taken_port() -> None:
         taken = run_toolkit("doctor")
     assert taken.returncode == 1
     assert f"FAIL port            127.0.0.1:{port} is held by pid {os.getpid()}" in taken.stdout
+
+
+def test_doctor_json_is_one_object_for_ci(pg_url: str) -> None:
+    """CI reads ok, engine and the exit code: 1 exactly when what the chosen engine needs is missing."""
+    import os
+    import socket
+
+    no_docker = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    fine = run_toolkit("doctor", "--json", env=no_docker)
+    report = json.loads(fine.stdout)
+    assert fine.returncode == 0 and report["ok"] is True and report["engine"] == "embedded", fine.stdout
+    assert "no Docker engine answers" in report["reason"] and {"name", "ok", "detail", "fix"} <= set(report["checks"][0])
+
+    docker = run_toolkit("doctor", "--json", "--engine", "docker", env=no_docker)
+    report = json.loads(docker.stdout)
+    assert docker.returncode == 1 and report["ok"] is False and report["engine"] == "docker", docker.stdout
+    [failed] = [c for c in report["checks"] if not c["ok"]]
+    assert failed["name"] == "docker" and "no Docker engine answers" in failed["detail"] and failed["fix"], failed
+
+    with socket.socket() as squatter:  # the embedded engine needs the port it was given
+        squatter.bind(("127.0.0.1", int(os.environ["TOOLKIT_PG_PORT"])))
+        squatter.listen()
+        taken = run_toolkit("doctor", "--json", env=no_docker)
+        external = run_toolkit("doctor", "--json", "--engine", "external", "--url", pg_url, env=no_docker)
+    report = json.loads(taken.stdout)
+    assert taken.returncode == 1 and not report["ok"] and [c["name"] for c in report["checks"] if not c["ok"]] == ["port"]
+    report = json.loads(external.stdout)  # the external engine's server listens elsewhere: the port is not its need
+    assert external.returncode == 0 and report["ok"] and report["engine"] == "external", external.stdout
+    assert "answers as memgpt" in report["checks"][0]["detail"]
+
+    dead = run_toolkit("doctor", "--engine", "external", "--url", "postgresql://u:p@127.0.0.1:1/db", env=no_docker)
+    assert dead.returncode == 1 and "FAIL engine" in dead.stdout and "does not answer" in dead.stdout, dead.stdout
+    refused = run_toolkit("doctor", "--json", "--engine", "external", env=no_docker)  # no URL: up would refuse
+    report = json.loads(refused.stdout)
+    assert refused.returncode == 1 and report["engine"] is None and "needs a URL" in report["reason"], refused.stdout
 
 
 def test_up_renders_engine_progress_keeping_only_lasting_lines_in_a_log(isolated, capsys) -> None:  # type: ignore[no-untyped-def]

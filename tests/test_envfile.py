@@ -89,3 +89,75 @@ def test_dotenv_json_github_fish_formats(tmp_path: Path) -> None:
     assert json.loads(envfile.render(values, "json")) == values
     assert envfile.render(values, "github") == f"{envfile.URL_VAR}={URL}"
     assert envfile.render(values, "fish").startswith(f"set -gx {envfile.URL_VAR} ")
+
+
+# quotes, $, backquotes, backslashes (a trailing one too), newlines, a carriage return, "=" and "<<"
+HOSTILE = "it's \"q\" $HOME `x` \\ \\' back\\\\slash\nnew line\r\n=<<EOF\n$(touch pwned) end\\"
+
+
+def fish_reads(text: str) -> dict[str, str]:
+    """``set -gx NAME 'value'`` lines as fish reads them: inside single quotes only \\\\ and \\' are escapes
+    (fish's manual, "Quotes"); anything else, a newline included, is itself."""
+    values: dict[str, str] = {}
+    i = 0
+    while i < len(text):
+        prefix = "set -gx "
+        assert text.startswith(prefix, i), text[i:]
+        name_end = text.index(" ", i + len(prefix))
+        name, i = text[i + len(prefix):name_end], name_end + 1
+        assert text[i] == "'", text[i:]
+        i += 1
+        value = []
+        while text[i] != "'":
+            if text[i] == "\\" and text[i + 1] in "\\'":
+                i += 1
+            value.append(text[i])
+            i += 1
+        values[name] = "".join(value)
+        i += 1
+        assert i == len(text) or text[i] == "\n"
+        i += 1
+    return values
+
+
+@pytest.mark.parametrize("shell", ["bash", "dash"])
+def test_every_format_reads_back_any_value(tmp_path: Path, shell: str) -> None:
+    import shutil
+
+    from dotenv import dotenv_values
+
+    values = {"A": HOSTILE, "B": "plain", "C": ""}
+    sh = envfile.render(values, "sh")
+    if shutil.which(shell):
+        read = subprocess.run([shell, "-c", f"{sh}\nenv -0"], capture_output=True, cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+        exported = dict(e.split("=", 1) for e in read.stdout.decode().split("\0") if "=" in e)
+        assert {k: exported[k] for k in values} == values and not (tmp_path / "pwned").exists()
+    dot = tmp_path / "x.env"
+    dot.write_bytes(envfile.render(values, "dotenv").encode())
+    assert dotenv_values(dot) == values
+    assert json.loads(envfile.render(values, "json")) == values
+    assert fish_reads(envfile.render(values, "fish")) == values
+
+
+def test_no_format_takes_a_nul() -> None:
+    from toolkit.errors import UsageError
+
+    for fmt in envfile.FORMATS:
+        with pytest.raises(UsageError):
+            envfile.render({"A": "x\x00y"}, fmt)
+
+
+def test_a_value_python_dotenv_would_expand_is_refused(tmp_path: Path) -> None:
+    from dotenv import dotenv_values
+
+    from toolkit.errors import UsageError
+
+    env = tmp_path / ".env"
+    env.write_text("A=1\n")
+    for write in (lambda: envfile.write(env, {"PGPASSWORD": "a${HOME}b"}), lambda: envfile.render({"X": "${Y}"}, "dotenv")):
+        with pytest.raises(UsageError) as err:
+            write()
+        assert "python-dotenv would expand" in err.value.message
+    assert env.read_text() == "A=1\n"
+    envfile.write(env, {"PGPASSWORD": "a$HOME{b}$"})  # a $ alone is kept as it is
+    assert dotenv_values(env)["PGPASSWORD"] == "a$HOME{b}$"

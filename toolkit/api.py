@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit import engines, envfile, state
+from toolkit import engines, envfile, exports, state
 from toolkit.engines.base import Choice, Endpoint, Engine, Progress, quiet
 from toolkit.errors import ImageUnavailableError, InUseError
 from toolkit.lock import state_lock
@@ -32,16 +32,26 @@ class UpResult:
     chosen: tuple[Choice, ...] = ()  # values this project took because the defaults were held
     settings: Settings | None = field(default=None, compare=False, repr=False)  # what the server runs with
     exported: bool = True  # False: --no-export; .env was not looked at, whatever it holds
+    variables: tuple[str, ...] = (envfile.URL_VAR,)  # what the exports chosen set (names only: never values)
+    written: tuple[str, ...] = ()  # those of them this call changed in .env
 
     def line(self) -> str:
-        where = f"PGVECTOR_TEST_DB_URL written to {self.env_file.name}" if self.env_changed else \
-            f"PGVECTOR_TEST_DB_URL in {self.env_file.name} is current" if self.exported else \
-            f"PGVECTOR_TEST_DB_URL not written to {self.env_file.name} (--no-export)"
+        names = ", ".join(self.variables)
+        if not self.exported:
+            where = f"{names} not written to {self.env_file.name} (--no-export)"
+        elif not self.written:
+            where = f"{names} in {self.env_file.name} {'are' if len(self.variables) > 1 else 'is'} current"
+        elif set(self.written) == set(self.variables):
+            where = f"{names} written to {self.env_file.name}"
+        else:
+            current = ", ".join(v for v in self.variables if v not in self.written)
+            where = f"{', '.join(self.written)} written to {self.env_file.name} ({current} current)"
         return f"postgres ready ({self.engine}) at {self.url.redacted()}; {where}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"engine": self.engine, "url": self.url.redacted(), "ready": True, "env_file": str(self.env_file),
-                "env_changed": self.env_changed, "note": self.note, "chosen": [c.as_dict() for c in self.chosen]}
+                "env_changed": self.env_changed, "exported": self.exported, "variables": list(self.variables),
+                "written": list(self.written), "note": self.note, "chosen": [c.as_dict() for c in self.chosen]}
 
 
 def database_url(settings: Settings) -> PgUrl:
@@ -51,9 +61,9 @@ def database_url(settings: Settings) -> PgUrl:
 
 
 def env_values(settings: Settings, url: PgUrl | None = None) -> dict[str, str]:
-    """What `toolkit env` prints and `up` writes into .env: ``url`` (an engine's endpoint), else the
-    settings' engine's."""
-    return {envfile.URL_VAR: (url or database_url(settings)).render("pg8000")}
+    """What `toolkit env` prints and `up` writes into .env: the variables of the exports the settings choose
+    (``settings.export``: memgpt by default), for ``url`` (an engine's endpoint), else the settings' engine's."""
+    return exports.values(url or database_url(settings), settings.export)
 
 
 def _lifecycle(settings: Settings, purpose: str):  # type: ignore[no-untyped-def]
@@ -67,6 +77,9 @@ def up(settings: Settings, *, export: bool = True, progress: Progress = quiet, b
     """Start (or find running) Postgres+pgvector, wait until usable, write PGVECTOR_TEST_DB_URL.
     ``progress`` hears what takes time (an image pull); the library prints nothing itself. ``build``:
     first build db/Dockerfile (on ``base_image``, else its own base) and run that image with Docker."""
+    if export:  # what .env cannot hold is said before a server starts, not after
+        external = settings.external_url if settings.engine in ("auto", "external") else None
+        envfile.check(exports.values(parse(external) if external else settings.db.url(), settings.export))
     if build:
         from toolkit.engines.docker import build_for_up
 
@@ -92,8 +105,10 @@ def _up(settings: Settings, *, export: bool, progress: Progress = quiet) -> UpRe
         note = engines.fallback_note(exc)
     if engine.name != "external":
         engines.remember(settings, engine.name)
-    changed = envfile.write(settings.env_file, env_values(settings, endpoint.url)) if export else False
-    return UpResult(engine.name, endpoint.url, settings.env_file, changed, note, tuple(chosen), settings, export)
+    values = env_values(settings, endpoint.url)
+    written = envfile.write(settings.env_file, values) if export else ()
+    return UpResult(engine.name, endpoint.url, settings.env_file, bool(written), note, tuple(chosen), settings, export,
+                    tuple(values), tuple(written))
 
 
 def _start(engine: Engine, settings: Settings, progress: Progress) -> tuple[Engine, Settings, list[Choice], Endpoint]:

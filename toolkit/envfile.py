@@ -1,26 +1,29 @@
-"""Export: PGVECTOR_TEST_DB_URL into .env (other lines kept) and into shells, CI and JSON."""
+"""Export: the chosen clients' variables (exports.py) into .env (other lines kept) and into shells, CI and JSON."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 from pathlib import Path
 
 from toolkit import perms
 from toolkit.errors import ConfigError, UsageError
+from toolkit.exports import URL_VAR
 from toolkit.settings import read_dotenv
 
-URL_VAR = "PGVECTOR_TEST_DB_URL"  # what MemGPT's tests read
+__all__ = ["FORMATS", "URL_VAR", "check", "render", "write"]
 FORMATS = ("sh", "fish", "dotenv", "github", "json")
 
 
-def write(env_file: Path, values: dict[str, str]) -> bool:
+def write(env_file: Path, values: dict[str, str]) -> list[str]:
     """Set ``values`` in ``env_file`` keeping every other line, comment, blank line and the order.
 
-    Atomic (temp file + rename), mode 0600. Returns True when the file changed; nothing is written
-    when every value is already there.
+    Atomic (temp file + rename), mode 0600. Returns the variables it changed (empty, so false, when the
+    file did not change); nothing is written when every value is already there.
     """
+    check(values)
     try:
         perms.check_replaceable(env_file.resolve() if env_file.is_symlink() else env_file, "the .env file")
         current = read_dotenv(env_file)
@@ -33,7 +36,7 @@ def write(env_file: Path, values: dict[str, str]) -> bool:
     except OSError as exc:
         raise ConfigError(f"cannot write {env_file}: {exc.strerror or exc}",
                           hint="fix the file's or folder's permissions, or point --env-file elsewhere") from None
-    return bool(pending)
+    return list(pending)
 
 
 def _replace(text: str, values: dict[str, str]) -> str:
@@ -65,7 +68,24 @@ def _replace(text: str, values: dict[str, str]) -> str:
 
 
 def _quote(value: str) -> str:
+    """A .env value python-dotenv reads back as it is: single quotes (\\\\ and \\' its only escapes; shells
+    and compose expand no $ in them; python-dotenv's ${NAME}: see check). A carriage return goes in
+    double quotes, escaped: a reader that opens .env in text mode (python-dotenv's load_dotenv) would turn a
+    CR, or CR LF, inside quotes into LF."""
+    if "\r" in value:
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+        return f'"{escaped}"'
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def check(values: dict[str, str]) -> None:
+    """python-dotenv expands ${NAME} wherever it stands, quoted or not, and has no escape for it: a value
+    holding "${" would be read back as something else. Only a raw value can (a URL percent-encodes $)."""
+    for k, v in values.items():
+        if "${" in v:
+            raise UsageError(f"{k} holds '${{', which python-dotenv would expand when .env is read, so it cannot "
+                             "be written there as it is", hint="choose a password without '${', or --export "
+                             "database-url/letta/memgpt (URLs encode it) instead of libpq")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -75,19 +95,39 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def render(values: dict[str, str], fmt: str) -> str:
-    """The export text for a shell (``eval "$(toolkit env)"``), a .env, ``$GITHUB_ENV`` or JSON."""
+    """The export text for a shell (``eval "$(toolkit env)"``), a .env, ``$GITHUB_ENV`` or JSON; each
+    format quoted so that any value (quotes, ``$``, backslashes, newlines) reads back as it is."""
+    for k, v in values.items():
+        if "\x00" in v:  # no environment, .env or libpq can hold it
+            raise UsageError(f"{k} holds a NUL character, which no environment variable can hold",
+                             hint="remove it from the password (or URL) it comes from")
     if fmt == "sh":
         return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in values.items())
     if fmt == "fish":
-        return "\n".join(f"set -gx {k} {shlex.quote(v)}" for k, v in values.items())
+        return "\n".join(f"set -gx {k} {_fish_quote(v)}" for k, v in values.items())
     if fmt == "dotenv":
+        check(values)
         return "\n".join(f"{k}={_quote(v)}" for k, v in values.items())
     if fmt == "github":
-        # $GITHUB_ENV takes NAME=value lines; a heredoc would be needed only for multi-line values
-        for k, v in values.items():
-            if "\n" in v:
-                raise UsageError(f"{k} has a newline; cannot write it as NAME=value")
-        return "\n".join(f"{k}={v}" for k, v in values.items())
+        return "\n".join(_github(k, v) for k, v in values.items())
     if fmt == "json":
         return json.dumps(values, indent=2)
     raise UsageError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
+
+
+def _fish_quote(value: str) -> str:
+    """fish reads \\ and \\' as escapes inside single quotes (sh does not: shlex.quote's 'a\\' would leave
+    fish's quote open), and nothing else; a newline inside them is kept."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _github(name: str, value: str) -> str:
+    """One variable for ``$GITHUB_ENV``. The runner splits that file on newlines (CRLF too, on Windows), so a
+    value holding either goes in its multi-line form, ``NAME<<DELIM``, value, ``DELIM``, with a random
+    delimiter that the value does not hold (the runner ends the value at the first line equal to it)."""
+    if "\n" not in value and "\r" not in value:
+        return f"{name}={value}"
+    while True:
+        delimiter = f"ghadelimiter_{secrets.token_hex(16)}"
+        if delimiter not in value:
+            return f"{name}<<{delimiter}\n{value}\n{delimiter}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from toolkit import exports
 from toolkit.errors import ConfigError, UsageError
 from toolkit.state import exported, last_up
 from toolkit.urls import PgUrl
@@ -67,6 +68,7 @@ class Settings:
     archival_format: str = "auto"  # auto | memgpt | current: what new Chroma/LanceDB data is written as
     clients_dir: Path | None = None  # None: state_dir / "clients" (isolated envs of older clients)
     switch_engine: bool = False  # up: start an engine other than the one holding the data (an empty database)
+    export: tuple[str, ...] = exports.DEFAULT  # the clients whose variables up writes and env prints (exports.py)
 
     # where each value came from ("flag", "environment", ".env", a record of the toolkit's: RUNNING_SERVER,
     # WRITTEN_BY_TOOLKIT, LAST_UP, CHOSEN); a default has none. For `toolkit status`/doctor, and to tell the
@@ -236,6 +238,8 @@ FIELDS: tuple[Field, ...] = (
     Field("clients_dir", "TOOLKIT_CLIENTS_DIR", Path, "isolated envs of older clients (default ./.toolkit/clients)"),
     Field("switch_engine", "TOOLKIT_SWITCH_ENGINE", _bool,
           "up: start another engine than the one holding the data, with an empty database"),
+    Field("export", "TOOLKIT_EXPORT", exports.parse_names,
+          f"a comma list of {', '.join(exports.EXPORTS)}: whose variables up writes and env prints (default memgpt)"),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 # what `toolkit up` records and later commands use, below .env (setting -> key in the state record); not the

@@ -39,9 +39,20 @@ def db_options(func: F) -> F:
     return func
 
 
+def export_option(func: F) -> F:
+    """--export NAMES, repeatable; names from toolkit.exports (its help lists them without importing it)."""
+    return click.option(
+        "--export", "export", multiple=True, metavar="NAMES",
+        help="Whose variables, comma-separated, repeatable [default: memgpt; TOOLKIT_EXPORT]: memgpt "
+             "(PGVECTOR_TEST_DB_URL), letta (LETTA_PG_URI), libpq (PGHOST, PGPORT, PGUSER, PGPASSWORD, "
+             "PGDATABASE), database-url (DATABASE_URL).")(func)
+
+
 def _flags(**kwargs: Any) -> dict[str, Any]:
     renames = {"port": "db.port", "user": "db.user", "password": "db.password", "database": "db.database",
                "bind": "db.bind", "host": "db.host"}
+    if "export" in kwargs:  # ("letta,libpq", "memgpt") -> "letta,libpq,memgpt", parsed (and checked) by settings
+        kwargs["export"] = ",".join(kwargs["export"]) if kwargs["export"] else None
     return {renames.get(k, k): v for k, v in kwargs.items()}
 
 
@@ -49,7 +60,8 @@ def _flags(**kwargs: Any) -> dict[str, Any]:
 @db_options
 @click.option("--bind", help="Address to listen on [default: 127.0.0.1]; 0.0.0.0 exposes it to the network.")
 @click.option("--timeout", type=Seconds(), help="Seconds to wait for readiness [default: 60].")
-@click.option("--no-export", is_flag=True, help="Do not write PGVECTOR_TEST_DB_URL into .env.")
+@export_option
+@click.option("--no-export", is_flag=True, help="Do not write anything into .env.")
 @click.option("--image", help="Docker image [default: pgvector/pgvector:pg16]; with --build, the base image.")
 @click.option("--build", is_flag=True, help="Docker: build db/Dockerfile (role memgpt, vector) and run that image.")
 @click.option("--switch-engine", is_flag=True, default=None,
@@ -63,12 +75,19 @@ def up(ctx: click.Context, no_export: bool, as_json: bool, build: bool, **kwargs
     Idempotent: when the server already runs and is healthy it changes nothing. Engine auto uses
     Docker when an engine answers, else the embedded server from the pip wheel.
 
+    --export (or TOOLKIT_EXPORT) chooses whose variables go into .env, beside every other line of it
+    (mode 0600); the output names them, never their values.
+
     \b
-    Example:
+    Examples:
       toolkit up --port 5433 && eval "$(toolkit env --port 5433)"
+      toolkit up --export memgpt,letta,libpq   # also LETTA_PG_URI and PGHOST... for psql
     """
     from toolkit import api
+    from toolkit.errors import UsageError
 
+    if no_export and kwargs["export"]:
+        raise UsageError("--export and --no-export contradict each other", hint="give one of them")
     settings = settings_from(ctx, **_flags(**kwargs))
     result = api.up(settings, export=not no_export, progress=_progress(settings), build=build,
                     base_image=kwargs.get("image"))
@@ -143,16 +162,22 @@ def status(ctx: click.Context, as_json: bool, **kwargs: Any) -> None:
 
 @click.command()
 @db_options
+@export_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="sh", show_default=True,
-              help="sh/fish for eval, dotenv, github for $GITHUB_ENV, json.")
+              help="sh/fish for eval, dotenv, github for $GITHUB_ENV (multi-line values in its NAME<<DELIM "
+                   "form), json.")
 @click.pass_context
 def env(ctx: click.Context, fmt: str, **kwargs: Any) -> None:
-    """Print PGVECTOR_TEST_DB_URL for a shell or CI (this output is meant to hold the password).
+    """Print PGVECTOR_TEST_DB_URL (or the --export variables) for a shell or CI.
+
+    This output is meant to hold the password. Every format is quoted so that any password (quotes, $,
+    backslashes, newlines) reads back as it is.
 
     \b
     Examples:
       eval "$(toolkit env)"
-      toolkit env --format github >> "$GITHUB_ENV"
+      eval "$(toolkit env --export libpq)" && psql      # PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE
+      toolkit env --export memgpt,letta --format github >> "$GITHUB_ENV"
     """
     from toolkit import api
     from toolkit.envfile import render

@@ -111,7 +111,7 @@ def start(settings: Settings, *, port: int | None, timeout: float, progress: Pro
     if not options.get("no_export"):
         current = read_dotenv(settings.env_file)
         values, kept = env_to_write(server, current)
-        changed = envfile.write(settings.env_file, values)
+        changed = bool(envfile.write(settings.env_file, values))
         if not (settings.user_chose("s3_endpoint") and current.get("TOOLKIT_S3_ENDPOINT") == server.url):
             # the endpoint is the toolkit's choice, not the user's: what answers there later must be ours
             state.record_exported(settings.state_dir, {"TOOLKIT_S3_ENDPOINT": server.url})
