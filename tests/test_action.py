@@ -291,6 +291,22 @@ def test_the_action_starts_postgres_and_exports_it(runner: Runner, isolated: Pat
 
 
 @pytest.mark.slow
+def test_the_exports_input_gives_later_steps_every_chosen_clients_variables(runner: Runner, isolated: Path) -> None:
+    from tests.test_exports import letta_connects, psql_with_only
+
+    port = free_port()
+    run = runner.use(engine="embedded", port=str(port), exports="letta, libpq")
+    assert run.failed == 0, run.log
+    assert list(run.env) == ["LETTA_PG_URI", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"], run.env
+    assert run.env["LETTA_PG_URI"] == f"postgresql://memgpt:memgpt@localhost:{port}/memgpt"
+    assert run.outputs["url"] == f"postgresql+pg8000://memgpt:memgpt@localhost:{port}/memgpt"  # MemGPT's form
+    assert psql_with_only({k: v for k, v in run.env.items() if k.startswith("PG")}) == "memgpt"
+    assert letta_connects(run.env["LETTA_PG_URI"]) == "memgpt"
+    assert "PGVECTOR_TEST_DB_URL" not in (isolated / ".env").read_text()  # .env holds the chosen ones too
+    assert "LETTA_PG_URI=" in (isolated / ".env").read_text()
+
+
+@pytest.mark.slow
 def test_a_password_is_masked_before_it_is_printed(runner: Runner, isolated: Path) -> None:
     import psycopg
 
