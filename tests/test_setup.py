@@ -125,7 +125,8 @@ def test_a_stale_lock_stops_the_install_with_the_fix(tmp_path: Path) -> None:
     with_uv = setup_env(PATH=f"{Path(uv_binary()).parent}{os.pathsep}{os.environ['PATH']}")
     done = run(["sh", "tools/venv.sh", "base"], copy, with_uv)
     assert done.returncode == 1
-    assert done.stderr.splitlines()[-1] == "uv sync failed; if pyproject.toml changed, refresh the lock: make lock"
+    assert done.stderr.splitlines()[-1] == ("uv sync failed (uv's error is above); if pyproject.toml changed, "
+                                            "refresh the lock: make lock")
     assert "six" not in installed(copy / ".venv") if (copy / ".venv").exists() else True
 
 

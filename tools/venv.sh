@@ -35,6 +35,7 @@ find_uv() {
   # into a temp dir renamed into place: two set-ups at once never see a half-installed uv
   mkdir -p "$(dirname "$BOOTSTRAP")"
   tmp="$BOOTSTRAP.tmp.$$"
+  trap 'rm -rf "$tmp" "$tmp.log"; exit 130' INT TERM  # Ctrl-C mid-install leaves nothing behind
   if "$PYTHON" -m pip install -q --disable-pip-version-check --target "$tmp" "uv>=$UV_MIN" >"$tmp.log" 2>&1 \
        && [ -x "$tmp/bin/uv" ]; then
     if ! { [ -x "$BOOTSTRAP/bin/uv" ] && uv_new_enough "$BOOTSTRAP/bin/uv"; }; then
@@ -74,7 +75,7 @@ if [ "$installer" != pip ]; then
   if uv=$(find_uv); then
     # shellcheck disable=SC2086  # $extras is a list of flags
     if "$uv" sync --quiet --locked --inexact --python "$PYTHON" $extras; then exit 0; fi
-    say "uv sync failed; if pyproject.toml changed, refresh the lock: make lock"
+    say "uv sync failed (uv's error is above); if pyproject.toml changed, refresh the lock: make lock"
     exit 1
   fi
   if [ "$installer" = uv ]; then say "TOOLKIT_INSTALLER=uv, but uv cannot be had"; exit 1; fi
