@@ -219,3 +219,13 @@ def test_github_delimiter_is_never_in_the_value(monkeypatch: pytest.MonkeyPatch)
     text = envfile.render({"V": value}, "github")
     assert text == f"V<<ghadelimiter_{'b' * 32}\n{value}\nghadelimiter_{'b' * 32}"
     assert read_github_env(text) == {"V": value}
+
+
+def test_libpq_reads_a_urls_settings_as_libpq_does_plus_kept_percent_decoded() -> None:
+    """libpq decodes %XX in a URL's query and keeps "+": PGSSLROOTCERT must name the file psql "$DATABASE_URL" reads."""
+    from toolkit import exports
+    from toolkit.urls import parse
+
+    url = parse("postgresql://u:p@db.example:5432/d?sslmode=verify-full&sslrootcert=/etc/ssl/my+ca%20x.crt&application_name=a+b")
+    got = exports.values(url, ["libpq"])
+    assert (got["PGSSLROOTCERT"], got["PGAPPNAME"], got["PGSSLMODE"]) == ("/etc/ssl/my+ca x.crt", "a+b", "verify-full")

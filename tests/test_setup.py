@@ -86,7 +86,7 @@ def test_without_uv_on_path_pip_bootstraps_it_and_uv_installs_the_locked_version
     copy = checkout_copy(tmp_path / "copy")
     done = run(["sh", "tools/venv.sh", "base"], copy, setup_env())
     assert done.returncode == 0, done.stderr
-    assert "installing it into .bootstrap/uv" in done.stderr
+    assert "installing it into .bootstrap/uv" in done.stderr, done.stderr
     assert (copy / ".bootstrap/uv/bin/uv").exists()
     assert_pinned(copy / ".venv")
     assert "chromadb" not in installed(copy / ".venv"), "the base install holds an extra"
@@ -139,3 +139,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], env: 
     done = run(["sh", "tools/venv.sh", *argv], copy, setup_env(**env))
     assert done.returncode == 2 and done.stderr == message + "\n", done.stderr
     assert not (copy / ".venv").exists()
+
+
+def test_a_dangling_venv_link_and_uvs_own_environment_setting_still_give_a_venv_here(tmp_path: Path) -> None:
+    """`.venv` a link to a venv that is gone, and UV_PROJECT_ENVIRONMENT (devcontainers set it) pointing
+    elsewhere: the set-up makes .venv here, where make's stamps and every target look."""
+    copy = checkout_copy(tmp_path / "copy")
+    (copy / ".venv").symlink_to(tmp_path / "gone")
+    elsewhere = tmp_path / "elsewhere"
+    env = setup_env(PATH=f"{Path(uv_binary()).parent}{os.pathsep}{os.environ['PATH']}",
+                    UV_PROJECT_ENVIRONMENT=str(elsewhere))
+    done = run(["sh", "tools/venv.sh", "base"], copy, env)
+    assert done.returncode == 0, done.stderr
+    assert "is broken" in done.stderr and not (copy / ".venv").is_symlink() and not elsewhere.exists()
+    assert_pinned(copy / ".venv")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from toolkit.errors import UsageError
 from toolkit.urls import PgUrl
@@ -64,12 +64,23 @@ def _libpq(url: PgUrl) -> dict[str, str]:
     # stale one in .env from an earlier server never survives
     values = {"PGHOST": url.host, "PGPORT": str(url.port), "PGUSER": url.user, "PGPASSWORD": url.password,
               "PGDATABASE": url.database}
-    for key, value in parse_qsl(url.options, keep_blank_values=True):
+    for key, value in _query(url.options):
         if key not in _LIBPQ_ENV:
             raise UsageError(f"the URL's parameter {key!r} has no libpq environment variable, so --export libpq "
                              "cannot carry it", hint="use --export database-url (the URL keeps it) instead of libpq")
         values[_LIBPQ_ENV[key]] = value
     return values
+
+
+def _query(options: str) -> list[tuple[str, str]]:
+    """A URL's query as libpq reads it: %XX decoded, "+" kept (parse_qsl would make it a space, and a CA
+    file's path "my+ca.crt" would reach psql as "my ca.crt")."""
+    pairs = []
+    for part in options.split("&"):
+        if part:
+            key, _, value = part.partition("=")
+            pairs.append((unquote(key), unquote(value)))
+    return pairs
 
 
 def _database_url(url: PgUrl) -> dict[str, str]:

@@ -22,6 +22,8 @@ case "$what" in
 esac
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
+# uv's own setting would send the install elsewhere, and make's stamps and every target read .venv
+export UV_PROJECT_ENVIRONMENT="$PWD/$VENV"
 BOOTSTRAP=.bootstrap/uv
 UV_MIN=0.5  # the oldest uv that reads uv.lock's format
 
@@ -31,19 +33,20 @@ say() { echo "$*" >&2; }
 find_uv() {
   if command -v uv >/dev/null 2>&1 && uv_new_enough uv; then command -v uv; return 0; fi
   if [ -x "$BOOTSTRAP/bin/uv" ] && uv_new_enough "$BOOTSTRAP/bin/uv"; then echo "$BOOTSTRAP/bin/uv"; return 0; fi
-  say "uv is not on PATH: installing it into $BOOTSTRAP (pip, once)..."
-  # into a temp dir renamed into place: two set-ups at once never see a half-installed uv
+  say "no uv $UV_MIN or newer on PATH: installing it into $BOOTSTRAP (pip, once)..."
+  # into a temp dir renamed into place (a rename fails when another set-up's is there already: then
+  # that one is used), so two set-ups at once never see a half-installed uv
   mkdir -p "$(dirname "$BOOTSTRAP")"
   tmp="$BOOTSTRAP.tmp.$$"
-  trap 'rm -rf "$tmp" "$tmp.log"; exit 130' INT TERM  # Ctrl-C mid-install leaves nothing behind
+  trap 'rm -rf "$tmp" "$tmp.log" "$tmp.old"; exit 130' INT TERM  # Ctrl-C mid-install leaves nothing behind
   if "$PYTHON" -m pip install -q --disable-pip-version-check --target "$tmp" "uv>=$UV_MIN" >"$tmp.log" 2>&1 \
        && [ -x "$tmp/bin/uv" ]; then
     if ! { [ -x "$BOOTSTRAP/bin/uv" ] && uv_new_enough "$BOOTSTRAP/bin/uv"; }; then
-      rm -rf "$BOOTSTRAP" && mv "$tmp" "$BOOTSTRAP"
+      if [ -e "$BOOTSTRAP" ]; then mv "$BOOTSTRAP" "$tmp.old" 2>/dev/null || true; fi  # a too old one
+      "$PYTHON" -c 'import os, sys; os.rename(sys.argv[1], sys.argv[2])' "$tmp" "$BOOTSTRAP" 2>/dev/null || true
     fi
-    rm -rf "$tmp" "$tmp.log"
-    echo "$BOOTSTRAP/bin/uv"
-    return 0
+    rm -rf "$tmp" "$tmp.log" "$tmp.old"
+    if [ -x "$BOOTSTRAP/bin/uv" ]; then echo "$BOOTSTRAP/bin/uv"; return 0; fi
   fi
   say "could not install uv with $PYTHON -m pip: $(grep -E 'ERROR|No module' "$tmp.log" | head -1)"
   rm -rf "$tmp" "$tmp.log"
@@ -66,7 +69,7 @@ if [ "$what" = uv ]; then find_uv; exit; fi
 
 # a venv whose interpreter no longer runs (its Python removed or upgraded, a half-made venv) cannot be
 # repaired in place: it is made again
-if [ -e "$VENV" ] && ! "$VENV/bin/python" -c "" >/dev/null 2>&1; then
+if { [ -e "$VENV" ] || [ -L "$VENV" ]; } && ! "$VENV/bin/python" -c "" >/dev/null 2>&1; then
   say "$VENV is broken (its python does not run): making it again"
   rm -rf "$VENV"
 fi
