@@ -90,6 +90,7 @@ def test_without_uv_on_path_pip_bootstraps_it_and_uv_installs_the_locked_version
     assert (copy / ".bootstrap/uv/bin/uv").exists()
     assert_pinned(copy / ".venv")
     assert "chromadb" not in installed(copy / ".venv"), "the base install holds an extra"
+    assert "pip" in installed(copy / ".venv"), ".venv has no pip, as a venv made by python -m venv has"
 
     # a package the user added stays; the second run finds .bootstrap's uv
     assert run([str(copy / ".bootstrap/uv/bin/uv"), "pip", "install", "--quiet", "--python", str(copy / ".venv/bin/python"),

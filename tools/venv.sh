@@ -76,6 +76,9 @@ fi
 
 if [ "$installer" != pip ]; then
   if uv=$(find_uv); then
+    # with pip in it, as a venv made by python -m venv has (uv sync alone makes one without): what users
+    # and tools expect of .venv/bin/pip; --inexact keeps it
+    if [ ! -e "$VENV" ]; then "$uv" venv --quiet --seed --python "$PYTHON" "$VENV" || exit 1; fi
     # shellcheck disable=SC2086  # $extras is a list of flags
     if "$uv" sync --quiet --locked --inexact --python "$PYTHON" $extras; then exit 0; fi
     say "uv sync failed (uv's error is above); if pyproject.toml changed, refresh the lock: make lock"
