@@ -188,7 +188,9 @@ def test_up_interrupted_at_any_moment_of_a_cold_start_recovers(embedded_down_aft
         victim.send_signal(sig)
         out, err = victim.communicate(timeout=60)
         if sig == signal.SIGTERM:
-            assert victim.returncode in (0, 143), (out, err)
+            # -15: the signal came before Python had started the CLI (its handler is the CLI's first step, so
+            # nothing had begun; seen at 0.15 s on a loaded machine in the clean-clone CI)
+            assert victim.returncode in (0, 143, -signal.SIGTERM), (out, err)
         if sig != signal.SIGKILL:
             # killed with the call: no initdb left behind (it may take a moment to exit), no password copy
             wait_until(lambda: not processes(initdb), 10, f"no initdb process left after {sig.name} at {delay}s",
