@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -238,4 +239,47 @@ def source_copy(target: Path) -> Path:
     shutil.copytree(REPO / "toolkit", target / "toolkit", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md", "constraints.txt"):
         shutil.copy2(REPO / name, target / name)
+    shutil.copytree(REPO / "tools", target / "tools")  # venv.sh: the uv the set-up and the Action use
     return target
+
+
+def parse_github_file(text: str) -> dict[str, str]:
+    """GITHUB_ENV / GITHUB_OUTPUT as the runner reads them (actions/runner, SetEnvFileCommand; GitHub's
+    "Multiline strings" docs): ``NAME=value`` lines, or ``NAME<<DELIMITER``, the value's lines, then the
+    delimiter alone on a line (whichever of ``=`` and ``<<`` comes first decides)."""
+    values: dict[str, str] = {}
+    lines = iter(text.split("\n"))
+    for line in lines:
+        if not line:
+            continue
+        equals, heredoc = line.find("="), line.find("<<")
+        if equals >= 0 and (heredoc < 0 or equals < heredoc):
+            name, value = line.split("=", 1)
+        elif heredoc >= 0:
+            name, delimiter = line.split("<<", 1)
+            assert name and delimiter, f"invalid line {line!r}"
+            body: list[str] = []
+            for value_line in lines:
+                if value_line == delimiter:
+                    break
+                body.append(value_line)
+            else:
+                pytest.fail(f"no closing delimiter {delimiter!r} for {name}")
+            value = "\n".join(body)
+        else:
+            pytest.fail(f"invalid line {line!r}: neither NAME=value nor NAME<<DELIMITER")
+        assert name, f"invalid line {line!r}: no name"
+        values[name] = value
+    return values
+
+
+def installed(venv: Path) -> dict[str, str]:
+    """The distributions in ``venv`` (normalized name -> version), asked of its own python."""
+    code = "import importlib.metadata as m\nfor d in m.distributions(): print(d.metadata['Name'], d.version)"
+    done = subprocess.run([str(venv / "bin" / "python"), "-I", "-c", code], capture_output=True, text=True, check=True)
+    return {normalized(name): version for name, version in (line.split() for line in done.stdout.splitlines())}
+
+
+def normalized(name: str) -> str:
+    """A distribution's name as PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()

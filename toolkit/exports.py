@@ -41,7 +41,6 @@ class Export:
     name: str  # what --export / TOOLKIT_EXPORT say
     client: str  # who reads it, for help texts
     variables: tuple[str, ...]  # the variables it always sets (libpq adds PGSSLMODE & co. from a URL's query)
-    example: str  # their form, for help texts and the README
     values: Callable[[PgUrl], dict[str, str]]
 
 
@@ -88,12 +87,10 @@ def _database_url(url: PgUrl) -> dict[str, str]:
 
 
 EXPORTS: dict[str, Export] = {e.name: e for e in (
-    Export("memgpt", "MemGPT's tests", (URL_VAR,), "postgresql+pg8000://memgpt:memgpt@localhost:8888/memgpt", _memgpt),
-    Export("letta", "the Letta server", ("LETTA_PG_URI",), "postgresql://memgpt:memgpt@localhost:8888/memgpt", _letta),
-    Export("libpq", "psql and every libpq client", ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"),
-           "PGHOST=localhost PGPORT=8888 PGUSER=memgpt PGPASSWORD=memgpt PGDATABASE=memgpt", _libpq),
-    Export("database-url", "12-factor apps", ("DATABASE_URL",), "postgresql://memgpt:memgpt@localhost:8888/memgpt",
-           _database_url),
+    Export("memgpt", "MemGPT's tests", (URL_VAR,), _memgpt),
+    Export("letta", "the Letta server", ("LETTA_PG_URI",), _letta),
+    Export("libpq", "psql and every libpq client", ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"), _libpq),
+    Export("database-url", "12-factor apps", ("DATABASE_URL",), _database_url),
 )}
 DEFAULT: tuple[str, ...] = ("memgpt",)
 
@@ -123,6 +120,6 @@ def values(url: PgUrl, names: Iterable[str] = DEFAULT) -> dict[str, str]:
     return out
 
 
-def help_table() -> str:
-    """One line per export, for --help."""
-    return "\n".join(f"  {e.name:13} {', '.join(e.variables)} ({e.client})" for e in EXPORTS.values())
+def described() -> str:
+    """Every name with its variables, for --help: "memgpt (PGVECTOR_TEST_DB_URL), letta (LETTA_PG_URI), ..."."""
+    return ", ".join(f"{e.name} ({', '.join(e.variables)})" for e in EXPORTS.values())

@@ -24,7 +24,7 @@ PYTHON="${PYTHON:-python3}"
 VENV=.venv
 # uv's own setting would send the install elsewhere, and make's stamps and every target read .venv
 export UV_PROJECT_ENVIRONMENT="$PWD/$VENV"
-BOOTSTRAP=.bootstrap/uv
+BOOTSTRAP="${TOOLKIT_UV_BOOTSTRAP:-.bootstrap/uv}"  # the GitHub Action puts it under RUNNER_TEMP
 UV_MIN=0.5  # the oldest uv that reads uv.lock's format
 
 say() { echo "$*" >&2; }

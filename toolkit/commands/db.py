@@ -40,12 +40,12 @@ def db_options(func: F) -> F:
 
 
 def export_option(func: F) -> F:
-    """--export NAMES, repeatable; names from toolkit.exports (its help lists them without importing it)."""
+    """--export NAMES, repeatable; the names and their variables from toolkit.exports' registry."""
+    from toolkit import exports
+
     return click.option(
         "--export", "export", multiple=True, metavar="NAMES",
-        help="Whose variables, comma-separated, repeatable [default: memgpt; TOOLKIT_EXPORT]: memgpt "
-             "(PGVECTOR_TEST_DB_URL), letta (LETTA_PG_URI), libpq (PGHOST, PGPORT, PGUSER, PGPASSWORD, "
-             "PGDATABASE), database-url (DATABASE_URL).")(func)
+        help=f"Whose variables, comma-separated, repeatable [default: memgpt; TOOLKIT_EXPORT]: {exports.described()}.")(func)
 
 
 def _flags(**kwargs: Any) -> dict[str, Any]:
