@@ -212,6 +212,23 @@ def _wrapped_signal(project: Path, sig: signal.Signals) -> Outcome:
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 
+def interrupted_in_exec_under_python_m(project: Path) -> Outcome:
+    """Ctrl-C lands in code that exec() runs from a string (dataclasses and namedtuple build their methods
+    that way, so: a module imported as the signal arrives). CPython 3.11 remembers that KeyboardInterrupt
+    even though we caught it, and `python -m toolkit` then ended the process by SIGINT (-2), not 130."""
+    hook = project.parent / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "from toolkit import api\n"
+        "def status(settings, *args, **kwargs):\n"
+        "    exec('import os, signal; os.kill(os.getpid(), signal.SIGINT)')\n"
+        "api.status = status\n")
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    victim = spawn_toolkit("status", cwd=project, env={"PYTHONPATH": path})
+    out, err = victim.communicate(timeout=120)
+    return Outcome(victim.returncode, out, err)
+
+
 def _signalled_up(project: Path, sig: signal.Signals) -> Outcome:
     """`toolkit up` waiting for a server that is never ready (a long --timeout): signalled once it has
     connected, so certainly mid-wait. (The server closes each connection: a silent one would hold the
@@ -258,6 +275,7 @@ CASES: list[tuple[int, Callable[[Path], Outcome], str]] = [
     (143, terminated, "toolkit: terminated"),
     (143, terminated_at_a_prompt, "toolkit: terminated"),
     (130, interrupted_while_importing, "toolkit: interrupted"),
+    (130, interrupted_in_exec_under_python_m, "toolkit: interrupted"),
     (143, terminated_while_importing, "toolkit: terminated"),
 ]
 
