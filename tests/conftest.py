@@ -9,6 +9,7 @@ use them by naming them; helpers that are not fixtures are in ``tests/support.py
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,14 @@ from toolkit.urls import PgUrl
 pytest_plugins = ("tests.backend_support", "tests.docker_support")
 
 UV_CACHE = os.environ.get("UV_CACHE_DIR") or str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uv")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the CLIs the tests start and signal: a suite started in the background of a
+    non-interactive shell (`make test &`) inherits SIGINT ignored, and every process it starts would too."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 # variables the toolkit reads; cleared so the developer's own shell cannot leak into a test
 _READ_VARS = ("PGVECTOR_TEST_DB_URL", "MEMGPT_CONFIG_PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
