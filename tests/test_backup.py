@@ -252,3 +252,59 @@ def test_a_dump_crosses_engines_embedded_to_docker_and_back(dsettings: Any, embe
     assert _checksums(json.loads(done.stdout)) == _checksums(from_docker)
     assert _contents(_url()) == _contents(_url(docker))
     assert run_toolkit("down", "--purge", "--yes", "--engine", "docker", env=docker).returncode == 0
+
+
+def test_a_default_name_already_taken_gets_a_suffix(filled: dict[str, Any], isolated: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from toolkit.backup import default_file
+    from toolkit.settings import resolve
+
+    settings, now = resolve({}), datetime.now(timezone.utc)
+    # every name the next minute would give is taken (a backup a moment ago in the same second)
+    taken = {default_file(settings, "memgpt", now + timedelta(seconds=s)) for s in range(60)}
+    for path in taken:
+        path.write_text("someone's")
+    made = Path(_backup()["file"])
+    assert made not in taken and made.stem.endswith("-2") and made.with_name(made.stem[:-2] + ".dump") in taken
+    assert all(path.read_text() == "someone's" for path in taken)
+    assert default_file(settings, "my db/../x").name.startswith("my_db_.._x-")
+
+
+def test_external_engine_uses_a_local_tool_of_a_fitting_version(filled: dict[str, Any], isolated: Path) -> None:
+    url = _url()
+    result = _backup(str(isolated / "ext.dump"), "--engine", "external", "--url", url)
+    assert result["tool"].startswith("pg_dump 18") and _checksums(result) == _checksums(filled)
+    done = run_toolkit("restore", result["file"], "--engine", "external", "--url", url, "--yes")
+    assert done.returncode == 0 and "verified against its record" in done.stdout, done.stderr
+    assert "memgpt:memgpt" not in done.stdout + done.stderr
+
+
+def test_a_target_without_the_vector_extension_is_refused_before_anything_changes(filled: dict[str, Any]) -> None:
+    from toolkit.engines.embedded import EmbeddedEngine
+    from toolkit.settings import resolve
+
+    admin = EmbeddedEngine(resolve({"engine": "embedded"})).admin().url.with_address(host="127.0.0.1")
+    _sql(admin.libpq, "CREATE DATABASE novec TEMPLATE template0 OWNER memgpt")
+    target = _url(database="novec")
+    _sql(target, "CREATE TABLE plain_notes (n int); INSERT INTO plain_notes VALUES (7)")
+    done = run_toolkit("restore", filled["file"], "--engine", "external", "--url", target, "--yes")
+    assert done.returncode == 5, done.stderr
+    assert "needs the vector extension, which database 'novec' lacks" in done.stderr
+    assert _sql(target, "SELECT n FROM plain_notes") == [(7,)]
+
+
+def test_an_interrupted_restore_changes_nothing(embedded_down_after: Path) -> None:
+    _up(None, "--engine", "embedded")
+    _sql(_url(), "CREATE TABLE big AS SELECT g, repeat(md5(g::text), 40) AS t FROM generate_series(1, 400000) g")
+    dump = _backup()["file"]
+    _sql(_url(), "DELETE FROM big WHERE g > 10")
+    child = spawn_toolkit("restore", dump, "--yes")
+    wait_until(lambda: _sql(_url(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore' "
+                                    "AND query LIKE 'COPY%'") == [(1,)], 120, "pg_restore copying rows")
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    wait_until(lambda: _sql(_url(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore'")
+               == [(0,)], 60, "pg_restore's session to end")
+    assert _sql(_url(), "SELECT count(*) FROM big") == [(10,)]

@@ -116,8 +116,12 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
     major = _server_major(url)
     tool = engine.tool("pg_dump")
     if file is None:
-        file = default_file(settings, url.database)
+        file = first = default_file(settings, url.database)
         _make_backups_dir(file.parent)
+        for n in range(2, 100):  # two backups in one second: the second is -2
+            if not file.exists() and not record_path(file).exists():
+                break
+            file = first.with_stem(f"{first.stem}-{n}")
     file = Path(os.path.abspath(file))
     if not file.parent.is_dir():
         raise UsageError(f"cannot write {file}: no directory {file.parent}", hint="create it, or give another FILE")
@@ -253,6 +257,8 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
     else:
         with _connect(url) as conn:
             replaced = [f"{n}.{r}" for n, r in _user_tables(conn)]
+            if re.search(r"^\d+; \d+ \d+ EXTENSION - vector ", listing, re.M):
+                _ensure_vector(conn, url.database)
         if replaced:
             shown = ", ".join(replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
             confirm(f"replace database {url.database!r} (it holds {len(replaced)} tables: {shown}) with {file.name}")
@@ -338,6 +344,22 @@ def _without_extensions(listing: str) -> str:
     nor create ``vector``; the target database has it."""
     entry = re.compile(r"^\d+; \d+ \d+ (EXTENSION|COMMENT - EXTENSION) ")
     return "".join(f";{line}\n" if entry.match(line) else f"{line}\n" for line in listing.splitlines())
+
+
+def _ensure_vector(conn: psycopg.Connection[Any], database: str) -> None:
+    """The dump's tables need ``vector``, which the restore leaves out: the target must have it (``toolkit
+    up`` created it; a server managed elsewhere may allow the application role to)."""
+    import psycopg
+
+    from toolkit.bootstrap import EXTENSION
+
+    try:
+        conn.execute(EXTENSION.sql)
+        conn.commit()
+    except psycopg.Error as exc:
+        raise NotReadyError(f"the dump needs the vector extension, which database {database!r} lacks "
+                            f"({error_line(exc, last=True)})",
+                            hint="run `toolkit up` (it creates it), or as a superuser: CREATE EXTENSION vector;") from None
 
 
 def _verify(record: dict[str, Any], tables: list[TableRecord], file: Path, database: str) -> None:
