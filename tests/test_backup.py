@@ -308,3 +308,17 @@ def test_an_interrupted_restore_changes_nothing(embedded_down_after: Path) -> No
     wait_until(lambda: _sql(_url(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore'")
                == [(0,)], 60, "pg_restore's session to end")
     assert _sql(_url(), "SELECT count(*) FROM big") == [(10,)]
+
+
+def test_the_backup_benchmark_runs_both_sides_and_prints_ratios(isolated: Path) -> None:
+    """bench/backup.py keeps running (no timing is checked: this machine's load decides it)."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "backup.py"), "--rows", "50", "--dim", "8", "--reps", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["backup", "restore"]
+    assert all("ratio" in line for line in done.stdout.splitlines())

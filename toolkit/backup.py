@@ -132,11 +132,11 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
         # one snapshot for the census and the dump: the counts describe exactly the rows dumped
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
-        progress("counting rows and computing checksums...")
-        tables = census(conn, progress)
         argv = [tool, "--format=custom", "--verbose", "--no-password", f"--snapshot={snapshot}",
                 "--dbname", url.render("plain", password=False)]
-        _run(argv, url, progress, _DUMPING, "dumping", stdout=fd, what="pg_dump")
+        progress("dumping, and counting rows and computing checksums beside it...")
+        tables = _beside(lambda: census(conn), conn,
+                         lambda: _run(argv, url, progress, _DUMPING, "dumping", stdout=fd, what="pg_dump"))
         os.fsync(fd)
         conn.rollback()
         digest, size = _sha256(partial)
@@ -149,6 +149,35 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
     replace_file(record_path(file), (json.dumps(record, indent=2) + "\n").encode())
     return BackupResult(file, record_path(file), url.database, size, digest, major, _tool_version(tool), tables,
                         time.monotonic() - started)
+
+
+def _beside(count: Callable[[], list[TableRecord]], conn: psycopg.Connection[Any],
+            dump: Callable[[], None]) -> list[TableRecord]:
+    """``count`` on a thread while ``dump`` runs here (the two read one snapshot: the backup takes the
+    longer of them, not their sum). When the dump fails or we are interrupted, the count's query is
+    cancelled before we go on."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["tables"] = count()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="toolkit-backup-census", daemon=True)
+    worker.start()
+    try:
+        dump()
+        worker.join()
+    except BaseException:
+        conn.cancel_safe()
+        worker.join(timeout=30)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return list(outcome["tables"])
 
 
 def _make_backups_dir(path: Path) -> None:

@@ -474,7 +474,9 @@ def passages(conn: psycopg.Connection[Any], table: str, batch_size: int = 1000) 
     from psycopg import sql
 
     register_vector(conn)
-    query = sql.SQL("SELECT {cols} FROM {table}").format(cols=_select_list(), table=sql.Identifier(table))
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    subvector = row is not None and _version(row[0]) >= (0, 7)
+    query = sql.SQL("SELECT {cols} FROM {table}").format(cols=_select_list(subvector), table=sql.Identifier(table))
     with conn.cursor(name="toolkit_passages", binary=True) as cur:
         cur.execute(query)
         while rows := cur.fetchmany(batch_size):
