@@ -251,6 +251,9 @@ def test_a_dump_crosses_engines_embedded_to_docker_and_back(dsettings: Any, embe
     assert done.returncode == 0, done.stderr
     assert _checksums(json.loads(done.stdout)) == _checksums(from_docker)
     assert _contents(_url()) == _contents(_url(docker))
+    done = run_toolkit("restore", from_embedded["file"], "--engine", "docker", "--into", "copy", env=docker)
+    assert done.returncode == 0 and "into new database copy" in done.stdout, done.stderr
+    assert _contents(_url(docker, "copy")) == before
     assert run_toolkit("down", "--purge", "--yes", "--engine", "docker", env=docker).returncode == 0
 
 
@@ -322,3 +325,17 @@ def test_the_backup_benchmark_runs_both_sides_and_prints_ratios(isolated: Path) 
     assert done.returncode == 0, done.stderr
     assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["backup", "restore"]
     assert all("ratio" in line for line in done.stdout.splitlines())
+
+
+def test_a_table_the_role_cannot_read_fails_in_one_line_and_leaves_no_file(filled: dict[str, Any], isolated: Path) -> None:
+    from toolkit.engines.embedded import EmbeddedEngine
+    from toolkit.settings import resolve
+
+    admin = EmbeddedEngine(resolve({"engine": "embedded"})).admin().url.with_address(host="127.0.0.1")
+    admin_app_db = admin.libpq.rsplit("/", 1)[0] + "/memgpt"
+    _sql(admin_app_db, "CREATE TABLE secret (x int); INSERT INTO secret VALUES (1)")  # the superuser's
+    done = run_toolkit("backup", str(isolated / "x.dump"))
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("toolkit: ")]
+    assert len(errors) == 1 and "secret" in errors[0] and "internal error" not in errors[0], done.stderr
+    assert [p.name for p in isolated.iterdir() if p.name.startswith(("x.dump", ".x.dump"))] == []

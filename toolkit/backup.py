@@ -226,10 +226,9 @@ def _sha256(path: Path) -> tuple[str, int]:
 
 def census(conn: psycopg.Connection[Any], progress: Progress = quiet) -> list[TableRecord]:
     """Every user table's row count and checksum, in ``conn``'s transaction (not autocommit)."""
-    from psycopg import sql
+    import psycopg
 
-    from toolkit.backends.postgres import archival_tables, passages
-    from toolkit.migrate import Checksum
+    from toolkit.backends.postgres import archival_tables
 
     schema = conn.execute("SELECT current_schema()").fetchone()
     archival = {f"{schema[0] if schema else 'public'}.{name}" for name in archival_tables(conn)}
@@ -237,19 +236,31 @@ def census(conn: psycopg.Connection[Any], progress: Progress = quiet) -> list[Ta
     for nsp, rel in _user_tables(conn):
         name = f"{nsp}.{rel}"
         progress(f"checksumming {name}", live=True)
-        if name in archival:
-            checksum = Checksum()
-            for batch in passages(conn, rel):
-                checksum.update(batch)
-            records.append(TableRecord(name, checksum.count, checksum.hexdigest(), True))
-            continue
-        # rows as text, digested one by one, the digests in order: the same rows give the same digest
-        row = conn.execute(sql.SQL("SELECT count(*), md5(coalesce(string_agg(h, '' ORDER BY h), '')) "
-                                   "FROM (SELECT md5(t::text) AS h FROM {}.{} t) d").format(
-                                       sql.Identifier(nsp), sql.Identifier(rel))).fetchone()
-        assert row is not None
-        records.append(TableRecord(name, int(row[0]), str(row[1]), False))
+        try:
+            records.append(_table_record(conn, nsp, rel, archival=name in archival))
+        except psycopg.Error as exc:
+            raise ToolkitError(f"cannot read table {name} in database {conn.info.dbname!r}: {error_line(exc)}",
+                               hint="the application role must be able to read every table it backs up") from None
     return records
+
+
+def _table_record(conn: psycopg.Connection[Any], nsp: str, rel: str, *, archival: bool) -> TableRecord:
+    from psycopg import sql
+
+    from toolkit.backends.postgres import passages
+    from toolkit.migrate import Checksum
+
+    if archival:
+        checksum = Checksum()
+        for batch in passages(conn, rel):
+            checksum.update(batch)
+        return TableRecord(f"{nsp}.{rel}", checksum.count, checksum.hexdigest(), True)
+    # rows as text, digested one by one, the digests in order: the same rows give the same digest
+    row = conn.execute(sql.SQL("SELECT count(*), md5(coalesce(string_agg(h, '' ORDER BY h), '')) "
+                               "FROM (SELECT md5(t::text) AS h FROM {}.{} t) d").format(
+                                   sql.Identifier(nsp), sql.Identifier(rel))).fetchone()
+    assert row is not None
+    return TableRecord(f"{nsp}.{rel}", int(row[0]), str(row[1]), False)
 
 
 def _user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
