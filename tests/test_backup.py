@@ -339,3 +339,17 @@ def test_a_table_the_role_cannot_read_fails_in_one_line_and_leaves_no_file(fille
     errors = [line for line in done.stderr.splitlines() if line.startswith("toolkit: ")]
     assert len(errors) == 1 and "secret" in errors[0] and "internal error" not in errors[0], done.stderr
     assert [p.name for p in isolated.iterdir() if p.name.startswith(("x.dump", ".x.dump"))] == []
+
+
+def test_into_without_the_rights_it_needs_leaves_no_database(filled: dict[str, Any]) -> None:
+    from toolkit.engines.embedded import EmbeddedEngine
+    from toolkit.settings import resolve
+
+    admin = EmbeddedEngine(resolve({"engine": "embedded"})).admin().url.with_address(host="127.0.0.1")
+    external = ("--engine", "external", "--url", _url())
+    refused = run_toolkit("restore", filled["file"], *external, "--into", "copy")  # the role may not CREATEDB
+    assert refused.returncode == 1 and "cannot create database 'copy'" in refused.stderr, refused.stderr
+    _sql(admin.libpq, "ALTER ROLE memgpt CREATEDB")  # it may now, but not create the extension
+    refused = run_toolkit("restore", filled["file"], *external, "--into", "copy")
+    assert refused.returncode == 5 and "vector extension in the new database 'copy'" in refused.stderr, refused.stderr
+    assert _sql(admin.libpq, "SELECT datname FROM pg_database WHERE datname = 'copy'") == []

@@ -431,13 +431,22 @@ def _create_database(engine: Engine, url: PgUrl, name: str) -> PgUrl:
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
                 sql.Identifier(name), sql.Identifier(template), sql.Identifier(admin.owner)))
         target = PgUrl(url.user, url.password, url.host, url.port, name, url.options)
+    except psycopg.Error as exc:
+        raise ToolkitError(f"cannot create database {name!r}: {error_line(exc, last=True)}",
+                           hint="the role must be allowed to create databases (CREATEDB)") from None
+    try:
         if admin.vector_template is None:
             with psycopg.connect(PgUrl(admin.url.user, admin.url.password, admin.url.host, admin.url.port, name,
                                        admin.url.options).libpq, autocommit=True, connect_timeout=10) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    except psycopg.Error as exc:
-        raise ToolkitError(f"cannot create database {name!r}: {error_line(exc, last=True)}",
-                           hint="the role must be allowed to create databases (CREATEDB)") from None
+    except BaseException as exc:
+        _drop_database(engine, name)  # no half-made database left behind
+        if not isinstance(exc, psycopg.Error):
+            raise
+        raise NotReadyError(f"cannot create the vector extension in the new database {name!r}: "
+                            f"{error_line(exc, last=True)}",
+                            hint="a superuser must create it (CREATE EXTENSION vector), or restore without --into") \
+            from None
     return target
 
 
