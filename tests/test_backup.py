@@ -353,3 +353,26 @@ def test_into_without_the_rights_it_needs_leaves_no_database(filled: dict[str, A
     refused = run_toolkit("restore", filled["file"], *external, "--into", "copy")
     assert refused.returncode == 5 and "vector extension in the new database 'copy'" in refused.stderr, refused.stderr
     assert _sql(admin.libpq, "SELECT datname FROM pg_database WHERE datname = 'copy'") == []
+
+
+@pytest.mark.parametrize("answer", [b"n\n", b"y\n"])
+def test_at_a_terminal_restore_asks_and_a_no_changes_nothing(filled: dict[str, Any], answer: bytes) -> None:
+    import pty
+
+    _sql(_url(), "INSERT INTO plain_notes (note) VALUES ('after the backup')")
+    changed = _contents(_url())
+    primary, secondary = pty.openpty()
+    try:
+        child = spawn_toolkit("restore", filled["file"], stdin=secondary)
+        os.close(secondary)
+        os.write(primary, answer)
+        out, err = child.communicate(timeout=180)
+    finally:
+        os.close(primary)
+    assert "Replace database 'memgpt' (it holds 3 tables" in err and "[y/N]" in err, err
+    if answer == b"n\n":
+        assert child.returncode == 1 and "nothing was changed" in err
+        assert _contents(_url()) == changed
+    else:
+        assert child.returncode == 0 and "verified against its record" in out, err
+        assert _contents(_url()) != changed
