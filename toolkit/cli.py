@@ -37,6 +37,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("toolkit.commands.image", "image"),
     ("toolkit.commands.configure", "configure"),
     ("toolkit.commands.migrate", "migrate"),
+    ("toolkit.commands.backup", "backup"),
+    ("toolkit.commands.backup", "restore"),
 )
 
 

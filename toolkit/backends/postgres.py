@@ -450,3 +450,34 @@ def _json(value: Any) -> dict[str, Any]:
     if isinstance(value, (bytes, str)):
         value = json.loads(value)
     return dict(value)
+
+
+# -- the archival tables of a whole database (for `toolkit backup` / `restore`) ----------------------
+
+def archival_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    """The tables in the connection's current schema with MemGPT's passage layout (every column of
+    ``COLUMNS``, ``embedding`` a vector): what ``passages`` reads and ``migrate``'s checksum covers."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') "
+        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY(%s) "
+        "AND (a.attname <> 'embedding' OR format_type(a.atttypid, NULL) = 'vector') "
+        "GROUP BY c.relname HAVING count(*) = %s ORDER BY c.relname", [list(COLUMNS), len(COLUMNS)]).fetchall()
+    return [row[0] for row in rows]
+
+
+def passages(conn: psycopg.Connection[Any], table: str, batch_size: int = 1000) -> Iterator[list[Passage]]:
+    """Every passage of ``table`` (one of ``archival_tables``), in batches, through a server-side cursor in
+    the connection's transaction (``conn`` must not be in autocommit: a backup reads in the snapshot
+    pg_dump dumps). The vector adapter is registered on ``conn``."""
+    from pgvector.psycopg import register_vector
+    from psycopg import sql
+
+    register_vector(conn)
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    subvector = row is not None and _version(row[0]) >= (0, 7)
+    query = sql.SQL("SELECT {cols} FROM {table}").format(cols=_select_list(subvector), table=sql.Identifier(table))
+    with conn.cursor(name="toolkit_passages", binary=True) as cur:
+        cur.execute(query)
+        while rows := cur.fetchmany(batch_size):
+            yield [_passage(row) for row in rows]

@@ -100,6 +100,10 @@ class Engine(Protocol):
     def psql_argv(self, url: str) -> list[str]:
         """argv that opens psql against the server (a local psql binary, or ``docker exec``)."""
 
+    def tool(self, name: str) -> str:
+        """The local path of a Postgres client program (``pg_dump``, ``pg_restore``) of a version that fits
+        this engine's server, which must be up; EngineUnavailableError naming the versions when none fits."""
+
     def admin(self) -> Admin:
         """A role (and what it needs) that creates databases for tests, owned by the application role, with
         the ``vector`` extension: for the pytest plugin. Needs the server up; idempotent, safe to call from

@@ -454,6 +454,13 @@ class DockerEngine:
         raise EngineUnavailableError("no psql on this machine and no docker CLI to use the container's",
                                      hint="install a Postgres client (apt-get install postgresql-client)")
 
+    def tool(self, name: str) -> str:
+        # a local tool over the published port: the image's own may lack it (the official image has them,
+        # the offline one only the server's), and one local tool of a fitting version serves every image
+        from toolkit.engines.tools import fitting_tool
+
+        return str(fitting_tool(name, self.endpoint().url.with_address(host=connect_host(self.db.bind))))
+
     @daemon_errors
     def admin(self) -> Admin:
         """A role for tests (``<user>_tests``) and a template with the ``vector`` extension, set up by the

@@ -138,6 +138,9 @@ class EmbeddedEngine:
     def psql_argv(self, url: str) -> list[str]:
         return [str(bin_path("psql")), url]
 
+    def tool(self, name: str) -> str:
+        return str(bin_path(name))  # the server's own install: the same version
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     def initialized(self) -> bool:

@@ -60,6 +60,11 @@ class ExternalEngine:
         # the only role known here: it owns what it creates, and may need CREATEDB (checked where used)
         return Admin(self.url, self.url.user)
 
+    def tool(self, name: str) -> str:
+        from toolkit.engines.tools import fitting_tool
+
+        return str(fitting_tool(name, self.url))
+
     def psql_argv(self, url: str) -> list[str]:
         local = shutil.which("psql")
         if local:
