@@ -229,6 +229,16 @@ def test_bad_archives_are_refused_in_one_line_naming_the_problem(here: Path, cas
     assert (path.read_bytes() if path.is_file() else None) == before  # the source untouched
 
 
+def test_an_archive_that_cannot_be_written_is_refused_before_the_copy(here: Path) -> None:
+    source = fill_local(here)
+    (here / "a-file").write_text("not a directory")
+
+    said = _cli_refusal("--from", source.render(), "--to", f"parquet://{here / 'a-file' / 'archive.parquet'}")
+
+    assert "nothing was written" in said and "a-file is not a directory" in said
+    assert (here / "a-file").read_text() == "not a directory"
+
+
 # -- an archive is not a store MemGPT uses --------------------------------------------------------------------
 
 

@@ -59,7 +59,7 @@ def test_smoke_table_names_stopped_servers_and_how_to_start_them() -> None:
     done = run_toolkit("smoke", "--backend", "all", "-n", "10", "--dim", "16", env=env)
     assert done.returncode == 6  # a backend failed (README: exit codes)
     assert done.stderr.strip().splitlines()[-1] == (
-        "toolkit: error: 3 of 6 checks did not pass (postgres, chroma-http: not running; lancedb-s3: fail); "
+        "toolkit: error: 3 of 7 checks did not pass (postgres, chroma-http: not running; lancedb-s3: fail); "
         "the table above says why")
     lines = {line.split()[0]: line for line in done.stdout.splitlines()[1:-1]}
     assert "not running" in lines["postgres"] and "`toolkit up`" in lines["postgres"]

@@ -23,6 +23,7 @@ did not write are only ever read.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
 import json
 import os
@@ -199,7 +200,7 @@ def _open_archive(path: Path) -> _Archive:
     import pyarrow.parquet as pq
 
     try:
-        file = pq.ParquetFile(path)
+        file = pq.ParquetFile(path, buffer_size=1 << 22)  # streams a row group of any size in 4 MiB reads
         arrow = file.schema_arrow
     except (pa.ArrowException, OSError) as exc:
         raise _refuse(path, f"is not a readable Parquet file ({error_line(exc)})",
@@ -372,6 +373,7 @@ class ParquetStore(StoreBase):
         if self.path.exists() and not overwrite:
             raise BackendError(f"the archive {self.path} exists already",
                                hint="add --overwrite to replace it (the archive is written afresh), or name another file")
+        self._new_temp().unlink()  # a directory it cannot write in is refused now, before anything is copied
         self._stage = _Stage(overwrite)
 
     def publish(self) -> None:
@@ -402,12 +404,31 @@ class ParquetStore(StoreBase):
         stage = self._stage
         if stage is not None and stage.writer is not None:
             writer, stage.writer = stage.writer, None
-            writer.close()
-            with open(stage.temp, "rb+") as handle:  # type: ignore[arg-type]
-                os.fsync(handle.fileno())
+            assert stage.temp is not None
+            with self._io():
+                writer.close()
+                with open(stage.temp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+            stat = stage.temp.stat()
+            self._checked = (stage.temp, stat.st_size, stat.st_mtime_ns)  # what was written is read by the verification
+
+    @contextlib.contextmanager
+    def _io(self) -> Iterator[None]:
+        """A write that fails (a full disk) as a BackendError of one line."""
+        try:
+            yield
+        except OSError as exc:
+            raise BackendError(f"cannot write the archive {self.path}: {exc.strerror or error_line(exc)}",
+                               hint="free some space or choose another directory") from None
 
     def _new_temp(self) -> Path:
         """A new empty hidden file next to the archive, readable by its owner only."""
+        probe = self.path.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise BackendError(f"cannot write the archive {self.path}: {probe} is not a directory",
+                               hint="choose a writable directory")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
@@ -520,13 +541,14 @@ class ParquetStore(StoreBase):
         if stage is not None and (stage.writer is not None or stage.temp is None):
             if stage.dim is not None and stage.dim != dim:
                 raise dim_mismatch(f"the archive {self.path}", stage.dim, dim)
-            if stage.temp is None:
-                stage.temp = self._new_temp()
-                stage.writer = pq.ParquetWriter(stage.temp, schema(dim, self.table))
-                stage.dim = dim
-            stage.writer.write_table(data, row_group_size=len(batch))  # one row group per batch
+            with self._io():
+                if stage.temp is None:
+                    stage.temp = self._new_temp()
+                    stage.writer = pq.ParquetWriter(stage.temp, schema(dim, self.table))
+                    stage.dim = dim
+                stage.writer.write_table(data, row_group_size=len(batch))  # one row group per batch
             return len(batch)
-        with self._writing():
+        with self._writing(), self._io():
             archive = self._archive()
             self._writable(archive, dim)
             if archive is None:
@@ -620,7 +642,8 @@ class ParquetStore(StoreBase):
             gone = sum(int(pc.sum(pc.is_in(b.column("id"), keys)).as_py() or 0) for b in self._batches(archive, ["id"]))
             if gone:
                 self._writable(archive, archive.dim or 0)
-                self._rewrite(archive, archive.dim or 0, None, wanted)
+                with self._io():
+                    self._rewrite(archive, archive.dim or 0, None, wanted)
         return gone
 
     def drop(self) -> None:
