@@ -301,10 +301,15 @@ def test_two_writers_of_one_archive_never_clobber(here: Path) -> None:
     published = Path(location.location).read_bytes()
     with pytest.raises(BackendError, match="appeared while it was being written"):
         second.publish()
+    late = Path(archive(here, "late.parquet").location)
+    with pytest.raises(MigrationError, match="appeared while it was being written; nothing was written"):
+        # the same through a migration (a refusal, exit 7): another writer's file lands while this one verifies
+        migrate(fill_local(here), archive(here, "late.parquet"), on_verify=lambda: late.write_text("theirs"))
+    assert late.read_text() == "theirs"
     second.close()
     first.close()
     assert Path(location.location).read_bytes() == published
-    assert os.listdir(here) == ["archive.parquet"]  # the loser's staged file is gone
+    assert sorted(os.listdir(here)) == ["archive.parquet", "late.parquet", "local-3-24"]  # no staged file is left
 
 
 @pytest.mark.slow

@@ -245,7 +245,8 @@ def migrate(
         expected, got = _copy(src, dst, destination, table, batch, progress, on_verify)
         _verify(expected, got, dst.count())
         if isinstance(dst, WritesAside):
-            dst.publish()  # only a verified archive appears under its name
+            with _refused_unless_usable("--to", destination):  # another writer's archive came first: refused
+                dst.publish()  # only a verified archive appears under its name
     seconds = time.perf_counter() - started
     backup = _switch(switch, destination) if switch else None
     return Result(source=str(source), destination=str(destination), table=table, rows=expected.count,

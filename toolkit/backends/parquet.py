@@ -370,7 +370,7 @@ class ParquetStore(StoreBase):
         archive is refused unless ``overwrite``: nothing is written then."""
         if self.path.is_dir():
             raise _refuse(self.path, "is a directory", "name a file: parquet:///path/archive.parquet")
-        if self.path.exists() and not overwrite:
+        if os.path.lexists(self.path) and not overwrite:  # a dangling symlink too: never written through
             raise BackendError(f"the archive {self.path} exists already",
                                hint="add --overwrite to replace it (the archive is written afresh), or name another file")
         self._new_temp().unlink()  # a directory it cannot write in is refused now, before anything is copied
@@ -391,8 +391,8 @@ class ParquetStore(StoreBase):
                 try:
                     os.link(stage.temp, self.path)  # fails if the name is taken: never clobbers
                 except FileExistsError:
-                    raise BackendError(f"the archive {self.path} appeared while it was being written; "
-                                       "nothing was written", hint="add --overwrite to replace it") from None
+                    raise BackendError(f"the archive {self.path} appeared while it was being written",
+                                       hint="add --overwrite to replace it") from None
                 stage.temp.unlink()
             _sync_directory(self.path.parent)
         except OSError as exc:
