@@ -66,9 +66,9 @@ def test_smoke_table_names_stopped_servers_and_how_to_start_them() -> None:
     assert "not running" in lines["chroma-http"] and "`toolkit chroma up`" in lines["chroma-http"]
     assert all(line.count("not running") == 1 for line in lines.values() if "not running" in line), lines  # said once
     assert "`toolkit s3 up`" in lines["lancedb-s3"]
-    for backend in ("local", "chroma", "lancedb"):
+    for backend in ("local", "chroma", "lancedb", "parquet"):
         assert " pass " in lines[backend]
-    assert done.stdout.splitlines()[-1].startswith("3/6 passed")
+    assert done.stdout.splitlines()[-1].startswith("4/7 passed")
 
 
 def test_default_selection_is_memgpt_config_plus_postgres(isolated: Path) -> None:
