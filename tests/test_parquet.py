@@ -295,9 +295,13 @@ def test_two_writers_of_one_archive_never_clobber(here: Path) -> None:
 
     location = archive(here).store()
     first, second = ParquetStore(location), ParquetStore(location)
-    for store, seed in ((first, 1), (second, 2)):
-        store.stage(overwrite=False)
-        store.insert(passages(10, 8, seed))
+    first.stage(overwrite=False)
+    first.insert(passages(10, 8, 1))
+    [staged] = [here / name for name in os.listdir(here) if name.startswith(".archive.parquet.")]
+    os.utime(staged, (1, 1))  # old, but its writer is alive: the next one's sweep leaves it
+    second.stage(overwrite=False)
+    second.insert(passages(10, 8, 2))
+    assert staged.exists()
     first.publish()
     published = Path(location.location).read_bytes()
     with pytest.raises(BackendError, match="appeared while it was being written"):
@@ -342,9 +346,12 @@ def test_interrupted_migration_leaves_no_archive(here: Path, stop: signal.Signal
     if stop == signal.SIGINT:
         assert child.returncode == 130, err
         assert left == ["local-3-64"]  # no archive, and no staged file either
-    else:  # killed outright: its hidden staged file stays, never the archive
+    else:  # killed outright: its hidden staged file stays, never the archive; the next run sweeps it once stale
         assert child.returncode == -signal.SIGKILL
         assert left[-1] == "local-3-64" and all(name.startswith(".archive.parquet.") for name in left[:-1])
+        for name in left[:-1]:
+            os.utime(here / name, (1, 1))
 
     result = migrate(source, file, batch=500)  # a re-run writes it afresh
     assert result.verified and result.destination_before == 0 and rows_of(file, TABLE) == rows_of(source, TABLE)
+    assert sorted(os.listdir(here)) == ["archive.parquet", "local-3-64"]

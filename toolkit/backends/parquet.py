@@ -77,6 +77,7 @@ VERSION_KEY = b"toolkit.archive_version"
 VERSION = b"1"
 TABLE_KEY = b"toolkit.table"
 ROWS = 1024  # rows per internal batch: a 4096-dimensional batch is 16 MiB of embeddings
+STALE = 60.0  # seconds untouched after which a temporary file no process holds is a dead writer's
 
 STRINGS = ("id", "text", "embedding_model", "user_id", "agent_id", "doc_id", "data_source", "metadata")
 REQUIRED = ("id", "user_id", "text", "embedding")
@@ -362,6 +363,7 @@ class ParquetStore(StoreBase):
         self.table = location.table
         self._stage: _Stage | None = None
         self._checked: tuple[Path, int, int] | None = None  # (file, size, mtime) read through once without fault
+        self._held: dict[Path, int] = {}  # temporary files of ours -> the descriptor holding their lock
 
     # -- writing aside (a migration's destination: base.WritesAside) ---------------------------------
 
@@ -373,7 +375,8 @@ class ParquetStore(StoreBase):
         if os.path.lexists(self.path) and not overwrite:  # a dangling symlink too: never written through
             raise BackendError(f"the archive {self.path} exists already",
                                hint="add --overwrite to replace it (the archive is written afresh), or name another file")
-        self._new_temp().unlink()  # a directory it cannot write in is refused now, before anything is copied
+        self._let_go(self._new_temp(), remove=True)  # a directory it cannot write in is refused now, before the copy
+        self._sweep()
         self._stage = _Stage(overwrite)
 
     def publish(self) -> None:
@@ -393,7 +396,7 @@ class ParquetStore(StoreBase):
                 except FileExistsError:
                     raise BackendError(f"the archive {self.path} appeared while it was being written",
                                        hint="add --overwrite to replace it") from None
-                stage.temp.unlink()
+            self._let_go(stage.temp, remove=True)
             _sync_directory(self.path.parent)
         except OSError as exc:
             raise BackendError(f"cannot write the archive {self.path}: {exc.strerror or exc}",
@@ -435,8 +438,41 @@ class ParquetStore(StoreBase):
         except OSError as exc:
             raise BackendError(f"cannot write the archive {self.path}: {exc.strerror or exc}",
                                hint="choose a writable directory") from None
-        os.close(fd)  # mkstemp made it 0600
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held while the file lives: a sweep never takes a live writer's file
+        self._held[Path(name)] = fd  # mkstemp made it 0600
         return Path(name)
+
+    def _let_go(self, temp: Path, *, remove: bool) -> None:
+        """``temp`` is renamed away (or, ``remove``, removed now): close its lock."""
+        if remove:
+            temp.unlink(missing_ok=True)
+        fd = self._held.pop(temp, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _sweep(self) -> None:
+        """Remove what writers killed outright (SIGKILL, a crash) left next to the archive: hidden temporary files
+        that no process holds and nobody touched for a while."""
+        import fcntl
+        import glob
+        import time
+
+        for leftover in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+            try:
+                if time.time() - leftover.stat().st_mtime < STALE:
+                    continue  # just made: its writer may not hold it yet
+                fd = os.open(leftover, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                continue  # a live writer's
+            finally:
+                os.close(fd)
 
     # -- files -------------------------------------------------------------------------------------------
 
@@ -519,8 +555,9 @@ class ParquetStore(StoreBase):
                 os.fsync(handle.fileno())
             os.replace(temp, archive.path)
         except BaseException:
-            temp.unlink(missing_ok=True)
+            self._let_go(temp, remove=True)
             raise
+        self._let_go(temp, remove=False)
 
     def _writing(self) -> Any:
         """One writer at a time (across processes), as each write reads the file and renames a new one in."""
@@ -557,8 +594,9 @@ class ParquetStore(StoreBase):
                     pq.write_table(data, temp)
                     os.replace(temp, self.path)
                 except BaseException:
-                    temp.unlink(missing_ok=True)
+                    self._let_go(temp, remove=True)
                     raise
+                self._let_go(temp, remove=False)
             else:
                 self._rewrite(archive, dim, data, set())
         return len(batch)
@@ -678,7 +716,7 @@ class ParquetStore(StoreBase):
                 pass
             stage.writer = None
         if stage.temp is not None:
-            stage.temp.unlink(missing_ok=True)
+            self._let_go(stage.temp, remove=True)
             stage.temp = None
 
     def close(self) -> None:
