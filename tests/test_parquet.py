@@ -269,9 +269,12 @@ def test_smoke_checks_an_archive_and_leaves_no_file(here: Path) -> None:
     result = smoke.check_location(StoreLocation("parquet", str(here / "smoke.parquet")), n=40, dim=16)
     assert result.ok, result.detail
     assert list(here.iterdir()) == []
-    done = run_toolkit("smoke", "--backend", "parquet", "--json", "-n", "20", "--dim", "8")
+    temp = here / "tmp"
+    temp.mkdir()
+    done = run_toolkit("smoke", "--backend", "parquet", "--json", "-n", "20", "--dim", "8", env={"TMPDIR": str(temp)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["results"][0]["result"] == "pass"
+    assert list(temp.iterdir()) == []  # its temporary archive is gone
 
 
 # -- writing: streamed, put in place only when verified ----------------------------------------------------------
