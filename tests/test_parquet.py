@@ -182,7 +182,7 @@ def test_an_existing_archive_is_refused_unless_overwrite(here: Path) -> None:
     assert replaced.verified and rows_of(file, TABLE) == rows_of(other, TABLE)
 
 
-@pytest.mark.parametrize("case", ["other schema", "truncated", "garbage", "wrong type", "ragged", "dim column",
+@pytest.mark.parametrize("case", ["other schema", "truncated", "damaged", "garbage", "wrong type", "ragged", "dim column",
                                   "bad uuid", "another table", "missing", "directory"])
 def test_bad_archives_are_refused_in_one_line_naming_the_problem(here: Path, case: str) -> None:
     import pyarrow as pa
@@ -191,12 +191,16 @@ def test_bad_archives_are_refused_in_one_line_naming_the_problem(here: Path, cas
     path = here / "in.parquet"
     table = "other_table" if case == "another table" else TABLE
     good = fill_local(here, table=table)
-    if case in ("truncated", "another table", "dim column", "bad uuid"):
+    if case in ("truncated", "damaged", "another table", "dim column", "bad uuid"):
         migrate(good, Spec("parquet", str(path)), table=table)
     if case == "other schema":
         pq.write_table(pa.table({"a": [1, 2], "b": ["x", "y"]}), path)
     elif case == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif case == "damaged":  # the footer intact, the pages not
+        data = bytearray(path.read_bytes())
+        data[100:len(data) // 2] = os.urandom(len(data) // 2 - 100)
+        path.write_bytes(bytes(data))
     elif case == "garbage":
         path.write_bytes(os.urandom(5000))
     elif case == "wrong type":
@@ -216,6 +220,7 @@ def test_bad_archives_are_refused_in_one_line_naming_the_problem(here: Path, cas
     elif case == "directory":
         path.mkdir()
     expected = {"other schema": "lacks the columns id, user_id, text, embedding", "truncated": "not a readable Parquet",
+                "damaged": "cannot be read (",
                 "garbage": "not a readable Parquet", "wrong type": "column 'embedding' of type string",
                 "ragged": "different lengths in column 'embedding'", "dim column": "in column 'embedding_dim'",
                 "bad uuid": "in column 'user_id', not a uuid", "another table": "holds table other_table",

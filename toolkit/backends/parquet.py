@@ -498,18 +498,19 @@ class ParquetStore(StoreBase):
         stat = path.stat()
         key = (path, stat.st_size, stat.st_mtime_ns)
         if self._checked != key:
-            dim = archive.dim
-            for batch in archive.file.iter_batches(ROWS, columns=archive.columns):
-                rows = _passages(batch, archive, dim)
-                dim = dim or (rows[0].embedding_dim if rows else None)
+            for _ in self._rows(archive):
+                pass
             self._checked = key
         return archive
 
     def _batches(self, archive: _Archive, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+
         try:
             yield from archive.file.iter_batches(ROWS, columns=columns or archive.columns)
-        except OSError as exc:
-            raise _refuse(archive.path, f"cannot be read ({error_line(exc)})") from None
+        except (pa.ArrowException, OSError) as exc:  # damage past the footer: a page that does not decode
+            raise _refuse(archive.path, f"cannot be read ({error_line(exc)})",
+                          "it is damaged: write it again, or restore it from a copy") from None
 
     def _rows(self, archive: _Archive) -> Iterator[list[Passage]]:
         dim = archive.dim
@@ -540,7 +541,7 @@ class ParquetStore(StoreBase):
             gone = pa.array(sorted(drop | set(new_ids)), pa.string())
             written = 0
             with pq.ParquetWriter(temp, schema(dim, self.table)) as writer:
-                for batch in archive.file.iter_batches(ROWS):
+                for batch in self._batches(archive, archive.file.schema_arrow.names):
                     kept = pa.Table.from_batches([batch]).filter(pc.invert(pc.is_in(batch.column("id"), gone)))
                     if kept.num_rows == 0:
                         continue
