@@ -603,33 +603,42 @@ class ParquetStore(StoreBase):
         return len(batch)
 
     def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
+        """Exact L2 over the embedding column, a batch at a time (the k best kept); then the k passages by id."""
         import numpy as np
 
         archive = self._archive()
         if archive is None or k <= 0:
             return []
+        keys = list(filters.as_dict()) if filters else []
+        if any(key not in archive.columns for key in keys):
+            return []
         q = np.asarray(embedding, dtype=np.float32)
-        best: list[tuple[float, int]] = []  # (-distance, -row): a max-heap of the k nearest, earlier rows first on ties
-        chosen: dict[int, Passage] = {}
-        order = 0
-        for rows in self._rows(archive):
-            if not rows:
-                continue
-            if q.shape != (rows[0].embedding_dim,):
-                raise dim_mismatch(f"the archive {archive.path}", rows[0].embedding_dim, q.size)
-            vectors = np.stack([np.asarray(p.embedding) for p in rows])
-            distances = ((vectors - q) ** 2).sum(axis=1, dtype=np.float64)
-            for i in np.flatnonzero(_mask_rows(rows, filters)):
-                item = (-float(distances[i]), -(order + int(i)))
-                if len(best) < k:
-                    heapq.heappush(best, item)
-                elif item > best[0]:
-                    chosen.pop(-heapq.heapreplace(best, item)[1])
-                else:
-                    continue
-                chosen[order + int(i)] = rows[i]
-            order += len(rows)
-        return [chosen[-row] for _, row in sorted(best, reverse=True)]
+        best: list[tuple[float, int, str]] = []  # (-distance, -row, id): a max-heap of the k nearest, earlier rows first
+        start, dim = 0, archive.dim
+        for batch in self._batches(archive, ["id", "embedding", *(c for c in ("embedding_dim",) if c in archive.columns),
+                                             *keys]):
+            vectors = _vectors(batch, archive, dim)
+            dim = dim or (vectors.shape[1] if len(vectors) else None)
+            if len(vectors) and q.shape != (vectors.shape[1],):
+                raise dim_mismatch(f"the archive {archive.path}", vectors.shape[1], q.size)
+            candidates = np.flatnonzero(_mask(batch, filters))
+            if candidates.size:
+                distances = ((vectors[candidates] - q) ** 2).sum(axis=1, dtype=np.float64)
+                nearest = candidates[np.argsort(distances, kind="stable")[:k]]  # this batch's best, in order
+                ranked = dict(zip(candidates.tolist(), distances.tolist(), strict=True))
+                ids = batch.column("id")
+                for i in nearest.tolist():
+                    item = (-ranked[i], -(start + i), ids[i].as_py())
+                    if len(best) < k:
+                        heapq.heappush(best, item)
+                    elif item[:2] > best[0][:2]:
+                        heapq.heapreplace(best, item)
+                    else:
+                        break  # the rest of this batch is farther still
+            start += batch.num_rows
+        found = {p.id: p for p in self.get(uuid.UUID(i) for _, _, i in best)}
+        return [found[uuid.UUID(i)] for _, _, i in sorted(best, key=lambda item: item[:2], reverse=True)
+                if uuid.UUID(i) in found]
 
     def count(self, filters: Filters | None = None) -> int:
         archive = self._archive()
@@ -724,14 +733,6 @@ class ParquetStore(StoreBase):
         """An archive staged and not published is removed: a failed or interrupted migration leaves no file."""
         self._discard()
         self._stage = None
-
-
-def _mask_rows(rows: list[Passage], filters: Filters | None) -> np.ndarray:
-    import numpy as np
-
-    wanted = filters.as_dict() if filters else {}
-    return np.fromiter((all(getattr(p, key) == value for key, value in wanted.items()) for p in rows),
-                       dtype=bool, count=len(rows))
 
 
 def _sync_directory(directory: Path) -> None:
