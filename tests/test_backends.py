@@ -24,7 +24,7 @@ from toolkit.errors import BackendError, UsageError
 from toolkit.ports import free_port
 from toolkit.testing.databases import TestDatabase
 
-ALL = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3")
+ALL = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3", "parquet")
 
 
 @pytest.fixture(params=ALL)

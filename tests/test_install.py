@@ -94,7 +94,7 @@ def test_the_base_install_provisions_postgres_and_checks_local_and_postgres(base
     rows = {line.split()[0]: line for line in every.stdout.splitlines()[1:-1]}
     assert [n for n, row in rows.items() if " pass " in row] == ["local", "postgres"], every.stdout
     for name, extra in (("chroma", "chroma"), ("chroma-http", "chroma"), ("lancedb", "lancedb"),
-                        ("lancedb-s3", "lancedb")):
+                        ("lancedb-s3", "lancedb"), ("parquet", "parquet")):
         assert "not installed" in rows[name] and f"pip install 'toolkit[{extra}]'" in rows[name], rows[name]
     doctor = run_base(base_venv, "doctor")
     assert doctor.returncode == 0, doctor.stdout
@@ -109,6 +109,7 @@ def test_the_base_install_provisions_postgres_and_checks_local_and_postgres(base
     (("smoke", "--backend", "chroma-http"), "chroma-http", "chroma"),
     (("smoke", "--backend", "lancedb"), "lancedb", "lancedb"),
     (("smoke", "--backend", "lancedb-s3"), "lancedb-s3", "lancedb"),
+    (("smoke", "--backend", "parquet"), "parquet", "parquet"),
     (("chroma", "up"), "toolkit chroma up", "chroma"),
     (("s3", "up"), "toolkit s3 up", "s3"),
 ], ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)

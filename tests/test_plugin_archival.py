@@ -159,7 +159,7 @@ def test_unknown_backend_is_a_usage_error_listing_the_known_ones(isolated: Path)
     assert result.returncode == 4, outcome(result)  # pytest's usage error
     assert result.stderr.strip().splitlines() == [
         "ERROR: toolkit: --toolkit-backends names unknown archival backend 'lancdb'; "
-        "choose from local, postgres, chroma, chroma-http, lancedb, lancedb-s3 (or all)"]
+        "choose from local, postgres, chroma, chroma-http, lancedb, lancedb-s3, parquet (or all)"]
 
     write_tests(isolated, marker="@pytest.mark.archival_backends('local', 'postgress')")
     result = run_pytest(isolated)

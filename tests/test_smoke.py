@@ -59,16 +59,16 @@ def test_smoke_table_names_stopped_servers_and_how_to_start_them() -> None:
     done = run_toolkit("smoke", "--backend", "all", "-n", "10", "--dim", "16", env=env)
     assert done.returncode == 6  # a backend failed (README: exit codes)
     assert done.stderr.strip().splitlines()[-1] == (
-        "toolkit: error: 3 of 6 checks did not pass (postgres, chroma-http: not running; lancedb-s3: fail); "
+        "toolkit: error: 3 of 7 checks did not pass (postgres, chroma-http: not running; lancedb-s3: fail); "
         "the table above says why")
     lines = {line.split()[0]: line for line in done.stdout.splitlines()[1:-1]}
     assert "not running" in lines["postgres"] and "`toolkit up`" in lines["postgres"]
     assert "not running" in lines["chroma-http"] and "`toolkit chroma up`" in lines["chroma-http"]
     assert all(line.count("not running") == 1 for line in lines.values() if "not running" in line), lines  # said once
     assert "`toolkit s3 up`" in lines["lancedb-s3"]
-    for backend in ("local", "chroma", "lancedb"):
+    for backend in ("local", "chroma", "lancedb", "parquet"):
         assert " pass " in lines[backend]
-    assert done.stdout.splitlines()[-1].startswith("3/6 passed")
+    assert done.stdout.splitlines()[-1].startswith("4/7 passed")
 
 
 def test_default_selection_is_memgpt_config_plus_postgres(isolated: Path) -> None:

@@ -35,6 +35,7 @@ class Extra:
 EXTRAS: dict[str, Extra] = {
     "chroma": Extra("chroma", ("chromadb",), "the chroma and chroma-http backends, toolkit chroma up"),
     "lancedb": Extra("lancedb", ("lancedb", "pyarrow"), "the lancedb and lancedb-s3 backends"),
+    "parquet": Extra("parquet", ("pyarrow",), "the parquet archive (toolkit migrate --to parquet://...)"),
     "s3": Extra("s3", ("moto", "flask"), "toolkit s3 up"),
 }
 

@@ -7,6 +7,9 @@ generations write to what they open), so it stays byte for byte as it was. At th
 must agree on the row count and on a checksum over ids,
 texts and embeddings (float32, as every backend stores them), computed independently of order. Where the
 destination allows it (Postgres), each batch is read back by id while the next one is copied.
+
+An archive destination (a Parquet file: ``WritesAside``) is written aside and put in place only once verified: an
+existing one is refused unless ``overwrite``, and a re-run writes it afresh rather than resuming.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.backends import DEFAULT_TABLE, ArchivalStore, Passage, open_store
+from toolkit.backends.base import WritesAside
 from toolkit.errors import BackendError, MigrationError
 from toolkit.specs import Spec
 
@@ -191,18 +195,22 @@ def migrate(
     batch: int = 1000,
     dry_run: bool = False,
     switch: Path | None = None,
+    overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_verify: Callable[[], None] | None = None,
 ) -> Result:
     """Copy ``table`` from ``source`` to ``destination`` and verify; refusals raise before any write.
     ``switch``: then point the MemGPT config at that path to the destination (checked before anything is
-    copied; a dry run only checks it).
+    copied; a dry run only checks it). ``overwrite``: an archive destination that exists is replaced (else refused).
 
     ``on_start(source_rows, destination_rows)`` is called once the checks passed, ``progress(n)`` after
     each batch written, ``on_verify()`` before the destination is read back.
     """
     _check_request(source, destination, batch)
+    if switch and destination.kind.MEMGPT_TYPE is None:
+        raise MigrationError(f"--switch: MemGPT cannot use {destination} as its archival storage; nothing was written",
+                             hint="migrate without --switch, and restore the archive into a store to switch to")
     if switch:  # a config the switch could not write is refused before the copy, not after it
         from toolkit import memgpt_config
 
@@ -224,15 +232,22 @@ def migrate(
             return planned(0)
         with _refused_unless_usable("--to", destination):
             dst = stores.enter_context(closing(open_store(destination.store(table))))
+            if isinstance(dst, WritesAside):
+                dst.stage(overwrite=overwrite)
+            elif overwrite:
+                raise MigrationError(f"--overwrite applies to an archive destination (a parquet:// file), not {destination}",
+                                     hint="drop --overwrite: this destination is resumed by upsert")
             before = _destination_rows(dst, destination, table, dim)
         if dry_run:
             return planned(before)
         if on_start:
             on_start(rows, before)
         expected, got = _copy(src, dst, destination, table, batch, progress, on_verify)
-        dst_rows = dst.count()
+        _verify(expected, got, dst.count())
+        if isinstance(dst, WritesAside):
+            with _refused_unless_usable("--to", destination):  # another writer's archive came first: refused
+                dst.publish()  # only a verified archive appears under its name
     seconds = time.perf_counter() - started
-    _verify(expected, got, dst_rows)
     backup = _switch(switch, destination) if switch else None
     return Result(source=str(source), destination=str(destination), table=table, rows=expected.count,
                   copied=expected.count, destination_before=before, checksum=expected.hexdigest(), verified=True,

@@ -7,6 +7,7 @@
     lancedb:///ABS/PATH                    LanceDB in a directory
     s3://BUCKET/PREFIX                     LanceDB on an S3-compatible store (TOOLKIT_S3_* / AWS_* settings)
     local:///ABS/PATH                      local files (MemGPT's default ~/.memgpt/archival)
+    parquet:///ABS/PATH/ARCHIVE.parquet    a portable archive file (migrate only: MemGPT cannot use it)
     chroma | chroma+http | lancedb | local the backend's default location from settings
 
 Chroma and LanceDB SPECs take ``?format=F`` (``chroma:///path?format=0.5``, ``lancedb:///path?format=legacy``,

@@ -35,7 +35,7 @@ MEMGPT_DEFAULT = "local"  # MemGPT's archival storage when its config names none
 def _registry() -> dict[str, Backend]:
     """name -> module, typed: mypy checks each module against Backend here. The order is the order of
     `smoke --backend all` and of every list shown to people."""
-    from toolkit.backends import chroma, chroma_http, lancedb, lancedb_s3, local, postgres
+    from toolkit.backends import chroma, chroma_http, lancedb, lancedb_s3, local, parquet, postgres
 
     return {
         "local": local,
@@ -44,6 +44,7 @@ def _registry() -> dict[str, Backend]:
         "chroma-http": chroma_http,
         "lancedb": lancedb,
         "lancedb-s3": lancedb_s3,
+        "parquet": parquet,
     }
 
 
@@ -57,7 +58,8 @@ def __getattr__(name: str) -> Any:
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,61}[A-Za-z0-9]$")
 
 __all__ = ["BACKENDS", "DEFAULT_TABLE", "MEMGPT_DEFAULT", "ArchivalStore", "Backend", "Filters", "NotConfigured",
-           "Passage", "Prompt", "Spec", "StoreLocation", "backend", "by_scheme", "by_word", "memgpt_types", "open_store"]
+           "Passage", "Prompt", "Spec", "StoreLocation", "backend", "by_scheme", "by_word",
+           "memgpt_backends", "memgpt_types", "open_store"]
 
 
 def backend(name: str) -> Backend:
@@ -80,8 +82,13 @@ def by_word(word: str) -> Backend | None:
 
 
 def memgpt_types() -> list[str]:
-    """MemGPT's archival storage types, in registry order: what `configure` offers."""
-    return list(dict.fromkeys(b.MEMGPT_TYPE for b in _registry().values()))
+    """MemGPT's archival storage types, in registry order: what `configure` offers (an archive has none)."""
+    return list(dict.fromkeys(b.MEMGPT_TYPE for b in _registry().values() if b.MEMGPT_TYPE is not None))
+
+
+def memgpt_backends() -> list[str]:
+    """The backends MemGPT can be configured to use (not an archive), in registry order."""
+    return [name for name, b in _registry().items() if b.MEMGPT_TYPE is not None]
 
 
 def open_store(location: StoreLocation) -> ArchivalStore:

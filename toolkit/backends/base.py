@@ -95,6 +95,17 @@ class ArchivalStore(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class WritesAside(Protocol):
+    """A store a migration writes aside (an archive file): after ``stage``, writes go to a temporary copy that
+    reads read, and only ``publish`` (called once the copy is verified) puts it in place; ``close`` without it
+    removes the copy. ``stage`` refuses existing data unless ``overwrite``, before anything is written."""
+
+    def stage(self, *, overwrite: bool) -> None: ...
+
+    def publish(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class StoreLocation:
     """Where one table of passages lives: what ``open_store`` opens.
@@ -216,7 +227,7 @@ class Backend(Protocol):
     def TITLE(self) -> str: ...  # for people: "Chroma server (HTTP client)"
 
     @property
-    def MEMGPT_TYPE(self) -> str: ...  # MemGPT's [archival_storage] type for it
+    def MEMGPT_TYPE(self) -> str | None: ...  # MemGPT's [archival_storage] type for it; None: an archive MemGPT cannot use
 
     @property
     def SCHEMES(self) -> tuple[str, ...]: ...  # the SPEC schemes it parses (fnmatch patterns): chroma for chroma:///

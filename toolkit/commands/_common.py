@@ -49,18 +49,20 @@ def confirm_or_abort(question: str, *, yes: bool) -> None:
 
 
 class BackendName(click.Choice):  # type: ignore[type-arg]
-    """``click.Choice`` over the registered backends (``toolkit.backends.BACKENDS``) and ``extra`` words,
-    read when a command parses or shows its help: `toolkit --help` loads no backend module."""
+    """``click.Choice`` over the registered backends (``toolkit.backends.BACKENDS``; ``memgpt``: only those MemGPT
+    can use, not an archive) and ``extra`` words, read when a command parses or shows its help: `toolkit --help`
+    loads no backend module."""
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, memgpt: bool = False) -> None:
         self.extra = extra
+        self.memgpt = memgpt
         super().__init__((), case_sensitive=True)
 
     @property  # type: ignore[override]
     def choices(self) -> tuple[str, ...]:
-        from toolkit.backends import BACKENDS
+        from toolkit.backends import BACKENDS, memgpt_backends
 
-        return (*BACKENDS, *self.extra)
+        return (*(memgpt_backends() if self.memgpt else BACKENDS), *self.extra)
 
     @choices.setter
     def choices(self, value: object) -> None:

@@ -8,7 +8,7 @@ from toolkit.commands._common import BackendName, echo, prompt, settings_from
 
 
 @click.command()
-@click.option("--backend", type=BackendName(),
+@click.option("--backend", type=BackendName(memgpt=True),
               help="Archival backend (chroma with --uri means the HTTP client).")
 @click.option("--uri", help="postgres: connection URL; chroma: HOST:PORT of a server; lancedb: directory or s3:// URI.")
 @click.option("--path", help="chroma: persistent directory; local: archival directory.")

@@ -24,10 +24,13 @@ from toolkit.commands._common import Whole, echo, echo_json, settings_from
                    "else current].")
 @click.option("--dry-run", is_flag=True, help="Check both sides and count; write nothing.")
 @click.option("--switch", is_flag=True, help="After verification, point MemGPT's config at the destination.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing archive file (a parquet:// destination); without it one is refused, with "
+                   "nothing written.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def migrate(ctx: click.Context, source: str, destination: str, table: str, batch: int, fmt: str | None,
-            dry_run: bool, switch: bool, as_json: bool) -> None:
+            dry_run: bool, switch: bool, overwrite: bool, as_json: bool) -> None:
     """Copy archival passages from one backend to another and verify the copy.
 
     Rows stream in batches and are upserted by id, so an interrupted run is resumed by running it
@@ -36,6 +39,11 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
     copy, by the client generation that wrote it). Refused, with nothing written: same source
     and destination, a missing or empty source, an unreachable destination, a destination table
     holding embeddings of another dimension.
+
+    A parquet:// destination is a portable archive (one Parquet file that pyarrow, pandas and DuckDB
+    read): it is written to a hidden temporary file next to it and appears under its name only once
+    verified, so an interrupted run leaves no archive and a re-run writes it afresh. An existing file is
+    refused unless --overwrite. MemGPT cannot use an archive: restore it with --from parquet://... .
 
     \b
     SPEC is one of:
@@ -46,6 +54,7 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
       lancedb:///ABS/PATH                   LanceDB directory
       s3://BUCKET/PREFIX                    LanceDB on S3 (TOOLKIT_S3_ENDPOINT, AWS_ACCESS_KEY_ID, ...)
       local:///ABS/PATH                     local files
+      parquet:///ABS/PATH/ARCHIVE.parquet   a Parquet archive file (parquet://REL/PATH: relative)
       chroma | chroma+http | lancedb | local   that backend's default location
     Chroma and LanceDB SPECs take ?format=F, as --format does for the destination.
 
@@ -55,6 +64,8 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
       toolkit migrate --from local:///data/archival --to lancedb:///data/lance --dry-run
       toolkit migrate --from postgres --to chroma:///home/me/.memgpt/chroma --format memgpt
       toolkit migrate --from chroma+http://127.0.0.1:8000 --to postgresql://memgpt:memgpt@localhost:8888/memgpt
+      toolkit migrate --from postgres --to parquet:///backups/archival.parquet
+      toolkit migrate --from parquet:///backups/archival.parquet --to postgres
     """
     from toolkit import specs
     from toolkit.migrate import migrate as run
@@ -78,7 +89,7 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
                 echo("verifying: reading the destination back...", settings, err=True)
 
         result = run(src, dst, table=table, batch=batch, dry_run=dry_run,
-                     switch=settings.memgpt_config_path if switch else None,
+                     switch=settings.memgpt_config_path if switch else None, overwrite=overwrite,
                      progress=lambda n: bar.update(n) if bar is not None else None, on_start=start, on_verify=verify)
 
     if as_json:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from toolkit.testing.stores import Stores, TestStore
 
 MARKER = "archival_backends"
-BACKENDS = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3")  # for help: backends.BACKENDS' keys
+BACKENDS = ("local", "postgres", "chroma", "chroma-http", "lancedb", "lancedb-s3", "parquet")  # for help: backends.BACKENDS' keys
 _STOPPED = pytest.StashKey[list]()  # helper servers this process stopped, for the summary
 
 
