@@ -6,8 +6,10 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import select
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -44,8 +46,34 @@ def confirm_or_abort(question: str, *, yes: bool) -> None:
         raise ToolkitError(f"refusing to {question} without confirmation (no terminal to ask on)",
                            hint="re-run with --yes")
     # asked on stderr, as progress and errors are: `toolkit down --purge > log` still shows the question
-    if not click.confirm(question[0].upper() + question[1:] + "?", default=False, err=True):
-        raise Declined("nothing was changed")
+    with _signals_heard_while_asking():
+        if not click.confirm(question[0].upper() + question[1:] + "?", default=False, err=True):
+            raise Declined("nothing was changed")
+
+
+@contextmanager
+def _signals_heard_while_asking() -> Iterator[None]:
+    """click's prompts read the answer only once the terminal has a line. Python runs a signal's handler
+    between bytecodes, and a read() that began just after the signal landed (the question was flushed,
+    whoever waited for it sent SIGTERM at once) blocks until Enter: the cancelled job hangs. Short
+    selects hear the signal."""
+    from click import termui
+
+    def answer(text: str) -> str:
+        if sys.stdin is None or not sys.stdin.isatty():
+            return input(text)
+        sys.stdout.write(text)  # click points stdout at stderr for err=True
+        sys.stdout.flush()
+        while not select.select([sys.stdin], [], [], 0.1)[0]:
+            pass
+        return input()
+
+    before = termui.visible_prompt_func
+    termui.visible_prompt_func = answer
+    try:
+        yield
+    finally:
+        termui.visible_prompt_func = before
 
 
 class BackendName(click.Choice):  # type: ignore[type-arg]
@@ -74,8 +102,9 @@ def prompt(text: str, *, default: str, choices: Sequence[str] | None = None, sho
     that ends before an answer (stdin /dev/null in CI) is an error, not an interruption (click says both
     as one Abort; at a terminal Ctrl-D still is one)."""
     try:
-        answer: str = click.prompt(text, default=default, type=click.Choice(list(choices)) if choices else None,
-                                   show_default=show_default, err=True)
+        with _signals_heard_while_asking():
+            answer: str = click.prompt(text, default=default, type=click.Choice(list(choices)) if choices else None,
+                                       show_default=show_default, err=True)
     except click.exceptions.Abort as exc:
         if isinstance(exc.__context__, EOFError) and not (sys.stdin and sys.stdin.isatty()):
             click.echo(err=True)  # end the prompt's line
