@@ -249,6 +249,19 @@ def test_an_archive_that_cannot_be_written_is_refused_before_the_copy(here: Path
     assert (here / "a-file").read_text() == "not a directory"
 
 
+def test_an_archive_path_that_cannot_be_reached_is_refused_in_one_line(here: Path) -> None:
+    """A directory on the way that cannot be searched (another user's: EACCES; as root, a name too long:
+    ENAMETOOLONG) was an internal error from the first look at the path."""
+    source = fill_local(here)
+    unreachable = here / ("n" * 300) / "archive.parquet"
+
+    into = _cli_refusal("--from", source.render(), "--to", f"parquet://{unreachable}")
+    out_of = _cli_refusal("--from", f"parquet://{unreachable}", "--to", f"local://{here / 'dst'}")
+
+    assert "cannot reach the archive" in into and "File name too long" in into and "nothing was written" in into
+    assert "cannot reach the archive" in out_of and not (here / "dst").exists()
+
+
 # -- an archive is not a store MemGPT uses --------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
+from stat import S_ISDIR
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from toolkit.backends import _kind
@@ -137,7 +138,10 @@ describe_data = _kind.one_format
 
 
 def holds_nothing(spec: Spec) -> bool:
-    return not Path(spec.location).exists()
+    try:
+        return _stat(Path(spec.location)) is None
+    except BackendError:
+        return False  # there may be one: opening it says why it cannot be reached, in one line
 
 
 def scratch_spec(scratch: Scratch) -> Spec:
@@ -390,9 +394,10 @@ class ParquetStore(StoreBase):
     def stage(self, *, overwrite: bool) -> None:
         """From now on writes go to a temporary file, and reads read it; ``publish`` puts it in place. An existing
         archive is refused unless ``overwrite``: nothing is written then."""
-        if self.path.is_dir():
+        target = _stat(self.path)
+        if target is not None and S_ISDIR(target.st_mode):
             raise _refuse(self.path, "is a directory", "name a file: parquet:///path/archive.parquet")
-        if os.path.lexists(self.path) and not overwrite:  # a dangling symlink too: never written through
+        if _stat(self.path, follow=False) is not None and not overwrite:  # a dangling symlink too: never written through
             raise BackendError(f"the archive {self.path} exists already",
                                hint="add --overwrite to replace it (the archive is written afresh), or name another file")
         self._let_go(self._new_temp(), remove=True)  # a directory it cannot write in is refused now, before the copy
@@ -447,7 +452,7 @@ class ParquetStore(StoreBase):
     def _new_temp(self) -> Path:
         """A new empty hidden file next to the archive, readable by its owner only."""
         probe = self.path.parent
-        while not probe.exists() and probe != probe.parent:
+        while _stat(probe) is None and probe != probe.parent:
             probe = probe.parent
         if not probe.is_dir():
             raise BackendError(f"cannot write the archive {self.path}: {probe} is not a directory",
@@ -501,7 +506,7 @@ class ParquetStore(StoreBase):
         if self._stage is not None:
             self._finish()
             return self._stage.temp
-        return self.path if self.path.exists() else None
+        return self.path if _stat(self.path) is not None else None
 
     def _archive(self, path: Path | None = None) -> _Archive | None:
         """The current file, opened and checked: its schema, its table, and once per version of the file every row
@@ -753,6 +758,18 @@ class ParquetStore(StoreBase):
         """An archive staged and not published is removed: a failed or interrupted migration leaves no file."""
         self._discard()
         self._stage = None
+
+
+def _stat(path: Path, *, follow: bool = True) -> os.stat_result | None:
+    """``path``'s status, None when there is no such file (``follow``: nor a file a symlink there points to); a
+    directory on the way that cannot be searched (another user's) is refused in one line."""
+    try:
+        return path.stat() if follow else path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise BackendError(f"cannot reach the archive {path}: {exc.strerror or error_line(exc)}",
+                           hint="check the permissions of the directories on its path, or name another file") from None
 
 
 def _sync_directory(directory: Path) -> None:
