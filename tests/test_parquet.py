@@ -356,6 +356,29 @@ def test_two_writers_of_one_archive_never_clobber(here: Path) -> None:
     assert sorted(os.listdir(here)) == ["archive.parquet", "late.parquet", "local-3-24"]  # no staged file is left
 
 
+def test_the_sweep_removes_only_our_own_dead_files(here: Path) -> None:
+    """In a shared directory anyone may put a file under a staged file's name: a FIFO there hung the migration
+    (opened to be locked), and another user's file or a symlink is not ours to remove."""
+    source = fill_local(here)
+    dead, fifo, link, theirs = (here / f".archive.parquet.{name}.tmp" for name in ("dead", "fifo", "link", "theirs"))
+    dead.write_bytes(b"left by a killed writer")
+    os.mkfifo(fifo)
+    (here / "target").write_text("kept")
+    link.symlink_to(here / "target")
+    theirs.write_text("another user's")
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+    for name in (dead, fifo, link, theirs):
+        os.utime(name, (1, 1), follow_symlinks=False)
+
+    done = run_toolkit("migrate", "--from", source.render(), "--to", archive(here).render())
+
+    assert done.returncode == 0, done.stderr
+    assert not dead.exists()
+    assert fifo.exists() and link.is_symlink() and (here / "target").read_text() == "kept"
+    assert theirs.exists() or os.geteuid() != 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_interrupted_migration_leaves_no_archive(here: Path, stop: signal.Signals) -> None:

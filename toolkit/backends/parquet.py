@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
-from stat import S_ISDIR
+from stat import S_ISDIR, S_ISREG
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from toolkit.backends import _kind
@@ -479,19 +479,23 @@ class ParquetStore(StoreBase):
 
     def _sweep(self) -> None:
         """Remove what writers killed outright (SIGKILL, a crash) left next to the archive: hidden temporary files
-        that no process holds and nobody touched for a while."""
+        that no process holds and nobody touched for a while. Only our own regular files: in a shared directory
+        (/tmp) another user may put anything under such a name, and opening a FIFO would block for ever."""
         import fcntl
         import glob
         import time
 
         for leftover in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
             try:
-                if time.time() - leftover.stat().st_mtime < STALE:
-                    continue  # just made: its writer may not hold it yet
-                fd = os.open(leftover, os.O_RDONLY)
+                fd = os.open(leftover, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
             except OSError:
                 continue
             try:
+                found = os.fstat(fd)
+                if not S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+                    continue
+                if time.time() - found.st_mtime < STALE:
+                    continue  # just made: its writer may not hold it yet
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 leftover.unlink(missing_ok=True)
             except OSError:
