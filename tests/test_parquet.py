@@ -182,6 +182,26 @@ def test_an_existing_archive_is_refused_unless_overwrite(here: Path) -> None:
     assert replaced.verified and rows_of(file, TABLE) == rows_of(other, TABLE)
 
 
+def test_overwrite_never_replaces_a_file_the_toolkit_did_not_write(here: Path) -> None:
+    """Files the toolkit did not write are only read: --overwrite replaced any file (a typo'd name, pandas' file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = fill_local(here)
+    notes = here / "notes.txt"
+    notes.write_text("my notes")
+    foreign = here / "pandas.parquet"
+    pq.write_table(pa.table({"id": [str(uuid.uuid4())], "user_id": [str(uuid.uuid4())], "text": ["t"],
+                             "embedding": [[0.1, 0.2]]}), foreign)
+    before = foreign.read_bytes()
+
+    for target in (notes, foreign):
+        said = _cli_refusal("--from", source.render(), "--to", f"parquet://{target}", "--overwrite")
+        assert "is not an archive the toolkit wrote; --overwrite does not replace it" in said and "nothing was written" in said
+    assert notes.read_text() == "my notes" and foreign.read_bytes() == before
+    assert sorted(os.listdir(here)) == ["local-3-24", "notes.txt", "pandas.parquet"]  # no staged file left
+
+
 @pytest.mark.parametrize("case", ["other schema", "truncated", "damaged", "garbage", "wrong type", "ragged", "dim column",
                                   "bad uuid", "another table", "missing", "directory", "date out of range"])
 def test_bad_archives_are_refused_in_one_line_naming_the_problem(here: Path, case: str) -> None:

@@ -400,9 +400,19 @@ class ParquetStore(StoreBase):
         if _stat(self.path, follow=False) is not None and not overwrite:  # a dangling symlink too: never written through
             raise BackendError(f"the archive {self.path} exists already",
                                hint="add --overwrite to replace it (the archive is written afresh), or name another file")
+        if target is not None and not self._ours(self.path):  # --overwrite: a file we did not write is never replaced
+            raise _refuse(self.path, "is not an archive the toolkit wrote; --overwrite does not replace it",
+                          "remove it yourself, or name another file")
         self._let_go(self._new_temp(), remove=True)  # a directory it cannot write in is refused now, before the copy
         self._sweep()
         self._stage = _Stage(overwrite)
+
+    @staticmethod
+    def _ours(path: Path) -> bool:
+        try:
+            return _open_archive(path).ours
+        except BackendError:  # not Parquet, or of another archive version
+            return False
 
     def publish(self) -> None:
         """Put the staged archive under its final name: atomically, and (without ``overwrite``) only if no file
