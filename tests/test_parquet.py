@@ -269,6 +269,21 @@ def test_an_archive_that_cannot_be_written_is_refused_before_the_copy(here: Path
     assert (here / "a-file").read_text() == "not a directory"
 
 
+def test_a_fifo_is_refused_not_opened(here: Path) -> None:
+    """Opening a FIFO to read it blocks until someone writes: as a source, or as an --overwrite target (checked to be
+    an archive), the migration hung, and SIGTERM could not stop it."""
+    source = fill_local(here)
+    fifo = here / "pipe.parquet"
+    os.mkfifo(fifo)
+
+    read = _cli_refusal("--from", f"parquet://{fifo}", "--to", f"local://{here / 'dst'}")
+    replaced = _cli_refusal("--from", source.render(), "--to", f"parquet://{fifo}", "--overwrite")
+
+    assert "is not a regular file" in read and not (here / "dst").exists()
+    assert "--overwrite does not replace it" in replaced
+    assert sorted(os.listdir(here)) == ["local-3-24", "pipe.parquet"]
+
+
 def test_an_archive_path_that_cannot_be_reached_is_refused_in_one_line(here: Path) -> None:
     """A directory on the way that cannot be searched (another user's: EACCES; as root, a name too long:
     ENAMETOOLONG) was an internal error from the first look at the path."""

@@ -400,7 +400,8 @@ class ParquetStore(StoreBase):
         if _stat(self.path, follow=False) is not None and not overwrite:  # a dangling symlink too: never written through
             raise BackendError(f"the archive {self.path} exists already",
                                hint="add --overwrite to replace it (the archive is written afresh), or name another file")
-        if target is not None and not self._ours(self.path):  # --overwrite: a file we did not write is never replaced
+        # --overwrite: a file we did not write (a device, a FIFO: never opened) is never replaced
+        if target is not None and not (S_ISREG(target.st_mode) and self._ours(self.path)):
             raise _refuse(self.path, "is not an archive the toolkit wrote; --overwrite does not replace it",
                           "remove it yourself, or name another file")
         self._let_go(self._new_temp(), remove=True)  # a directory it cannot write in is refused now, before the copy
@@ -528,8 +529,11 @@ class ParquetStore(StoreBase):
         path = path or self._current()
         if path is None:
             return None
-        if path.is_dir():
+        found = _stat(path)
+        if found is not None and S_ISDIR(found.st_mode):
             raise _refuse(path, "is a directory", "name a file: parquet:///path/archive.parquet")
+        if found is not None and not S_ISREG(found.st_mode):  # a FIFO, a device: opening it may block for ever
+            raise _refuse(path, "is not a regular file", "name a file: parquet:///path/archive.parquet")
         archive = _open_archive(path)
         if archive.ours and archive.table != self.table:
             raise BackendError(f"the archive {path} holds table {archive.table}, not {self.table}",
