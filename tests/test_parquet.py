@@ -269,6 +269,17 @@ def test_an_archive_that_cannot_be_written_is_refused_before_the_copy(here: Path
     assert (here / "a-file").read_text() == "not a directory"
 
 
+def test_a_path_that_is_not_utf8_is_refused_in_one_line(here: Path) -> None:
+    """A file name of other bytes (latin-1): pyarrow cannot encode it, the migration was an internal error."""
+    source = fill_local(here)
+    name = os.fsdecode(bytes(here) + b"/caf\xe9.parquet")
+
+    said = _cli_refusal("--from", source.render(), "--to", f"parquet://{name}", code=2)
+
+    assert "is not valid UTF-8" in said
+    assert sorted(os.listdir(here)) == ["local-3-24"]
+
+
 def test_a_fifo_is_refused_not_opened(here: Path) -> None:
     """Opening a FIFO to read it blocks until someone writes: as a source, or as an --overwrite target (checked to be
     an archive), the migration hung, and SIGTERM could not stop it."""

@@ -95,7 +95,13 @@ def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
     if not rest or rest.endswith("/"):
         raise UsageError(f"no file in {raw!r}", hint="use parquet:///abs/path/archive.parquet or parquet://relative.parquet")
     path = Path(rest).expanduser()
-    return Spec(NAME, str(path if path.is_absolute() else settings.project_dir / path))
+    location = str(path if path.is_absolute() else settings.project_dir / path)
+    try:
+        location.encode("utf-8")
+    except UnicodeEncodeError:  # a name of bytes that are not UTF-8: pyarrow opens paths as UTF-8 only
+        raise UsageError(f"the path {location!r} is not valid UTF-8, which pyarrow cannot open",
+                         hint="rename the file (or its directory) to a UTF-8 name") from None
+    return Spec(NAME, location)
 
 
 def default_spec(settings: Settings) -> Spec:
