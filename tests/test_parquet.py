@@ -203,7 +203,8 @@ def test_overwrite_never_replaces_a_file_the_toolkit_did_not_write(here: Path) -
 
 
 @pytest.mark.parametrize("case", ["other schema", "truncated", "damaged", "garbage", "wrong type", "ragged", "dim column",
-                                  "bad uuid", "another table", "missing", "directory", "date out of range"])
+                                  "bad uuid", "another table", "missing", "directory", "date out of range",
+                                  "duplicate id"])
 def test_bad_archives_are_refused_in_one_line_naming_the_problem(here: Path, case: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -239,6 +240,10 @@ def test_bad_archives_are_refused_in_one_line_naming_the_problem(here: Path, cas
         pq.write_table(table, path)
     elif case == "directory":
         path.mkdir()
+    elif case == "duplicate id":  # a copy of it could never be verified: a store keeps one row an id
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        pq.write_table(pa.table({"id": [*ids, ids[1]], "user_id": [str(uuid.uuid4())] * 4, "text": ["t"] * 4,
+                                 "embedding": [[0.1, 0.2]] * 4}), path, row_group_size=2)
     elif case == "date out of range":  # year 33658: pyarrow holds it, Python's datetime does not
         pq.write_table(pa.table({"id": [str(uuid.uuid4())], "user_id": [str(uuid.uuid4())], "text": ["t"],
                                  "embedding": [[0.1, 0.2]], "created_at": pa.array([10**12], pa.timestamp("s"))}), path)
@@ -248,7 +253,8 @@ def test_bad_archives_are_refused_in_one_line_naming_the_problem(here: Path, cas
                 "ragged": "different lengths in column 'embedding'", "dim column": "in column 'embedding_dim'",
                 "bad uuid": "in column 'user_id', not a uuid", "another table": "holds table other_table",
                 "missing": "does not exist", "directory": "is a directory",
-                "date out of range": "has a date outside the years 1-9999 in column 'created_at'"}[case]
+                "date out of range": "has a date outside the years 1-9999 in column 'created_at'",
+                "duplicate id": "twice in column 'id'"}[case]
     before = path.read_bytes() if path.is_file() else None
     destination = here / "dst"
 

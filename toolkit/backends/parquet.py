@@ -16,7 +16,7 @@ Memory stays bounded by a batch throughout.
 Reading takes files written elsewhere too (pandas ``to_parquet``: embeddings as a variable list of floats,
 timestamps in ns): the columns ``id``, ``user_id``, ``text`` and ``embedding`` are required, the others optional.
 What does not fit (a missing column, a column of another type, an embedding of another length than its row's
-``embedding_dim`` or than the other rows', a truncated file) is refused in one line naming it; files the toolkit
+``embedding_dim`` or than the other rows', an id twice, a truncated file) is refused in one line naming it; files the toolkit
 did not write are only ever read.
 """
 
@@ -349,6 +349,34 @@ def _check_dates(column: pa.Array, batch: pa.RecordBatch, archive: _Archive) -> 
                                     f"{batch.column('id')[row]})")
 
 
+def _folded(rows: list[Passage]) -> np.ndarray:
+    """The ids of ``rows`` folded to 64 bits: 8 bytes a row to find a duplicate id with."""
+    import numpy as np
+
+    mask = (1 << 64) - 1
+    return np.fromiter(((p.id.int >> 64) ^ (p.id.int & mask) for p in rows), dtype=np.uint64, count=len(rows))
+
+
+def _check_unique(archive: _Archive, folded: list[np.ndarray], rows: Any) -> None:
+    """Refuse a file holding an id twice (one written by other tools): a copy of it cannot be verified (a store
+    keeps one row an id), and re-running would fail the same way. ``rows(archive)`` reads the rows again, only when
+    two folded ids are equal, to tell a duplicate from two ids that fold alike."""
+    import numpy as np
+
+    ids = np.sort(np.concatenate(folded)) if folded else np.zeros(0, np.uint64)
+    alike = set(ids[1:][ids[1:] == ids[:-1]].tolist())
+    if not alike:
+        return
+    seen: set[uuid.UUID] = set()
+    for batch in rows(archive):
+        for p in batch:
+            if (p.id.int >> 64) ^ (p.id.int & ((1 << 64) - 1)) in alike:
+                if p.id in seen:
+                    raise _refuse(archive.path, f"has id {p.id} twice in column 'id'",
+                                  "keep one row per id (e.g. pandas drop_duplicates('id')), then migrate it again")
+                seen.add(p.id)
+
+
 def _rebatched(batches: Iterable[list[Passage]], size: int) -> Iterator[list[Passage]]:
     """The same passages in batches of exactly ``size`` (the last one shorter), whatever the row groups were."""
     pending: list[Passage] = []
@@ -547,8 +575,8 @@ class ParquetStore(StoreBase):
         stat = path.stat()
         key = (path, stat.st_size, stat.st_mtime_ns)
         if self._checked != key:
-            for _ in self._rows(archive):
-                pass
+            folded = [_folded(rows) for rows in self._rows(archive)]
+            _check_unique(archive, folded, self._rows)
             self._checked = key
         return archive
 
