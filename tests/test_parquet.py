@@ -182,8 +182,29 @@ def test_an_existing_archive_is_refused_unless_overwrite(here: Path) -> None:
     assert replaced.verified and rows_of(file, TABLE) == rows_of(other, TABLE)
 
 
+def test_overwrite_never_replaces_a_file_the_toolkit_did_not_write(here: Path) -> None:
+    """Files the toolkit did not write are only read: --overwrite replaced any file (a typo'd name, pandas' file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = fill_local(here)
+    notes = here / "notes.txt"
+    notes.write_text("my notes")
+    foreign = here / "pandas.parquet"
+    pq.write_table(pa.table({"id": [str(uuid.uuid4())], "user_id": [str(uuid.uuid4())], "text": ["t"],
+                             "embedding": [[0.1, 0.2]]}), foreign)
+    before = foreign.read_bytes()
+
+    for target in (notes, foreign):
+        said = _cli_refusal("--from", source.render(), "--to", f"parquet://{target}", "--overwrite")
+        assert "is not an archive the toolkit wrote; --overwrite does not replace it" in said and "nothing was written" in said
+    assert notes.read_text() == "my notes" and foreign.read_bytes() == before
+    assert sorted(os.listdir(here)) == ["local-3-24", "notes.txt", "pandas.parquet"]  # no staged file left
+
+
 @pytest.mark.parametrize("case", ["other schema", "truncated", "damaged", "garbage", "wrong type", "ragged", "dim column",
-                                  "bad uuid", "another table", "missing", "directory"])
+                                  "bad uuid", "another table", "missing", "directory", "date out of range",
+                                  "duplicate id"])
 def test_bad_archives_are_refused_in_one_line_naming_the_problem(here: Path, case: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -219,12 +240,21 @@ def test_bad_archives_are_refused_in_one_line_naming_the_problem(here: Path, cas
         pq.write_table(table, path)
     elif case == "directory":
         path.mkdir()
+    elif case == "duplicate id":  # a copy of it could never be verified: a store keeps one row an id
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        pq.write_table(pa.table({"id": [*ids, ids[1]], "user_id": [str(uuid.uuid4())] * 4, "text": ["t"] * 4,
+                                 "embedding": [[0.1, 0.2]] * 4}), path, row_group_size=2)
+    elif case == "date out of range":  # year 33658: pyarrow holds it, Python's datetime does not
+        pq.write_table(pa.table({"id": [str(uuid.uuid4())], "user_id": [str(uuid.uuid4())], "text": ["t"],
+                                 "embedding": [[0.1, 0.2]], "created_at": pa.array([10**12], pa.timestamp("s"))}), path)
     expected = {"other schema": "lacks the columns id, user_id, text, embedding", "truncated": "not a readable Parquet",
                 "damaged": "cannot be read (",
                 "garbage": "not a readable Parquet", "wrong type": "column 'embedding' of type string",
                 "ragged": "different lengths in column 'embedding'", "dim column": "in column 'embedding_dim'",
                 "bad uuid": "in column 'user_id', not a uuid", "another table": "holds table other_table",
-                "missing": "does not exist", "directory": "is a directory"}[case]
+                "missing": "does not exist", "directory": "is a directory",
+                "date out of range": "has a date outside the years 1-9999 in column 'created_at'",
+                "duplicate id": "twice in column 'id'"}[case]
     before = path.read_bytes() if path.is_file() else None
     destination = here / "dst"
 
@@ -243,6 +273,45 @@ def test_an_archive_that_cannot_be_written_is_refused_before_the_copy(here: Path
 
     assert "nothing was written" in said and "a-file is not a directory" in said
     assert (here / "a-file").read_text() == "not a directory"
+
+
+def test_a_path_that_is_not_utf8_is_refused_in_one_line(here: Path) -> None:
+    """A file name of other bytes (latin-1): pyarrow cannot encode it, the migration was an internal error."""
+    source = fill_local(here)
+    name = os.fsdecode(bytes(here) + b"/caf\xe9.parquet")
+
+    said = _cli_refusal("--from", source.render(), "--to", f"parquet://{name}", code=2)
+
+    assert "is not valid UTF-8" in said
+    assert sorted(os.listdir(here)) == ["local-3-24"]
+
+
+def test_a_fifo_is_refused_not_opened(here: Path) -> None:
+    """Opening a FIFO to read it blocks until someone writes: as a source, or as an --overwrite target (checked to be
+    an archive), the migration hung, and SIGTERM could not stop it."""
+    source = fill_local(here)
+    fifo = here / "pipe.parquet"
+    os.mkfifo(fifo)
+
+    read = _cli_refusal("--from", f"parquet://{fifo}", "--to", f"local://{here / 'dst'}")
+    replaced = _cli_refusal("--from", source.render(), "--to", f"parquet://{fifo}", "--overwrite")
+
+    assert "is not a regular file" in read and not (here / "dst").exists()
+    assert "--overwrite does not replace it" in replaced
+    assert sorted(os.listdir(here)) == ["local-3-24", "pipe.parquet"]
+
+
+def test_an_archive_path_that_cannot_be_reached_is_refused_in_one_line(here: Path) -> None:
+    """A directory on the way that cannot be searched (another user's: EACCES; as root, a name too long:
+    ENAMETOOLONG) was an internal error from the first look at the path."""
+    source = fill_local(here)
+    unreachable = here / ("n" * 300) / "archive.parquet"
+
+    into = _cli_refusal("--from", source.render(), "--to", f"parquet://{unreachable}")
+    out_of = _cli_refusal("--from", f"parquet://{unreachable}", "--to", f"local://{here / 'dst'}")
+
+    assert "cannot reach the archive" in into and "File name too long" in into and "nothing was written" in into
+    assert "cannot reach the archive" in out_of and not (here / "dst").exists()
 
 
 # -- an archive is not a store MemGPT uses --------------------------------------------------------------------
@@ -298,6 +367,20 @@ def test_the_archive_is_written_one_batch_at_a_time(here: Path) -> None:
     assert [meta.row_group(i).num_rows for i in range(15)] == [7] * 14 + [2]
 
 
+def test_reading_an_archive_holds_one_row_group_not_the_file(here: Path) -> None:
+    """pyarrow pre-buffers every column chunk of a file by default: a scan of a large archive held all of it."""
+    import pyarrow as pa
+
+    source = fill_local(here, n=16000, dim=512)  # 32 MiB of embeddings, in row groups of 250 rows (512 KiB)
+    file = archive(here)
+    migrate(source, file, batch=250)
+    peak = 0
+    with closing(open_store(file.store(TABLE))) as store:
+        for _ in store.scan(250):
+            peak = max(peak, pa.total_allocated_bytes())
+    assert peak < 16 << 20, f"{peak >> 20} MiB held while scanning a 32 MiB archive"  # about 10 MiB: a few row groups
+
+
 def test_two_writers_of_one_archive_never_clobber(here: Path) -> None:
     from toolkit.backends.parquet import ParquetStore
 
@@ -323,6 +406,29 @@ def test_two_writers_of_one_archive_never_clobber(here: Path) -> None:
     first.close()
     assert Path(location.location).read_bytes() == published
     assert sorted(os.listdir(here)) == ["archive.parquet", "late.parquet", "local-3-24"]  # no staged file is left
+
+
+def test_the_sweep_removes_only_our_own_dead_files(here: Path) -> None:
+    """In a shared directory anyone may put a file under a staged file's name: a FIFO there hung the migration
+    (opened to be locked), and another user's file or a symlink is not ours to remove."""
+    source = fill_local(here)
+    dead, fifo, link, theirs = (here / f".archive.parquet.{name}.tmp" for name in ("dead", "fifo", "link", "theirs"))
+    dead.write_bytes(b"left by a killed writer")
+    os.mkfifo(fifo)
+    (here / "target").write_text("kept")
+    link.symlink_to(here / "target")
+    theirs.write_text("another user's")
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+    for name in (dead, fifo, link, theirs):
+        os.utime(name, (1, 1), follow_symlinks=False)
+
+    done = run_toolkit("migrate", "--from", source.render(), "--to", archive(here).render())
+
+    assert done.returncode == 0, done.stderr
+    assert not dead.exists()
+    assert fifo.exists() and link.is_symlink() and (here / "target").read_text() == "kept"
+    assert theirs.exists() or os.geteuid() != 0
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ Memory stays bounded by a batch throughout.
 Reading takes files written elsewhere too (pandas ``to_parquet``: embeddings as a variable list of floats,
 timestamps in ns): the columns ``id``, ``user_id``, ``text`` and ``embedding`` are required, the others optional.
 What does not fit (a missing column, a column of another type, an embedding of another length than its row's
-``embedding_dim`` or than the other rows', a truncated file) is refused in one line naming it; files the toolkit
+``embedding_dim`` or than the other rows', an id twice, a truncated file) is refused in one line naming it; files the toolkit
 did not write are only ever read.
 """
 
@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from toolkit.backends import _kind
@@ -79,6 +80,7 @@ TABLE_KEY = b"toolkit.table"
 ROWS = 1024  # rows per internal batch: a 4096-dimensional batch is 16 MiB of embeddings
 STALE = 60.0  # seconds untouched after which a temporary file no process holds is a dead writer's
 
+FIRST_SECOND, LAST_SECOND = -62135596800, 253402300799  # 0001-01-01 and 9999-12-31T23:59:59 UTC, in Unix seconds
 STRINGS = ("id", "text", "embedding_model", "user_id", "agent_id", "doc_id", "data_source", "metadata")
 REQUIRED = ("id", "user_id", "text", "embedding")
 
@@ -93,7 +95,13 @@ def parse(rest: str | None, raw: str, settings: Settings) -> Spec:
     if not rest or rest.endswith("/"):
         raise UsageError(f"no file in {raw!r}", hint="use parquet:///abs/path/archive.parquet or parquet://relative.parquet")
     path = Path(rest).expanduser()
-    return Spec(NAME, str(path if path.is_absolute() else settings.project_dir / path))
+    location = str(path if path.is_absolute() else settings.project_dir / path)
+    try:
+        location.encode("utf-8")
+    except UnicodeEncodeError:  # a name of bytes that are not UTF-8: pyarrow opens paths as UTF-8 only
+        raise UsageError(f"the path {location!r} is not valid UTF-8, which pyarrow cannot open",
+                         hint="rename the file (or its directory) to a UTF-8 name") from None
+    return Spec(NAME, location)
 
 
 def default_spec(settings: Settings) -> Spec:
@@ -136,7 +144,10 @@ describe_data = _kind.one_format
 
 
 def holds_nothing(spec: Spec) -> bool:
-    return not Path(spec.location).exists()
+    try:
+        return _stat(Path(spec.location)) is None
+    except BackendError:
+        return False  # there may be one: opening it says why it cannot be reached, in one line
 
 
 def scratch_spec(scratch: Scratch) -> Spec:
@@ -201,7 +212,9 @@ def _open_archive(path: Path) -> _Archive:
     import pyarrow.parquet as pq
 
     try:
-        file = pq.ParquetFile(path, buffer_size=1 << 22)  # streams a row group of any size in 4 MiB reads
+        # streams a row group of any size in 4 MiB reads; pyarrow's default pre-buffering would read every column
+        # chunk of the file ahead into memory (a 200k x 1536 archive: 1.3 GB held while scanning)
+        file = pq.ParquetFile(path, buffer_size=1 << 22, pre_buffer=False)
         arrow = file.schema_arrow
     except (pa.ArrowException, OSError) as exc:
         raise _refuse(path, f"is not a readable Parquet file ({error_line(exc)})",
@@ -306,6 +319,7 @@ def _passages(batch: pa.RecordBatch, archive: _Archive, dim: int | None) -> list
         column = batch.column("created_at")
         if column.type.tz is None:
             column = column.cast(pa.timestamp(column.type.unit, tz="UTC"))  # naive: read as UTC, as MemGPT writes
+        _check_dates(column, batch, archive)
         created = column.cast(pa.timestamp("us", tz="UTC"), safe=False).to_pylist()
     out = []
     for i, (text, model, source) in enumerate(zip(strings("text"), strings("embedding_model"), strings("data_source"),
@@ -317,6 +331,50 @@ def _passages(batch: pa.RecordBatch, archive: _Archive, dim: int | None) -> list
             p.created_at = created[i].astimezone(timezone.utc)
         out.append(p)
     return out
+
+
+def _check_dates(column: pa.Array, batch: pa.RecordBatch, archive: _Archive) -> None:
+    """A ``created_at`` outside the years 1-9999 (which Python's datetime holds; the cast to microseconds would
+    also wrap past int64) is refused naming its row, not a traceback."""
+    import numpy as np
+    import pyarrow as pa
+
+    ticks = column.cast(pa.int64()).to_numpy(zero_copy_only=False)  # nulls: NaN, never out of range
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[column.type.unit]
+    with np.errstate(invalid="ignore"):
+        out = (ticks < FIRST_SECOND * per_second) | (ticks > LAST_SECOND * per_second)
+    if out.any():
+        row = int(np.flatnonzero(out)[0])
+        raise _refuse(archive.path, f"has a date outside the years 1-9999 in column 'created_at' (row id "
+                                    f"{batch.column('id')[row]})")
+
+
+def _folded(rows: list[Passage]) -> np.ndarray:
+    """The ids of ``rows`` folded to 64 bits: 8 bytes a row to find a duplicate id with."""
+    import numpy as np
+
+    mask = (1 << 64) - 1
+    return np.fromiter(((p.id.int >> 64) ^ (p.id.int & mask) for p in rows), dtype=np.uint64, count=len(rows))
+
+
+def _check_unique(archive: _Archive, folded: list[np.ndarray], rows: Any) -> None:
+    """Refuse a file holding an id twice (one written by other tools): a copy of it cannot be verified (a store
+    keeps one row an id), and re-running would fail the same way. ``rows(archive)`` reads the rows again, only when
+    two folded ids are equal, to tell a duplicate from two ids that fold alike."""
+    import numpy as np
+
+    ids = np.sort(np.concatenate(folded)) if folded else np.zeros(0, np.uint64)
+    alike = set(ids[1:][ids[1:] == ids[:-1]].tolist())
+    if not alike:
+        return
+    seen: set[uuid.UUID] = set()
+    for batch in rows(archive):
+        for p in batch:
+            if (p.id.int >> 64) ^ (p.id.int & ((1 << 64) - 1)) in alike:
+                if p.id in seen:
+                    raise _refuse(archive.path, f"has id {p.id} twice in column 'id'",
+                                  "keep one row per id (e.g. pandas drop_duplicates('id')), then migrate it again")
+                seen.add(p.id)
 
 
 def _rebatched(batches: Iterable[list[Passage]], size: int) -> Iterator[list[Passage]]:
@@ -370,14 +428,26 @@ class ParquetStore(StoreBase):
     def stage(self, *, overwrite: bool) -> None:
         """From now on writes go to a temporary file, and reads read it; ``publish`` puts it in place. An existing
         archive is refused unless ``overwrite``: nothing is written then."""
-        if self.path.is_dir():
+        target = _stat(self.path)
+        if target is not None and S_ISDIR(target.st_mode):
             raise _refuse(self.path, "is a directory", "name a file: parquet:///path/archive.parquet")
-        if os.path.lexists(self.path) and not overwrite:  # a dangling symlink too: never written through
+        if _stat(self.path, follow=False) is not None and not overwrite:  # a dangling symlink too: never written through
             raise BackendError(f"the archive {self.path} exists already",
                                hint="add --overwrite to replace it (the archive is written afresh), or name another file")
+        # --overwrite: a file we did not write (a device, a FIFO: never opened) is never replaced
+        if target is not None and not (S_ISREG(target.st_mode) and self._ours(self.path)):
+            raise _refuse(self.path, "is not an archive the toolkit wrote; --overwrite does not replace it",
+                          "remove it yourself, or name another file")
         self._let_go(self._new_temp(), remove=True)  # a directory it cannot write in is refused now, before the copy
         self._sweep()
         self._stage = _Stage(overwrite)
+
+    @staticmethod
+    def _ours(path: Path) -> bool:
+        try:
+            return _open_archive(path).ours
+        except BackendError:  # not Parquet, or of another archive version
+            return False
 
     def publish(self) -> None:
         """Put the staged archive under its final name: atomically, and (without ``overwrite``) only if no file
@@ -427,7 +497,7 @@ class ParquetStore(StoreBase):
     def _new_temp(self) -> Path:
         """A new empty hidden file next to the archive, readable by its owner only."""
         probe = self.path.parent
-        while not probe.exists() and probe != probe.parent:
+        while _stat(probe) is None and probe != probe.parent:
             probe = probe.parent
         if not probe.is_dir():
             raise BackendError(f"cannot write the archive {self.path}: {probe} is not a directory",
@@ -454,19 +524,23 @@ class ParquetStore(StoreBase):
 
     def _sweep(self) -> None:
         """Remove what writers killed outright (SIGKILL, a crash) left next to the archive: hidden temporary files
-        that no process holds and nobody touched for a while."""
+        that no process holds and nobody touched for a while. Only our own regular files: in a shared directory
+        (/tmp) another user may put anything under such a name, and opening a FIFO would block for ever."""
         import fcntl
         import glob
         import time
 
         for leftover in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
             try:
-                if time.time() - leftover.stat().st_mtime < STALE:
-                    continue  # just made: its writer may not hold it yet
-                fd = os.open(leftover, os.O_RDONLY)
+                fd = os.open(leftover, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
             except OSError:
                 continue
             try:
+                found = os.fstat(fd)
+                if not S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+                    continue
+                if time.time() - found.st_mtime < STALE:
+                    continue  # just made: its writer may not hold it yet
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 leftover.unlink(missing_ok=True)
             except OSError:
@@ -481,7 +555,7 @@ class ParquetStore(StoreBase):
         if self._stage is not None:
             self._finish()
             return self._stage.temp
-        return self.path if self.path.exists() else None
+        return self.path if _stat(self.path) is not None else None
 
     def _archive(self, path: Path | None = None) -> _Archive | None:
         """The current file, opened and checked: its schema, its table, and once per version of the file every row
@@ -489,8 +563,11 @@ class ParquetStore(StoreBase):
         path = path or self._current()
         if path is None:
             return None
-        if path.is_dir():
+        found = _stat(path)
+        if found is not None and S_ISDIR(found.st_mode):
             raise _refuse(path, "is a directory", "name a file: parquet:///path/archive.parquet")
+        if found is not None and not S_ISREG(found.st_mode):  # a FIFO, a device: opening it may block for ever
+            raise _refuse(path, "is not a regular file", "name a file: parquet:///path/archive.parquet")
         archive = _open_archive(path)
         if archive.ours and archive.table != self.table:
             raise BackendError(f"the archive {path} holds table {archive.table}, not {self.table}",
@@ -498,8 +575,8 @@ class ParquetStore(StoreBase):
         stat = path.stat()
         key = (path, stat.st_size, stat.st_mtime_ns)
         if self._checked != key:
-            for _ in self._rows(archive):
-                pass
+            folded = [_folded(rows) for rows in self._rows(archive)]
+            _check_unique(archive, folded, self._rows)
             self._checked = key
         return archive
 
@@ -733,6 +810,18 @@ class ParquetStore(StoreBase):
         """An archive staged and not published is removed: a failed or interrupted migration leaves no file."""
         self._discard()
         self._stage = None
+
+
+def _stat(path: Path, *, follow: bool = True) -> os.stat_result | None:
+    """``path``'s status, None when there is no such file (``follow``: nor a file a symlink there points to); a
+    directory on the way that cannot be searched (another user's) is refused in one line."""
+    try:
+        return path.stat() if follow else path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise BackendError(f"cannot reach the archive {path}: {exc.strerror or error_line(exc)}",
+                           hint="check the permissions of the directories on its path, or name another file") from None
 
 
 def _sync_directory(directory: Path) -> None:

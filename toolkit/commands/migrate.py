@@ -26,7 +26,7 @@ from toolkit.commands._common import Whole, echo, echo_json, settings_from
 @click.option("--switch", is_flag=True, help="After verification, point MemGPT's config at the destination.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing archive file (a parquet:// destination); without it one is refused, with "
-                   "nothing written.")
+                   "nothing written. Only an archive the toolkit wrote is replaced, never another file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def migrate(ctx: click.Context, source: str, destination: str, table: str, batch: int, fmt: str | None,
