@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import heapq
 import json
 import os
@@ -466,6 +467,15 @@ class ParquetStore(StoreBase):
                 except FileExistsError:
                     raise BackendError(f"the archive {self.path} appeared while it was being written",
                                        hint="add --overwrite to replace it") from None
+                except OSError as exc:
+                    if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                        raise
+                    # no hard links here (vfat/exFAT USB sticks, some CIFS mounts): checked, then renamed;
+                    # a file put there in between by another writer would be replaced
+                    if os.path.lexists(self.path):
+                        raise BackendError(f"the archive {self.path} appeared while it was being written",
+                                           hint="add --overwrite to replace it") from None
+                    os.rename(stage.temp, self.path)
             self._let_go(stage.temp, remove=True)
             _sync_directory(self.path.parent)
         except OSError as exc:
