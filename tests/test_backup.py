@@ -376,3 +376,21 @@ def test_at_a_terminal_restore_asks_and_a_no_changes_nothing(filled: dict[str, A
     else:
         assert child.returncode == 0 and "verified against its record" in out, err
         assert _contents(_url()) != changed
+
+
+@pytest.mark.parametrize("edit", [{"tables": "public.plain_notes"}, {"tables": None}, {"tables": [1, 2]},
+                                  {"tables": [{"name": "public.plain_notes"}]}, {"bytes": "many"},
+                                  {"tables": [{"name": "public.plain_notes", "rows": "3", "checksum": "x"}]}])
+def test_a_record_of_the_wrong_shape_is_refused_before_anything_changes(filled: dict[str, Any], isolated: Path,
+                                                                        edit: dict[str, Any]) -> None:
+    """An edited record used to pass the first checks, the restore replaced the database, and only the
+    comparison afterwards crashed (internal error 70)."""
+    record = Path(filled["record"])
+    (isolated / "edited.dump").write_bytes(Path(filled["file"]).read_bytes())
+    (isolated / "edited.dump.json").write_text(json.dumps({**json.loads(record.read_text()), **edit}))
+    _sql(_url(), "INSERT INTO plain_notes (note) VALUES ('kept')")
+    before = _contents(_url())
+    done = run_toolkit("restore", str(isolated / "edited.dump"), "--yes")
+    assert done.returncode == 2, done.stderr
+    assert "edited.dump.json is a damaged toolkit backup record" in done.stderr, done.stderr
+    assert _contents(_url()) == before

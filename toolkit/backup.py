@@ -361,7 +361,19 @@ def _read_record(file: Path) -> dict[str, Any] | None:
                          hint="move it away to restore without verifying against it") from None
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         raise UsageError(f"{path} is not a toolkit backup record", hint="move it away to restore without it")
+    # checked before anything is restored: a record that cannot be compared would fail only once the
+    # database had been replaced
+    tables = record.get("tables")
+    if not (isinstance(record.get("sha256"), str) and _is_count(record.get("bytes")) and isinstance(tables, list)
+            and all(isinstance(t, dict) and isinstance(t.get("name"), str) and _is_count(t.get("rows"))
+                    and isinstance(t.get("checksum"), str) for t in tables)):
+        raise UsageError(f"{path} is a damaged toolkit backup record (a field is missing or of the wrong type)",
+                         hint="move it away to restore without verifying against it; nothing was changed")
     return record
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _listing(tool: str, file: Path) -> str:
