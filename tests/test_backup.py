@@ -303,12 +303,12 @@ def test_an_interrupted_restore_changes_nothing(embedded_down_after: Path) -> No
     dump = _backup()["file"]
     _sql(_url(), "DELETE FROM big WHERE g > 10")
     child = spawn_toolkit("restore", dump, "--yes")
-    wait_until(lambda: _sql(_url(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore' "
+    wait_until(lambda: _sql(_url(), "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_restore%' "
                                     "AND query LIKE 'COPY%'") == [(1,)], 120, "pg_restore copying rows")
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130, stderr
-    wait_until(lambda: _sql(_url(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore'")
+    wait_until(lambda: _sql(_url(), "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_restore%'")
                == [(0,)], 60, "pg_restore's session to end")
     assert _sql(_url(), "SELECT count(*) FROM big") == [(10,)]
 
@@ -394,3 +394,32 @@ def test_a_record_of_the_wrong_shape_is_refused_before_anything_changes(filled: 
     assert done.returncode == 2, done.stderr
     assert "edited.dump.json is a damaged toolkit backup record" in done.stderr, done.stderr
     assert _contents(_url()) == before
+
+
+def test_a_restore_blocked_by_another_session_gives_up_and_says_whose(filled: dict[str, Any]) -> None:
+    """An agent idle in a transaction holds a lock on a table the restore drops: the restore waited forever."""
+    import psycopg
+
+    _sql(_url(), "INSERT INTO plain_notes (note) VALUES ('kept')")
+    before = _contents(_url())
+    with psycopg.connect(_url(), application_name="an agent") as agent:
+        agent.execute("SELECT count(*) FROM plain_notes")  # ACCESS SHARE, held until its transaction ends
+        done = run_toolkit("restore", filled["file"], "--yes", env={"TOOLKIT_TIMEOUT": "1"})
+        agent.rollback()
+    assert done.returncode == 3, done.stderr
+    assert "database 'memgpt' is in use" in done.stderr and "an agent, idle in transaction" in done.stderr, done.stderr
+    assert "nothing was changed" in done.stderr
+    assert _contents(_url()) == before
+
+
+def test_a_backup_blocked_by_an_exclusive_lock_gives_up_and_leaves_no_file(filled: dict[str, Any], isolated: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(_url()) as migration:
+        migration.execute("LOCK TABLE plain_notes IN ACCESS EXCLUSIVE MODE")  # an ALTER TABLE, a VACUUM FULL
+        done = run_toolkit("backup", str(isolated / "x.dump"), env={"TOOLKIT_TIMEOUT": "1"})
+        migration.rollback()
+    assert done.returncode == 3, done.stderr
+    assert "another session holds a lock on a table of database 'memgpt'" in done.stderr, done.stderr
+    assert "public.plain_notes" in done.stderr
+    assert [p.name for p in isolated.iterdir() if p.name.startswith(("x.dump", ".x.dump"))] == []

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.engines.base import Progress, quiet
-from toolkit.errors import MigrationError, NotReadyError, ToolkitError, UsageError, error_line
+from toolkit.errors import InUseError, MigrationError, NotReadyError, ToolkitError, UsageError, error_line
 from toolkit.urls import PgUrl, redact
 
 if TYPE_CHECKING:
@@ -132,11 +132,13 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
         # one snapshot for the census and the dump: the counts describe exactly the rows dumped
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+        # a table another session holds exclusively (ALTER, VACUUM FULL) would make pg_dump wait forever
         argv = [tool, "--format=custom", "--verbose", "--no-password", f"--snapshot={snapshot}",
-                "--dbname", url.render("plain", password=False)]
+                f"--lock-wait-timeout={int(settings.timeout * 1000)}", "--dbname", url.render("plain", password=False)]
         progress("dumping, and counting rows and computing checksums beside it...")
         tables = _beside(lambda: census(conn), conn,
-                         lambda: _run(argv, url, progress, _DUMPING, "dumping", stdout=fd, what="pg_dump"))
+                         lambda: _run(argv, url, progress, _DUMPING, "dumping", stdout=fd, what="pg_dump",
+                                      lock_wait=settings.timeout))
         os.fsync(fd)
         conn.rollback()
         digest, size = _sha256(partial)
@@ -309,7 +311,18 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
             argv = [tool, "--single-transaction", "--clean", "--if-exists", "--no-owner", "--no-privileges",
                     "--verbose", "--no-password", "--use-list", chosen.name,
                     "--dbname", url.render("plain", password=False), str(file)]
-            _run(argv, url, progress, _RESTORING, "restoring", what="pg_restore", file=file)
+            application = f"pg_restore (toolkit {os.getpid()})"
+            with _lock_watch(url, application, settings.timeout) as blockers:
+                try:
+                    _run(argv, url, progress, _RESTORING, "restoring", what="pg_restore", file=file,
+                         application=application)
+                except ToolkitError:
+                    if not blockers:
+                        raise
+                    raise InUseError(f"database {url.database!r} is in use: the restore waited {settings.timeout:g} s "
+                                     f"for a lock held by {', '.join(blockers)}; nothing was changed",
+                                     hint="end those sessions (or wait for them), then restore again; "
+                                          "TOOLKIT_TIMEOUT sets how long to wait (default 60 s)") from None
     except BaseException:
         if into is not None:
             _drop_database(engine, into)  # a failed --into leaves no half-made database behind
@@ -323,6 +336,49 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
         _verify(record, tables, file, url.database)
     return RestoreResult(file, url.database, into is not None, tables, record is not None, replaced,
                          time.monotonic() - started)
+
+
+@contextmanager
+def _lock_watch(url: PgUrl, application: str, timeout: float) -> Iterator[list[str]]:
+    """Cancel the restore once it has waited ``timeout`` seconds for a lock another session holds (an
+    agent idle in a transaction holds one as long as it likes), and say whose: pg_restore sets its own
+    ``lock_timeout`` to 0, so it cannot be told to give up. Yields the blocking sessions, filled when it
+    cancelled. Best effort: when the watching connection fails, the restore goes on unwatched."""
+    import threading
+
+    import psycopg
+
+    blockers: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        waiting: dict[int, float] = {}  # pid of pg_restore's backend -> since when it waits for a lock
+        try:
+            with psycopg.connect(url.libpq, autocommit=True, connect_timeout=10) as conn:
+                while not done.wait(0.2):
+                    rows = conn.execute("SELECT pid, pg_blocking_pids(pid) FROM pg_stat_activity WHERE "
+                                        "application_name = %s AND wait_event_type = 'Lock'", [application]).fetchall()
+                    now = time.monotonic()
+                    waiting = {pid: waiting.get(pid, now) for pid, _ in rows}
+                    for pid, held_by in rows:
+                        if held_by and now - waiting[pid] >= timeout:
+                            who = conn.execute("SELECT pid, usename, coalesce(nullif(application_name, ''), '?'), "
+                                               "coalesce(state, '?') FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                               [held_by]).fetchall()
+                            blockers[:] = [f"pid {p} (user {u}, {a}, {st})" for p, u, a, st in who] or \
+                                [f"pid {p}" for p in held_by]
+                            conn.execute("SELECT pg_cancel_backend(%s)", [pid])
+                            return
+        except psycopg.Error:
+            pass
+
+    watcher = threading.Thread(target=watch, name="toolkit-restore-locks", daemon=True)
+    watcher.start()
+    try:
+        yield blockers
+    finally:
+        done.set()
+        watcher.join(timeout=15)
 
 
 def check_archive(file: Path) -> None:
@@ -504,10 +560,13 @@ def _connect(url: PgUrl) -> Iterator[psycopg.Connection[Any]]:
 
 
 def _run(argv: list[str], url: PgUrl, progress: Progress, table_line: re.Pattern[str], verb: str, *,
-         what: str, stdout: int | None = None, file: Path | None = None) -> None:
+         what: str, stdout: int | None = None, file: Path | None = None, lock_wait: float = 0.0,
+         application: str | None = None) -> None:
     """Run a pg tool with the password in its environment (never argv), a progress line per table from its
     --verbose stderr; killed if we are interrupted. Its failure in one line, its last lines as detail."""
     env = {**os.environ, "PGPASSWORD": url.password, "PGCONNECT_TIMEOUT": "10"}
+    if application:
+        env["PGAPPNAME"] = application
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout if stdout is not None else subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, errors="replace", env=env)
     tail: list[str] = []
@@ -529,6 +588,13 @@ def _run(argv: list[str], url: PgUrl, progress: Progress, table_line: re.Pattern
         return
     errors = [line for line in tail if "error" in line.lower() or "fatal" in line.lower()] or tail or ["no output"]
     said = redact(errors[0] if what == "pg_restore" else errors[-1], (url.password,))
+    if what == "pg_dump" and "due to statement timeout" in said and any("LOCK TABLE" in line for line in tail):
+        locked = next(line for line in tail if "LOCK TABLE" in line).split("LOCK TABLE ", 1)[1].split(" IN ")[0]
+        if len(locked) > 200:  # pg_dump locks its tables in batches: one of them is held
+            locked = locked[:200] + "..."
+        raise InUseError(f"another session holds a lock on a table of database {url.database!r} (pg_dump waited "
+                         f"{lock_wait:g} s to lock {locked})", hint="wait for that session to end, then back up again; "
+                         "TOOLKIT_TIMEOUT sets how long to wait (default 60 s)")
     if what == "pg_dump" and "server version mismatch" in said:
         raise ToolkitError(f"pg_dump cannot dump this server: {said}",
                            hint="install a pg_dump of the server's major version or newer")
