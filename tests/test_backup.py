@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import uuid
@@ -423,3 +424,43 @@ def test_a_backup_blocked_by_an_exclusive_lock_gives_up_and_leaves_no_file(fille
     assert "another session holds a lock on a table of database 'memgpt'" in done.stderr, done.stderr
     assert "public.plain_notes" in done.stderr
     assert [p.name for p in isolated.iterdir() if p.name.startswith(("x.dump", ".x.dump"))] == []
+
+
+def test_backups_at_once_each_get_a_name_of_their_own(filled: dict[str, Any], isolated: Path) -> None:
+    """Started in the same second they chose the same default name, and all but one failed after dumping
+    ("exists; give another FILE", though the user gave none)."""
+    children = [spawn_toolkit("backup", "--json") for _ in range(5)]
+    outcomes = [(child.communicate(timeout=300), child.returncode) for child in children]
+    assert [code for _, code in outcomes] == [0] * 5, [err for (_, err), _ in outcomes]
+    files = {json.loads(out)["file"] for (out, _), _ in outcomes}
+    assert len(files) == 5 and all(Path(f).exists() and Path(f + ".json").exists() for f in files)
+    assert all(_checksums(json.loads(out)) == _checksums(filled) for (out, _), _ in outcomes)
+
+
+@pytest.mark.parametrize("case", ["backups is a file", "backups is someone else's", "an unwritable directory"])
+def test_a_place_it_cannot_write_is_one_line(filled: dict[str, Any], isolated: Path, case: str) -> None:
+    backups = isolated / "backups"
+    args: tuple[str, ...] = ()
+    shutil.rmtree(backups)
+    if case == "backups is a file":
+        backups.write_text("mine")
+    elif case == "backups is someone else's":
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory away needs root")
+        elsewhere = isolated.parent / "theirs"
+        elsewhere.mkdir(mode=0o777)
+        os.chown(elsewhere, 65534, 65534)
+        backups.symlink_to(elsewhere)
+    else:
+        if os.geteuid() != 0:
+            readonly = isolated / "ro"
+            readonly.mkdir(mode=0o500)
+            args = (str(readonly / "x.dump"),)
+        else:
+            args = ("/proc/x.dump",)  # root may write anywhere but there
+    done = run_toolkit("backup", *args)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("toolkit: ")]
+    assert len(errors) == 1 and "internal error" not in errors[0], done.stderr
+    if case == "backups is someone else's":
+        assert "belongs to uid 65534" in errors[0] and list((isolated.parent / "theirs").iterdir()) == []

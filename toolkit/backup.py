@@ -115,13 +115,14 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
     url = engine.endpoint().url
     major = _server_major(url)
     tool = engine.tool("pg_dump")
+    alternatives: list[Path] = []
     if file is None:
-        file = first = default_file(settings, url.database)
-        _make_backups_dir(file.parent)
-        for n in range(2, 100):  # two backups in one second: the second is -2
-            if not file.exists() and not record_path(file).exists():
-                break
-            file = first.with_stem(f"{first.stem}-{n}")
+        first = default_file(settings, url.database)
+        _make_backups_dir(first.parent)
+        # two backups in one second: the second is -2 (chosen again when the dump is placed: two at once)
+        names = [first, *(first.with_stem(f"{first.stem}-{n}") for n in range(2, 100))]
+        free = [name for name in names if not name.exists() and not record_path(name).exists()] or [first]
+        file, alternatives = free[0], free[1:]
     file = Path(os.path.abspath(file))
     if not file.parent.is_dir():
         raise UsageError(f"cannot write {file}: no directory {file.parent}", hint="create it, or give another FILE")
@@ -142,7 +143,7 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
         os.fsync(fd)
         conn.rollback()
         digest, size = _sha256(partial)
-        _place(partial, file, force=force)
+        file = _place(partial, file, force=force, alternatives=alternatives)
     record = {"format": RECORD_FORMAT, "database": url.database, "server_major": major,
               "tool": _tool_version(tool), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "bytes": size, "sha256": digest, "tables": [asdict(t) for t in tables]}
@@ -183,19 +184,33 @@ def _beside(count: Callable[[], list[TableRecord]], conn: psycopg.Connection[Any
 
 
 def _make_backups_dir(path: Path) -> None:
-    """The default directory: 0700, with a .gitignore of its own, so no checkout commits a dump."""
-    if not path.is_dir():
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ignore = path / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# toolkit backups: never committed\n*\n")
+    """The default directory: 0700, with a .gitignore of its own, so no checkout commits a dump. One that
+    is not ours is refused: its owner could swap a dump for another, or plant a symlink we would write
+    through."""
+    try:
+        if not path.is_dir():
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = path.stat().st_uid
+        if owner != os.geteuid():
+            raise UsageError(f"{path} belongs to uid {owner}, not to you (uid {os.geteuid()})",
+                             hint="move it away, or give a FILE in a directory of yours")
+        ignore = path / ".gitignore"
+        if not ignore.exists() and not ignore.is_symlink():
+            ignore.write_text("# toolkit backups: never committed\n*\n")
+    except OSError as exc:
+        raise UsageError(f"cannot make the backups directory {path}: {exc.strerror or exc}",
+                         hint="move away what is in its place, or give a FILE") from None
 
 
 @contextmanager
 def _partial(file: Path) -> Iterator[tuple[int, Path]]:
     """A new file beside ``file`` (O_EXCL, 0600 whatever the umask), removed unless ``_place`` moved it."""
     partial = file.with_name(f".{file.name}.partial-{os.getpid()}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write in {file.parent}: {exc.strerror or exc}",
+                         hint="give a FILE in a directory you can write") from None
     try:
         os.fchmod(fd, 0o600)  # an ACL's default or a umask never widens it
         yield fd, partial
@@ -204,14 +219,21 @@ def _partial(file: Path) -> Iterator[tuple[int, Path]]:
         partial.unlink(missing_ok=True)
 
 
-def _place(partial: Path, file: Path, *, force: bool) -> None:
+def _place(partial: Path, file: Path, *, force: bool, alternatives: list[Path]) -> Path:
+    """Put the dump under ``file`` (or, when that name was taken meanwhile, the first free of
+    ``alternatives``: the default names); the name it got."""
     if force:
         os.replace(partial, file)
-        return
-    try:
-        os.link(partial, file)  # fails if FILE appeared meanwhile: never overwritten without --force
-    except FileExistsError:
-        raise UsageError(f"{file} exists", hint="give another FILE, or replace it with --force") from None
+        return file
+    for name in (file, *alternatives):
+        if name is not file and record_path(name).exists():
+            continue
+        try:
+            os.link(partial, name)  # fails if the name appeared meanwhile: never overwritten without --force
+        except FileExistsError:
+            continue
+        return name
+    raise UsageError(f"{file} exists", hint="give another FILE, or replace it with --force")
 
 
 def _sha256(path: Path) -> tuple[str, int]:
