@@ -464,3 +464,26 @@ def test_a_place_it_cannot_write_is_one_line(filled: dict[str, Any], isolated: P
     assert len(errors) == 1 and "internal error" not in errors[0], done.stderr
     if case == "backups is someone else's":
         assert "belongs to uid 65534" in errors[0] and list((isolated.parent / "theirs").iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["a link to /dev/null", "a FIFO", "its record's name is a directory"])
+def test_force_never_puts_a_file_in_place_of_a_device_or_fifo(filled: dict[str, Any], isolated: Path, case: str) -> None:
+    """`toolkit backup /dev/stdout` said "exists; replace it with --force", and --force replaced the link
+    (as root: the system's /dev/stdout) with a regular file."""
+    target = isolated / "out.dump"
+    if case == "a link to /dev/null":
+        target.symlink_to("/dev/null")
+    elif case == "a FIFO":
+        os.mkfifo(target)
+    else:
+        (isolated / "out.dump.json").mkdir()
+    for args in ((), ("--force",)):
+        done = run_toolkit("backup", str(target), *args)
+        assert done.returncode == 2, done.stderr
+        assert "is not a regular file" in done.stderr and "replace it with --force" not in done.stderr, done.stderr
+    if case == "a link to /dev/null":
+        assert target.is_symlink() and os.readlink(target) == "/dev/null"
+    elif case == "a FIFO":
+        assert stat.S_ISFIFO(target.lstat().st_mode)
+    else:
+        assert not target.exists()

@@ -127,6 +127,11 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
     if not file.parent.is_dir():
         raise UsageError(f"cannot write {file}: no directory {file.parent}", hint="create it, or give another FILE")
     for path in (file, record_path(file)):
+        if path.exists() and not path.is_file():
+            # /dev/stdout, a FIFO, a directory: --force would put a file in its place (as root, /dev's own)
+            raise UsageError(f"{path} is not a regular file (a device, FIFO or directory, or a link to one); "
+                             "a backup and its record are files of their own",
+                             hint="give the path of a new file; --force replaces only a regular file")
         if (path.exists() or path.is_symlink()) and not force:
             raise UsageError(f"{path} exists", hint="give another FILE, or replace it with --force")
     with _connect(url) as conn, _partial(file) as (fd, partial):
