@@ -487,3 +487,20 @@ def test_force_never_puts_a_file_in_place_of_a_device_or_fifo(filled: dict[str, 
         assert stat.S_ISFIFO(target.lstat().st_mode)
     else:
         assert not target.exists()
+
+
+def test_a_declined_restore_creates_not_even_the_extension(filled: dict[str, Any]) -> None:
+    """The vector extension was created in the target (by a role allowed to) before the question, so a
+    "no" still changed the database."""
+    from toolkit.engines.embedded import EmbeddedEngine
+    from toolkit.settings import resolve
+
+    admin = EmbeddedEngine(resolve({"engine": "embedded"})).admin().url.with_address(host="127.0.0.1")
+    _sql(admin.libpq, "CREATE DATABASE novec TEMPLATE template0")
+    target = admin.libpq.rsplit("/", 1)[0] + "/novec"  # a superuser: it may create the extension
+    _sql(target, "CREATE TABLE keep (x int)")
+    refused = run_toolkit("restore", filled["file"], "--engine", "external", "--url", target)  # no terminal
+    assert refused.returncode == 1 and "re-run with --yes" in refused.stderr, refused.stderr
+    assert _sql(target, "SELECT extname FROM pg_extension WHERE extname = 'vector'") == []
+    done = run_toolkit("restore", filled["file"], "--engine", "external", "--url", target, "--yes")
+    assert done.returncode == 0 and "verified against its record" in done.stdout, done.stderr

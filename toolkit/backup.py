@@ -326,11 +326,11 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
     else:
         with _connect(url) as conn:
             replaced = [f"{n}.{r}" for n, r in _user_tables(conn)]
+            if replaced:  # asked before anything changes, the extension included
+                shown = ", ".join(replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
+                confirm(f"replace database {url.database!r} (it holds {len(replaced)} tables: {shown}) with {file.name}")
             if re.search(r"^\d+; \d+ \d+ EXTENSION - vector ", listing, re.M):
                 _ensure_vector(conn, url.database)
-        if replaced:
-            shown = ", ".join(replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
-            confirm(f"replace database {url.database!r} (it holds {len(replaced)} tables: {shown}) with {file.name}")
     try:
         with tempfile.NamedTemporaryFile("w", prefix="toolkit-restore-", suffix=".list") as chosen:
             chosen.write(_without_extensions(listing))
