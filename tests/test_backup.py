@@ -504,3 +504,19 @@ def test_a_declined_restore_creates_not_even_the_extension(filled: dict[str, Any
     assert _sql(target, "SELECT extname FROM pg_extension WHERE extname = 'vector'") == []
     done = run_toolkit("restore", filled["file"], "--engine", "external", "--url", target, "--yes")
     assert done.returncode == 0 and "verified against its record" in done.stdout, done.stderr
+
+
+def test_a_record_that_is_no_file_is_refused_rather_than_read_forever(filled: dict[str, Any], isolated: Path) -> None:
+    """A FIFO was read forever (the restore hung); a link to /dev/zero, until memory ran out (not run here:
+    on a regression it would take the machine's memory)."""
+    (isolated / "odd.dump").write_bytes(Path(filled["file"]).read_bytes())
+    os.mkfifo(isolated / "odd.dump.json")
+    done = run_toolkit("restore", str(isolated / "odd.dump"), "--yes")
+    assert done.returncode == 2 and "odd.dump.json is not a toolkit backup record" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("name", ["", "n" * 64])
+def test_into_a_name_the_server_would_refuse_or_cut_is_one_line(filled: dict[str, Any], name: str) -> None:
+    done = run_toolkit("restore", filled["file"], "--into", name)
+    assert done.returncode == 2 and "a database name is 1 to 63 bytes" in done.stderr, done.stderr
+    assert _sql(_url(), "SELECT count(*) FROM pg_database WHERE datname LIKE 'nnn%'") == [(0,)]

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 RECORD_FORMAT = "toolkit-backup 1"
 MAGIC = b"PGDMP"
 BACKUPS_DIR = "backups"
+_RECORD_MAX = 64 << 20
+_NAME_MAX = 63  # bytes: the server cuts longer names (NAMEDATALEN - 1)
 _STATEMENT_LINES = 20  # of pg_restore's stderr kept as an error's detail
 _DUMPING = re.compile(r'^pg_dump: (?:dumping contents of table|processing data for table) "(.+)"')
 _RESTORING = re.compile(r'^pg_restore: processing data for table "(.+)"')
@@ -312,6 +314,9 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
     from toolkit import engines
 
     started = time.monotonic()
+    if into is not None and not 0 < len(into.encode()) <= _NAME_MAX or into is not None and "\0" in into:
+        raise UsageError(f"--into {into!r}: a database name is 1 to {_NAME_MAX} bytes (longer ones are cut by the "
+                         "server)", hint="choose another name")
     file = Path(os.path.abspath(file))
     check_archive(file)
     record = _read_record(file)
@@ -434,8 +439,15 @@ def check_archive(file: Path) -> None:
 
 
 def _read_record(file: Path) -> dict[str, Any] | None:
+    import stat
+
     path = record_path(file)
     try:
+        st = path.stat()
+        # a FIFO would be read forever, a link to /dev/zero until memory ran out; a record is a few KB
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _RECORD_MAX:
+            raise UsageError(f"{path} is not a toolkit backup record (not a regular file, or over "
+                             f"{_RECORD_MAX >> 20} MiB)", hint="move it away to restore without it")
         record = json.loads(path.read_text())
     except FileNotFoundError:
         return None
