@@ -151,7 +151,7 @@ def _forge_newer(dump: Path, target: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["missing", "garbage", "truncated with its record", "truncated without a record",
-                                  "header only", "newer archive version", "a directory"])
+                                  "header only", "newer archive version", "a directory", "a FIFO"])
 def test_a_bad_dump_is_refused_in_one_line_and_changes_nothing(filled: dict[str, Any], isolated: Path,
                                                                case: str) -> None:
     dump = Path(filled["file"])
@@ -169,6 +169,8 @@ def test_a_bad_dump_is_refused_in_one_line_and_changes_nothing(filled: dict[str,
         _forge_newer(dump, bad)
     elif case == "a directory":
         bad.mkdir()
+    elif case == "a FIFO":
+        os.mkfifo(bad)  # was waited on forever
     _sql(_url(), "INSERT INTO plain_notes (note) VALUES ('kept')")
     before = _contents(_url())
     done = run_toolkit("restore", str(bad), "--yes")
@@ -178,7 +180,7 @@ def test_a_bad_dump_is_refused_in_one_line_and_changes_nothing(filled: dict[str,
     expected = {"missing": "no dump at", "garbage": "not a pg_dump custom-format archive",
                 "truncated with its record": "damaged or truncated", "truncated without a record": "truncated or damaged",
                 "header only": "not a readable dump", "newer archive version": "newer pg_dump (archive format 1.99)",
-                "a directory": "is a directory"}[case]
+                "a directory": "is a directory", "a FIFO": "is not a regular file"}[case]
     assert expected in errors[0]
     assert _contents(_url()) == before
 

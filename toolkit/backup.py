@@ -415,7 +415,12 @@ def _lock_watch(url: PgUrl, application: str, timeout: float) -> Iterator[list[s
 
 def check_archive(file: Path) -> None:
     """A readable pg_dump custom-format archive at ``file``, whole when its record says how it should be."""
+    import stat
+
     try:
+        if not stat.S_ISREG(file.stat().st_mode) and not file.is_dir():  # a FIFO would be waited on forever
+            raise UsageError(f"{file} is not a regular file (a device or FIFO); a dump is read twice (checked, "
+                             "then restored)", hint="give the path of a file `toolkit backup` wrote")
         with open(file, "rb") as handle:
             head = handle.read(len(MAGIC) + 3)
     except FileNotFoundError:
