@@ -139,10 +139,13 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
     with _connect(url) as conn, _partial(file) as (fd, partial):
         # one snapshot for the census and the dump: the counts describe exactly the rows dumped
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # the census waits for a locked table no longer than pg_dump does: when pg_dump gives up before the
+        # census's query started, cancelling it comes too early, and it would wait forever
+        _lock_timeout(conn, settings.timeout)
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
         # a table another session holds exclusively (ALTER, VACUUM FULL) would make pg_dump wait forever
         argv = [tool, "--format=custom", "--verbose", "--no-password", f"--snapshot={snapshot}",
-                f"--lock-wait-timeout={int(settings.timeout * 1000)}", "--dbname", url.render("plain", password=False)]
+                f"--lock-wait-timeout={max(1, int(settings.timeout * 1000))}", "--dbname", url.render("plain", password=False)]
         progress("dumping, and counting rows and computing checksums beside it...")
         tables = _beside(lambda: census(conn), conn,
                          lambda: _run(argv, url, progress, _DUMPING, "dumping", stdout=fd, what="pg_dump",
@@ -269,10 +272,19 @@ def census(conn: psycopg.Connection[Any], progress: Progress = quiet) -> list[Ta
         progress(f"checksumming {name}", live=True)
         try:
             records.append(_table_record(conn, nsp, rel, archival=name in archival))
+        except psycopg.errors.LockNotAvailable:
+            raise InUseError(f"another session holds a lock on table {name} of database {conn.info.dbname!r}",
+                             hint="wait for that session to end, then try again; "
+                                  "TOOLKIT_TIMEOUT sets how long to wait (default 60 s)") from None
         except psycopg.Error as exc:
             raise ToolkitError(f"cannot read table {name} in database {conn.info.dbname!r}: {error_line(exc)}",
                                hint="the application role must be able to read every table it backs up") from None
     return records
+
+
+def _lock_timeout(conn: psycopg.Connection[Any], seconds: float) -> None:
+    """In ``conn``'s transaction, wait at most ``seconds`` for a lock."""
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{max(1, int(seconds * 1000))}ms"])
 
 
 def _table_record(conn: psycopg.Connection[Any], nsp: str, rel: str, *, archival: bool) -> TableRecord:
@@ -362,6 +374,7 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
     progress("verifying: counting rows and computing checksums...")
     with _connect(url) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        _lock_timeout(conn, settings.timeout)
         tables = census(conn, progress)
         conn.rollback()
     if record is not None:
