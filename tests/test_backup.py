@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import uuid
@@ -150,7 +151,7 @@ def _forge_newer(dump: Path, target: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["missing", "garbage", "truncated with its record", "truncated without a record",
-                                  "header only", "newer archive version", "a directory"])
+                                  "header only", "newer archive version", "a directory", "a FIFO"])
 def test_a_bad_dump_is_refused_in_one_line_and_changes_nothing(filled: dict[str, Any], isolated: Path,
                                                                case: str) -> None:
     dump = Path(filled["file"])
@@ -168,6 +169,8 @@ def test_a_bad_dump_is_refused_in_one_line_and_changes_nothing(filled: dict[str,
         _forge_newer(dump, bad)
     elif case == "a directory":
         bad.mkdir()
+    elif case == "a FIFO":
+        os.mkfifo(bad)  # was waited on forever
     _sql(_url(), "INSERT INTO plain_notes (note) VALUES ('kept')")
     before = _contents(_url())
     done = run_toolkit("restore", str(bad), "--yes")
@@ -177,7 +180,7 @@ def test_a_bad_dump_is_refused_in_one_line_and_changes_nothing(filled: dict[str,
     expected = {"missing": "no dump at", "garbage": "not a pg_dump custom-format archive",
                 "truncated with its record": "damaged or truncated", "truncated without a record": "truncated or damaged",
                 "header only": "not a readable dump", "newer archive version": "newer pg_dump (archive format 1.99)",
-                "a directory": "is a directory"}[case]
+                "a directory": "is a directory", "a FIFO": "is not a regular file"}[case]
     assert expected in errors[0]
     assert _contents(_url()) == before
 
@@ -303,12 +306,12 @@ def test_an_interrupted_restore_changes_nothing(embedded_down_after: Path) -> No
     dump = _backup()["file"]
     _sql(_url(), "DELETE FROM big WHERE g > 10")
     child = spawn_toolkit("restore", dump, "--yes")
-    wait_until(lambda: _sql(_url(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore' "
+    wait_until(lambda: _sql(_url(), "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_restore%' "
                                     "AND query LIKE 'COPY%'") == [(1,)], 120, "pg_restore copying rows")
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130, stderr
-    wait_until(lambda: _sql(_url(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore'")
+    wait_until(lambda: _sql(_url(), "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_restore%'")
                == [(0,)], 60, "pg_restore's session to end")
     assert _sql(_url(), "SELECT count(*) FROM big") == [(10,)]
 
@@ -376,3 +379,146 @@ def test_at_a_terminal_restore_asks_and_a_no_changes_nothing(filled: dict[str, A
     else:
         assert child.returncode == 0 and "verified against its record" in out, err
         assert _contents(_url()) != changed
+
+
+@pytest.mark.parametrize("edit", [{"tables": "public.plain_notes"}, {"tables": None}, {"tables": [1, 2]},
+                                  {"tables": [{"name": "public.plain_notes"}]}, {"bytes": "many"},
+                                  {"tables": [{"name": "public.plain_notes", "rows": "3", "checksum": "x"}]}])
+def test_a_record_of_the_wrong_shape_is_refused_before_anything_changes(filled: dict[str, Any], isolated: Path,
+                                                                        edit: dict[str, Any]) -> None:
+    """An edited record used to pass the first checks, the restore replaced the database, and only the
+    comparison afterwards crashed (internal error 70)."""
+    record = Path(filled["record"])
+    (isolated / "edited.dump").write_bytes(Path(filled["file"]).read_bytes())
+    (isolated / "edited.dump.json").write_text(json.dumps({**json.loads(record.read_text()), **edit}))
+    _sql(_url(), "INSERT INTO plain_notes (note) VALUES ('kept')")
+    before = _contents(_url())
+    done = run_toolkit("restore", str(isolated / "edited.dump"), "--yes")
+    assert done.returncode == 2, done.stderr
+    assert "edited.dump.json is a damaged toolkit backup record" in done.stderr, done.stderr
+    assert _contents(_url()) == before
+
+
+def test_a_restore_blocked_by_another_session_gives_up_and_says_whose(filled: dict[str, Any]) -> None:
+    """An agent idle in a transaction holds a lock on a table the restore drops: the restore waited forever."""
+    import psycopg
+
+    _sql(_url(), "INSERT INTO plain_notes (note) VALUES ('kept')")
+    before = _contents(_url())
+    with psycopg.connect(_url(), application_name="an agent") as agent:
+        agent.execute("SELECT count(*) FROM plain_notes")  # ACCESS SHARE, held until its transaction ends
+        done = run_toolkit("restore", filled["file"], "--yes", env={"TOOLKIT_TIMEOUT": "1"})
+        agent.rollback()
+    assert done.returncode == 3, done.stderr
+    assert "database 'memgpt' is in use" in done.stderr and "an agent, idle in transaction" in done.stderr, done.stderr
+    assert "nothing was changed" in done.stderr
+    assert _contents(_url()) == before
+
+
+def test_a_backup_blocked_by_an_exclusive_lock_gives_up_and_leaves_no_file(filled: dict[str, Any], isolated: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(_url()) as migration:
+        migration.execute("LOCK TABLE plain_notes IN ACCESS EXCLUSIVE MODE")  # an ALTER TABLE, a VACUUM FULL
+        done = run_toolkit("backup", str(isolated / "x.dump"), env={"TOOLKIT_TIMEOUT": "1"})
+        migration.rollback()
+    assert done.returncode == 3, done.stderr
+    assert "another session holds a lock on a table of database 'memgpt'" in done.stderr, done.stderr
+    assert "public.plain_notes" in done.stderr
+    assert [p.name for p in isolated.iterdir() if p.name.startswith(("x.dump", ".x.dump"))] == []
+
+
+def test_backups_at_once_each_get_a_name_of_their_own(filled: dict[str, Any], isolated: Path) -> None:
+    """Started in the same second they chose the same default name, and all but one failed after dumping
+    ("exists; give another FILE", though the user gave none)."""
+    children = [spawn_toolkit("backup", "--json") for _ in range(5)]
+    outcomes = [(child.communicate(timeout=300), child.returncode) for child in children]
+    assert [code for _, code in outcomes] == [0] * 5, [err for (_, err), _ in outcomes]
+    files = {json.loads(out)["file"] for (out, _), _ in outcomes}
+    assert len(files) == 5 and all(Path(f).exists() and Path(f + ".json").exists() for f in files)
+    assert all(_checksums(json.loads(out)) == _checksums(filled) for (out, _), _ in outcomes)
+
+
+@pytest.mark.parametrize("case", ["backups is a file", "backups is someone else's", "an unwritable directory"])
+def test_a_place_it_cannot_write_is_one_line(filled: dict[str, Any], isolated: Path, case: str) -> None:
+    backups = isolated / "backups"
+    args: tuple[str, ...] = ()
+    shutil.rmtree(backups)
+    if case == "backups is a file":
+        backups.write_text("mine")
+    elif case == "backups is someone else's":
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory away needs root")
+        elsewhere = isolated.parent / "theirs"
+        elsewhere.mkdir(mode=0o777)
+        os.chown(elsewhere, 65534, 65534)
+        backups.symlink_to(elsewhere)
+    else:
+        if os.geteuid() != 0:
+            readonly = isolated / "ro"
+            readonly.mkdir(mode=0o500)
+            args = (str(readonly / "x.dump"),)
+        else:
+            args = ("/proc/x.dump",)  # root may write anywhere but there
+    done = run_toolkit("backup", *args)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("toolkit: ")]
+    assert len(errors) == 1 and "internal error" not in errors[0], done.stderr
+    if case == "backups is someone else's":
+        assert "belongs to uid 65534" in errors[0] and list((isolated.parent / "theirs").iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["a link to /dev/null", "a FIFO", "its record's name is a directory"])
+def test_force_never_puts_a_file_in_place_of_a_device_or_fifo(filled: dict[str, Any], isolated: Path, case: str) -> None:
+    """`toolkit backup /dev/stdout` said "exists; replace it with --force", and --force replaced the link
+    (as root: the system's /dev/stdout) with a regular file."""
+    target = isolated / "out.dump"
+    if case == "a link to /dev/null":
+        target.symlink_to("/dev/null")
+    elif case == "a FIFO":
+        os.mkfifo(target)
+    else:
+        (isolated / "out.dump.json").mkdir()
+    for args in ((), ("--force",)):
+        done = run_toolkit("backup", str(target), *args)
+        assert done.returncode == 2, done.stderr
+        assert "is not a regular file" in done.stderr and "replace it with --force" not in done.stderr, done.stderr
+    if case == "a link to /dev/null":
+        assert target.is_symlink() and os.readlink(target) == "/dev/null"
+    elif case == "a FIFO":
+        assert stat.S_ISFIFO(target.lstat().st_mode)
+    else:
+        assert not target.exists()
+
+
+def test_a_declined_restore_creates_not_even_the_extension(filled: dict[str, Any]) -> None:
+    """The vector extension was created in the target (by a role allowed to) before the question, so a
+    "no" still changed the database."""
+    from toolkit.engines.embedded import EmbeddedEngine
+    from toolkit.settings import resolve
+
+    admin = EmbeddedEngine(resolve({"engine": "embedded"})).admin().url.with_address(host="127.0.0.1")
+    _sql(admin.libpq, "CREATE DATABASE novec TEMPLATE template0")
+    target = admin.libpq.rsplit("/", 1)[0] + "/novec"  # a superuser: it may create the extension
+    _sql(target, "CREATE TABLE keep (x int)")
+    refused = run_toolkit("restore", filled["file"], "--engine", "external", "--url", target)  # no terminal
+    assert refused.returncode == 1 and "re-run with --yes" in refused.stderr, refused.stderr
+    assert _sql(target, "SELECT extname FROM pg_extension WHERE extname = 'vector'") == []
+    done = run_toolkit("restore", filled["file"], "--engine", "external", "--url", target, "--yes")
+    assert done.returncode == 0 and "verified against its record" in done.stdout, done.stderr
+
+
+def test_a_record_that_is_no_file_is_refused_rather_than_read_forever(filled: dict[str, Any], isolated: Path) -> None:
+    """A FIFO was read forever (the restore hung); a link to /dev/zero, until memory ran out (not run here:
+    on a regression it would take the machine's memory)."""
+    (isolated / "odd.dump").write_bytes(Path(filled["file"]).read_bytes())
+    os.mkfifo(isolated / "odd.dump.json")
+    done = run_toolkit("restore", str(isolated / "odd.dump"), "--yes")
+    assert done.returncode == 2 and "odd.dump.json is not a toolkit backup record" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("name", ["", "n" * 64])
+def test_into_a_name_the_server_would_refuse_or_cut_is_one_line(filled: dict[str, Any], name: str) -> None:
+    done = run_toolkit("restore", filled["file"], "--into", name)
+    assert done.returncode == 2 and "a database name is 1 to 63 bytes" in done.stderr, done.stderr
+    assert _sql(_url(), "SELECT count(*) FROM pg_database WHERE datname LIKE 'nnn%'") == [(0,)]

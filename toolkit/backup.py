@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.engines.base import Progress, quiet
-from toolkit.errors import MigrationError, NotReadyError, ToolkitError, UsageError, error_line
+from toolkit.errors import InUseError, MigrationError, NotReadyError, ToolkitError, UsageError, error_line
 from toolkit.urls import PgUrl, redact
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 RECORD_FORMAT = "toolkit-backup 1"
 MAGIC = b"PGDMP"
 BACKUPS_DIR = "backups"
+_RECORD_MAX = 64 << 20
+_NAME_MAX = 63  # bytes: the server cuts longer names (NAMEDATALEN - 1)
 _STATEMENT_LINES = 20  # of pg_restore's stderr kept as an error's detail
 _DUMPING = re.compile(r'^pg_dump: (?:dumping contents of table|processing data for table) "(.+)"')
 _RESTORING = re.compile(r'^pg_restore: processing data for table "(.+)"')
@@ -115,32 +117,43 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
     url = engine.endpoint().url
     major = _server_major(url)
     tool = engine.tool("pg_dump")
+    alternatives: list[Path] = []
     if file is None:
-        file = first = default_file(settings, url.database)
-        _make_backups_dir(file.parent)
-        for n in range(2, 100):  # two backups in one second: the second is -2
-            if not file.exists() and not record_path(file).exists():
-                break
-            file = first.with_stem(f"{first.stem}-{n}")
+        first = default_file(settings, url.database)
+        _make_backups_dir(first.parent)
+        # two backups in one second: the second is -2 (chosen again when the dump is placed: two at once)
+        names = [first, *(first.with_stem(f"{first.stem}-{n}") for n in range(2, 100))]
+        free = [name for name in names if not name.exists() and not record_path(name).exists()] or [first]
+        file, alternatives = free[0], free[1:]
     file = Path(os.path.abspath(file))
     if not file.parent.is_dir():
         raise UsageError(f"cannot write {file}: no directory {file.parent}", hint="create it, or give another FILE")
     for path in (file, record_path(file)):
+        if path.exists() and not path.is_file():
+            # /dev/stdout, a FIFO, a directory: --force would put a file in its place (as root, /dev's own)
+            raise UsageError(f"{path} is not a regular file (a device, FIFO or directory, or a link to one); "
+                             "a backup and its record are files of their own",
+                             hint="give the path of a new file; --force replaces only a regular file")
         if (path.exists() or path.is_symlink()) and not force:
             raise UsageError(f"{path} exists", hint="give another FILE, or replace it with --force")
     with _connect(url) as conn, _partial(file) as (fd, partial):
         # one snapshot for the census and the dump: the counts describe exactly the rows dumped
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # the census waits for a locked table no longer than pg_dump does: when pg_dump gives up before the
+        # census's query started, cancelling it comes too early, and it would wait forever
+        _lock_timeout(conn, settings.timeout)
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+        # a table another session holds exclusively (ALTER, VACUUM FULL) would make pg_dump wait forever
         argv = [tool, "--format=custom", "--verbose", "--no-password", f"--snapshot={snapshot}",
-                "--dbname", url.render("plain", password=False)]
+                f"--lock-wait-timeout={max(1, int(settings.timeout * 1000))}", "--dbname", url.render("plain", password=False)]
         progress("dumping, and counting rows and computing checksums beside it...")
         tables = _beside(lambda: census(conn), conn,
-                         lambda: _run(argv, url, progress, _DUMPING, "dumping", stdout=fd, what="pg_dump"))
+                         lambda: _run(argv, url, progress, _DUMPING, "dumping", stdout=fd, what="pg_dump",
+                                      lock_wait=settings.timeout))
         os.fsync(fd)
         conn.rollback()
         digest, size = _sha256(partial)
-        _place(partial, file, force=force)
+        file = _place(partial, file, force=force, alternatives=alternatives)
     record = {"format": RECORD_FORMAT, "database": url.database, "server_major": major,
               "tool": _tool_version(tool), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "bytes": size, "sha256": digest, "tables": [asdict(t) for t in tables]}
@@ -181,19 +194,33 @@ def _beside(count: Callable[[], list[TableRecord]], conn: psycopg.Connection[Any
 
 
 def _make_backups_dir(path: Path) -> None:
-    """The default directory: 0700, with a .gitignore of its own, so no checkout commits a dump."""
-    if not path.is_dir():
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ignore = path / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# toolkit backups: never committed\n*\n")
+    """The default directory: 0700, with a .gitignore of its own, so no checkout commits a dump. One that
+    is not ours is refused: its owner could swap a dump for another, or plant a symlink we would write
+    through."""
+    try:
+        if not path.is_dir():
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = path.stat().st_uid
+        if owner != os.geteuid():
+            raise UsageError(f"{path} belongs to uid {owner}, not to you (uid {os.geteuid()})",
+                             hint="move it away, or give a FILE in a directory of yours")
+        ignore = path / ".gitignore"
+        if not ignore.exists() and not ignore.is_symlink():
+            ignore.write_text("# toolkit backups: never committed\n*\n")
+    except OSError as exc:
+        raise UsageError(f"cannot make the backups directory {path}: {exc.strerror or exc}",
+                         hint="move away what is in its place, or give a FILE") from None
 
 
 @contextmanager
 def _partial(file: Path) -> Iterator[tuple[int, Path]]:
     """A new file beside ``file`` (O_EXCL, 0600 whatever the umask), removed unless ``_place`` moved it."""
     partial = file.with_name(f".{file.name}.partial-{os.getpid()}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write in {file.parent}: {exc.strerror or exc}",
+                         hint="give a FILE in a directory you can write") from None
     try:
         os.fchmod(fd, 0o600)  # an ACL's default or a umask never widens it
         yield fd, partial
@@ -202,14 +229,21 @@ def _partial(file: Path) -> Iterator[tuple[int, Path]]:
         partial.unlink(missing_ok=True)
 
 
-def _place(partial: Path, file: Path, *, force: bool) -> None:
+def _place(partial: Path, file: Path, *, force: bool, alternatives: list[Path]) -> Path:
+    """Put the dump under ``file`` (or, when that name was taken meanwhile, the first free of
+    ``alternatives``: the default names); the name it got."""
     if force:
         os.replace(partial, file)
-        return
-    try:
-        os.link(partial, file)  # fails if FILE appeared meanwhile: never overwritten without --force
-    except FileExistsError:
-        raise UsageError(f"{file} exists", hint="give another FILE, or replace it with --force") from None
+        return file
+    for name in (file, *alternatives):
+        if name is not file and record_path(name).exists():
+            continue
+        try:
+            os.link(partial, name)  # fails if the name appeared meanwhile: never overwritten without --force
+        except FileExistsError:
+            continue
+        return name
+    raise UsageError(f"{file} exists", hint="give another FILE, or replace it with --force")
 
 
 def _sha256(path: Path) -> tuple[str, int]:
@@ -238,10 +272,19 @@ def census(conn: psycopg.Connection[Any], progress: Progress = quiet) -> list[Ta
         progress(f"checksumming {name}", live=True)
         try:
             records.append(_table_record(conn, nsp, rel, archival=name in archival))
+        except psycopg.errors.LockNotAvailable:
+            raise InUseError(f"another session holds a lock on table {name} of database {conn.info.dbname!r}",
+                             hint="wait for that session to end, then try again; "
+                                  "TOOLKIT_TIMEOUT sets how long to wait (default 60 s)") from None
         except psycopg.Error as exc:
             raise ToolkitError(f"cannot read table {name} in database {conn.info.dbname!r}: {error_line(exc)}",
                                hint="the application role must be able to read every table it backs up") from None
     return records
+
+
+def _lock_timeout(conn: psycopg.Connection[Any], seconds: float) -> None:
+    """In ``conn``'s transaction, wait at most ``seconds`` for a lock."""
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{max(1, int(seconds * 1000))}ms"])
 
 
 def _table_record(conn: psycopg.Connection[Any], nsp: str, rel: str, *, archival: bool) -> TableRecord:
@@ -283,6 +326,9 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
     from toolkit import engines
 
     started = time.monotonic()
+    if into is not None and not 0 < len(into.encode()) <= _NAME_MAX or into is not None and "\0" in into:
+        raise UsageError(f"--into {into!r}: a database name is 1 to {_NAME_MAX} bytes (longer ones are cut by the "
+                         "server)", hint="choose another name")
     file = Path(os.path.abspath(file))
     check_archive(file)
     record = _read_record(file)
@@ -297,11 +343,11 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
     else:
         with _connect(url) as conn:
             replaced = [f"{n}.{r}" for n, r in _user_tables(conn)]
+            if replaced:  # asked before anything changes, the extension included
+                shown = ", ".join(replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
+                confirm(f"replace database {url.database!r} (it holds {len(replaced)} tables: {shown}) with {file.name}")
             if re.search(r"^\d+; \d+ \d+ EXTENSION - vector ", listing, re.M):
                 _ensure_vector(conn, url.database)
-        if replaced:
-            shown = ", ".join(replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
-            confirm(f"replace database {url.database!r} (it holds {len(replaced)} tables: {shown}) with {file.name}")
     try:
         with tempfile.NamedTemporaryFile("w", prefix="toolkit-restore-", suffix=".list") as chosen:
             chosen.write(_without_extensions(listing))
@@ -309,7 +355,18 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
             argv = [tool, "--single-transaction", "--clean", "--if-exists", "--no-owner", "--no-privileges",
                     "--verbose", "--no-password", "--use-list", chosen.name,
                     "--dbname", url.render("plain", password=False), str(file)]
-            _run(argv, url, progress, _RESTORING, "restoring", what="pg_restore", file=file)
+            application = f"pg_restore (toolkit {os.getpid()})"
+            with _lock_watch(url, application, settings.timeout) as blockers:
+                try:
+                    _run(argv, url, progress, _RESTORING, "restoring", what="pg_restore", file=file,
+                         application=application)
+                except ToolkitError:
+                    if not blockers:
+                        raise
+                    raise InUseError(f"database {url.database!r} is in use: the restore waited {settings.timeout:g} s "
+                                     f"for a lock held by {', '.join(blockers)}; nothing was changed",
+                                     hint="end those sessions (or wait for them), then restore again; "
+                                          "TOOLKIT_TIMEOUT sets how long to wait (default 60 s)") from None
     except BaseException:
         if into is not None:
             _drop_database(engine, into)  # a failed --into leaves no half-made database behind
@@ -317,6 +374,7 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
     progress("verifying: counting rows and computing checksums...")
     with _connect(url) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        _lock_timeout(conn, settings.timeout)
         tables = census(conn, progress)
         conn.rollback()
     if record is not None:
@@ -325,9 +383,57 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
                          time.monotonic() - started)
 
 
+@contextmanager
+def _lock_watch(url: PgUrl, application: str, timeout: float) -> Iterator[list[str]]:
+    """Cancel the restore once it has waited ``timeout`` seconds for a lock another session holds (an
+    agent idle in a transaction holds one as long as it likes), and say whose: pg_restore sets its own
+    ``lock_timeout`` to 0, so it cannot be told to give up. Yields the blocking sessions, filled when it
+    cancelled. Best effort: when the watching connection fails, the restore goes on unwatched."""
+    import threading
+
+    import psycopg
+
+    blockers: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        waiting: dict[int, float] = {}  # pid of pg_restore's backend -> since when it waits for a lock
+        try:
+            with psycopg.connect(url.libpq, autocommit=True, connect_timeout=10) as conn:
+                while not done.wait(0.2):
+                    rows = conn.execute("SELECT pid, pg_blocking_pids(pid) FROM pg_stat_activity WHERE "
+                                        "application_name = %s AND wait_event_type = 'Lock'", [application]).fetchall()
+                    now = time.monotonic()
+                    waiting = {pid: waiting.get(pid, now) for pid, _ in rows}
+                    for pid, held_by in rows:
+                        if held_by and now - waiting[pid] >= timeout:
+                            who = conn.execute("SELECT pid, usename, coalesce(nullif(application_name, ''), '?'), "
+                                               "coalesce(state, '?') FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                               [held_by]).fetchall()
+                            blockers[:] = [f"pid {p} (user {u}, {a}, {st})" for p, u, a, st in who] or \
+                                [f"pid {p}" for p in held_by]
+                            conn.execute("SELECT pg_cancel_backend(%s)", [pid])
+                            return
+        except psycopg.Error:
+            pass
+
+    watcher = threading.Thread(target=watch, name="toolkit-restore-locks", daemon=True)
+    watcher.start()
+    try:
+        yield blockers
+    finally:
+        done.set()
+        watcher.join(timeout=15)
+
+
 def check_archive(file: Path) -> None:
     """A readable pg_dump custom-format archive at ``file``, whole when its record says how it should be."""
+    import stat
+
     try:
+        if not stat.S_ISREG(file.stat().st_mode) and not file.is_dir():  # a FIFO would be waited on forever
+            raise UsageError(f"{file} is not a regular file (a device or FIFO); a dump is read twice (checked, "
+                             "then restored)", hint="give the path of a file `toolkit backup` wrote")
         with open(file, "rb") as handle:
             head = handle.read(len(MAGIC) + 3)
     except FileNotFoundError:
@@ -351,8 +457,15 @@ def check_archive(file: Path) -> None:
 
 
 def _read_record(file: Path) -> dict[str, Any] | None:
+    import stat
+
     path = record_path(file)
     try:
+        st = path.stat()
+        # a FIFO would be read forever, a link to /dev/zero until memory ran out; a record is a few KB
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _RECORD_MAX:
+            raise UsageError(f"{path} is not a toolkit backup record (not a regular file, or over "
+                             f"{_RECORD_MAX >> 20} MiB)", hint="move it away to restore without it")
         record = json.loads(path.read_text())
     except FileNotFoundError:
         return None
@@ -361,7 +474,19 @@ def _read_record(file: Path) -> dict[str, Any] | None:
                          hint="move it away to restore without verifying against it") from None
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         raise UsageError(f"{path} is not a toolkit backup record", hint="move it away to restore without it")
+    # checked before anything is restored: a record that cannot be compared would fail only once the
+    # database had been replaced
+    tables = record.get("tables")
+    if not (isinstance(record.get("sha256"), str) and _is_count(record.get("bytes")) and isinstance(tables, list)
+            and all(isinstance(t, dict) and isinstance(t.get("name"), str) and _is_count(t.get("rows"))
+                    and isinstance(t.get("checksum"), str) for t in tables)):
+        raise UsageError(f"{path} is a damaged toolkit backup record (a field is missing or of the wrong type)",
+                         hint="move it away to restore without verifying against it; nothing was changed")
     return record
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _listing(tool: str, file: Path) -> str:
@@ -492,10 +617,13 @@ def _connect(url: PgUrl) -> Iterator[psycopg.Connection[Any]]:
 
 
 def _run(argv: list[str], url: PgUrl, progress: Progress, table_line: re.Pattern[str], verb: str, *,
-         what: str, stdout: int | None = None, file: Path | None = None) -> None:
+         what: str, stdout: int | None = None, file: Path | None = None, lock_wait: float = 0.0,
+         application: str | None = None) -> None:
     """Run a pg tool with the password in its environment (never argv), a progress line per table from its
     --verbose stderr; killed if we are interrupted. Its failure in one line, its last lines as detail."""
     env = {**os.environ, "PGPASSWORD": url.password, "PGCONNECT_TIMEOUT": "10"}
+    if application:
+        env["PGAPPNAME"] = application
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout if stdout is not None else subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, errors="replace", env=env)
     tail: list[str] = []
@@ -517,6 +645,13 @@ def _run(argv: list[str], url: PgUrl, progress: Progress, table_line: re.Pattern
         return
     errors = [line for line in tail if "error" in line.lower() or "fatal" in line.lower()] or tail or ["no output"]
     said = redact(errors[0] if what == "pg_restore" else errors[-1], (url.password,))
+    if what == "pg_dump" and "due to statement timeout" in said and any("LOCK TABLE" in line for line in tail):
+        locked = next(line for line in tail if "LOCK TABLE" in line).split("LOCK TABLE ", 1)[1].split(" IN ")[0]
+        if len(locked) > 200:  # pg_dump locks its tables in batches: one of them is held
+            locked = locked[:200] + "..."
+        raise InUseError(f"another session holds a lock on a table of database {url.database!r} (pg_dump waited "
+                         f"{lock_wait:g} s to lock {locked})", hint="wait for that session to end, then back up again; "
+                         "TOOLKIT_TIMEOUT sets how long to wait (default 60 s)")
     if what == "pg_dump" and "server version mismatch" in said:
         raise ToolkitError(f"pg_dump cannot dump this server: {said}",
                            hint="install a pg_dump of the server's major version or newer")
