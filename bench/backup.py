@@ -1,7 +1,8 @@
 """Benchmark `toolkit backup` and `toolkit restore` against the raw tools, measured in one run.
 
     backup   wall time of `toolkit backup` (a subprocess, as a user runs it: pg_dump plus the census of
-             every table's rows and checksum in the same snapshot) vs `pg_dump -Fc` of the same database
+             every table's rows and checksum in the same snapshot; gzip level 1) vs `pg_dump -Fc` (level 6) of the
+             same database; and the two dumps' sizes
     restore  wall time of `toolkit restore --yes` (one transaction, then the verification) vs
              `pg_restore --single-transaction --clean --if-exists` of the same dump
 
@@ -77,6 +78,9 @@ def main() -> None:
         for what, ours, raw in (("backup", ours_dump, raw_dump), ("restore", ours_restore, raw_restore)):
             o, r = statistics.median(ours), statistics.median(raw)
             print(f"{what}: toolkit {o:.2f} s, raw {r:.2f} s (median of {args.reps}); ratio {o / r:.2f}x")
+        ours_size, raw_size = (work / "ours-0.dump").stat().st_size, (work / "raw-0.dump").stat().st_size
+        mib = 2**20
+        print(f"dump size: toolkit {ours_size / mib:.1f} MiB, raw {raw_size / mib:.1f} MiB; ratio {ours_size / raw_size:.2f}x")
 
 
 if __name__ == "__main__":

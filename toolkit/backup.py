@@ -144,7 +144,9 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
         _lock_timeout(conn, settings.timeout)
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
         # a table another session holds exclusively (ALTER, VACUUM FULL) would make pg_dump wait forever
-        argv = [tool, "--format=custom", "--verbose", "--no-password", f"--snapshot={snapshot}",
+        # gzip level 1, not pg_dump's 6: embeddings are float noise that no level shrinks much, and MemGPT's zero
+        # padding to 4096 shrinks at any level; measured 6x faster for 10% more bytes (bench/backup.py)
+        argv = [tool, "--format=custom", "--compress=1", "--verbose", "--no-password", f"--snapshot={snapshot}",
                 f"--lock-wait-timeout={max(1, int(settings.timeout * 1000))}", "--dbname", url.render("plain", password=False)]
         progress("dumping, and counting rows and computing checksums beside it...")
         tables = _beside(lambda: census(conn), conn,
