@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -522,3 +523,12 @@ def test_into_a_name_the_server_would_refuse_or_cut_is_one_line(filled: dict[str
     done = run_toolkit("restore", filled["file"], "--into", name)
     assert done.returncode == 2 and "a database name is 1 to 63 bytes" in done.stderr, done.stderr
     assert _sql(_url(), "SELECT count(*) FROM pg_database WHERE datname LIKE 'nnn%'") == [(0,)]
+
+
+def test_the_summary_line_says_the_size_for_people(filled: dict[str, Any], isolated: Path) -> None:
+    """"(41332489 bytes, 1 tables, ...)": the size in KiB/MiB, the counts in words that agree."""
+    done = run_toolkit("backup", str(isolated / "said.dump"))
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert re.search(r"\(\d+\.\d (KiB|MiB), \d+ tables?, \d+ rows?\) in ", first), first  # a dump is over 1 KiB
+    assert not re.search(r"\b1 tables\b|\b1 rows\b", first), first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,8 @@ def backup(ctx: click.Context, file: Path | None, force: bool, as_json: bool, **
         echo_json(result.as_dict(), settings)
         return
     rows = sum(t.rows for t in result.tables)
-    echo(f"backed up database {result.database} to {result.file} ({result.bytes} bytes, {len(result.tables)} tables, "
-         f"{rows} rows) in {result.seconds:.1f} s; record in {result.record.name}", settings)
+    echo(f"backed up database {result.database} to {result.file} ({_size(result.bytes)}, {_counted(result.tables, rows)}) "
+         f"in {result.seconds:.1f} s; record in {result.record.name}", settings)
     _tables(result.tables, settings)
 
 
@@ -84,5 +85,18 @@ def restore(ctx: click.Context, file: Path, into: str | None, yes: bool, as_json
     verdict = "verified against its record" if result.verified else \
         f"NOT verified: no record {file.name}.json beside the dump"
     echo(f"restored {file} into {'new ' if result.created else ''}database {result.database} "
-         f"({len(result.tables)} tables, {rows} rows) in {result.seconds:.1f} s; {verdict}", settings)
+         f"({_counted(result.tables, rows)}) in {result.seconds:.1f} s; {verdict}", settings)
     _tables(result.tables, settings)
+
+
+def _size(n: int) -> str:
+    """``41332489`` as ``39.4 MiB``."""
+    size, units = float(n), ["bytes", "KiB", "MiB", "GiB", "TiB"]
+    while size >= 1024 and len(units) > 1:
+        size /= 1024
+        units.pop(0)
+    return f"{n} bytes" if units[0] == "bytes" else f"{size:.1f} {units[0]}"
+
+
+def _counted(tables: Sequence[object], rows: int) -> str:
+    return f"{len(tables)} table{'s' if len(tables) != 1 else ''}, {rows} row{'s' if rows != 1 else ''}"
