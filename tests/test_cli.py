@@ -225,10 +225,10 @@ def test_doctor_json_is_one_object_for_ci(pg_url: str) -> None:
 
 def test_up_renders_engine_progress_keeping_only_lasting_lines_in_a_log(isolated, capsys) -> None:  # type: ignore[no-untyped-def]
     """The library reports, the command renders: off a terminal, live totals are skipped, lines kept."""
-    from toolkit.commands.db import _progress
+    from toolkit.commands.db import stderr_progress
     from toolkit.settings import resolve
 
-    show = _progress(resolve({"db.password": "Hunter2-App"}, environ={}, project_dir=isolated))
+    show = stderr_progress(resolve({"db.password": "Hunter2-App"}, environ={}, project_dir=isolated))
     show("pulling img: 0 layers done, 1.0/2.0 MB", live=True)
     show("pulling img: 1 layers done, 2.0/2.0 MB")
     show("secret Hunter2-App never shown")

@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ _STATEMENT_LINES = 20  # of pg_restore's stderr kept as an error's detail
 _DUMPING = re.compile(r'^pg_dump: (?:dumping contents of table|processing data for table) "(.+)"')
 _RESTORING = re.compile(r'^pg_restore: processing data for table "(.+)"')
 _ARCHIVE_VERSION = re.compile(r"unsupported version \(([\d.]+)\) in file header")
+_LOCK_HINT = "TOOLKIT_TIMEOUT sets how long to wait (default 60 s)"
 
 # a confirmation the command gives: returns when the user agrees, raises (Declined) when not
 Confirm = Callable[[str], None]
@@ -147,7 +148,7 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
         # gzip level 1, not pg_dump's 6: embeddings are float noise that no level shrinks much, and MemGPT's zero
         # padding to 4096 shrinks at any level; measured 6x faster for 10% more bytes (bench/backup.py)
         argv = [tool, "--format=custom", "--compress=1", "--verbose", "--no-password", f"--snapshot={snapshot}",
-                f"--lock-wait-timeout={max(1, int(settings.timeout * 1000))}", "--dbname", url.render("plain", password=False)]
+                f"--lock-wait-timeout={_milliseconds(settings.timeout)}", "--dbname", url.render("plain", password=False)]
         progress("dumping, and counting rows and computing checksums beside it...")
         tables = _beside(lambda: census(conn), conn,
                          lambda: _run(argv, url, progress, _DUMPING, "dumping", stdout=fd, what="pg_dump",
@@ -156,13 +157,14 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
         conn.rollback()
         digest, size = _sha256(partial)
         file = _place(partial, file, force=force, alternatives=alternatives)
+    version = _tool_version(tool)
     record = {"format": RECORD_FORMAT, "database": url.database, "server_major": major,
-              "tool": _tool_version(tool), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "tool": version, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "bytes": size, "sha256": digest, "tables": [asdict(t) for t in tables]}
     from toolkit.perms import replace_file
 
     replace_file(record_path(file), (json.dumps(record, indent=2) + "\n").encode())
-    return BackupResult(file, record_path(file), url.database, size, digest, major, _tool_version(tool), tables,
+    return BackupResult(file, record_path(file), url.database, size, digest, major, version, tables,
                         time.monotonic() - started)
 
 
@@ -277,7 +279,7 @@ def census(conn: psycopg.Connection[Any], progress: Progress = quiet) -> list[Ta
         except psycopg.errors.LockNotAvailable:
             raise InUseError(f"another session holds a lock on table {name} of database {conn.info.dbname!r}",
                              hint="wait for that session to end, then try again; "
-                                  "TOOLKIT_TIMEOUT sets how long to wait (default 60 s)") from None
+                                  + _LOCK_HINT) from None
         except psycopg.Error as exc:
             raise ToolkitError(f"cannot read table {name} in database {conn.info.dbname!r}: {error_line(exc)}",
                                hint="the application role must be able to read every table it backs up") from None
@@ -286,7 +288,11 @@ def census(conn: psycopg.Connection[Any], progress: Progress = quiet) -> list[Ta
 
 def _lock_timeout(conn: psycopg.Connection[Any], seconds: float) -> None:
     """In ``conn``'s transaction, wait at most ``seconds`` for a lock."""
-    conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{max(1, int(seconds * 1000))}ms"])
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{_milliseconds(seconds)}ms"])
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, int(seconds * 1000))  # 0 would mean "wait forever" to Postgres
 
 
 def _table_record(conn: psycopg.Connection[Any], nsp: str, rel: str, *, archival: bool) -> TableRecord:
@@ -332,11 +338,10 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
         raise UsageError(f"--into {into!r}: a database name is 1 to {_NAME_MAX} bytes (longer ones are cut by the "
                          "server)", hint="choose another name")
     file = Path(os.path.abspath(file))
-    check_archive(file)
-    record = _read_record(file)
+    record = check_archive(file)
     engine, _ = engines.select(settings)
     url = engine.endpoint().url
-    _server_major(url)
+    _server_major(url)  # the server answers (NotReadyError naming `toolkit up` when not) before anything else
     tool = engine.tool("pg_restore")
     listing = _listing(tool, file)
     replaced: list[str] = []
@@ -368,7 +373,7 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
                     raise InUseError(f"database {url.database!r} is in use: the restore waited {settings.timeout:g} s "
                                      f"for a lock held by {', '.join(blockers)}; nothing was changed",
                                      hint="end those sessions (or wait for them), then restore again; "
-                                          "TOOLKIT_TIMEOUT sets how long to wait (default 60 s)") from None
+                                          + _LOCK_HINT) from None
     except BaseException:
         if into is not None:
             _drop_database(engine, into)  # a failed --into leaves no half-made database behind
@@ -428,8 +433,9 @@ def _lock_watch(url: PgUrl, application: str, timeout: float) -> Iterator[list[s
         watcher.join(timeout=15)
 
 
-def check_archive(file: Path) -> None:
-    """A readable pg_dump custom-format archive at ``file``, whole when its record says how it should be."""
+def check_archive(file: Path) -> dict[str, Any] | None:
+    """A readable pg_dump custom-format archive at ``file``, whole when its record says how it should be: the
+    record, None when it has none."""
     import stat
 
     try:
@@ -456,6 +462,7 @@ def check_archive(file: Path) -> None:
                 "its SHA-256 differs from its record's"
             raise UsageError(f"{file} is damaged or truncated ({what})",
                              hint=f"restore another backup; nothing was changed (the record is {record_path(file).name})")
+    return record
 
 
 def _read_record(file: Path) -> dict[str, Any] | None:
@@ -557,14 +564,13 @@ def _create_database(engine: Engine, url: PgUrl, name: str) -> PgUrl:
             template = admin.vector_template or "template1"
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
                 sql.Identifier(name), sql.Identifier(template), sql.Identifier(admin.owner)))
-        target = PgUrl(url.user, url.password, url.host, url.port, name, url.options)
+        target = replace(url, database=name)
     except psycopg.Error as exc:
         raise ToolkitError(f"cannot create database {name!r}: {error_line(exc, last=True)}",
                            hint="the role must be allowed to create databases (CREATEDB)") from None
     try:
         if admin.vector_template is None:
-            with psycopg.connect(PgUrl(admin.url.user, admin.url.password, admin.url.host, admin.url.port, name,
-                                       admin.url.options).libpq, autocommit=True, connect_timeout=10) as conn:
+            with psycopg.connect(replace(admin.url, database=name).libpq, autocommit=True, connect_timeout=10) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     except BaseException as exc:
         _drop_database(engine, name)  # no half-made database left behind
@@ -653,7 +659,7 @@ def _run(argv: list[str], url: PgUrl, progress: Progress, table_line: re.Pattern
             locked = locked[:200] + "..."
         raise InUseError(f"another session holds a lock on a table of database {url.database!r} (pg_dump waited "
                          f"{lock_wait:g} s to lock {locked})", hint="wait for that session to end, then back up again; "
-                         "TOOLKIT_TIMEOUT sets how long to wait (default 60 s)")
+                         + _LOCK_HINT)
     if what == "pg_dump" and "server version mismatch" in said:
         raise ToolkitError(f"pg_dump cannot dump this server: {said}",
                            hint="install a pg_dump of the server's major version or newer")

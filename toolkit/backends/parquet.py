@@ -350,12 +350,15 @@ def _check_dates(column: pa.Array, batch: pa.RecordBatch, archive: _Archive) -> 
                                     f"{batch.column('id')[row]})")
 
 
+def _fold(id: uuid.UUID) -> int:
+    """An id folded to 64 bits: 8 bytes a row to find a duplicate id with."""
+    return (id.int >> 64) ^ (id.int & ((1 << 64) - 1))
+
+
 def _folded(rows: list[Passage]) -> np.ndarray:
-    """The ids of ``rows`` folded to 64 bits: 8 bytes a row to find a duplicate id with."""
     import numpy as np
 
-    mask = (1 << 64) - 1
-    return np.fromiter(((p.id.int >> 64) ^ (p.id.int & mask) for p in rows), dtype=np.uint64, count=len(rows))
+    return np.fromiter((_fold(p.id) for p in rows), dtype=np.uint64, count=len(rows))
 
 
 def _check_unique(archive: _Archive, folded: list[np.ndarray], rows: Any) -> None:
@@ -371,7 +374,7 @@ def _check_unique(archive: _Archive, folded: list[np.ndarray], rows: Any) -> Non
     seen: set[uuid.UUID] = set()
     for batch in rows(archive):
         for p in batch:
-            if (p.id.int >> 64) ^ (p.id.int & ((1 << 64) - 1)) in alike:
+            if _fold(p.id) in alike:
                 if p.id in seen:
                     raise _refuse(archive.path, f"has id {p.id} twice in column 'id'",
                                   "keep one row per id (e.g. pandas drop_duplicates('id')), then migrate it again")
@@ -464,15 +467,12 @@ class ParquetStore(StoreBase):
             else:
                 try:
                     os.link(stage.temp, self.path)  # fails if the name is taken: never clobbers
-                except FileExistsError:
-                    raise BackendError(f"the archive {self.path} appeared while it was being written",
-                                       hint="add --overwrite to replace it") from None
                 except OSError as exc:
-                    if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    if exc.errno not in (errno.EEXIST, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
                         raise
-                    # no hard links here (vfat/exFAT USB sticks, some CIFS mounts): checked, then renamed;
-                    # a file put there in between by another writer would be replaced
-                    if os.path.lexists(self.path):
+                    # EEXIST: taken meanwhile. The others: no hard links here (vfat/exFAT USB sticks, some CIFS
+                    # mounts): checked, then renamed; a file put there in between by another writer would be replaced
+                    if exc.errno == errno.EEXIST or os.path.lexists(self.path):
                         raise BackendError(f"the archive {self.path} appeared while it was being written",
                                            hint="add --overwrite to replace it") from None
                     os.rename(stage.temp, self.path)

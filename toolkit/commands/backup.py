@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from toolkit.commands._common import confirm_or_abort, echo, echo_json, settings_from
-from toolkit.commands.db import _flags, _progress, db_options
+from toolkit.commands.db import db_flags, db_options, stderr_progress
 
 
 def _tables(tables: list[Any], settings: Any) -> None:
@@ -40,8 +40,8 @@ def backup(ctx: click.Context, file: Path | None, force: bool, as_json: bool, **
     """
     from toolkit.backup import backup as run
 
-    settings = settings_from(ctx, **_flags(**kwargs))
-    result = run(settings, file, force=force, progress=_progress(settings))
+    settings = settings_from(ctx, **db_flags(**kwargs))
+    result = run(settings, file, force=force, progress=stderr_progress(settings))
     if as_json:
         echo_json(result.as_dict(), settings)
         return
@@ -75,9 +75,9 @@ def restore(ctx: click.Context, file: Path, into: str | None, yes: bool, as_json
     """
     from toolkit.backup import restore as run
 
-    settings = settings_from(ctx, **_flags(**kwargs))
+    settings = settings_from(ctx, **db_flags(**kwargs))
     result = run(settings, file, into=into, confirm=lambda question: confirm_or_abort(question, yes=yes),
-                 progress=_progress(settings))
+                 progress=stderr_progress(settings))
     if as_json:
         echo_json(result.as_dict(), settings)
         return

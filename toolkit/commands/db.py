@@ -48,7 +48,8 @@ def export_option(func: F) -> F:
         help=f"Whose variables, comma-separated, repeatable [default: memgpt; TOOLKIT_EXPORT]: {exports.described()}.")(func)
 
 
-def _flags(**kwargs: Any) -> dict[str, Any]:
+def db_flags(**kwargs: Any) -> dict[str, Any]:
+    """A command's flags under their setting names (``port`` -> ``db.port``), for ``settings_from``."""
     renames = {"port": "db.port", "user": "db.user", "password": "db.password", "database": "db.database",
                "bind": "db.bind", "host": "db.host"}
     if "export" in kwargs:  # ("letta,libpq", "memgpt") -> "letta,libpq,memgpt", parsed (and checked) by settings
@@ -88,8 +89,8 @@ def up(ctx: click.Context, no_export: bool, as_json: bool, build: bool, **kwargs
 
     if no_export and kwargs["export"]:
         raise UsageError("--export and --no-export contradict each other", hint="give one of them")
-    settings = settings_from(ctx, **_flags(**kwargs))
-    result = api.up(settings, export=not no_export, progress=_progress(settings), build=build,
+    settings = settings_from(ctx, **db_flags(**kwargs))
+    result = api.up(settings, export=not no_export, progress=stderr_progress(settings), build=build,
                     base_image=kwargs.get("image"))
     if as_json:
         echo_json(result.as_dict(), settings)
@@ -115,7 +116,7 @@ def down(ctx: click.Context, purge: bool, yes: bool, all_: bool, **kwargs: Any) 
     """
     from toolkit import api
 
-    settings = settings_from(ctx, **_flags(**kwargs))
+    settings = settings_from(ctx, **db_flags(**kwargs))
     if all_:
         if purge:
             confirm_or_abort(f"delete every toolkit container and volume of {settings.project_dir}", yes=yes)
@@ -151,7 +152,7 @@ def status(ctx: click.Context, as_json: bool, **kwargs: Any) -> None:
     """
     from toolkit import api
 
-    settings = settings_from(ctx, **_flags(**kwargs))
+    settings = settings_from(ctx, **db_flags(**kwargs))
     state = api.status(settings)
     if as_json:
         echo_json(state, settings)
@@ -182,7 +183,7 @@ def env(ctx: click.Context, fmt: str, **kwargs: Any) -> None:
     from toolkit import api
     from toolkit.envfile import render
 
-    settings = settings_from(ctx, **_flags(**kwargs))
+    settings = settings_from(ctx, **db_flags(**kwargs))
     click.echo(render(api.env_values(settings), fmt))
 
 
@@ -200,7 +201,7 @@ def logs(ctx: click.Context, tail: int, **kwargs: Any) -> None:
     """
     from toolkit import api
 
-    settings = settings_from(ctx, **_flags(**kwargs))
+    settings = settings_from(ctx, **db_flags(**kwargs))
     text = api.logs(settings, tail)
     if text:
         echo(text, settings)
@@ -221,7 +222,7 @@ def psql(ctx: click.Context, sql: str | None, psql_args: tuple[str, ...], **kwar
     """
     from toolkit import api
 
-    argv, env = api.psql_invocation(settings_from(ctx, **_flags(**kwargs)), sql, psql_args)
+    argv, env = api.psql_invocation(settings_from(ctx, **db_flags(**kwargs)), sql, psql_args)
     if sql is None:
         os.execvpe(argv[0], argv, env)
     from toolkit import proc
@@ -230,7 +231,7 @@ def psql(ctx: click.Context, sql: str | None, psql_args: tuple[str, ...], **kwar
     click.echo(done.stdout, nl=False)
 
 
-def _progress(settings: Settings) -> Progress:
+def stderr_progress(settings: Settings) -> Progress:
     """Render an engine's progress on stderr: a terminal redraws live lines in place, a log keeps only
     the lines meant to be kept."""
     tty = sys.stderr.isatty()
