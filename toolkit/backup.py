@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -137,7 +137,7 @@ def backup(settings: Settings, file: Path | None = None, *, force: bool = False,
                              hint="give the path of a new file; --force replaces only a regular file")
         if (path.exists() or path.is_symlink()) and not force:
             raise UsageError(f"{path} exists", hint="give another FILE, or replace it with --force")
-    with _connect(url) as conn, _partial(file) as (fd, partial):
+    with _turn(url, shared=True, timeout=settings.timeout), _connect(url) as conn, _partial(file) as (fd, partial):
         # one snapshot for the census and the dump: the counts describe exactly the rows dumped
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         # the census waits for a locked table no longer than pg_dump does: when pg_dump gives up before the
@@ -344,50 +344,74 @@ def restore(settings: Settings, file: Path, *, into: str | None = None, confirm:
     _server_major(url)  # the server answers (NotReadyError naming `toolkit up` when not) before anything else
     tool = engine.tool("pg_restore")
     listing = _listing(tool, file)
-    replaced: list[str] = []
-    if into is not None:
-        url = _create_database(engine, url, into)
-    else:
-        with _connect(url) as conn:
-            replaced = [f"{n}.{r}" for n, r in _user_tables(conn)]
-            if replaced:  # asked before anything changes, the extension included
-                shown = ", ".join(replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
-                confirm(f"replace database {url.database!r} (it holds {len(replaced)} tables: {shown}) with {file.name}")
-            if re.search(r"^\d+; \d+ \d+ EXTENSION - vector ", listing, re.M):
-                _ensure_vector(conn, url.database)
-    try:
-        with tempfile.NamedTemporaryFile("w", prefix="toolkit-restore-", suffix=".list") as chosen:
-            chosen.write(_without_extensions(listing))
-            chosen.flush()
-            argv = [tool, "--single-transaction", "--clean", "--if-exists", "--no-owner", "--no-privileges",
-                    "--verbose", "--no-password", "--use-list", chosen.name,
-                    "--dbname", url.render("plain", password=False), str(file)]
-            application = f"pg_restore (toolkit {os.getpid()})"
-            with _lock_watch(url, application, settings.timeout) as blockers:
-                try:
-                    _run(argv, url, progress, _RESTORING, "restoring", what="pg_restore", file=file,
-                         application=application)
-                except ToolkitError:
-                    if not blockers:
-                        raise
-                    raise InUseError(f"database {url.database!r} is in use: the restore waited {settings.timeout:g} s "
-                                     f"for a lock held by {', '.join(blockers)}; nothing was changed",
-                                     hint="end those sessions (or wait for them), then restore again; "
-                                          + _LOCK_HINT) from None
-    except BaseException:
+    with ExitStack() as turns:
+        replaced: list[str] = []
         if into is not None:
-            _drop_database(engine, into)  # a failed --into leaves no half-made database behind
-        raise
-    progress("verifying: counting rows and computing checksums...")
+            url = _create_database(engine, url, into)
+        else:
+            turns.enter_context(_turn(url, shared=False, timeout=settings.timeout))  # from the question to the check
+            with _connect(url) as conn:
+                replaced = [f"{n}.{r}" for n, r in _user_tables(conn)]
+                if replaced:  # asked before anything changes, the extension included
+                    shown = ", ".join(replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
+                    confirm(f"replace database {url.database!r} (it holds {len(replaced)} tables: {shown}) with {file.name}")
+                if re.search(r"^\d+; \d+ \d+ EXTENSION - vector ", listing, re.M):
+                    _ensure_vector(conn, url.database)
+        try:
+            with tempfile.NamedTemporaryFile("w", prefix="toolkit-restore-", suffix=".list") as chosen:
+                chosen.write(_without_extensions(listing))
+                chosen.flush()
+                argv = [tool, "--single-transaction", "--clean", "--if-exists", "--no-owner", "--no-privileges",
+                        "--verbose", "--no-password", "--use-list", chosen.name,
+                        "--dbname", url.render("plain", password=False), str(file)]
+                application = f"pg_restore (toolkit {os.getpid()})"
+                with _lock_watch(url, application, settings.timeout) as blockers:
+                    try:
+                        _run(argv, url, progress, _RESTORING, "restoring", what="pg_restore", file=file,
+                             application=application)
+                    except ToolkitError:
+                        if not blockers:
+                            raise
+                        raise InUseError(f"database {url.database!r} is in use: the restore waited {settings.timeout:g} s "
+                                         f"for a lock held by {', '.join(blockers)}; nothing was changed",
+                                         hint="end those sessions (or wait for them), then restore again; "
+                                              + _LOCK_HINT) from None
+        except BaseException:
+            if into is not None:
+                _drop_database(engine, into)  # a failed --into leaves no half-made database behind
+            raise
+        progress("verifying: counting rows and computing checksums...")
+        with _connect(url) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            _lock_timeout(conn, settings.timeout)
+            tables = census(conn, progress)
+            conn.rollback()
+        if record is not None:
+            _verify(record, tables, file, url.database)
+        return RestoreResult(file, url.database, into is not None, tables, record is not None, replaced,
+                             time.monotonic() - started)
+
+
+_TURN = int.from_bytes(b"tkbackup", "big", signed=True)  # the advisory lock's key (Postgres scopes it to a database)
+
+
+@contextmanager
+def _turn(url: PgUrl, *, shared: bool, timeout: float) -> Iterator[None]:
+    """Backups and restores of one database take turns: a restore waits for the backups and the restore under
+    way, backups run side by side. Two restores at once made one of them fail its check (exit 7) though both
+    worked: Postgres finds a table by the newest catalog but reads its rows in the reader's snapshot, so a
+    check that began before the other restore committed counted its new table as empty."""
     with _connect(url) as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        _lock_timeout(conn, settings.timeout)
-        tables = census(conn, progress)
-        conn.rollback()
-    if record is not None:
-        _verify(record, tables, file, url.database)
-    return RestoreResult(file, url.database, into is not None, tables, record is not None, replaced,
-                         time.monotonic() - started)
+        conn.autocommit = True  # a session lock, held until the connection closes
+        take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        deadline = time.monotonic() + timeout
+        while not conn.execute(f"SELECT {take}(%s)", [_TURN]).fetchone()[0]:  # type: ignore[index]
+            if time.monotonic() >= deadline:
+                raise InUseError(f"another toolkit {'restore' if shared else 'backup or restore'} of database "
+                                 f"{url.database!r} is under way (waited {timeout:g} s)",
+                                 hint="let it finish, then try again; " + _LOCK_HINT)
+            time.sleep(0.1)
+        yield
 
 
 @contextmanager
