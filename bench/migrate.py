@@ -1,48 +1,113 @@
-"""Benchmark `toolkit migrate` against the raw bulk-load path, measured in one run.
+"""Benchmark `toolkit migrate` at scale: rows/s, peak RSS, and the ratio to the destination's raw bulk path.
 
-    (a) into Postgres: N passages (default 100k x 1536) from a local store, through toolkit's migrate
-        (scan, upsert, checksum, verification) vs psycopg binary COPY of the same rows, already in
-        memory, into a table of the same layout. Target: migrate at least 0.8x the raw rate.
-    (b) rows/s into each destination (local, chroma, lancedb, postgres; chroma-http with
-        --chroma HOST:PORT) for --other-rows passages.
+For each --rows size (default 100k and 1M; 100k and 300k when Postgres is on either side: MemGPT's layout
+writes 16 KB a row), in one run:
+  1. a SRC store is filled with N seeded passages (1536-dim, NumPy embeddings);
+  2. `toolkit migrate --from SRC --to DST --json` runs in a subprocess, as a user runs it; its peak RSS is
+     what wait4 reports for it (getrusage: memory-mapped file pages and its own children included);
+  3. the destination's raw bulk path writes the same rows, generated in memory first, in a subprocess:
+       postgres  one binary COPY into MemGPT's layout (psycopg), committed
+       lancedb   one `table.add` of a RecordBatchReader of Arrow batches into a new table (same format)
+       local     the segment files written directly: np.save of the matrix, one JSONL, the manifest (fsynced)
+       chroma    `collection.add` in batches of the client's max batch size (chromadb in process)
+       parquet   one pyarrow ParquetWriter over Arrow batches
+The ratio is raw seconds / migrate's seconds (copy and verification; not the process start): >= 0.8 is the
+target. "holds" compares rows/s of the largest size with the smallest (target: within 15%).
 
-Starts its own embedded Postgres on a free port in a temp dir unless --url is given.
-Usage: .venv/bin/python bench/migrate.py [--rows 100000] [--other-rows 10000] [--url postgresql://...]
+Starts its own embedded Postgres on a free port in a temp dir when a side is postgres (unless --url).
+Usage: .venv/bin/python bench/migrate.py --pair local:postgres [--rows 100000 --rows 300000] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from toolkit.backends import open_store  # noqa: E402
 from toolkit.backends.base import MAX_EMBEDDING_DIM, Passage  # noqa: E402
-from toolkit.migrate import migrate  # noqa: E402
 from toolkit.specs import Spec  # noqa: E402
 
+KINDS = ("local", "postgres", "lancedb", "chroma", "parquet")
+TABLE = "bench_migrate"
+CHUNK = 10_000  # rows generated (and written) at a time: the filling process stays small
 
-def make_passages(n: int, dim: int) -> list[Passage]:
+
+def make_passages(n: int, dim: int, start: int = 0) -> list[Passage]:
+    """Passages ``start`` .. ``start + n``: the same rows for the same numbers, in every process."""
     import numpy as np
 
-    rng = np.random.default_rng(1536)
+    rng = np.random.default_rng(1536 + start)
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     user, agent = uuid.UUID(int=1), uuid.UUID(int=2)
-    return [Passage(id=uuid.UUID(int=(7 << 64) + i), user_id=user, agent_id=agent, text=f"passage {i} " * 8,
-                    embedding=vectors[i], data_source="bench", embedding_model="seeded-numpy",
-                    metadata={"n": i}) for i in range(n)]
+    return [Passage(id=uuid.UUID(int=(7 << 64) + start + i), user_id=user, agent_id=agent,
+                    text=f"passage {start + i} " * 8, embedding=vectors[i], data_source="bench",
+                    embedding_model="seeded-numpy", metadata={"n": start + i}) for i in range(n)]
 
 
-def raw_copy(url: str, table: str, rows: list[Passage]) -> float:
-    """The floor: one binary COPY of the rows into MemGPT's layout, committed."""
+def chunks(n: int, dim: int) -> Iterator[list[Passage]]:
+    for start in range(0, n, CHUNK):
+        yield make_passages(min(CHUNK, n - start), dim, start)
+
+
+# -- stores ------------------------------------------------------------------------------------------
+
+def spec_of(kind: str, work: Path, side: str, url: str, fmt: str) -> Spec:
+    if kind == "postgres":
+        return Spec("postgres", url)
+    if kind == "parquet":
+        return Spec("parquet", str(work / f"{side}.parquet"))
+    spec = Spec(kind, str(work / side))
+    return spec.with_format(fmt) if kind in ("chroma", "lancedb") else spec
+
+
+def fill(spec: Spec, n: int, dim: int, work: Path) -> None:
+    """SRC with N rows: written in chunks through the store (a Parquet archive: migrated from a local one)."""
+    if spec.backend == "parquet":
+        from toolkit.migrate import migrate
+
+        staging = Spec("local", str(work / "parquet-staging"))
+        fill(staging, n, dim, work)
+        migrate(staging, spec, table=TABLE)
+        shutil.rmtree(staging.location)
+        return
+    with closing(open_store(spec.store(TABLE))) as store:
+        for rows in chunks(n, dim):
+            store.insert(rows)
+
+
+def empty(spec: Spec, table: str = TABLE) -> None:
+    if spec.backend in ("postgres",):
+        with closing(open_store(spec.store(table))) as store:
+            store.drop()
+    elif spec.backend == "parquet":
+        Path(spec.location).unlink(missing_ok=True)
+    else:
+        shutil.rmtree(spec.location, ignore_errors=True)
+
+
+# -- raw bulk paths (run in a subprocess: `bench/migrate.py _raw KIND LOCATION N DIM FORMAT`) ---------------
+
+def raw(kind: str, location: str, n: int, dim: int, fmt: str) -> float:
+    """Seconds the destination's own bulk path takes to write the N rows (generated beforehand)."""
+    rows = [p for part in chunks(n, dim) for p in part]
+    return RAW[kind](location, rows, dim, fmt)
+
+
+def raw_postgres(url: str, rows: list[Passage], dim: int, fmt: str) -> float:
     import numpy as np
     import psycopg
     from pgvector.psycopg import register_vector
@@ -51,13 +116,13 @@ def raw_copy(url: str, table: str, rows: list[Passage]) -> float:
 
     from toolkit.backends.postgres import COLUMNS, DDL, TYPES
 
+    table = "bench_raw"
     with psycopg.connect(url) as conn:
         register_vector(conn)
         conn.execute(sql.SQL(DDL).format(table=sql.Identifier(table)))
         conn.commit()
-        start = time.perf_counter()
-        dim = len(rows[0].embedding)
         padded = np.zeros(MAX_EMBEDDING_DIM, dtype=np.float32)
+        start = time.perf_counter()
         with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
                 sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))) as copy:
             copy.set_types(list(TYPES))
@@ -72,85 +137,205 @@ def raw_copy(url: str, table: str, rows: list[Passage]) -> float:
     return seconds
 
 
-def timed_migrate(source: Spec, destination: Spec, table: str, batch: int) -> dict[str, float]:
-    """Migrate, timing the copy phase (last batch written) and the whole run (with verification)."""
-    marks: list[float] = []
+def _lance_batches(rows: list[Passage], dim: int) -> tuple[Any, list[Any]]:
+    import numpy as np
+    import pyarrow as pa
+
+    from toolkit.backends._util import dumps
+    from toolkit.backends.lancedb import schema
+
+    arrow = schema(dim)
+    batches = []
+    for i in range(0, len(rows), CHUNK):
+        part = rows[i:i + CHUNK]
+        vectors = np.stack([p.embedding for p in part]).astype(np.float32)
+        batches.append(pa.record_batch({
+            "id": [str(p.id) for p in part], "user_id": [str(p.user_id) for p in part],
+            "agent_id": [p.agent_id and str(p.agent_id) for p in part],
+            "doc_id": [p.doc_id and str(p.doc_id) for p in part], "text": [p.text for p in part],
+            "data_source": [p.data_source for p in part],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dim),
+            "embedding_dim": [dim] * len(part), "embedding_model": [p.embedding_model for p in part],
+            "metadata_": [dumps(p.metadata) for p in part],
+            "created_at": pa.array([p.created_at for p in part], pa.timestamp("us", tz="UTC"))}, schema=arrow))
+    return arrow, batches
+
+
+def raw_lancedb(location: str, rows: list[Passage], dim: int, fmt: str) -> float:
+    import lancedb
+    import pyarrow as pa
+
+    from toolkit.backends import lancedb as backend
+
+    arrow, batches = _lance_batches(rows, dim)
+    del rows[:]
+    db = lancedb.connect(location)
+    table = db.create_table("bench_raw", schema=arrow, storage_options=backend.CREATE[backend.ALIASES[fmt]])
     start = time.perf_counter()
-    result = migrate(source, destination, table=table, batch=batch, progress=lambda n: marks.append(time.perf_counter()))
-    total = time.perf_counter() - start
-    assert result.verified
-    return {"rows": result.rows, "copy": marks[-1] - start, "total": total}
+    table.add(pa.RecordBatchReader.from_batches(arrow, iter(batches)))
+    return time.perf_counter() - start
 
 
-def drop(spec: Spec, table: str) -> None:
-    with closing(open_store(spec.store(table))) as store:
-        store.drop()
+def raw_local(location: str, rows: list[Passage], dim: int, fmt: str) -> float:
+    import numpy as np
+
+    from toolkit.backends.local import _to_row
+
+    def written(path: Path, data: bytes | None = None, array: Any = None) -> None:
+        with open(path, "wb") as handle:
+            if array is not None:
+                np.save(handle, array)
+            else:
+                handle.write(data or b"")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    vectors = np.stack([p.embedding for p in rows]).astype(np.float32)
+    table = Path(location) / "bench_raw"
+    start = time.perf_counter()
+    table.mkdir(parents=True)
+    written(table / "000001.npy", array=vectors)
+    written(table / "000001.jsonl", "".join(json.dumps(_to_row(p), default=str) + "\n" for p in rows).encode())
+    written(table / "manifest.json", json.dumps({"uid": uuid.uuid4().hex, "version": 1, "dim": dim,
+                                                 "segments": ["000001"], "next": 2}).encode())
+    return time.perf_counter() - start
+
+
+def raw_chroma(location: str, rows: list[Passage], dim: int, fmt: str) -> float:
+    import chromadb
+    import numpy as np
+
+    from toolkit.backends.chroma import _metadata
+
+    client = chromadb.PersistentClient(path=location)
+    collection = client.get_or_create_collection("bench_raw", embedding_function=None)
+    size = client.get_max_batch_size()
+    parts = [(np.stack([p.embedding for p in rows[i:i + size]]), [str(p.id) for p in rows[i:i + size]],
+              [p.text for p in rows[i:i + size]], [_metadata(p) for p in rows[i:i + size]])
+             for i in range(0, len(rows), size)]
+    start = time.perf_counter()
+    for vectors, ids, texts, metadatas in parts:
+        collection.add(ids=ids, embeddings=vectors, documents=texts, metadatas=metadatas)
+    return time.perf_counter() - start
+
+
+def raw_parquet(location: str, rows: list[Passage], dim: int, fmt: str) -> float:
+    import pyarrow.parquet as pq
+
+    from toolkit.backends.parquet import arrow_table, schema
+
+    tables = [arrow_table(rows[i:i + CHUNK], TABLE) for i in range(0, len(rows), CHUNK)]
+    start = time.perf_counter()
+    with pq.ParquetWriter(location, schema(dim, TABLE)) as writer:
+        for table in tables:
+            writer.write_table(table)
+    return time.perf_counter() - start
+
+
+RAW = {"postgres": raw_postgres, "lancedb": raw_lancedb, "local": raw_local, "chroma": raw_chroma,
+       "parquet": raw_parquet}
+
+
+# -- measuring -----------------------------------------------------------------------------------------
+
+def measured(argv: list[str], cwd: Path) -> tuple[str, int]:
+    """(stdout, peak RSS in bytes) of a subprocess, its RSS as wait4 reports it (its waited children too)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"{argv[2:5]} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
+        return out.read().decode(), usage.ru_maxrss * 1024
+
+
+def run_size(kind_src: str, kind_dst: str, n: int, dim: int, url: str, fmt: str, base: Path) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"n{n}-", dir=base))
+    try:
+        src, dst = spec_of(kind_src, work, "src", url, fmt), spec_of(kind_dst, work, "dst", url, fmt)
+        print(f"  filling {kind_src} with {n} rows...", file=sys.stderr, flush=True)
+        fill(src, n, dim, work)
+        print(f"  toolkit migrate {kind_src} -> {kind_dst}...", file=sys.stderr, flush=True)
+        out, rss = measured([sys.executable, "-m", "toolkit", "migrate", "--from", src.render(), "--to", dst.render(),
+                             "--table", TABLE, "--json"], work)
+        result = json.loads(out)
+        empty(dst)
+        empty(src)  # the raw path's rows need the disk
+        print(f"  raw {kind_dst} bulk path...", file=sys.stderr, flush=True)
+        where = url if kind_dst == "postgres" else str(work / ("raw.parquet" if kind_dst == "parquet" else "raw"))
+        out, raw_rss = measured([sys.executable, str(Path(__file__).resolve()), "_raw", kind_dst, where, str(n),
+                                 str(dim), fmt], work)
+        raw_seconds = float(out.strip().splitlines()[-1])
+        moved = result["copy_seconds"] + result["verify_seconds"]
+        return {"rows": n, "seconds": result["seconds"], "copy_seconds": result["copy_seconds"],
+                "verify_seconds": result["verify_seconds"], "rows_per_second": n / moved,
+                "copy_rows_per_second": n / result["copy_seconds"], "peak_rss_mib": rss / 2**20,
+                "reported_peak_rss_mib": result["peak_rss_bytes"] / 2**20, "batch": result["batch"],
+                "raw_seconds": raw_seconds, "raw_rows_per_second": n / raw_seconds, "ratio": raw_seconds / moved,
+                "copy_ratio": raw_seconds / result["copy_seconds"], "raw_peak_rss_mib": raw_rss / 2**20}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_raw":
+        kind, location, n, dim, fmt = sys.argv[2:7]
+        print(raw(kind, location, int(n), int(dim), fmt))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--pair", required=True, metavar="SRC:DST", help=f"two of {', '.join(KINDS)}")
+    parser.add_argument("--rows", type=int, action="append", help="a size (repeat for several) "
+                        "[default: 100000 and 1000000; 300000 for the larger when postgres is a side]")
     parser.add_argument("--dim", type=int, default=1536)
-    parser.add_argument("--other-rows", type=int, default=10_000, help="rows for the per-destination table")
-    parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--url", help="an existing Postgres+pgvector (libpq or SQLAlchemy URL)")
-    parser.add_argument("--chroma", metavar="HOST:PORT", help="also measure a running Chroma server")
-    parser.add_argument("--destinations", default="local,chroma,lancedb,postgres")
+    parser.add_argument("--format", default="current", choices=["current", "memgpt"],
+                        help="format of chroma and lancedb stores (memgpt: chromadb 0.5 in its worker, Lance legacy)")
+    parser.add_argument("--url", help="an existing Postgres+pgvector (libpq URL) instead of an embedded one")
+    parser.add_argument("--dir", help="where the stores go (default: a temp dir; 1M rows need ~20 GB)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    kinds = args.pair.split(":")
+    if len(kinds) != 2 or not set(kinds) <= set(KINDS) or kinds[0] == kinds[1]:
+        parser.error(f"--pair SRC:DST takes two different kinds of {', '.join(KINDS)}")
+    if args.format == "memgpt" and kinds[1] == "chroma":
+        parser.error("the raw path for chroma is chromadb in process (current format); use --format current")
+    sizes = args.rows or [100_000, 300_000 if "postgres" in kinds else 1_000_000]
 
     with ExitStack() as stack:
-        work = Path(tempfile.mkdtemp(prefix="toolkit-bench-migrate-"))
-        stack.callback(shutil.rmtree, work, True)
-        url = args.url
-        if url is None:
+        base = Path(tempfile.mkdtemp(prefix="toolkit-bench-migrate-", dir=args.dir))
+        stack.callback(shutil.rmtree, base, True)
+        url = args.url or ""
+        if "postgres" in kinds and not url:
             from toolkit import api
             from toolkit.ports import free_port
 
             print("starting an embedded Postgres...", file=sys.stderr)
-            db = stack.enter_context(api.postgres(port=free_port(), project_dir=str(work), state_dir=str(work / "pg")))
+            db = stack.enter_context(api.postgres(port=free_port(), project_dir=str(base), state_dir=str(base / "pg")))
             url = db.libpq_url
-        from toolkit.urls import parse
+        if url:
+            from toolkit.urls import parse
 
-        url = parse(url).libpq
-        pg = Spec("postgres", url)
-
-        print(f"generating {args.rows} passages of dim {args.dim}...", file=sys.stderr)
-        rows = make_passages(args.rows, args.dim)
-        source = Spec("local", str(work / "source"))
-        with closing(open_store(source.store("bench_source"))) as store:
-            for i in range(0, len(rows), 10_000):
-                store.insert(rows[i:i + 10_000])
-
-        raw = raw_copy(url, "bench_raw", rows)
-        toolkit = timed_migrate(source, pg, "bench_source", args.batch)
-        drop(pg, "bench_source")
-        n = args.rows
-        print(f"\n(a) {n} x {args.dim} into Postgres")
-        print(f"  raw COPY (psycopg, binary)      {raw:7.1f} s  {n / raw:8.0f} rows/s")
-        print(f"  toolkit migrate, copy phase     {toolkit['copy']:7.1f} s  {n / toolkit['copy']:8.0f} rows/s"
-              f"  ratio {raw / toolkit['copy']:.2f}x")
-        print(f"  toolkit migrate, with verify    {toolkit['total']:7.1f} s  {n / toolkit['total']:8.0f} rows/s"
-              f"  ratio {raw / toolkit['total']:.2f}x  (target >= 0.8x)")
-
-        m = min(args.other_rows, n)
-        small = Spec("local", str(work / "small"))
-        with closing(open_store(small.store("bench_small"))) as store:
-            for i in range(0, m, 10_000):
-                store.insert(rows[i:min(i + 10_000, m)])
-        del rows
-        destinations: dict[str, Any] = {
-            "local": Spec("local", str(work / "dest-local")), "chroma": Spec("chroma", str(work / "dest-chroma")),
-            "lancedb": Spec("lancedb", str(work / "dest-lance")), "postgres": pg}
-        if args.chroma:
-            destinations["chroma-http"] = Spec("chroma-http", args.chroma)
-        wanted = [d for d in args.destinations.split(",") if d] + (["chroma-http"] if args.chroma else [])
-        print(f"\n(b) {m} x {args.dim} from local into each destination (copy phase / with verify)")
-        for name in wanted:
-            spec = destinations[name]
-            t = timed_migrate(small, spec, "bench_small", args.batch)
-            print(f"  {name:12s} {m / t['copy']:8.0f} rows/s  {m / t['total']:8.0f} rows/s")
-            if name in ("postgres", "chroma-http"):
-                drop(spec, "bench_small")
+            url = parse(url).libpq
+        figures = []
+        for n in sizes:
+            print(f"{args.pair} at {n} rows:", file=sys.stderr, flush=True)
+            figures.append(run_size(kinds[0], kinds[1], n, args.dim, url, args.format, base))
+    first, last = figures[0], figures[-1]
+    holds = last["rows_per_second"] / first["rows_per_second"]
+    if args.json:
+        print(json.dumps({"pair": args.pair, "dim": args.dim, "format": args.format, "sizes": figures,
+                          "holds": holds}, indent=2))
+        return
+    print(f"\n{args.pair} ({args.dim}-dim, format {args.format}; raw = {kinds[1]}'s bulk path)")
+    print(f"  {'rows':>9} {'rows/s':>8} {'copy rows/s':>11} {'peak RSS':>9} {'raw rows/s':>10} {'ratio':>6}"
+          f" {'batch':>6}")
+    for f in figures:
+        print(f"  {f['rows']:>9} {f['rows_per_second']:>8.0f} {f['copy_rows_per_second']:>11.0f} "
+              f"{f['peak_rss_mib']:>6.0f} MB {f['raw_rows_per_second']:>10.0f} {f['ratio']:>5.2f}x {f['batch']:>6}")
+    if len(figures) > 1:
+        print(f"  rows/s at {last['rows']} / at {first['rows']}: {holds:.2f} (target: within 15%)")
 
 
 if __name__ == "__main__":

@@ -88,9 +88,9 @@ def spawn_toolkit(*args: str, cwd: Path | None = None, env: dict[str, str] | Non
                   **popen_kwargs: Any) -> subprocess.Popen[str]:
     """Start the real CLI without waiting for it, stdout and stderr piped (read them with
     ``communicate(timeout=...)``); ``env`` is added to the test's environment, as in ``run_toolkit``."""
+    popen_kwargs = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen_kwargs}  # a terminal instead
     return subprocess.Popen([sys.executable, "-m", "toolkit", *args], cwd=cwd or Path.cwd(),
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **popen_kwargs)
+                            env={**os.environ, **(env or {})}, text=True, **popen_kwargs)
 
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05,

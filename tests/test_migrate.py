@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.backend_support import passages, s3_options
-from tests.support import run_toolkit, wait_until
+from tests.support import run_toolkit, spawn_toolkit, wait_until
 from toolkit import memgpt_config
 from toolkit.backends import open_store
 from toolkit.errors import BackendError, MigrationError
@@ -318,3 +318,75 @@ def test_a_failing_copy_stops_the_read_back_thread(make_spec: Callable[[str, str
     with pytest.raises(BackendError, match="went away"):
         migrate(source, destination, table=table, batch=30)
     assert not [t for t in threading.enumerate() if t.name.startswith("migrate-")]
+
+
+# -- at scale: the batch, the figures, the progress bar -------------------------------------------------
+
+
+def test_default_batch_is_a_few_mib_of_embeddings() -> None:
+    from toolkit.migrate import default_batch
+
+    assert default_batch(1536) == 1365  # 8 MiB of float32
+    assert default_batch(4096) == 512
+    assert default_batch(8) == 10_000 and default_batch(1_000_000) == 100  # within 100..10,000 rows
+
+
+def test_cli_json_gives_the_final_figures(make_spec: Callable[[str, str], Spec], table: str) -> None:
+    import json
+
+    source, destination = make_spec("local", "src"), make_spec("lancedb", "dst")
+    expected = fill(source, table)
+    done = run_toolkit("migrate", "--from", source.render(), "--to", destination.render(), "--table", table, "--json")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["rows"] == figures["copied"] == N and figures["checksum"] == expected.hexdigest()
+    assert figures["batch"] == 10_000  # DIM 32: the default batch's cap
+    assert figures["copy_seconds"] > 0 and figures["verify_seconds"] > 0
+    assert figures["copy_seconds"] + figures["verify_seconds"] <= figures["seconds"]
+    assert figures["rows_per_second"] > 0 and figures["warnings"] == []
+    # what getrusage says of the process: at least the interpreter, numpy and lancedb it imported
+    assert 50 < figures["peak_rss_mib"] < 4096 and figures["peak_rss_bytes"] == pytest.approx(
+        figures["peak_rss_mib"] * 2**20, abs=2**20)
+
+
+def test_progress_bar_counts_rows_with_rate_and_eta_then_verification(make_spec: Callable[[str, str], Spec],
+                                                                      table: str) -> None:
+    import pty
+
+    source, destination = make_spec("local", "src"), make_spec("local", "dst")
+    fill(source, table, n=2000)
+    primary, secondary = pty.openpty()
+    try:
+        child = spawn_toolkit("migrate", "--from", source.render(), "--to", destination.render(), "--table", table,
+                              "--batch", "100", stderr=secondary)
+        os.close(secondary)
+        heard = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the terminal's other end closed: the child is done
+                break
+            if not chunk:
+                break
+            heard += chunk
+        out, _ = child.communicate(timeout=180)
+    finally:
+        os.close(primary)
+    screen = heard.decode("utf-8", "replace")
+    assert child.returncode == 0, screen
+    assert "migrating 2000 rows" in screen and "2000/2000" in screen  # the total is the source's count
+    assert "rows/s" in screen and "verifying: reading the destination back" in screen
+    assert "verified: 2000 rows" in out
+
+
+@pytest.mark.parametrize("fmt, warned", [("current", True), ("memgpt", False)])
+def test_switch_into_a_format_memgpt_cannot_read_warns(make_spec: Callable[[str, str], Spec], table: str,
+                                                       fmt: str, warned: bool) -> None:
+    source, destination = make_spec("local", "src"), make_spec("lancedb", "dst")
+    fill(source, table)
+    done = run_toolkit("migrate", "--from", source.render(), "--to", destination.render(), "--table", table,
+                       "--format", fmt, "--switch")
+    assert done.returncode == 0, done.stderr
+    assert ("warning:" in done.stderr and "MemGPT 0.3.x cannot read" in done.stderr
+            and "--format memgpt" in done.stderr) is warned, done.stderr
+    assert memgpt_config.read(Path(os.environ["MEMGPT_CONFIG_PATH"])).type == "lancedb"  # switched all the same

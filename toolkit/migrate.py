@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from toolkit.errors import BackendError, MigrationError
 from toolkit.specs import Spec
 
 _MOD = 1 << 128
+BATCH_BYTES = 8 << 20  # the default batch: about this many bytes of float32 embeddings (1536-dim: 1365 rows)
 
 
 class Checksum:
@@ -73,10 +74,31 @@ class Result:
     dimension: int
     switched: str | None = None  # the MemGPT config now pointing at the destination
     backup: str | None = None  # its previous version
+    batch: int = 0  # rows per batch (chosen from the dimension when not given)
+    copy_seconds: float = 0.0  # from the first row read to the last batch written
+    verify_seconds: float = 0.0  # reading the destination back, after the copy
+    peak_rss_bytes: int = 0  # this process's peak resident set (mapped files included), children's if larger
+    warnings: list[str] = field(default_factory=list)  # for the user: the run worked, but look at this
 
     @property
     def rows_per_second(self) -> float:
         return self.copied / self.seconds if self.seconds else 0.0
+
+
+def default_batch(dimension: int) -> int:
+    """Rows per batch when none is asked for: ``BATCH_BYTES`` of embeddings, within 100..10,000 rows. Big
+    enough that per-batch costs (a commit, a segment file, a round trip) stay small next to the rows; small
+    enough that the batches in flight (read ahead, being written, being read back) stay tens of MB."""
+    return max(100, min(10_000, BATCH_BYTES // (4 * max(dimension, 1))))
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident set of this process (or of a finished child, such as an old client's worker, if
+    larger), as getrusage reports it: memory-mapped file pages included."""
+    import resource
+
+    return 1024 * max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def checksum_of(store: ArchivalStore, batch: int = 1000) -> Checksum:
@@ -192,22 +214,26 @@ def migrate(
     destination: Spec,
     *,
     table: str = DEFAULT_TABLE,
-    batch: int = 1000,
+    batch: int | None = None,
     dry_run: bool = False,
     switch: Path | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_verify: Callable[[], None] | None = None,
+    verified: Callable[[int], None] | None = None,
 ) -> Result:
     """Copy ``table`` from ``source`` to ``destination`` and verify; refusals raise before any write.
     ``switch``: then point the MemGPT config at that path to the destination (checked before anything is
     copied; a dry run only checks it). ``overwrite``: an archive destination that exists is replaced (else refused).
 
+    ``batch``: rows per batch; None chooses it from the embedding dimension (``default_batch``).
     ``on_start(source_rows, destination_rows)`` is called once the checks passed, ``progress(n)`` after
-    each batch written, ``on_verify()`` before the destination is read back.
+    each batch written, ``on_verify()`` before the destination is read back after the copy (where it is
+    not read back while copying) and ``verified(n)`` after each batch read back then.
     """
     _check_request(source, destination, batch)
+    warnings: list[str] = []
     if switch and destination.kind.MEMGPT_TYPE is None:
         raise MigrationError(f"--switch: MemGPT cannot use {destination} as its archival storage; nothing was written",
                              hint="migrate without --switch, and restore the archive into a store to switch to")
@@ -220,13 +246,15 @@ def migrate(
         with _refused_unless_usable("--from", source):
             src = stores.enter_context(closing(open_store(source.store(table, snapshot=True))))
             rows, dim = _source_rows(src, source, table)
+        batch = batch or default_batch(dim)
 
         def planned(before: int) -> Result:
             if on_start:
                 on_start(rows, before)
             return Result(source=str(source), destination=str(destination), table=table, rows=rows, copied=0,
                           destination_before=before, checksum="", verified=False, dry_run=True,
-                          seconds=time.perf_counter() - started, dimension=dim)
+                          seconds=time.perf_counter() - started, dimension=dim, batch=batch,
+                          peak_rss_bytes=peak_rss_bytes(), warnings=warnings)
 
         if dry_run and destination.kind.holds_nothing(destination):  # opening it might create it
             return planned(0)
@@ -238,12 +266,16 @@ def migrate(
                 raise MigrationError(f"--overwrite applies to an archive destination (a parquet:// file), not {destination}",
                                      hint="drop --overwrite: this destination is resumed by upsert")
             before = _destination_rows(dst, destination, table, dim)
+            if switch:
+                warnings += _unreadable_to_memgpt(dst, destination)
         if dry_run:
             return planned(before)
         if on_start:
             on_start(rows, before)
-        expected, got = _copy(src, dst, destination, table, batch, progress, on_verify)
+        copy_started = time.perf_counter()
+        expected, got, copy_seconds = _copy(src, dst, destination, table, batch, progress, on_verify, verified)
         _verify(expected, got, dst.count())
+        verify_seconds = time.perf_counter() - copy_started - copy_seconds
         if isinstance(dst, WritesAside):
             with _refused_unless_usable("--to", destination):  # another writer's archive came first: refused
                 dst.publish()  # only a verified archive appears under its name
@@ -252,11 +284,13 @@ def migrate(
     return Result(source=str(source), destination=str(destination), table=table, rows=expected.count,
                   copied=expected.count, destination_before=before, checksum=expected.hexdigest(), verified=True,
                   dry_run=False, seconds=seconds, dimension=dim,
-                  switched=str(switch) if switch else None, backup=str(backup) if backup else None)
+                  switched=str(switch) if switch else None, backup=str(backup) if backup else None, batch=batch,
+                  copy_seconds=copy_seconds, verify_seconds=verify_seconds, peak_rss_bytes=peak_rss_bytes(),
+                  warnings=warnings)
 
 
-def _check_request(source: Spec, destination: Spec, batch: int) -> None:
-    if batch < 1:
+def _check_request(source: Spec, destination: Spec, batch: int | None) -> None:
+    if batch is not None and batch < 1:
         raise MigrationError(f"--batch must be at least 1, not {batch}")
     if source.identity == destination.identity:
         raise MigrationError(f"source and destination are the same store ({source})",
@@ -303,9 +337,12 @@ def _destination_rows(dst: ArchivalStore, destination: Spec, table: str, dim: in
 
 
 def _copy(src: ArchivalStore, dst: ArchivalStore, destination: Spec, table: str, batch: int,
-          progress: Callable[[int], None] | None, on_verify: Callable[[], None] | None) -> tuple[Checksum, Checksum]:
-    """Copy every batch; return the checksums of what was read and of what the destination holds for it."""
+          progress: Callable[[int], None] | None, on_verify: Callable[[], None] | None,
+          verified: Callable[[int], None] | None) -> tuple[Checksum, Checksum, float]:
+    """Copy every batch; return the checksums of what was read and of what the destination holds for it,
+    and the seconds the copy took (to the last batch written)."""
     expected, got = Checksum(), Checksum()
+    started = time.perf_counter()
     read_back = _ReadBack(destination, table, got) if dst.reads_while_writing else None
     try:
         for passages in _prefetched(src, batch, expected):
@@ -314,18 +351,32 @@ def _copy(src: ArchivalStore, dst: ArchivalStore, destination: Spec, table: str,
                 read_back.add([p.id for p in passages])
             if progress:
                 progress(len(passages))
-        if on_verify:
-            on_verify()
+        copied = time.perf_counter() - started
         if read_back:
             read_back.finish()
         else:
+            if on_verify:
+                on_verify()
             for passages in _prefetched(dst, batch):  # the server reads the next batch while we hash
                 got.update(passages)
+                if verified:
+                    verified(len(passages))
     except BaseException:
         if read_back:
             read_back.abandon()
         raise
-    return expected, got
+    return expected, got, copied
+
+
+def _unreadable_to_memgpt(dst: ArchivalStore, destination: Spec) -> list[str]:
+    """A warning when ``--switch`` points MemGPT 0.3.x at data in a format its pinned clients cannot read."""
+    kind = destination.kind
+    fmt = getattr(dst, "format", None)
+    if not kind.FORMATS or fmt is None or fmt != kind.ALIASES.get("current") or fmt == kind.ALIASES.get("memgpt"):
+        return []
+    return [f"{destination} holds format {fmt} ({kind.FORMATS[fmt]}), which MemGPT 0.3.x cannot read (it reads "
+            f"{kind.FORMATS[kind.ALIASES['memgpt']]}); a newer MemGPT/Letta reads it. For MemGPT 0.3.x, migrate "
+            f"into a new location with --format memgpt"]
 
 
 def _verify(expected: Checksum, got: Checksum, dst_rows: int) -> None:

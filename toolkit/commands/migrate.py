@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack
-from typing import Any
 
 import click
 
@@ -16,7 +15,8 @@ from toolkit.commands._common import Whole, echo, echo_json, settings_from
 @click.option("--from", "source", required=True, metavar="SPEC", help="Store to copy from (read only).")
 @click.option("--to", "destination", required=True, metavar="SPEC", help="Store to copy into (upsert by id).")
 @click.option("--table", default=DEFAULT_TABLE, show_default=True, help="Table / collection name on both sides.")
-@click.option("--batch", type=Whole(min=1), default=1000, show_default=True, help="Rows per batch.")
+@click.option("--batch", type=Whole(min=1), default=None,
+              help="Rows per batch [default: about 8 MiB of embeddings: 1365 rows of 1536 dimensions].")
 @click.option("--format", "fmt", metavar="FORMAT",
               help="Format to write a new Chroma/LanceDB destination in: memgpt (chromadb 0.5, Lance legacy: what "
                    "MemGPT 0.3.x reads), current, or the backend's own name (0.5, 1, legacy, stable) "
@@ -29,7 +29,7 @@ from toolkit.commands._common import Whole, echo, echo_json, settings_from
                    "nothing written. Only an archive the toolkit wrote is replaced, never another file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def migrate(ctx: click.Context, source: str, destination: str, table: str, batch: int, fmt: str | None,
+def migrate(ctx: click.Context, source: str, destination: str, table: str, batch: int | None, fmt: str | None,
             dry_run: bool, switch: bool, overwrite: bool, as_json: bool) -> None:
     """Copy archival passages from one backend to another and verify the copy.
 
@@ -73,27 +73,31 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
     settings = settings_from(ctx)
     src, dst = specs.parse(source, settings), specs.parse(destination, settings).with_format(fmt)
     with ExitStack() as bar_open:
-        bar: Any = None
+        bar: _Bar | None = None
 
         def start(rows: int, before: int) -> None:
             nonlocal bar
             if before:
                 echo(f"destination already holds {before} rows; resuming (upsert by id)", settings, err=True)
             if not dry_run and sys.stderr.isatty():  # off a terminal the summary line says it all
-                bar = bar_open.enter_context(click.progressbar(length=rows, label=f"migrating {rows} rows",
-                                                               file=sys.stderr, show_pos=True, show_eta=True))
+                bar = bar_open.enter_context(_Bar(rows, f"migrating {rows} rows"))
 
         def verify() -> None:
+            nonlocal bar
             if bar is not None:
-                bar_open.close()  # the bar ends before the line that says what comes next
-                echo("verifying: reading the destination back...", settings, err=True)
+                bar_open.close()  # the bar ends before the one that says what comes next
+                bar = bar_open.enter_context(_Bar(bar.length, "verifying: reading the destination back"))
 
         result = run(src, dst, table=table, batch=batch, dry_run=dry_run,
                      switch=settings.memgpt_config_path if switch else None, overwrite=overwrite,
-                     progress=lambda n: bar.update(n) if bar is not None else None, on_start=start, on_verify=verify)
+                     progress=lambda n: bar.update(n) if bar is not None else None, on_start=start, on_verify=verify,
+                     verified=lambda n: bar.update(n) if bar is not None else None)
 
+    for warning in result.warnings:
+        echo(f"warning: {warning}", settings, err=True)
     if as_json:
-        echo_json({**vars(result), "rows_per_second": round(result.rows_per_second, 1)}, settings)
+        echo_json({**vars(result), "rows_per_second": round(result.rows_per_second, 1),
+                   "peak_rss_mib": round(result.peak_rss_bytes / 2**20, 1)}, settings)
         return
     if dry_run:
         echo(f"dry run: would copy {result.rows} rows ({result.dimension}-dim) of table {table} from {src} "
@@ -107,3 +111,29 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
              + (f" (previous config saved as {result.backup})" if result.backup else ""), settings)
         if table != DEFAULT_TABLE:
             echo(f"note: MemGPT reads table {DEFAULT_TABLE}, not {table}", settings, err=True)
+
+
+class _Bar:
+    """click's progress bar over rows, showing the rate in rows/s beside the count and the ETA."""
+
+    def __init__(self, length: int, label: str) -> None:
+        import time
+
+        self.length = length
+        self._clock = time.monotonic
+        self._started = self._clock()
+        self._done = 0
+        self._bar = click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True, show_eta=True,
+                                      item_show_func=lambda rate: rate)
+
+    def __enter__(self) -> _Bar:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def update(self, rows: int) -> None:
+        self._done += rows
+        elapsed = self._clock() - self._started
+        self._bar.update(rows, f"{self._done / elapsed:,.0f} rows/s" if elapsed > 0 else None)
