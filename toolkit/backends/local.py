@@ -136,32 +136,69 @@ class _Segment:
         with open(self.jsonl_path, "rb") as handle:
             self.jsonl = _map(handle)
 
-    def entries(self) -> tuple[bytes, Any, Any, Any]:
+    def entries(self) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
         """Every line of the JSONL file, in file order: the ids (36 bytes each), the byte offset and length of
-        each line, and each row's row in the .npy (-1: a tombstone). Only the id is parsed, where the line
-        starts as this module writes it; any other line is parsed whole."""
-        from array import array
+        each line, and each line's row in the .npy (-1: a tombstone). Read a block at a time (not mapped:
+        nothing stays resident) and split with NumPy; only a line that does not start as this module writes
+        it (``{"id": "<36 characters>"``) is parsed in Python."""
+        import numpy as np
 
-        ids, offsets, lengths, rows = bytearray(), array("q"), array("i"), array("q")
-        position = row = 0
-        with open(self.jsonl_path, "rb") as handle:  # read, not mapped: nothing stays resident
-            for line in handle:
-                if line[-2:] != b"}\n":
-                    raise ValueError(f"{self.name}.jsonl has a line cut short")
-                if line.startswith(b'{"id": "') and line[44:45] == b'"':
-                    key, deleted = line[8:44], len(line) == len(_TOMBSTONE) and line.endswith(_TOMBSTONE[44:])
-                else:  # written by another program: ids in another form
-                    parsed = json.loads(line)
-                    key, deleted = str(uuid.UUID(parsed["id"])).encode(), bool(parsed.get("deleted"))
-                ids += key
-                offsets.append(position)
-                lengths.append(len(line))
-                rows.append(-1 if deleted else row)
-                row += not deleted
-                position += len(line)
-        if row != self.count:
-            raise ValueError(f"segment {self.name} has {row} rows and {self.count} embeddings")
-        return bytes(ids), offsets, lengths, rows
+        ids, offsets, lengths, tombstones = [], [], [], []
+        position, carry = 0, b""
+        with open(self.jsonl_path, "rb") as handle:
+            while block := handle.read(_BLOCK):
+                data = carry + block
+                cut = data.rfind(b"\n") + 1
+                data, carry = data[:cut], data[cut:]
+                if data:
+                    part = _split_lines(data, self.name)
+                    ids.append(part[0])
+                    offsets.append(part[1] + position)
+                    lengths.append(part[2])
+                    tombstones.append(part[3])
+                    position += len(data)
+        if carry:
+            raise ValueError(f"{self.name}.jsonl has a line cut short")
+        deleted = np.concatenate(tombstones) if tombstones else np.zeros(0, dtype=bool)
+        rows = np.cumsum(~deleted) - 1
+        rows[deleted] = -1
+        if len(deleted) - int(deleted.sum()) != self.count:
+            raise ValueError(f"segment {self.name} has {len(deleted) - int(deleted.sum())} rows and {self.count} embeddings")
+        return (b"".join(ids), np.concatenate(offsets or [np.zeros(0, np.int64)]),
+                np.concatenate(lengths or [np.zeros(0, np.int64)]), rows.astype(np.int64))
+
+
+_BLOCK = 8 * 1024 * 1024  # bytes of JSONL split at a time
+_PREFIX = b'{"id": "'
+
+
+def _split_lines(data: bytes, name: str) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
+    """The whole lines ``data`` holds: their ids, offsets, lengths and which are tombstones."""
+    import numpy as np
+
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == ord("\n")) + 1
+    starts = np.concatenate(([0], ends[:-1]))
+    lengths = ends - starts
+    if (lengths < 2).any() or (buf[ends - 2] != ord("}")).any():
+        raise ValueError(f"{name}.jsonl has a line that is not a JSON object")
+    fast = np.flatnonzero(lengths >= len(_PREFIX) + 39)  # room for the prefix, the id, '"}' and the newline
+    prefix = np.frombuffer(_PREFIX, dtype=np.uint8)
+    fast = fast[(buf[starts[fast, None] + np.arange(len(prefix))] == prefix).all(axis=1)
+                & (buf[starts[fast] + 44] == ord('"'))]
+    keys = np.zeros((len(starts), 36), dtype=np.uint8)
+    keys[fast] = buf[starts[fast, None] + 8 + np.arange(36)]
+    tail = np.frombuffer(_TOMBSTONE[44:], dtype=np.uint8)
+    deleted = np.zeros(len(starts), dtype=bool)
+    short = fast[lengths[fast] == len(_TOMBSTONE)]
+    deleted[short] = (buf[starts[short, None] + 44 + np.arange(len(tail))] == tail).all(axis=1)
+    slow = np.ones(len(starts), dtype=bool)
+    slow[fast] = False
+    for i in np.flatnonzero(slow).tolist():  # written by another program: ids in another form
+        parsed = json.loads(data[starts[i]:ends[i]])
+        keys[i] = np.frombuffer(str(uuid.UUID(parsed["id"])).encode(), dtype=np.uint8)
+        deleted[i] = bool(parsed.get("deleted"))
+    return keys.tobytes(), starts.astype(np.int64), lengths.astype(np.int32), deleted
 
 
 _TOMBSTONE = b'{"id": "00000000-0000-0000-0000-000000000000", "deleted": true}\n'
@@ -314,9 +351,9 @@ def _index(segments: list[_Segment], *, tombstones: bool) -> dict[str, np.ndarra
 
     parts = [segment.entries() for segment in segments]
     ids = np.frombuffer(b"".join(p[0] for p in parts), dtype="S36")
-    offset = np.concatenate([np.frombuffer(p[1], dtype=np.int64) for p in parts] or [np.zeros(0, np.int64)])
-    length = np.concatenate([np.frombuffer(p[2], dtype=np.int32) for p in parts] or [np.zeros(0, np.int32)])
-    row = np.concatenate([np.frombuffer(p[3], dtype=np.int64) for p in parts] or [np.zeros(0, np.int64)])
+    offset = np.concatenate([p[1] for p in parts] or [np.zeros(0, np.int64)])
+    length = np.concatenate([p[2] for p in parts] or [np.zeros(0, np.int32)]).astype(np.int32)
+    row = np.concatenate([p[3] for p in parts] or [np.zeros(0, np.int64)])
     segment = np.repeat(np.arange(len(parts), dtype=np.int32), [len(p[1]) for p in parts])
     del parts
     order = np.argsort(ids, kind="stable")  # equal ids stay in write order: the last one wins
