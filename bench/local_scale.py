@@ -63,7 +63,8 @@ def raw(rows: int, dim: int, where: Path) -> float:
         for handle in (jsonl, npy):
             handle.flush()
             os.fsync(handle.fileno())
-        (where / "manifest.json").write_text(json.dumps({"uid": "raw", "version": 1, "dim": dim, "segments": ["000001"], "next": 2}))
+        manifest = {"uid": "raw", "version": 1, "dim": dim, "segments": ["000001"], "next": 2}
+        (where / "manifest.json").write_text(json.dumps(manifest))
         seconds += time.perf_counter() - began
     return seconds
 

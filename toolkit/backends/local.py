@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.backends import _kind
-from toolkit.backends._util import StoreBase, dim_mismatch, directory_lock, matrix, unique_by_id, uuid_or_none
+from toolkit.backends._util import StoreBase, dim_mismatch, directory_lock, matrix, unique_by_id
 from toolkit.backends.base import Filters, Passage, Spec
 from toolkit.errors import BackendError
 
@@ -257,7 +257,8 @@ class _Table:
         for number, group in _runs(self.segment[picks]):
             jsonl = self.segments[number].jsonl
             chosen = picks[group]
-            for at, offset, length in zip(group.tolist(), self.offset[chosen].tolist(), self.length[chosen].tolist()):
+            spans = zip(group.tolist(), self.offset[chosen].tolist(), self.length[chosen].tolist(), strict=True)
+            for at, offset, length in spans:
                 out[at] = jsonl[offset:offset + length]
             _release(jsonl, int(self.offset[chosen].min()), int((self.offset[chosen] + self.length[chosen]).max()))
         return out
@@ -427,14 +428,18 @@ def _to_row(p: Passage) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=4096)
-def _owner(value: str | None) -> uuid.UUID | None:
+def _owner(value: str) -> uuid.UUID:
     """The UUID of a user, agent or document: few, repeated over many rows (parsing one is a tenth of a scan)."""
-    return uuid_or_none(value)
+    return uuid.UUID(value)
+
+
+def _owner_or_none(value: str | None) -> uuid.UUID | None:
+    return None if value is None or value == "" else _owner(value)
 
 
 def _to_passage(row: dict[str, Any], vector: np.ndarray) -> Passage:
-    return Passage(id=uuid.UUID(row["id"]), user_id=_owner(row["user_id"]), agent_id=_owner(row["agent_id"]),
-                   doc_id=_owner(row["doc_id"]), text=row["text"], embedding=vector,
+    return Passage(id=uuid.UUID(row["id"]), user_id=_owner(row["user_id"]), agent_id=_owner_or_none(row["agent_id"]),
+                   doc_id=_owner_or_none(row["doc_id"]), text=row["text"], embedding=vector,
                    data_source=row["data_source"], embedding_model=row["embedding_model"],
                    metadata=row["metadata"], created_at=datetime.fromisoformat(row["created_at"]))
 
