@@ -3,8 +3,14 @@
 Layout of ``<location>/<table>/``: ``manifest.json`` lists segments in write order; segment ``N`` is
 ``N.jsonl`` (one row per passage, or a ``{"id": ..., "deleted": true}`` tombstone) plus ``N.npy`` (its
 float32 embeddings). Every file is written to a temporary name and renamed; the manifest is renamed
-last, so a crash leaves either the old table or the new one. Later segments win per id (upsert);
-many segments are compacted into one. Search is exact L2 in NumPy, as MemGPT's connectors rank.
+last, so a crash leaves either the old table or the new one. Later segments win per id (upsert).
+This version writes each segment's rows in id order (any order reads), and merges small segments at the
+end of the table into one, streaming them, by size tiers (``_tail_to_merge``); big ones stay as written.
+
+Reads keep only a small index in memory (per live row: id, segment, where its line and its embedding
+are) and copy rows out of the memory-mapped files a batch at a time, handing the pages back after each:
+a scan of any size stays small. A scan goes in storage order; a query gathers every embedding once.
+Search is exact L2 in NumPy, as MemGPT's connectors rank.
 """
 
 from __future__ import annotations
