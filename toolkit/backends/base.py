@@ -80,7 +80,8 @@ class ArchivalStore(Protocol):
     def count(self, filters: Filters | None = None) -> int: ...
 
     def scan(self, batch_size: int) -> Iterator[list[Passage]]:
-        """Every passage, in batches, in a stable order (by id)."""
+        """Every passage, in batches, in a stable order: by id, except local's, as stored (its segment files
+        front to back, each in id order: reading a big table in id order would be random reads)."""
 
     def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
         """The stored passages with these ids, in the order first asked; ids not stored are left out."""

@@ -3,8 +3,14 @@
 Layout of ``<location>/<table>/``: ``manifest.json`` lists segments in write order; segment ``N`` is
 ``N.jsonl`` (one row per passage, or a ``{"id": ..., "deleted": true}`` tombstone) plus ``N.npy`` (its
 float32 embeddings). Every file is written to a temporary name and renamed; the manifest is renamed
-last, so a crash leaves either the old table or the new one. Later segments win per id (upsert);
-many segments are compacted into one. Search is exact L2 in NumPy, as MemGPT's connectors rank.
+last, so a crash leaves either the old table or the new one. Later segments win per id (upsert).
+This version writes each segment's rows in id order (any order reads), and merges small segments at the
+end of the table into one, streaming them, by size tiers (``_tail_to_merge``); big ones stay as written.
+
+Reads keep only a small index in memory (per live row: id, segment, where its line and its embedding
+are) and copy rows out of the memory-mapped files a batch at a time, handing the pages back after each:
+a scan of any size stays small. A scan goes in storage order; a query gathers every embedding once.
+Search is exact L2 in NumPy, as MemGPT's connectors rank.
 """
 
 from __future__ import annotations
@@ -15,12 +21,12 @@ import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.backends import _kind
-from toolkit.backends._util import StoreBase, dim_mismatch, directory_lock, matrix, unique_by_id, uuid_or_none
+from toolkit.backends._util import StoreBase, dim_mismatch, directory_lock, matrix, unique_by_id
 from toolkit.backends.base import Filters, Passage, Spec
 from toolkit.errors import BackendError
 
@@ -43,7 +49,11 @@ SERVICE = None
 EXTRA = None  # in the base install
 FORMATS: dict[str, str] = {}  # one format
 ALIASES: dict[str, str] = {}
-COMPACT_AFTER = 32  # segments
+# compaction (see _tail_to_merge): segments of one size tier merge MERGE_FANOUT at a time; a tier is
+# MERGE_FANOUT times the bytes of the one below, from MERGE_UNIT; segments of MERGE_BELOW bytes stay as written
+MERGE_FANOUT = 4
+MERGE_UNIT = 64 * 1024
+MERGE_BELOW = 4 * 1024 * 1024
 
 
 # -- the backend: SPECs, MemGPT's words, checks (the Backend Protocol) -------------------------------
@@ -103,27 +113,212 @@ describe_data = _kind.one_format
 scratch_spec = _kind.scratch_directory(NAME)  # a directory of the test's own
 
 
-class _Table:
-    """The live rows of a table, sorted by id string. Embeddings stay in their (memory-mapped) segment
-    files until needed: a scan copies one batch at a time, a query gathers them into one matrix once."""
+class _Segment:
+    """One segment's files, memory-mapped. Reads copy what they need and hand the touched pages back
+    (``release``), so mapped pages never pile up in the process's resident memory however big the table."""
 
-    def __init__(self, rows: list[dict[str, Any]], blocks: list[np.ndarray], order: np.ndarray, dim: int) -> None:
-        self.rows = rows
-        self.blocks = blocks  # each segment's embeddings, in file order
-        self.order = order  # row i's embedding is row order[i] of the segments stacked end to end
+    def __init__(self, directory: Path, name: str) -> None:
+        import numpy as np
+
+        self.name = name
+        with open(directory / f"{name}.npy", "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"{name}.npy is in .npy format {version}")
+            shape, fortran, dtype = read_header(handle)
+            if len(shape) != 2 or fortran or dtype != np.dtype("<f4"):
+                raise ValueError(f"{name}.npy holds {dtype} {shape}, not a float32 matrix")
+            self.count, self.dim = shape
+            start = handle.tell()
+            self.npy = _map(handle)
+        if len(self.npy) < start + self.count * self.dim * 4:
+            raise ValueError(f"{name}.npy is cut short")
+        self.vectors = np.frombuffer(self.npy, dtype=np.float32, count=self.count * self.dim,
+                                     offset=start).reshape(self.count, self.dim)
+        self.vectors_at = start  # where row 0 starts in the file
+        self.jsonl_path = directory / f"{name}.jsonl"
+        with open(self.jsonl_path, "rb") as handle:
+            self.jsonl = _map(handle)
+
+    def entries(self) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
+        """Every line of the JSONL file, in file order: the ids (36 bytes each), the byte offset and length of
+        each line, and each line's row in the .npy (-1: a tombstone). Read a block at a time (not mapped:
+        nothing stays resident) and split with NumPy; only a line that does not start as this module writes
+        it (``{"id": "<36 characters>"``) is parsed in Python."""
+        import numpy as np
+
+        ids, offsets, lengths, tombstones = [], [], [], []
+        position, carry = 0, b""
+        with open(self.jsonl_path, "rb") as handle:
+            while block := handle.read(_BLOCK):
+                data = carry + block
+                cut = data.rfind(b"\n") + 1
+                data, carry = data[:cut], data[cut:]
+                if data:
+                    part = _split_lines(data, self.name)
+                    ids.append(part[0])
+                    offsets.append(part[1] + position)
+                    lengths.append(part[2])
+                    tombstones.append(part[3])
+                    position += len(data)
+        if carry:
+            raise ValueError(f"{self.name}.jsonl has a line cut short")
+        deleted = np.concatenate(tombstones) if tombstones else np.zeros(0, dtype=bool)
+        rows = np.cumsum(~deleted) - 1
+        rows[deleted] = -1
+        if len(deleted) - int(deleted.sum()) != self.count:
+            raise ValueError(f"segment {self.name} has {len(deleted) - int(deleted.sum())} rows and {self.count} embeddings")
+        return (b"".join(ids), np.concatenate(offsets or [np.zeros(0, np.int64)]),
+                np.concatenate(lengths or [np.zeros(0, np.int64)]), rows.astype(np.int64))
+
+
+_BLOCK = 8 * 1024 * 1024  # bytes of JSONL split at a time
+_PREFIX = b'{"id": "'
+
+
+def _split_lines(data: bytes, name: str) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
+    """The whole lines ``data`` holds: their ids, offsets, lengths and which are tombstones."""
+    import numpy as np
+
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == ord("\n")) + 1
+    starts = np.concatenate(([0], ends[:-1]))
+    lengths = ends - starts
+    if (lengths < 2).any() or (buf[ends - 2] != ord("}")).any():
+        raise ValueError(f"{name}.jsonl has a line that is not a JSON object")
+    fast = np.flatnonzero(lengths >= len(_PREFIX) + 39)  # room for the prefix, the id, '"}' and the newline
+    prefix = np.frombuffer(_PREFIX, dtype=np.uint8)
+    fast = fast[(buf[starts[fast, None] + np.arange(len(prefix))] == prefix).all(axis=1)
+                & (buf[starts[fast] + 44] == ord('"'))]
+    keys = np.zeros((len(starts), 36), dtype=np.uint8)
+    keys[fast] = buf[starts[fast, None] + 8 + np.arange(36)]
+    tail = np.frombuffer(_TOMBSTONE[44:], dtype=np.uint8)
+    deleted = np.zeros(len(starts), dtype=bool)
+    short = fast[lengths[fast] == len(_TOMBSTONE)]
+    deleted[short] = (buf[starts[short, None] + 44 + np.arange(len(tail))] == tail).all(axis=1)
+    slow = np.ones(len(starts), dtype=bool)
+    slow[fast] = False
+    for i in np.flatnonzero(slow).tolist():  # written by another program: ids in another form
+        parsed = json.loads(data[starts[i]:ends[i]])
+        keys[i] = np.frombuffer(str(uuid.UUID(parsed["id"])).encode(), dtype=np.uint8)
+        deleted[i] = bool(parsed.get("deleted"))
+    return keys.tobytes(), starts.astype(np.int64), lengths.astype(np.int32), deleted
+
+
+_TOMBSTONE = b'{"id": "00000000-0000-0000-0000-000000000000", "deleted": true}\n'
+
+
+def _map(handle: Any) -> Any:
+    import mmap
+
+    if os.fstat(handle.fileno()).st_size == 0:
+        return b""
+    return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _release(mapped: Any, start: int, stop: int) -> None:
+    """Drop the pages of mapped[start:stop] from this process (the page cache keeps them): a mapped page
+    once read counts in RSS until the mapping goes, which for a scan of a big table is all of it."""
+    import mmap
+
+    if isinstance(mapped, mmap.mmap) and stop > start:
+        first = start - start % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_DONTNEED, first, min(stop, len(mapped)) - first)
+
+
+def _runs(keys: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(key, positions holding it) for each distinct value of a small integer array."""
+    import numpy as np
+
+    order = np.argsort(keys, kind="stable")
+    bounds = np.flatnonzero(np.diff(keys[order])) + 1
+    for group in np.split(order, bounds):
+        if group.size:
+            yield int(keys[group[0]]), group
+
+
+class _Table:
+    """The live rows of a table: a small index sorted by id (id, segment, where its JSON line is, its row in
+    the segment's .npy), the rows themselves staying in their files until a batch is read. A scan reads them
+    in storage order (``stored``), each file front to back. A query gathers every embedding into one matrix,
+    once."""
+
+    def __init__(self, segments: list[_Segment], index: dict[str, np.ndarray], dim: int) -> None:
+        self.segments = segments
+        self.ids = index["ids"]  # sorted, 36 bytes each (the id's text)
+        self.segment = index["segment"]  # which segment holds the row
+        self.offset = index["offset"]  # its JSON line: bytes [offset, offset + length) of the segment's .jsonl
+        self.length = index["length"]
+        self.row = index["row"]  # its embedding's row in the segment's .npy (-1: a tombstone)
+        self.stored = index["stored"]  # the rows in storage order: segment by segment, each in file order
         self.dim = dim
-        self.index = {row["id"]: i for i, row in enumerate(rows)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lines(self, picks: np.ndarray) -> list[bytes]:
+        out: list[bytes] = [b""] * len(picks)
+        for number, group in _runs(self.segment[picks]):
+            jsonl = self.segments[number].jsonl
+            chosen = picks[group]
+            spans = zip(group.tolist(), self.offset[chosen].tolist(), self.length[chosen].tolist(), strict=True)
+            for at, offset, length in spans:
+                out[at] = jsonl[offset:offset + length]
+            _release(jsonl, int(self.offset[chosen].min()), int((self.offset[chosen] + self.length[chosen]).max()))
+        return out
+
+    def rows(self, picks: np.ndarray) -> list[dict[str, Any]]:
+        lines = self.lines(picks)
+        return json.loads(b"[" + b",".join(lines) + b"]") if lines else []  # one parse for the batch
+
+    def vectors_of(self, picks: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        if "vectors" in self.__dict__:
+            return self.vectors[picks]
+        out = np.empty((len(picks), self.dim), dtype=np.float32)
+        for number, group in _runs(self.segment[picks]):
+            segment = self.segments[number]
+            rows = self.row[picks[group]]
+            first, last = int(rows.min()), int(rows.max())
+            if last - first == len(rows) - 1 and bool((np.diff(rows) == 1).all()):  # one run: one slice
+                out[group] = segment.vectors[first:last + 1]
+            else:
+                out[group] = segment.vectors[rows]
+            row_bytes = self.dim * 4
+            _release(segment.npy, segment.vectors_at + first * row_bytes, segment.vectors_at + (last + 1) * row_bytes)
+        return out
+
+    def passages(self, picks: np.ndarray) -> list[Passage]:
+        vectors = self.vectors_of(picks)
+        return [_to_passage(row, vectors[i]) for i, row in enumerate(self.rows(picks))]
+
+    def find(self, ids: list[str]) -> np.ndarray:
+        """Where each id is in the table (its position in ``ids``), the ids not in it left out, order kept."""
+        import numpy as np
+
+        if not ids or not len(self.ids):
+            return np.zeros(0, dtype=np.intp)
+        wanted = np.array([i.encode() for i in ids], dtype=self.ids.dtype)
+        at = np.minimum(np.searchsorted(self.ids, wanted), len(self.ids) - 1)
+        return at[self.ids[at] == wanted]
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        """The rows in storage order, ``size`` at a time."""
+        for start in range(0, len(self), size):
+            yield self.stored[start:start + size]
 
     @cached_property
     def vectors(self) -> np.ndarray:
-        matrix = _gather(self.blocks, self.order, self.dim)
+        import numpy as np
+
+        matrix = np.empty((len(self), self.dim), dtype=np.float32)
+        for picks in self.chunks(_CHUNK):
+            matrix[picks] = self.vectors_of(picks)
         matrix.setflags(write=False)  # passages handed out are views: nobody may change the cache through them
         return matrix
-
-    def vectors_of(self, start: int, stop: int) -> np.ndarray:
-        if "vectors" in self.__dict__:
-            return self.vectors[start:stop]
-        return _gather(self.blocks, self.order[start:stop], self.dim)
 
     @cached_property
     def norms(self) -> np.ndarray:
@@ -132,37 +327,98 @@ class _Table:
 
         return np.einsum("ij,ij->i", self.vectors, self.vectors, dtype=np.float64)
 
+    def owners(self, key: str) -> np.ndarray:
+        """Column ``key`` (user_id, agent_id, doc_id) of every row, as bytes ("" for none), read once."""
+        import numpy as np
+
+        cache = self.__dict__.setdefault("_owners", {})
+        if key not in cache:
+            values = [(row.get(key) or "").encode() for picks in self.chunks(_CHUNK) for row in self.rows(picks)]
+            column = np.zeros(len(self), dtype=np.array(values, dtype=bytes).dtype if values else "S1")
+            column[self.stored] = values
+            cache[key] = column
+        return cache[key]
+
     def mask(self, filters: Filters | None) -> np.ndarray:
         import numpy as np
 
-        keep = np.ones(len(self.rows), dtype=bool)
+        keep = np.ones(len(self), dtype=bool)
         for key, value in (filters.as_dict() if filters else {}).items():
-            keep &= np.fromiter((row.get(key) == str(value) for row in self.rows), dtype=bool, count=len(self.rows))
+            keep &= self.owners(key) == str(value).encode()
         return keep
 
 
-def _gather(blocks: list[np.ndarray], order: np.ndarray, dim: int) -> np.ndarray:
-    """Rows ``order`` of the blocks stacked end to end, as one new float32 matrix: each row copied once,
-    a run of consecutive rows from one block as one slice."""
+_CHUNK = 4096  # rows a query, a filter or a merge reads at a time
+
+
+def _index(segments: list[_Segment], *, tombstones: bool) -> dict[str, np.ndarray]:
+    """The last entry of each id across ``segments`` (in write order), sorted by id; tombstones kept only
+    if asked (a merge of later segments keeps them: they hide rows of earlier ones)."""
     import numpy as np
 
-    out = np.empty((len(order), dim), dtype=np.float32)
-    if not len(order):
-        return out
-    first, last = int(order[0]), int(order[-1])
-    # the common case, rows written in id order: one slice of one block
-    consecutive = last - first == len(order) - 1 and bool((np.diff(order) == 1).all())
-    start = 0
-    for block in blocks:
-        end = start + len(block)
-        if consecutive and start <= first and last < end:
-            out[:] = block[first - start:last - start + 1]
-            return out
-        chosen = np.flatnonzero((order >= start) & (order < end))
-        if chosen.size:
-            out[chosen] = block[order[chosen] - start]
-        start = end
-    return out
+    parts = [segment.entries() for segment in segments]
+    ids = np.frombuffer(b"".join(p[0] for p in parts), dtype="S36")
+    offset = np.concatenate([p[1] for p in parts] or [np.zeros(0, np.int64)])
+    length = np.concatenate([p[2] for p in parts] or [np.zeros(0, np.int32)]).astype(np.int32)
+    row = np.concatenate([p[3] for p in parts] or [np.zeros(0, np.int64)])
+    segment = np.repeat(np.arange(len(parts), dtype=np.int32), [len(p[1]) for p in parts])
+    del parts
+    order = np.argsort(ids, kind="stable")  # equal ids stay in write order: the last one wins
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = ids[order[:-1]] != ids[order[1:]]
+    keep = order[last]
+    if not tombstones:
+        keep = keep[row[keep] >= 0]
+    # entries are numbered in storage order: sorting the kept ones' numbers gives the order a scan reads
+    return {"ids": ids[keep], "segment": segment[keep], "offset": offset[keep], "length": length[keep],
+            "row": row[keep], "stored": np.argsort(keep)}
+
+
+def _tier(size: int) -> int:
+    tier = 0
+    while size >= MERGE_UNIT * MERGE_FANOUT ** (tier + 1):
+        tier += 1
+    return tier
+
+
+def _tail_to_merge(sizes: list[int]) -> int | None:
+    """Where the trailing run of segments to merge into one starts (None: no merge). Size tiers: for the
+    lowest tier that has MERGE_FANOUT segments at the end of the table (counting smaller ones), those
+    segments merge. A row is so rewritten a few times while it is in small segments; segments of
+    MERGE_BELOW bytes or more are never rewritten (a bulk write stays written once)."""
+    for tier in range(_tier(MERGE_BELOW) + 1):
+        start = len(sizes)
+        while start and sizes[start - 1] < MERGE_BELOW and _tier(sizes[start - 1]) <= tier:
+            start -= 1
+        if len(sizes) - start >= MERGE_FANOUT:
+            return start
+    return None
+
+
+_JSON = json.JSONEncoder(default=str)  # json.dumps(row, default=str), without a new encoder per row
+
+
+def _together(first: Any, second: Any) -> None:
+    """first() in a thread while second() runs here: the embeddings' write and fsync wait on the disk
+    while the rows are encoded. Either one's error is raised, after both have ended."""
+    import threading
+
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            first()
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="local-segment-write")
+    thread.start()
+    try:
+        second()
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _damaged(where: Path, exc: BaseException) -> BackendError:
@@ -177,9 +433,19 @@ def _to_row(p: Passage) -> dict[str, Any]:
             "created_at": p.created_at.isoformat()}
 
 
+@lru_cache(maxsize=4096)
+def _owner(value: str) -> uuid.UUID:
+    """The UUID of a user, agent or document: few, repeated over many rows (parsing one is a tenth of a scan)."""
+    return uuid.UUID(value)
+
+
+def _owner_or_none(value: str | None) -> uuid.UUID | None:
+    return None if value is None or value == "" else _owner(value)
+
+
 def _to_passage(row: dict[str, Any], vector: np.ndarray) -> Passage:
-    return Passage(id=uuid.UUID(row["id"]), user_id=uuid.UUID(row["user_id"]), agent_id=uuid_or_none(row["agent_id"]),
-                   doc_id=uuid_or_none(row["doc_id"]), text=row["text"], embedding=vector,
+    return Passage(id=uuid.UUID(row["id"]), user_id=_owner(row["user_id"]), agent_id=_owner_or_none(row["agent_id"]),
+                   doc_id=_owner_or_none(row["doc_id"]), text=row["text"], embedding=vector,
                    data_source=row["data_source"], embedding_model=row["embedding_model"],
                    metadata=row["metadata"], created_at=datetime.fromisoformat(row["created_at"]))
 
@@ -213,18 +479,26 @@ class LocalStore(StoreBase):
             os.fsync(handle.fileno())
         os.replace(tmp, path)
 
-    def _commit(self, manifest: dict[str, Any], rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
+    def _commit(self, manifest: dict[str, Any], rows: Iterable[dict[str, Any]], vectors: np.ndarray) -> None:
         """Write one segment, then the manifest naming it."""
         import numpy as np
 
+        self._add_segment(manifest, lambda h: h.write("".join(_JSON.encode(r) + "\n" for r in rows).encode()),
+                          lambda h: np.save(h, vectors))
+
+    def _add_segment(self, manifest: dict[str, Any], write_jsonl: Any, write_npy: Any, *, replacing: int | None = None) -> None:
+        """Write segment ``manifest['next']`` (its files by ``write_jsonl`` and ``write_npy``), then the manifest
+        naming it: at the end, or in place of the segments from index ``replacing`` on (a merge), whose files
+        then go. ``write_jsonl`` None: the merge left no rows, the segments just go."""
         seg = f"{manifest['next']:06d}"
+        kept = manifest["segments"] if replacing is None else manifest["segments"][:replacing]
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._write(self.dir / f"{seg}.npy", lambda h: np.save(h, vectors))
-            self._write(self.dir / f"{seg}.jsonl",
-                        lambda h: h.write("".join(json.dumps(r, default=str) + "\n" for r in rows).encode()))
-            manifest = {**manifest, "version": manifest["version"] + 1, "next": manifest["next"] + 1,
-                        "segments": [*manifest["segments"], seg]}
+            if write_jsonl is not None:
+                _together(lambda: self._write(self.dir / f"{seg}.npy", write_npy),
+                          lambda: self._write(self.dir / f"{seg}.jsonl", write_jsonl))
+                kept = [*kept, seg]
+            manifest = {**manifest, "version": manifest["version"] + 1, "next": manifest["next"] + 1, "segments": kept}
             self._write(self.dir / "manifest.json", lambda h: h.write(json.dumps(manifest).encode()))
         except OSError as exc:
             raise BackendError(f"local path {self.dir} is not writable: {exc.strerror or exc}",
@@ -237,7 +511,7 @@ class LocalStore(StoreBase):
         if self._cache and self._cache[0] == key:
             return self._cache[1]
         try:
-            table = self._read(manifest)
+            table = self._read(manifest["segments"], manifest["dim"] or 0)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             # a compaction by another process between reading the manifest and its segments looks the same
             # as damage: read the manifest again once before calling it damage
@@ -247,28 +521,11 @@ class LocalStore(StoreBase):
         self._cache = (key, table)
         return table
 
-    def _read(self, manifest: dict[str, Any]) -> _Table:
-        import numpy as np
-
-        live: dict[str, tuple[dict[str, Any], int]] = {}  # id -> (row, index into the stacked segments)
-        blocks = []
-        offset = 0
-        for seg in manifest["segments"]:
-            block = np.load(self.dir / f"{seg}.npy", mmap_mode="r")  # read when a row is wanted
-            blocks.append(block)
-            with open(self.dir / f"{seg}.jsonl", encoding="utf-8") as handle:
-                position = offset
-                for line in handle:
-                    row = json.loads(line)
-                    if row.get("deleted"):
-                        live.pop(row["id"], None)
-                    else:
-                        live[row["id"]] = (row, position)
-                        position += 1
-            offset += len(block)
-        ids = sorted(live)
-        order = np.fromiter((live[i][1] for i in ids), dtype=np.intp, count=len(ids))
-        return _Table([live[i][0] for i in ids], blocks, order, manifest["dim"] or 0)
+    def _read(self, names: list[str], dim: int, *, tombstones: bool = False) -> _Table:
+        segments = [_Segment(self.dir, name) for name in names]
+        if any(segment.dim != dim and segment.count for segment in segments):
+            raise ValueError(f"a segment's embeddings are not {dim}-dimensional")
+        return _Table(segments, _index(segments, tombstones=tombstones), dim)
 
     # -- the Protocol ----------------------------------------------------------------------------
 
@@ -282,76 +539,113 @@ class LocalStore(StoreBase):
         batch = unique_by_id(passages)
         if not batch:
             return 0
+        batch.sort(key=lambda p: str(p.id))  # each segment in id order: a scan reads it in runs
         vectors = matrix(batch)
         with self._writing():
             manifest = self._manifest()
             if manifest["dim"] is not None and manifest["dim"] != vectors.shape[1]:
                 raise dim_mismatch(f"local table {self.dir}", manifest["dim"], vectors.shape[1])
             manifest["dim"] = vectors.shape[1]
-            self._commit(manifest, [_to_row(p) for p in batch], vectors)
-            if len(manifest["segments"]) + 1 >= COMPACT_AFTER:
-                self._compact()
+            self._commit(manifest, map(_to_row, batch), vectors)  # rows encoded while the embeddings are written
+            self._compact()
         return len(batch)
 
     def _compact(self) -> None:
-        table = self._load()
-        manifest = self._manifest()
-        old = manifest["segments"]
-        self._commit({**manifest, "segments": []}, table.rows, table.vectors)
-        for seg in old:
+        """Merge the small segments at the end of the table while the size tiers ask for it (under the lock)."""
+        while True:
+            manifest = self._manifest()
+            names = manifest["segments"]
+            sizes: list[int] = []
+            for name in reversed(names):  # only the tail can merge: stat it back to the first big segment
+                sizes.insert(0, sum((self.dir / f"{name}{suffix}").stat().st_size for suffix in (".npy", ".jsonl")))
+                if sizes[0] >= MERGE_BELOW:
+                    break
+            start = _tail_to_merge(sizes)
+            if start is None:
+                return
+            self._merge(manifest, len(names) - len(sizes) + start)
+
+    def _merge(self, manifest: dict[str, Any], start: int) -> None:
+        """Segments ``start`` on become one: the last entry of each id, in id order, copied batch by batch
+        (lines as they are, embeddings as bytes), never the whole table in memory. Tombstones stay unless
+        the merge starts at the first segment (then nothing older is left for them to hide)."""
+        import numpy as np
+
+        dim = manifest["dim"] or 0
+        try:
+            merged = self._read(manifest["segments"][start:], dim, tombstones=start > 0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise _damaged(self.dir, exc) from None
+        if not len(merged):
+            self._add_segment(manifest, None, None, replacing=start)
+        else:
+            with_rows = np.flatnonzero(merged.row >= 0)
+
+            def write_npy(handle: Any) -> None:
+                np.lib.format.write_array_header_1_0(
+                    handle, {"descr": "<f4", "fortran_order": False, "shape": (len(with_rows), dim)})
+                for first in range(0, len(with_rows), _CHUNK):
+                    handle.write(merged.vectors_of(with_rows[first:first + _CHUNK]).tobytes())
+
+            def write_jsonl(handle: Any) -> None:  # in id order, as the embeddings
+                for first in range(0, len(merged), _CHUNK):
+                    handle.write(b"".join(merged.lines(np.arange(first, min(first + _CHUNK, len(merged))))))
+
+            self._add_segment(manifest, write_jsonl, write_npy, replacing=start)
+        for name in manifest["segments"][start:]:
             for suffix in (".npy", ".jsonl"):
-                (self.dir / f"{seg}{suffix}").unlink(missing_ok=True)
+                (self.dir / f"{name}{suffix}").unlink(missing_ok=True)
 
     def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
         import numpy as np
 
         table = self._load()
-        if not table.rows or k <= 0:
+        if not len(table) or k <= 0:
             return []
         q = np.asarray(embedding, dtype=np.float32)
-        if q.shape != (table.vectors.shape[1],):
-            raise dim_mismatch(f"local table {self.dir}", table.vectors.shape[1], q.size)
+        if q.shape != (table.dim,):
+            raise dim_mismatch(f"local table {self.dir}", table.dim, q.size)
         distances = table.norms - 2.0 * (table.vectors @ q)
         if filters and filters.as_dict():
             candidates = np.flatnonzero(table.mask(filters))
             distances = distances[candidates]
         else:
-            candidates = np.arange(len(table.rows))
+            candidates = np.arange(len(table))
         if candidates.size == 0:
             return []
         k = min(k, candidates.size)
         top = np.argpartition(distances, k - 1)[:k]
         top = top[np.argsort(distances[top], kind="stable")]
-        return [_to_passage(table.rows[i], table.vectors[i]) for i in candidates[top]]
+        return table.passages(candidates[top])
 
     def count(self, filters: Filters | None = None) -> int:
         table = self._load()
-        return int(table.mask(filters).sum()) if filters and filters.as_dict() else len(table.rows)
+        return int(table.mask(filters).sum()) if filters and filters.as_dict() else len(table)
 
     def scan(self, batch_size: int) -> Iterator[list[Passage]]:
         table = self._load()
-        for start in range(0, len(table.rows), batch_size):
-            stop = min(start + batch_size, len(table.rows))
-            vectors = table.vectors_of(start, stop)
-            yield [_to_passage(table.rows[i], vectors[i - start]) for i in range(start, stop)]
+        for picks in table.chunks(batch_size):
+            yield table.passages(picks)
 
     def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
         table = self._load()
-        found = [table.index[k] for k in dict.fromkeys(str(i) for i in ids) if k in table.index]
-        return [_to_passage(table.rows[i], table.vectors_of(i, i + 1)[0]) for i in found]
+        found = table.find(list(dict.fromkeys(str(i) for i in ids)))
+        return table.passages(found) if len(found) else []
 
     def delete(self, ids: Iterable[uuid.UUID]) -> int:
         import numpy as np
 
-        wanted = {str(i) for i in ids}
+        wanted = sorted({str(i) for i in ids})
         if not self.exists():
             return 0
         with self._writing():
-            gone = sorted(wanted & self._load().index.keys())
+            table = self._load()
+            gone = [table.ids[i].decode() for i in table.find(wanted)]
             if gone:
                 manifest = self._manifest()
                 self._commit(manifest, [{"id": i, "deleted": True} for i in gone],
                              np.zeros((0, manifest["dim"] or 0), dtype=np.float32))
+                self._compact()
         return len(gone)
 
     def drop(self) -> None:
