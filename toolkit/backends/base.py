@@ -80,7 +80,8 @@ class ArchivalStore(Protocol):
     def count(self, filters: Filters | None = None) -> int: ...
 
     def scan(self, batch_size: int) -> Iterator[list[Passage]]:
-        """Every passage, in batches, in a stable order (by id)."""
+        """Every passage, in batches, in a stable order: by id, or (LanceDB, whose tables have no index to
+        give that order cheaply) the table's own, the same on every scan of an unchanged table."""
 
     def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
         """The stored passages with these ids, in the order first asked; ids not stored are left out."""
