@@ -465,10 +465,16 @@ def _arrow(batch: list[Passage], vectors: np.ndarray) -> pa.Table:
     import pyarrow as pa
 
     dim = vectors.shape[1]
+    owners: dict[Any, str | None] = {None: None}  # a batch has few users and agents: each str() once
+
+    def text(value: Any) -> str | None:
+        found = owners.get(value, owners)
+        return owners.setdefault(value, value and str(value)) if found is owners else found  # type: ignore[return-value]
+
     columns: dict[str, Any] = {
-        "id": [str(p.id) for p in batch], "user_id": [str(p.user_id) for p in batch],
-        "agent_id": [p.agent_id and str(p.agent_id) for p in batch],
-        "doc_id": [p.doc_id and str(p.doc_id) for p in batch], "text": [p.text for p in batch],
+        "id": [str(p.id) for p in batch], "user_id": [text(p.user_id) for p in batch],
+        "agent_id": [text(p.agent_id) for p in batch],
+        "doc_id": [text(p.doc_id) for p in batch], "text": [p.text for p in batch],
         "data_source": [p.data_source for p in batch],
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
         "embedding_dim": pa.repeat(pa.scalar(dim, pa.int64()), len(batch)),
