@@ -277,11 +277,12 @@ def test_chroma_up_format_05_serves_memgpts_http_client(tmp_path: Path, chroma05
 def test_pylance_08_reads_every_row_of_a_legacy_table(tmp_path: Path, pylance08: Path) -> None:
     from toolkit.backends.lancedb import detect_format
 
-    rows = passages(40, dim=64)
+    rows = passages(50, dim=64)
     where = tmp_path / "lance"
     with open_store(StoreLocation("lancedb", str(where), TABLE, format="legacy")) as store:
-        store.insert(rows[:30])
-        store.insert(rows[20:])  # upsert: 10 updated, 10 new
+        store.insert(rows[:30])  # new ids into an empty table: an append
+        store.insert(rows[20:40])  # upsert: 10 updated, 10 new
+        store.insert(rows[40:])  # an append again
         store.delete([p.id for p in rows[:5]])
     assert detect_format(where / f"{TABLE}.lance") == ("legacy", "0.1")
     done = subprocess.run([str(pylance08), "-I", "-c", PYLANCE_READ, str(where / f"{TABLE}.lance")],

@@ -1,6 +1,6 @@
 """Copy archival passages between any two backends, verified (room: migrate.py).
 
-Speaks only the ArchivalStore Protocol. Rows stream in batches (scan in id order -> upsert by id),
+Speaks only the ArchivalStore Protocol. Rows stream in batches (scan in a stable order -> upsert by id),
 so a run killed midway is resumed by running it again: nothing is duplicated or lost. The source
 is only ever read, and a source directory is read through a private copy (the clients of some
 generations write to what they open), so it stays byte for byte as it was. At the end both sides

@@ -67,6 +67,13 @@ def check_encodable(batch: list[Passage], where: str) -> None:
     """Refuse, before anything is written, a passage holding text that is not valid UTF-8 (a lone
     surrogate, as a broken decoder leaves it): Postgres and LanceDB cannot encode it, and chromadb 0.5
     stores the row and then fails on reading it. ``where`` names the store (``postgres table X``)."""
+    strings = [v for p in batch for v in (p.text, p.data_source, p.embedding_model) if isinstance(v, str)]
+    try:  # the usual case in one call (a row at a time was a tenth of a LanceDB insert's time)
+        "".join(strings).encode("utf-8")
+        if not any(p.metadata for p in batch):
+            return
+    except UnicodeEncodeError:
+        pass
     for p in batch:
         if not all(_encodable(v) for v in (p.text, p.data_source, p.embedding_model, p.metadata)):
             raise BackendError(f"passage {p.id} holds text that is not valid UTF-8 (a lone surrogate); "

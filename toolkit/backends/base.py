@@ -80,8 +80,9 @@ class ArchivalStore(Protocol):
     def count(self, filters: Filters | None = None) -> int: ...
 
     def scan(self, batch_size: int) -> Iterator[list[Passage]]:
-        """Every passage, in batches, in a stable order: by id, except local's, as stored (its segment files
-        front to back, each in id order: reading a big table in id order would be random reads)."""
+        """Every passage, in batches, in a stable order (the same on every scan of an unchanged table): by
+        id, except where that order would cost random reads or a sort of every id: local scans its segment
+        files front to back (each in id order), LanceDB its table's own order."""
 
     def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
         """The stored passages with these ids, in the order first asked; ids not stored are left out."""
