@@ -4,7 +4,7 @@ For each --rows size (default 100k and 1M; 100k and 300k when Postgres is on eit
 writes 16 KB a row), in one run:
   1. a SRC store is filled with N seeded passages (1536-dim, NumPy embeddings);
   2. `toolkit migrate --from SRC --to DST --json` runs in a subprocess, as a user runs it; its peak RSS is
-     what wait4 reports for it (getrusage: memory-mapped file pages and its own children included);
+     what `/usr/bin/time` reports for it (getrusage: memory-mapped file pages and its own children included);
   3. the destination's raw bulk path writes the same rows, generated in memory first, in a subprocess:
        postgres  one binary COPY into MemGPT's layout (psycopg), committed
        lancedb   one `table.add` of a RecordBatchReader of Arrow batches into a new table (same format)
@@ -239,17 +239,24 @@ RAW = {"postgres": raw_postgres, "lancedb": raw_lancedb, "local": raw_local, "ch
 # -- measuring -----------------------------------------------------------------------------------------
 
 def measured(argv: list[str], cwd: Path) -> tuple[str, int]:
-    """(stdout, peak RSS in bytes) of a subprocess, its RSS as wait4 reports it (its waited children too)."""
+    """(stdout, peak RSS in bytes) of a subprocess, as ``/usr/bin/time`` reports it (getrusage of its child:
+    mapped pages and the child's own children included). Not wait4 from here: Linux carries a process's peak
+    across fork and exec, so a child of this (by then large) process would report at least this one's size;
+    time's own child starts from time's few MB."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        time_tool = shutil.which("time", path="/usr/bin:/bin")
+        wrapped = [time_tool, "-f", "%M", "-o", rss.name, *argv] if time_tool else argv
+        proc = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
             raise SystemExit(f"{argv[2:5]} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
-        return out.read().decode(), usage.ru_maxrss * 1024
+        kib = int(rss.read().split()[-1]) if time_tool else usage.ru_maxrss
+        return out.read().decode(), kib * 1024
 
 
 def run_size(kind_src: str, kind_dst: str, n: int, dim: int, url: str, fmt: str, base: Path) -> dict[str, Any]:

@@ -323,11 +323,11 @@ def test_a_failing_copy_stops_the_read_back_thread(make_spec: Callable[[str, str
 # -- at scale: the batch, the figures, the progress bar -------------------------------------------------
 
 
-def test_default_batch_is_a_few_mib_of_embeddings() -> None:
+def test_default_batch_is_tens_of_mib_of_embeddings() -> None:
     from toolkit.migrate import default_batch
 
-    assert default_batch(1536) == 1365  # 8 MiB of float32
-    assert default_batch(4096) == 512
+    assert default_batch(1536) == 2730  # 16 MiB of float32
+    assert default_batch(4096) == 1024
     assert default_batch(8) == 10_000 and default_batch(1_000_000) == 100  # within 100..10,000 rows
 
 

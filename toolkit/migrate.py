@@ -31,7 +31,7 @@ from toolkit.errors import BackendError, MigrationError
 from toolkit.specs import Spec
 
 _MOD = 1 << 128
-BATCH_BYTES = 8 << 20  # the default batch: about this many bytes of float32 embeddings (1536-dim: 1365 rows)
+BATCH_BYTES = 16 << 20  # the default batch: about this many bytes of float32 embeddings (1536-dim: 2730 rows)
 
 
 class Checksum:
@@ -345,7 +345,7 @@ def _copy(src: ArchivalStore, dst: ArchivalStore, destination: Spec, table: str,
     started = time.perf_counter()
     read_back = _ReadBack(destination, table, got) if dst.reads_while_writing else None
     try:
-        for passages in _prefetched(src, batch, expected):
+        for passages in _prefetched(src, batch, expected, depth=1):
             dst.insert(passages)
             if read_back:
                 read_back.add([p.id for p in passages])
@@ -357,7 +357,8 @@ def _copy(src: ArchivalStore, dst: ArchivalStore, destination: Spec, table: str,
         else:
             if on_verify:
                 on_verify()
-            for passages in _prefetched(dst, batch):  # the server reads the next batch while we hash
+            # smaller batches, one read ahead: a store's reader (LanceDB's) holds several of its own
+            for passages in _prefetched(dst, max(100, batch // 4), depth=1):  # the store reads while we hash
                 got.update(passages)
                 if verified:
                     verified(len(passages))

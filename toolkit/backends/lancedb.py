@@ -544,4 +544,4 @@ def _passages(data: pa.Table) -> list[Passage]:
                     created_at=at.replace(tzinfo=timezone.utc))
             for n, (i, user, agent, doc, text, source, model, meta, at) in enumerate(zip(
                 data["id"].to_pylist(), *owners, data["text"].to_pylist(), data["data_source"].to_pylist(),
-                data["embedding_model"].to_pylist(), data["metadata_"].to_pylist(), created))]
+                data["embedding_model"].to_pylist(), data["metadata_"].to_pylist(), created, strict=True))]

@@ -16,7 +16,7 @@ from toolkit.commands._common import Whole, echo, echo_json, settings_from
 @click.option("--to", "destination", required=True, metavar="SPEC", help="Store to copy into (upsert by id).")
 @click.option("--table", default=DEFAULT_TABLE, show_default=True, help="Table / collection name on both sides.")
 @click.option("--batch", type=Whole(min=1), default=None,
-              help="Rows per batch [default: about 8 MiB of embeddings: 1365 rows of 1536 dimensions].")
+              help="Rows per batch [default: about 16 MiB of embeddings: 2730 rows of 1536 dimensions].")
 @click.option("--format", "fmt", metavar="FORMAT",
               help="Format to write a new Chroma/LanceDB destination in: memgpt (chromadb 0.5, Lance legacy: what "
                    "MemGPT 0.3.x reads), current, or the backend's own name (0.5, 1, legacy, stable) "
@@ -72,6 +72,7 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
 
     settings = settings_from(ctx)
     src, dst = specs.parse(source, settings), specs.parse(destination, settings).with_format(fmt)
+    _two_malloc_arenas()
     with ExitStack() as bar_open:
         bar: _Bar | None = None
 
@@ -111,6 +112,19 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
              + (f" (previous config saved as {result.backup})" if result.backup else ""), settings)
         if table != DEFAULT_TABLE:
             echo(f"note: MemGPT reads table {DEFAULT_TABLE}, not {table}", settings, err=True)
+
+
+def _two_malloc_arenas() -> None:
+    """At most two glibc malloc arenas in this process. The reader, the verifier and the clients' own threads
+    would each get an arena that keeps the batches it freed: ~100 MB more peak RSS in a long migration."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to tune
+        pass
 
 
 class _Bar:
