@@ -220,12 +220,19 @@ def _map(handle: Any) -> Any:
 
 def _release(mapped: Any, start: int, stop: int) -> None:
     """Drop the pages of mapped[start:stop] from this process (the page cache keeps them): a mapped page
-    once read counts in RSS until the mapping goes, which for a scan of a big table is all of it."""
+    once read counts in RSS until the mapping goes, which for a scan of a big table is all of it. The range
+    is widened by ``_AROUND`` each side: a page fault maps its neighbours too ("fault-around", 64 KB), so
+    the first read of a batch maps pages of the batch before it again, which a release of the batch's own
+    range alone would leave behind (measured: 130 MB at 300k rows x 1536)."""
     import mmap
 
     if isinstance(mapped, mmap.mmap) and stop > start:
-        first = start - start % mmap.PAGESIZE
-        mapped.madvise(mmap.MADV_DONTNEED, first, min(stop, len(mapped)) - first)
+        first = max(0, start - _AROUND)
+        first -= first % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_DONTNEED, first, min(stop + _AROUND, len(mapped)) - first)
+
+
+_AROUND = 1 << 20
 
 
 def _runs(keys: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
