@@ -154,17 +154,23 @@ def test_a_scan_of_a_big_table_stays_small_in_memory(tmp_path: Path) -> None:
         "import sys\n"
         "from toolkit.backends import open_store, StoreLocation\n"
         "seen = 0\n"
+        "def status(key):\n"
+        "    return int(open('/proc/self/status').read().split(key + ':')[1].split()[0])\n"
         "with open_store(StoreLocation('local', sys.argv[1], 'archival')) as store:\n"
-        "    for batch in store.scan(1000):\n"
+        "    store.count()\n"
+        "    mapped = status('RssFile')\n"
+        "    for batch in store.scan(300):\n"
         "        seen += len(batch)\n"
         # the peak of this process's own memory (VmHWM, KiB): ru_maxrss would start at the RSS of the pytest
-        # process it was forked from
-        "print(seen, open('/proc/self/status').read().split('VmHWM:')[1].split()[0])\n"
+        # process it was forked from; RssFile: the mapped file pages it still holds
+        "    print(seen, status('VmHWM'), status('RssFile') - mapped)\n"
     )
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                           check=True)
-    seen, peak_kib = map(int, done.stdout.split())
+    seen, peak_kib, mapped_kib = map(int, done.stdout.split())
     assert seen == rows
+    # the pages of each batch were handed back, with those a fault mapped around them (the previous batch's)
+    assert mapped_kib < 4096, f"{mapped_kib} KiB of the files stayed mapped in memory after the scan"
     vectors_mib = rows * dim * 4 / 2**20
     assert peak_kib / 1024 < vectors_mib / 3, f"peak RSS {peak_kib / 1024:.0f} MiB for {vectors_mib:.0f} MiB of embeddings"
 
