@@ -179,3 +179,37 @@ def test_a_damaged_embeddings_file_is_a_backend_error(tmp_path: Path) -> None:
     with open_store(StoreLocation("local", str(tmp_path), "archival")) as store, \
             pytest.raises(BackendError, match="cannot read the local table"):
         store.count()
+
+
+_MANY_SEGMENTS = """
+import resource, sys
+from tests.backend_support import passages
+from toolkit.backends import StoreLocation, open_store
+from toolkit.backends import local
+local.MERGE_BELOW = 1  # every segment counts as big: none merges, as a big table's never do
+where = StoreLocation('local', sys.argv[1], 'archival')
+rows = passages(120, dim=4)
+with open_store(where) as store:
+    for n in range(40):
+        store.insert(rows[3 * n:3 * n + 3])
+hard = int(sys.argv[2]) if sys.argv[2] != '-' else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, hard))  # fewer than the 80 files the 40 segments hold open
+with open_store(where) as store:
+    print(store.count(), len([p for batch in store.scan(7) for p in batch]))
+"""
+
+
+def test_a_table_of_more_segments_than_the_open_files_soft_limit_reads(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _MANY_SEGMENTS, str(tmp_path), "-"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["120", "120"]
+
+
+def test_a_table_of_more_segments_than_the_hard_limit_says_so_and_not_damaged(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _MANY_SEGMENTS, str(tmp_path), "48"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "40 segments need 80 open files" in last and "ulimit -n: 48" in last, last
+    assert "drop it" not in done.stderr

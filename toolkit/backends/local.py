@@ -15,6 +15,8 @@ Search is exact L2 in NumPy, as MemGPT's connectors rank.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -421,6 +423,30 @@ def _together(first: Any, second: Any) -> None:
         raise failed[0]
 
 
+def _allow_open_files(wanted: int) -> None:
+    """Let this process open ``wanted`` more files (raising its soft limit towards the hard one, as Go's runtime
+    does at start): a table being read holds each segment's two files open (mapped), and segments of
+    MERGE_BELOW bytes are never merged, so a big table has hundreds of them (1M rows of 1536 dimensions
+    written in 16 MiB batches: ~370 segments, 740 files), past the usual soft limit of 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux: assume a generous share is taken
+        in_use = 256
+    needed = in_use + wanted + 64  # room for what the caller opens next
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    raised = max(needed, 2 * soft) if hard == resource.RLIM_INFINITY else min(hard, max(needed, 2 * soft))
+    with contextlib.suppress(ValueError, OSError):  # e.g. macOS refuses more than kern.maxfilesperproc
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+
+
+def _out_of_files(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
 def _damaged(where: Path, exc: BaseException) -> BackendError:
     return BackendError(f"cannot read the local table {where}: {type(exc).__name__}: {exc}",
                         hint="drop it (toolkit migrate from a copy) or restore the directory")
@@ -513,6 +539,8 @@ class LocalStore(StoreBase):
         try:
             table = self._read(manifest["segments"], manifest["dim"] or 0)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            if _out_of_files(exc):
+                raise self._too_many_files(len(manifest["segments"])) from None
             # a compaction by another process between reading the manifest and its segments looks the same
             # as damage: read the manifest again once before calling it damage
             if self._manifest().get("version") == manifest["version"]:
@@ -522,10 +550,19 @@ class LocalStore(StoreBase):
         return table
 
     def _read(self, names: list[str], dim: int, *, tombstones: bool = False) -> _Table:
+        _allow_open_files(2 * len(names))
         segments = [_Segment(self.dir, name) for name in names]
         if any(segment.dim != dim and segment.count for segment in segments):
             raise ValueError(f"a segment's embeddings are not {dim}-dimensional")
         return _Table(segments, _index(segments, tombstones=tombstones), dim)
+
+    def _too_many_files(self, segments: int) -> BackendError:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return BackendError(f"cannot read the local table {self.dir}: its {segments} segments need {2 * segments} open "
+                            f"files, more than this process may open (ulimit -n: {soft}); the table is intact",
+                            hint="raise the limit (ulimit -n, or LimitNOFILE= for a service) and run again")
 
     # -- the Protocol ----------------------------------------------------------------------------
 
@@ -575,6 +612,8 @@ class LocalStore(StoreBase):
         try:
             merged = self._read(manifest["segments"][start:], dim, tombstones=start > 0)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            if _out_of_files(exc):
+                raise self._too_many_files(len(manifest["segments"]) - start) from None
             raise _damaged(self.dir, exc) from None
         if not len(merged):
             self._add_segment(manifest, None, None, replacing=start)
