@@ -213,3 +213,29 @@ def test_a_table_of_more_segments_than_the_hard_limit_says_so_and_not_damaged(tm
     last = done.stderr.strip().splitlines()[-1]
     assert "40 segments need 80 open files" in last and "ulimit -n: 48" in last, last
     assert "drop it" not in done.stderr
+
+
+@pytest.mark.parametrize("edit", ["crlf", "no final newline", "trailing spaces"])
+def test_a_segment_edited_by_hand_reads_and_merges(tmp_path: Path, edit: str) -> None:
+    """JSONL lines as an editor or a Windows checkout leaves them read as the previous version read them,
+    and survive a merge."""
+    where = StoreLocation("local", str(tmp_path), "archival")
+    rows = passages(30, dim=4)
+    with open_store(where) as store:
+        store.insert(rows[:10])
+        store.delete([rows[0].id])
+    for seg in _segments(tmp_path / "archival"):
+        jsonl = tmp_path / "archival" / f"{seg}.jsonl"
+        text = jsonl.read_bytes()
+        jsonl.write_bytes({"crlf": text.replace(b"\n", b"\r\n"), "no final newline": text[:-1],
+                           "trailing spaces": text.replace(b"\n", b"  \n")}[edit])
+    with open_store(where) as store:
+        assert store.count() == 9
+        assert [p.id for p in store.get([rows[5].id, rows[0].id])] == [rows[5].id]
+        for n in range(4):  # enough small segments after them for a merge of all
+            store.insert(rows[10 + 5 * n:15 + 5 * n])
+        assert len(_segments(tmp_path / "archival")) < 6
+    with open_store(where) as store:
+        got = _scanned(store)
+        assert sorted(got) == sorted(p.id for p in rows[1:])
+        assert all(_same(got[p.id], p) for p in rows[1:])

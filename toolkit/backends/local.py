@@ -165,8 +165,12 @@ class _Segment:
                     lengths.append(part[2])
                     tombstones.append(part[3])
                     position += len(data)
-        if carry:
-            raise ValueError(f"{self.name}.jsonl has a line cut short")
+            if carry:  # a last line without its newline (an editor dropped it): a line as any other
+                part = _split_lines(carry + b"\n", self.name)
+                ids.append(part[0])
+                offsets.append(part[1] + position)
+                lengths.append(part[2])
+                tombstones.append(part[3])
         deleted = np.concatenate(tombstones) if tombstones else np.zeros(0, dtype=bool)
         rows = np.cumsum(~deleted) - 1
         rows[deleted] = -1
@@ -188,9 +192,9 @@ def _split_lines(data: bytes, name: str) -> tuple[bytes, np.ndarray, np.ndarray,
     ends = np.flatnonzero(buf == ord("\n")) + 1
     starts = np.concatenate(([0], ends[:-1]))
     lengths = ends - starts
-    if (lengths < 2).any() or (buf[ends - 2] != ord("}")).any():
-        raise ValueError(f"{name}.jsonl has a line that is not a JSON object")
-    fast = np.flatnonzero(lengths >= len(_PREFIX) + 39)  # room for the prefix, the id, '"}' and the newline
+    # room for the prefix, the id, '"}' and the newline, and ending as this module ends a line ('}\n', not
+    # '}\r\n' or '} \n' as another program or an editor may leave it: those are parsed below)
+    fast = np.flatnonzero((lengths >= len(_PREFIX) + 39) & (buf[ends - 2] == ord("}")))
     prefix = np.frombuffer(_PREFIX, dtype=np.uint8)
     fast = fast[(buf[starts[fast, None] + np.arange(len(prefix))] == prefix).all(axis=1)
                 & (buf[starts[fast] + 44] == ord('"'))]
@@ -204,6 +208,8 @@ def _split_lines(data: bytes, name: str) -> tuple[bytes, np.ndarray, np.ndarray,
     slow[fast] = False
     for i in np.flatnonzero(slow).tolist():  # written by another program: ids in another form
         parsed = json.loads(data[starts[i]:ends[i]])
+        if not isinstance(parsed, dict):
+            raise ValueError(f"{name}.jsonl has a line that is not a JSON object")
         keys[i] = np.frombuffer(str(uuid.UUID(parsed["id"])).encode(), dtype=np.uint8)
         deleted[i] = bool(parsed.get("deleted"))
     return keys.tobytes(), starts.astype(np.int64), lengths.astype(np.int32), deleted
@@ -628,7 +634,9 @@ class LocalStore(StoreBase):
 
             def write_jsonl(handle: Any) -> None:  # in id order, as the embeddings
                 for first in range(0, len(merged), _CHUNK):
-                    handle.write(b"".join(merged.lines(np.arange(first, min(first + _CHUNK, len(merged))))))
+                    lines = merged.lines(np.arange(first, min(first + _CHUNK, len(merged))))
+                    # a segment's last line may lack its newline (another program wrote it): one each here
+                    handle.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
 
             self._add_segment(manifest, write_jsonl, write_npy, replacing=start)
         for name in manifest["segments"][start:]:
