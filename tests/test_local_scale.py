@@ -239,3 +239,14 @@ def test_a_segment_edited_by_hand_reads_and_merges(tmp_path: Path, edit: str) ->
         got = _scanned(store)
         assert sorted(got) == sorted(p.id for p in rows[1:])
         assert all(_same(got[p.id], p) for p in rows[1:])
+
+
+def test_a_write_into_a_table_missing_a_segment_file_is_a_backend_error(tmp_path: Path) -> None:
+    from toolkit.errors import BackendError
+
+    where = StoreLocation("local", str(tmp_path), "archival")
+    with open_store(where) as store:
+        store.insert(passages(3, dim=4))
+    next((tmp_path / "archival").glob("*.npy")).unlink()
+    with open_store(where) as store, pytest.raises(BackendError, match="cannot read the local table"):
+        store.insert(passages(3, dim=4, start=3))

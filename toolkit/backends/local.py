@@ -599,10 +599,13 @@ class LocalStore(StoreBase):
             manifest = self._manifest()
             names = manifest["segments"]
             sizes: list[int] = []
-            for name in reversed(names):  # only the tail can merge: stat it back to the first big segment
-                sizes.insert(0, sum((self.dir / f"{name}{suffix}").stat().st_size for suffix in (".npy", ".jsonl")))
-                if sizes[0] >= MERGE_BELOW:
-                    break
+            try:
+                for name in reversed(names):  # only the tail can merge: stat it back to the first big segment
+                    sizes.insert(0, sum((self.dir / f"{name}{suffix}").stat().st_size for suffix in (".npy", ".jsonl")))
+                    if sizes[0] >= MERGE_BELOW:
+                        break
+            except OSError as exc:  # a segment's file is gone: the table is damaged (the reads say so too)
+                raise _damaged(self.dir, exc) from None
             start = _tail_to_merge(sizes)
             if start is None:
                 return
