@@ -250,3 +250,21 @@ def test_a_write_into_a_table_missing_a_segment_file_is_a_backend_error(tmp_path
     next((tmp_path / "archival").glob("*.npy")).unlink()
     with open_store(where) as store, pytest.raises(BackendError, match="cannot read the local table"):
         store.insert(passages(3, dim=4, start=3))
+
+
+@pytest.mark.parametrize("damage", [(b'"text": "passage 2"', b'"text": "passage 2'), (b'"text": "passage 2", ', b"")])
+def test_a_damaged_line_is_a_backend_error_on_every_read(tmp_path: Path, damage: tuple[bytes, bytes]) -> None:
+    """The index reads only each line's id; the rest of a line is first parsed by a scan, get or query,
+    which say the table is damaged (as the previous version's open did), not raise JSONDecodeError or KeyError."""
+    from toolkit.errors import BackendError
+
+    where = StoreLocation("local", str(tmp_path), "archival")
+    rows = passages(5, dim=4)
+    with open_store(where) as store:
+        store.insert(rows)
+    jsonl = next((tmp_path / "archival").glob("*.jsonl"))
+    jsonl.write_bytes(jsonl.read_bytes().replace(*damage))
+    reads = [lambda s: list(s.scan(10)), lambda s: s.get([rows[2].id]), lambda s: s.query([0.0] * 4, 5)]
+    for read in reads:
+        with open_store(where) as store, pytest.raises(BackendError, match="cannot read the local table"):
+            read(store)

@@ -253,7 +253,8 @@ class _Table:
     in storage order (``stored``), each file front to back. A query gathers every embedding into one matrix,
     once."""
 
-    def __init__(self, segments: list[_Segment], index: dict[str, np.ndarray], dim: int) -> None:
+    def __init__(self, where: Path, segments: list[_Segment], index: dict[str, np.ndarray], dim: int) -> None:
+        self.where = where  # the table's directory, for errors
         self.segments = segments
         self.ids = index["ids"]  # sorted, 36 bytes each (the id's text)
         self.segment = index["segment"]  # which segment holds the row
@@ -279,7 +280,13 @@ class _Table:
 
     def rows(self, picks: np.ndarray) -> list[dict[str, Any]]:
         lines = self.lines(picks)
-        return json.loads(b"[" + b",".join(lines) + b"]") if lines else []  # one parse for the batch
+        try:
+            rows = json.loads(b"[" + b",".join(lines) + b"]") if lines else []  # one parse for the batch
+        except ValueError as exc:  # the index reads only each line's id: the rest is first parsed here
+            raise _damaged(self.where, exc) from None
+        if not all(isinstance(row, dict) for row in rows):
+            raise _damaged(self.where, ValueError("a line of a segment is not a JSON object"))
+        return rows
 
     def vectors_of(self, picks: np.ndarray) -> np.ndarray:
         import numpy as np
@@ -301,7 +308,11 @@ class _Table:
 
     def passages(self, picks: np.ndarray) -> list[Passage]:
         vectors = self.vectors_of(picks)
-        return [_to_passage(row, vectors[i]) for i, row in enumerate(self.rows(picks))]
+        rows = self.rows(picks)
+        try:
+            return [_to_passage(row, vectors[i]) for i, row in enumerate(rows)]
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:  # a field missing or not of its type
+            raise _damaged(self.where, exc) from None
 
     def find(self, ids: list[str]) -> np.ndarray:
         """Where each id is in the table (its position in ``ids``), the ids not in it left out, order kept."""
@@ -560,7 +571,7 @@ class LocalStore(StoreBase):
         segments = [_Segment(self.dir, name) for name in names]
         if any(segment.dim != dim and segment.count for segment in segments):
             raise ValueError(f"a segment's embeddings are not {dim}-dimensional")
-        return _Table(segments, _index(segments, tombstones=tombstones), dim)
+        return _Table(self.dir, segments, _index(segments, tombstones=tombstones), dim)
 
     def _too_many_files(self, segments: int) -> BackendError:
         import resource
