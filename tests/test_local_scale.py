@@ -268,3 +268,22 @@ def test_a_damaged_line_is_a_backend_error_on_every_read(tmp_path: Path, damage:
     for read in reads:
         with open_store(where) as store, pytest.raises(BackendError, match="cannot read the local table"):
             read(store)
+
+
+def test_a_merge_removes_what_killed_writers_left(tmp_path: Path) -> None:
+    where = StoreLocation("local", str(tmp_path), "archival")
+    rows = passages(40, dim=4)
+    with open_store(where) as store:
+        store.insert(rows[:10])
+    table = tmp_path / "archival"
+    (table / ".000007.npy.99999.tmp").write_bytes(b"x" * 100)  # a write killed before its rename
+    (table / ".manifest.json.99999.tmp").write_bytes(b"{")
+    (table / "000000.npy").write_bytes(b"x")  # a segment a killed merge had replaced but not yet removed
+    (table / "000000.jsonl").write_bytes(b"x")
+    with open_store(where) as store:
+        for n in range(3):  # a merge
+            store.insert(rows[10 + 10 * n:20 + 10 * n])
+        assert len(_segments(table)) == 1
+        assert sorted(p.name for p in table.iterdir()) == sorted(
+            ["manifest.json", *(f"{s}{x}" for s in _segments(table) for x in (".npy", ".jsonl"))])
+        assert sorted(_scanned(store)) == sorted(p.id for p in rows)

@@ -656,6 +656,21 @@ class LocalStore(StoreBase):
         for name in manifest["segments"][start:]:
             for suffix in (".npy", ".jsonl"):
                 (self.dir / f"{name}{suffix}").unlink(missing_ok=True)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove what writers killed mid-write left (under the lock, so no writer is mid-write now): their
+        temporary files, and segments a merge replaced but had not yet removed. Else each kill during a
+        merge leaves up to two segments' worth of bytes on disk for good."""
+        manifest = self._manifest()
+        live = set(manifest["segments"])
+        with contextlib.suppress(OSError):
+            for path in self.dir.iterdir():
+                stem, _, suffix = path.name.partition(".")
+                leftover = path.name.startswith(".") and path.name.endswith(".tmp") or (
+                    suffix in ("npy", "jsonl") and stem.isdigit() and stem not in live and int(stem) < manifest["next"])
+                if leftover:
+                    path.unlink(missing_ok=True)
 
     def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
         import numpy as np
