@@ -185,3 +185,111 @@ def test_a_damaged_embeddings_file_is_a_backend_error(tmp_path: Path) -> None:
     with open_store(StoreLocation("local", str(tmp_path), "archival")) as store, \
             pytest.raises(BackendError, match="cannot read the local table"):
         store.count()
+
+
+_MANY_SEGMENTS = """
+import resource, sys
+from tests.backend_support import passages
+from toolkit.backends import StoreLocation, open_store
+from toolkit.backends import local
+local.MERGE_BELOW = 1  # every segment counts as big: none merges, as a big table's never do
+where = StoreLocation('local', sys.argv[1], 'archival')
+rows = passages(120, dim=4)
+with open_store(where) as store:
+    for n in range(40):
+        store.insert(rows[3 * n:3 * n + 3])
+hard = int(sys.argv[2]) if sys.argv[2] != '-' else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, hard))  # fewer than the 80 files the 40 segments hold open
+with open_store(where) as store:
+    print(store.count(), len([p for batch in store.scan(7) for p in batch]))
+"""
+
+
+def test_a_table_of_more_segments_than_the_open_files_soft_limit_reads(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _MANY_SEGMENTS, str(tmp_path), "-"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["120", "120"]
+
+
+def test_a_table_of_more_segments_than_the_hard_limit_says_so_and_not_damaged(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _MANY_SEGMENTS, str(tmp_path), "48"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "40 segments need 80 open files" in last and "ulimit -n: 48" in last, last
+    assert "drop it" not in done.stderr
+
+
+@pytest.mark.parametrize("edit", ["crlf", "no final newline", "trailing spaces"])
+def test_a_segment_edited_by_hand_reads_and_merges(tmp_path: Path, edit: str) -> None:
+    """JSONL lines as an editor or a Windows checkout leaves them read as the previous version read them,
+    and survive a merge."""
+    where = StoreLocation("local", str(tmp_path), "archival")
+    rows = passages(30, dim=4)
+    with open_store(where) as store:
+        store.insert(rows[:10])
+        store.delete([rows[0].id])
+    for seg in _segments(tmp_path / "archival"):
+        jsonl = tmp_path / "archival" / f"{seg}.jsonl"
+        text = jsonl.read_bytes()
+        jsonl.write_bytes({"crlf": text.replace(b"\n", b"\r\n"), "no final newline": text[:-1],
+                           "trailing spaces": text.replace(b"\n", b"  \n")}[edit])
+    with open_store(where) as store:
+        assert store.count() == 9
+        assert [p.id for p in store.get([rows[5].id, rows[0].id])] == [rows[5].id]
+        for n in range(4):  # enough small segments after them for a merge of all
+            store.insert(rows[10 + 5 * n:15 + 5 * n])
+        assert len(_segments(tmp_path / "archival")) < 6
+    with open_store(where) as store:
+        got = _scanned(store)
+        assert sorted(got) == sorted(p.id for p in rows[1:])
+        assert all(_same(got[p.id], p) for p in rows[1:])
+
+
+def test_a_write_into_a_table_missing_a_segment_file_is_a_backend_error(tmp_path: Path) -> None:
+    from toolkit.errors import BackendError
+
+    where = StoreLocation("local", str(tmp_path), "archival")
+    with open_store(where) as store:
+        store.insert(passages(3, dim=4))
+    next((tmp_path / "archival").glob("*.npy")).unlink()
+    with open_store(where) as store, pytest.raises(BackendError, match="cannot read the local table"):
+        store.insert(passages(3, dim=4, start=3))
+
+
+@pytest.mark.parametrize("damage", [(b'"text": "passage 2"', b'"text": "passage 2'), (b'"text": "passage 2", ', b"")])
+def test_a_damaged_line_is_a_backend_error_on_every_read(tmp_path: Path, damage: tuple[bytes, bytes]) -> None:
+    """The index reads only each line's id; the rest of a line is first parsed by a scan, get or query,
+    which say the table is damaged (as the previous version's open did), not raise JSONDecodeError or KeyError."""
+    from toolkit.errors import BackendError
+
+    where = StoreLocation("local", str(tmp_path), "archival")
+    rows = passages(5, dim=4)
+    with open_store(where) as store:
+        store.insert(rows)
+    jsonl = next((tmp_path / "archival").glob("*.jsonl"))
+    jsonl.write_bytes(jsonl.read_bytes().replace(*damage))
+    reads = [lambda s: list(s.scan(10)), lambda s: s.get([rows[2].id]), lambda s: s.query([0.0] * 4, 5)]
+    for read in reads:
+        with open_store(where) as store, pytest.raises(BackendError, match="cannot read the local table"):
+            read(store)
+
+
+def test_a_merge_removes_what_killed_writers_left(tmp_path: Path) -> None:
+    where = StoreLocation("local", str(tmp_path), "archival")
+    rows = passages(40, dim=4)
+    with open_store(where) as store:
+        store.insert(rows[:10])
+    table = tmp_path / "archival"
+    (table / ".000007.npy.99999.tmp").write_bytes(b"x" * 100)  # a write killed before its rename
+    (table / ".manifest.json.99999.tmp").write_bytes(b"{")
+    (table / "000000.npy").write_bytes(b"x")  # a segment a killed merge had replaced but not yet removed
+    (table / "000000.jsonl").write_bytes(b"x")
+    with open_store(where) as store:
+        for n in range(3):  # a merge
+            store.insert(rows[10 + 10 * n:20 + 10 * n])
+        assert len(_segments(table)) == 1
+        assert sorted(p.name for p in table.iterdir()) == sorted(
+            ["manifest.json", *(f"{s}{x}" for s in _segments(table) for x in (".npy", ".jsonl"))])
+        assert sorted(_scanned(store)) == sorted(p.id for p in rows)

@@ -283,7 +283,9 @@ class LanceStore(StoreBase):
             if self.remote:  # no lock, so nothing to know about other writers: always the upsert
                 _merge(table, data)
                 return len(batch)
-            table.checkout_latest()  # what another writer committed while we waited for the lock
+            table = self._latest(dim=dim)  # what another writer committed while we waited for the lock
+            if self._dim(table) != dim:  # created anew by another writer
+                raise dim_mismatch(f"lancedb table {self.table}", self._dim(table), dim)
             before = table.version
             own = self._own_ids(table)
             if own is not None and not own.holds_any(keys):
@@ -295,6 +297,21 @@ class LanceStore(StoreBase):
             else:
                 self._own = None
         return len(batch)
+
+    def _latest(self, *, dim: int | None = None) -> Any:
+        """The table at its newest version (as ``_open``, in a local directory): what other writers committed
+        since this handle last looked. A table another writer dropped and created again, to a version below
+        this handle's, is opened anew: lance's checkout_latest only moves forward, so the handle would go on
+        reading the dropped table's files and commit on top of them (the other writer's rows gone)."""
+        table = self._open(dim=dim)
+        if table is None or self.remote:
+            return table
+        table.checkout_latest()
+        if self._manifest_stamp(table.version) is None:  # the version this handle is at is not on disk
+            self._table = None
+            self._own = None
+            table = self._open(dim=dim)
+        return table
 
     def _own_ids(self, table: Any) -> _OwnIds | None:
         """What this handle knows of the table's ids, called under the lock: the ids it wrote, when the
@@ -401,10 +418,12 @@ class LanceStore(StoreBase):
 
     def delete(self, ids: Iterable[uuid.UUID]) -> int:
         wanted = sorted({str(i) for i in ids})
-        table = self._open()
-        if table is None or not wanted:
+        if self._open() is None or not wanted:
             return 0
         with self._guard():
+            table = self._latest()
+            if table is None:  # dropped by another writer
+                return 0
             found = int(table.count_rows(_in(wanted)))
             if found:
                 table.delete(_in(wanted))

@@ -15,6 +15,8 @@ Search is exact L2 in NumPy, as MemGPT's connectors rank.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -163,8 +165,12 @@ class _Segment:
                     lengths.append(part[2])
                     tombstones.append(part[3])
                     position += len(data)
-        if carry:
-            raise ValueError(f"{self.name}.jsonl has a line cut short")
+            if carry:  # a last line without its newline (an editor dropped it): a line as any other
+                part = _split_lines(carry + b"\n", self.name)
+                ids.append(part[0])
+                offsets.append(part[1] + position)
+                lengths.append(part[2])
+                tombstones.append(part[3])
         deleted = np.concatenate(tombstones) if tombstones else np.zeros(0, dtype=bool)
         rows = np.cumsum(~deleted) - 1
         rows[deleted] = -1
@@ -186,9 +192,9 @@ def _split_lines(data: bytes, name: str) -> tuple[bytes, np.ndarray, np.ndarray,
     ends = np.flatnonzero(buf == ord("\n")) + 1
     starts = np.concatenate(([0], ends[:-1]))
     lengths = ends - starts
-    if (lengths < 2).any() or (buf[ends - 2] != ord("}")).any():
-        raise ValueError(f"{name}.jsonl has a line that is not a JSON object")
-    fast = np.flatnonzero(lengths >= len(_PREFIX) + 39)  # room for the prefix, the id, '"}' and the newline
+    # room for the prefix, the id, '"}' and the newline, and ending as this module ends a line ('}\n', not
+    # '}\r\n' or '} \n' as another program or an editor may leave it: those are parsed below)
+    fast = np.flatnonzero((lengths >= len(_PREFIX) + 39) & (buf[ends - 2] == ord("}")))
     prefix = np.frombuffer(_PREFIX, dtype=np.uint8)
     fast = fast[(buf[starts[fast, None] + np.arange(len(prefix))] == prefix).all(axis=1)
                 & (buf[starts[fast] + 44] == ord('"'))]
@@ -202,6 +208,8 @@ def _split_lines(data: bytes, name: str) -> tuple[bytes, np.ndarray, np.ndarray,
     slow[fast] = False
     for i in np.flatnonzero(slow).tolist():  # written by another program: ids in another form
         parsed = json.loads(data[starts[i]:ends[i]])
+        if not isinstance(parsed, dict):
+            raise ValueError(f"{name}.jsonl has a line that is not a JSON object")
         keys[i] = np.frombuffer(str(uuid.UUID(parsed["id"])).encode(), dtype=np.uint8)
         deleted[i] = bool(parsed.get("deleted"))
     return keys.tobytes(), starts.astype(np.int64), lengths.astype(np.int32), deleted
@@ -252,7 +260,8 @@ class _Table:
     in storage order (``stored``), each file front to back. A query gathers every embedding into one matrix,
     once."""
 
-    def __init__(self, segments: list[_Segment], index: dict[str, np.ndarray], dim: int) -> None:
+    def __init__(self, where: Path, segments: list[_Segment], index: dict[str, np.ndarray], dim: int) -> None:
+        self.where = where  # the table's directory, for errors
         self.segments = segments
         self.ids = index["ids"]  # sorted, 36 bytes each (the id's text)
         self.segment = index["segment"]  # which segment holds the row
@@ -278,7 +287,13 @@ class _Table:
 
     def rows(self, picks: np.ndarray) -> list[dict[str, Any]]:
         lines = self.lines(picks)
-        return json.loads(b"[" + b",".join(lines) + b"]") if lines else []  # one parse for the batch
+        try:
+            rows = json.loads(b"[" + b",".join(lines) + b"]") if lines else []  # one parse for the batch
+        except ValueError as exc:  # the index reads only each line's id: the rest is first parsed here
+            raise _damaged(self.where, exc) from None
+        if not all(isinstance(row, dict) for row in rows):
+            raise _damaged(self.where, ValueError("a line of a segment is not a JSON object"))
+        return rows
 
     def vectors_of(self, picks: np.ndarray) -> np.ndarray:
         import numpy as np
@@ -300,7 +315,11 @@ class _Table:
 
     def passages(self, picks: np.ndarray) -> list[Passage]:
         vectors = self.vectors_of(picks)
-        return [_to_passage(row, vectors[i]) for i, row in enumerate(self.rows(picks))]
+        rows = self.rows(picks)
+        try:
+            return [_to_passage(row, vectors[i]) for i, row in enumerate(rows)]
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:  # a field missing or not of its type
+            raise _damaged(self.where, exc) from None
 
     def find(self, ids: list[str]) -> np.ndarray:
         """Where each id is in the table (its position in ``ids``), the ids not in it left out, order kept."""
@@ -428,6 +447,30 @@ def _together(first: Any, second: Any) -> None:
         raise failed[0]
 
 
+def _allow_open_files(wanted: int) -> None:
+    """Let this process open ``wanted`` more files (raising its soft limit towards the hard one, as Go's runtime
+    does at start): a table being read holds each segment's two files open (mapped), and segments of
+    MERGE_BELOW bytes are never merged, so a big table has hundreds of them (1M rows of 1536 dimensions
+    written in 16 MiB batches: ~370 segments, 740 files), past the usual soft limit of 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux: assume a generous share is taken
+        in_use = 256
+    needed = in_use + wanted + 64  # room for what the caller opens next
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    raised = max(needed, 2 * soft) if hard == resource.RLIM_INFINITY else min(hard, max(needed, 2 * soft))
+    with contextlib.suppress(ValueError, OSError):  # e.g. macOS refuses more than kern.maxfilesperproc
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+
+
+def _out_of_files(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
 def _damaged(where: Path, exc: BaseException) -> BackendError:
     return BackendError(f"cannot read the local table {where}: {type(exc).__name__}: {exc}",
                         hint="drop it (toolkit migrate from a copy) or restore the directory")
@@ -520,6 +563,8 @@ class LocalStore(StoreBase):
         try:
             table = self._read(manifest["segments"], manifest["dim"] or 0)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            if _out_of_files(exc):
+                raise self._too_many_files(len(manifest["segments"])) from None
             # a compaction by another process between reading the manifest and its segments looks the same
             # as damage: read the manifest again once before calling it damage
             if self._manifest().get("version") == manifest["version"]:
@@ -529,10 +574,19 @@ class LocalStore(StoreBase):
         return table
 
     def _read(self, names: list[str], dim: int, *, tombstones: bool = False) -> _Table:
+        _allow_open_files(2 * len(names))
         segments = [_Segment(self.dir, name) for name in names]
         if any(segment.dim != dim and segment.count for segment in segments):
             raise ValueError(f"a segment's embeddings are not {dim}-dimensional")
-        return _Table(segments, _index(segments, tombstones=tombstones), dim)
+        return _Table(self.dir, segments, _index(segments, tombstones=tombstones), dim)
+
+    def _too_many_files(self, segments: int) -> BackendError:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return BackendError(f"cannot read the local table {self.dir}: its {segments} segments need {2 * segments} open "
+                            f"files, more than this process may open (ulimit -n: {soft}); the table is intact",
+                            hint="raise the limit (ulimit -n, or LimitNOFILE= for a service) and run again")
 
     # -- the Protocol ----------------------------------------------------------------------------
 
@@ -563,10 +617,13 @@ class LocalStore(StoreBase):
             manifest = self._manifest()
             names = manifest["segments"]
             sizes: list[int] = []
-            for name in reversed(names):  # only the tail can merge: stat it back to the first big segment
-                sizes.insert(0, sum((self.dir / f"{name}{suffix}").stat().st_size for suffix in (".npy", ".jsonl")))
-                if sizes[0] >= MERGE_BELOW:
-                    break
+            try:
+                for name in reversed(names):  # only the tail can merge: stat it back to the first big segment
+                    sizes.insert(0, sum((self.dir / f"{name}{suffix}").stat().st_size for suffix in (".npy", ".jsonl")))
+                    if sizes[0] >= MERGE_BELOW:
+                        break
+            except OSError as exc:  # a segment's file is gone: the table is damaged (the reads say so too)
+                raise _damaged(self.dir, exc) from None
             start = _tail_to_merge(sizes)
             if start is None:
                 return
@@ -582,6 +639,8 @@ class LocalStore(StoreBase):
         try:
             merged = self._read(manifest["segments"][start:], dim, tombstones=start > 0)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            if _out_of_files(exc):
+                raise self._too_many_files(len(manifest["segments"]) - start) from None
             raise _damaged(self.dir, exc) from None
         if not len(merged):
             self._add_segment(manifest, None, None, replacing=start)
@@ -596,12 +655,29 @@ class LocalStore(StoreBase):
 
             def write_jsonl(handle: Any) -> None:  # in id order, as the embeddings
                 for first in range(0, len(merged), _CHUNK):
-                    handle.write(b"".join(merged.lines(np.arange(first, min(first + _CHUNK, len(merged))))))
+                    lines = merged.lines(np.arange(first, min(first + _CHUNK, len(merged))))
+                    # a segment's last line may lack its newline (another program wrote it): one each here
+                    handle.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
 
             self._add_segment(manifest, write_jsonl, write_npy, replacing=start)
         for name in manifest["segments"][start:]:
             for suffix in (".npy", ".jsonl"):
                 (self.dir / f"{name}{suffix}").unlink(missing_ok=True)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove what writers killed mid-write left (under the lock, so no writer is mid-write now): their
+        temporary files, and segments a merge replaced but had not yet removed. Else each kill during a
+        merge leaves up to two segments' worth of bytes on disk for good."""
+        manifest = self._manifest()
+        live = set(manifest["segments"])
+        with contextlib.suppress(OSError):
+            for path in self.dir.iterdir():
+                stem, _, suffix = path.name.partition(".")
+                leftover = path.name.startswith(".") and path.name.endswith(".tmp") or (
+                    suffix in ("npy", "jsonl") and stem.isdigit() and stem not in live and int(stem) < manifest["next"])
+                if leftover:
+                    path.unlink(missing_ok=True)
 
     def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
         import numpy as np
