@@ -130,11 +130,11 @@ def _offer(handoff: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     return False
 
 
-def _prefetched(store: ArchivalStore, batch: int, checksum: Checksum | None = None, depth: int = 2) -> Iterator[list[Passage]]:
+def _prefetched(store: ArchivalStore, batch: int, checksum: Checksum | None = None) -> Iterator[list[Passage]]:
     """``store.scan(batch)`` read (and checksummed, if given one) in a thread, so that reading overlaps
     whatever the consumer does with the rows: the destination's writes, or the verification's checksum."""
     done = object()
-    batches: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    batches: queue.Queue[Any] = queue.Queue(maxsize=1)  # one batch read ahead: memory bounded by the batch
     stop = threading.Event()
 
     def read() -> None:
@@ -345,7 +345,7 @@ def _copy(src: ArchivalStore, dst: ArchivalStore, destination: Spec, table: str,
     started = time.perf_counter()
     read_back = _ReadBack(destination, table, got) if dst.reads_while_writing else None
     try:
-        for passages in _prefetched(src, batch, expected, depth=1):
+        for passages in _prefetched(src, batch, expected):
             dst.insert(passages)
             if read_back:
                 read_back.add([p.id for p in passages])
@@ -357,8 +357,8 @@ def _copy(src: ArchivalStore, dst: ArchivalStore, destination: Spec, table: str,
         else:
             if on_verify:
                 on_verify()
-            # smaller batches, one read ahead: a store's reader (LanceDB's) holds several of its own
-            for passages in _prefetched(dst, max(100, batch // 4), depth=1):  # the store reads while we hash
+            # smaller batches: a store's reader (LanceDB's) holds several of its own
+            for passages in _prefetched(dst, max(100, batch // 4)):  # the store reads while we hash
                 got.update(passages)
                 if verified:
                     verified(len(passages))
@@ -373,7 +373,7 @@ def _unreadable_to_memgpt(dst: ArchivalStore, destination: Spec) -> list[str]:
     """A warning when ``--switch`` points MemGPT 0.3.x at data in a format its pinned clients cannot read."""
     kind = destination.kind
     fmt = getattr(dst, "format", None)
-    if not kind.FORMATS or fmt is None or fmt != kind.ALIASES.get("current") or fmt == kind.ALIASES.get("memgpt"):
+    if fmt is None or fmt != kind.ALIASES.get("current"):  # one format (no aliases), or MemGPT's
         return []
     return [f"{destination} holds format {fmt} ({kind.FORMATS[fmt]}), which MemGPT 0.3.x cannot read (it reads "
             f"{kind.FORMATS[kind.ALIASES['memgpt']]}); a newer MemGPT/Letta reads it. For MemGPT 0.3.x, migrate "

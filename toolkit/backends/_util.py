@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from toolkit.backends.base import MAX_EMBEDDING_DIM, Passage
@@ -104,6 +105,23 @@ def uuid_or_none(value: Any) -> uuid.UUID | None:
     if value is None or value == "":
         return None
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+@lru_cache(maxsize=4096)
+def owner_uuid(value: str) -> uuid.UUID:
+    """The UUID of a user, agent or document from its text: few of them, repeated over many rows, so each is
+    parsed once (parsing them was a tenth of a scan)."""
+    return uuid.UUID(value)
+
+
+def owner_uuid_or_none(value: str | None) -> uuid.UUID | None:
+    return None if value is None or value == "" else owner_uuid(value)
+
+
+@lru_cache(maxsize=4096)
+def owner_text(value: uuid.UUID | None) -> str | None:
+    """An owner's UUID as text (None for None), each once: ``owner_uuid`` the other way, for writers."""
+    return None if value is None else str(value)
 
 
 def to_utc(value: datetime) -> datetime:

@@ -33,6 +33,8 @@ from toolkit.backends._util import (
     directory_lock,
     dumps,
     matrix,
+    owner_text,
+    owner_uuid_or_none,
     to_utc,
     unique_by_id,
 )
@@ -491,16 +493,10 @@ def _arrow(batch: list[Passage], vectors: np.ndarray) -> pa.Table:
     import pyarrow as pa
 
     dim = vectors.shape[1]
-    owners: dict[Any, str | None] = {None: None}  # a batch has few users and agents: each str() once
-
-    def text(value: Any) -> str | None:
-        found = owners.get(value, owners)
-        return owners.setdefault(value, value and str(value)) if found is owners else found  # type: ignore[return-value]
-
     columns: dict[str, Any] = {
-        "id": [str(p.id) for p in batch], "user_id": [text(p.user_id) for p in batch],
-        "agent_id": [text(p.agent_id) for p in batch],
-        "doc_id": [text(p.doc_id) for p in batch], "text": [p.text for p in batch],
+        "id": [str(p.id) for p in batch], "user_id": [owner_text(p.user_id) for p in batch],
+        "agent_id": [owner_text(p.agent_id) for p in batch],
+        "doc_id": [owner_text(p.doc_id) for p in batch], "text": [p.text for p in batch],
         "data_source": [p.data_source for p in batch],
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
         "embedding_dim": pa.repeat(pa.scalar(dim, pa.int64()), len(batch)),
@@ -554,9 +550,7 @@ def _passages(data: pa.Table) -> list[Passage]:
     column = data["embedding"].combine_chunks()
     vectors = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
     vectors = vectors.reshape(data.num_rows, column.type.list_size)
-    known: dict[Any, uuid.UUID | None] = {None: None, "": None}  # owners repeat: each parsed once a page
-    owners = [[known[v] if v in known else known.setdefault(v, uuid.UUID(v)) for v in data[name].to_pylist()]
-              for name in ("user_id", "agent_id", "doc_id")]
+    owners = [[owner_uuid_or_none(v) for v in data[name].to_pylist()] for name in ("user_id", "agent_id", "doc_id")]
     created = data["created_at"].cast(pa.timestamp("us")).to_pylist()  # naive UTC: tzinfo set below, cheaply
     return [Passage(id=uuid.UUID(i), user_id=user, agent_id=agent, doc_id=doc, text=text, data_source=source,
                     embedding=vectors[n], embedding_model=model, metadata=json.loads(meta) if meta and meta != "{}" else {},

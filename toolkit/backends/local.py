@@ -23,12 +23,20 @@ import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.backends import _kind
-from toolkit.backends._util import StoreBase, dim_mismatch, directory_lock, matrix, unique_by_id
+from toolkit.backends._util import (
+    StoreBase,
+    dim_mismatch,
+    directory_lock,
+    matrix,
+    owner_uuid,
+    owner_uuid_or_none,
+    unique_by_id,
+)
 from toolkit.backends.base import Filters, Passage, Spec
 from toolkit.errors import BackendError
 
@@ -154,10 +162,14 @@ class _Segment:
         ids, offsets, lengths, tombstones = [], [], [], []
         position, carry = 0, b""
         with open(self.jsonl_path, "rb") as handle:
-            while block := handle.read(_BLOCK):
+            while True:
+                block = handle.read(_BLOCK)
                 data = carry + block
-                cut = data.rfind(b"\n") + 1
-                data, carry = data[:cut], data[cut:]
+                if block:
+                    cut = data.rfind(b"\n") + 1
+                    data, carry = data[:cut], data[cut:]
+                elif data:  # a last line without its newline (an editor dropped it): a line as any other
+                    data += b"\n"
                 if data:
                     part = _split_lines(data, self.name)
                     ids.append(part[0])
@@ -165,12 +177,8 @@ class _Segment:
                     lengths.append(part[2])
                     tombstones.append(part[3])
                     position += len(data)
-            if carry:  # a last line without its newline (an editor dropped it): a line as any other
-                part = _split_lines(carry + b"\n", self.name)
-                ids.append(part[0])
-                offsets.append(part[1] + position)
-                lengths.append(part[2])
-                tombstones.append(part[3])
+                if not block:
+                    break
         deleted = np.concatenate(tombstones) if tombstones else np.zeros(0, dtype=bool)
         rows = np.cumsum(~deleted) - 1
         rows[deleted] = -1
@@ -467,10 +475,6 @@ def _allow_open_files(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
 
 
-def _out_of_files(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
-
-
 def _damaged(where: Path, exc: BaseException) -> BackendError:
     return BackendError(f"cannot read the local table {where}: {type(exc).__name__}: {exc}",
                         hint="drop it (toolkit migrate from a copy) or restore the directory")
@@ -483,20 +487,10 @@ def _to_row(p: Passage) -> dict[str, Any]:
             "created_at": p.created_at.isoformat()}
 
 
-@lru_cache(maxsize=4096)
-def _owner(value: str) -> uuid.UUID:
-    """The UUID of a user, agent or document: few, repeated over many rows (parsing one is a tenth of a scan)."""
-    return uuid.UUID(value)
-
-
-def _owner_or_none(value: str | None) -> uuid.UUID | None:
-    return None if value is None or value == "" else _owner(value)
-
-
 def _to_passage(row: dict[str, Any], vector: np.ndarray) -> Passage:
-    return Passage(id=uuid.UUID(row["id"]), user_id=_owner(row["user_id"]), agent_id=_owner_or_none(row["agent_id"]),
-                   doc_id=_owner_or_none(row["doc_id"]), text=row["text"], embedding=vector,
-                   data_source=row["data_source"], embedding_model=row["embedding_model"],
+    return Passage(id=uuid.UUID(row["id"]), user_id=owner_uuid(row["user_id"]),
+                   agent_id=owner_uuid_or_none(row["agent_id"]), doc_id=owner_uuid_or_none(row["doc_id"]),
+                   text=row["text"], embedding=vector, data_source=row["data_source"], embedding_model=row["embedding_model"],
                    metadata=row["metadata"], created_at=datetime.fromisoformat(row["created_at"]))
 
 
@@ -563,8 +557,6 @@ class LocalStore(StoreBase):
         try:
             table = self._read(manifest["segments"], manifest["dim"] or 0)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-            if _out_of_files(exc):
-                raise self._too_many_files(len(manifest["segments"])) from None
             # a compaction by another process between reading the manifest and its segments looks the same
             # as damage: read the manifest again once before calling it damage
             if self._manifest().get("version") == manifest["version"]:
@@ -575,7 +567,12 @@ class LocalStore(StoreBase):
 
     def _read(self, names: list[str], dim: int, *, tombstones: bool = False) -> _Table:
         _allow_open_files(2 * len(names))
-        segments = [_Segment(self.dir, name) for name in names]
+        try:
+            segments = [_Segment(self.dir, name) for name in names]
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # the table is fine: this process may not open it all
+                raise self._too_many_files(len(names)) from None
+            raise
         if any(segment.dim != dim and segment.count for segment in segments):
             raise ValueError(f"a segment's embeddings are not {dim}-dimensional")
         return _Table(self.dir, segments, _index(segments, tombstones=tombstones), dim)
@@ -639,8 +636,6 @@ class LocalStore(StoreBase):
         try:
             merged = self._read(manifest["segments"][start:], dim, tombstones=start > 0)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-            if _out_of_files(exc):
-                raise self._too_many_files(len(manifest["segments"]) - start) from None
             raise _damaged(self.dir, exc) from None
         if not len(merged):
             self._add_segment(manifest, None, None, replacing=start)

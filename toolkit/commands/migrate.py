@@ -89,10 +89,13 @@ def migrate(ctx: click.Context, source: str, destination: str, table: str, batch
                 bar_open.close()  # the bar ends before the one that says what comes next
                 bar = bar_open.enter_context(_Bar(bar.length, "verifying: reading the destination back"))
 
+        def advance(rows: int) -> None:
+            if bar is not None:
+                bar.update(rows)
+
         result = run(src, dst, table=table, batch=batch, dry_run=dry_run,
                      switch=settings.memgpt_config_path if switch else None, overwrite=overwrite,
-                     progress=lambda n: bar.update(n) if bar is not None else None, on_start=start, on_verify=verify,
-                     verified=lambda n: bar.update(n) if bar is not None else None)
+                     progress=advance, on_start=start, on_verify=verify, verified=advance)
 
     for warning in result.warnings:
         echo(f"warning: {warning}", settings, err=True)
