@@ -16,7 +16,7 @@ import pytest
 from tests.backend_support import passages, s3_options
 from tests.support import run_toolkit, spawn_toolkit, wait_until
 from toolkit import memgpt_config
-from toolkit.backends import open_store
+from toolkit.backends import Passage, open_store
 from toolkit.errors import BackendError, MigrationError
 from toolkit.memgpt_config import ArchivalStorage
 from toolkit.migrate import Checksum, checksum_of, migrate
@@ -121,6 +121,49 @@ def test_checksum_is_order_independent_and_float32_exact() -> None:
     c = Checksum()
     c.update(rows)
     assert c.hexdigest() != a.hexdigest()
+
+
+def _checksum_row_by_row(rows: list[Passage]) -> str:
+    """The checksum as first written (a row at a time): backups record its values, so they must not change."""
+    import hashlib
+    import struct
+
+    import numpy as np
+
+    total = 0
+    for p in rows:
+        text = (p.text or "").encode("utf-8", "surrogatepass")
+        vector = (np.asarray(p.embedding, dtype="<f4") + np.float32(0)).tobytes()
+        digest = hashlib.blake2b(p.id.bytes, digest_size=16)
+        digest.update(struct.pack("<QQ", len(text), len(vector)))
+        digest.update(text)
+        digest.update(vector)
+        total = (total + int.from_bytes(digest.digest(), "big")) % (1 << 128)
+    return f"{total:032x}"
+
+
+def test_checksum_keeps_its_values_for_awkward_rows() -> None:
+    import numpy as np
+
+    rows = passages(300, 16, 7)
+    rows[0].text, rows[1].text, rows[2].text = "", None, "lone \udc80 surrogate, é, 🙂"  # type: ignore[assignment]
+    rows[3].embedding = [-0.0] * 16  # folded into 0.0
+    rows[4].embedding = np.full(16, np.nan, dtype=np.float32)
+    rows[5].embedding = [0.1] * 16  # python floats: rounded to float32 like the rest
+    rows[6].embedding = np.full(16, np.finfo(np.float32).max)  # limbs that carry
+    every, one_by_one, ragged = Checksum(), Checksum(), Checksum()
+    every.update(rows)
+    for p in rows:
+        one_by_one.update([p])
+    assert every.hexdigest() == one_by_one.hexdigest() == _checksum_row_by_row(rows)
+    assert every.count == 300
+    uneven = rows[:5] + passages(3, 4, 8)  # a damaged store's rows of another width still hash
+    ragged.update(iter(uneven))
+    assert ragged.hexdigest() == _checksum_row_by_row(uneven) and ragged.count == 8
+    columns = Checksum()
+    columns.update_columns([p.id.bytes for p in rows[7:]], [p.text for p in rows[7:]],
+                           np.stack([np.asarray(p.embedding, dtype=np.float64) for p in rows[7:]]))
+    assert columns.hexdigest() == _checksum_row_by_row(rows[7:])
 
 
 @pytest.mark.slow

@@ -19,23 +19,28 @@ import queue
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.backends import DEFAULT_TABLE, ArchivalStore, Passage, open_store
 from toolkit.backends.base import WritesAside
 from toolkit.errors import BackendError, MigrationError
 from toolkit.specs import Spec
 
+if TYPE_CHECKING:
+    import numpy as np
+
 _MOD = 1 << 128
 BATCH_BYTES = 16 << 20  # the default batch: about this many bytes of float32 embeddings (1536-dim: 2730 rows)
 
 
 class Checksum:
-    """Order-independent digest of a set of passages: the sum of per-row 128-bit BLAKE2b digests."""
+    """Order-independent digest of a set of passages: the sum of per-row 128-bit BLAKE2b digests, each over
+    the id's 16 bytes, the two lengths, the UTF-8 text and the float32 embedding (backups record it too, so
+    the value never changes). ``update`` takes passages, ``update_columns`` the same rows as columns."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -44,16 +49,39 @@ class Checksum:
     def update(self, passages: Iterable[Passage]) -> None:
         import numpy as np
 
-        for p in passages:
-            text = (p.text or "").encode("utf-8", "surrogatepass")  # a lone surrogate hashes, not raises
-            # float32 like Postgres' float4, Chroma and LanceDB store them; "+ 0" folds -0.0 into 0.0
-            vector = (np.asarray(p.embedding, dtype="<f4") + np.float32(0)).tobytes()
-            digest = hashlib.blake2b(p.id.bytes, digest_size=16)
-            digest.update(struct.pack("<QQ", len(text), len(vector)))
-            digest.update(text)
-            digest.update(vector)
-            self._sum = (self._sum + int.from_bytes(digest.digest(), "big")) % _MOD
-            self.count += 1
+        rows = passages if isinstance(passages, list) else list(passages)
+        dims = {len(p.embedding) for p in rows}
+        if len(dims) != 1:  # none, or ragged (a damaged store): a row at a time
+            for p in rows:
+                self.update_columns([p.id.bytes], [p.text], np.asarray(p.embedding, dtype="<f4").reshape(1, -1))
+            return
+        vectors = np.empty((len(rows), dims.pop()), dtype="<f4")
+        for i, p in enumerate(rows):  # row by row into one array: a quarter of np.asarray's time on arrays
+            vectors[i] = p.embedding
+        self.update_columns([p.id.bytes for p in rows], [p.text for p in rows], vectors)
+
+    def update_columns(self, ids: Sequence[bytes], texts: Sequence[str | None], vectors: np.ndarray) -> None:
+        """Rows given as columns: 16-byte ids, texts, and an (n, dim) array of embeddings."""
+        import numpy as np
+
+        if not len(ids):
+            return
+        # float32 like Postgres' float4, Chroma and LanceDB store them; "+ 0" folds -0.0 into 0.0
+        vectors = np.ascontiguousarray(vectors, dtype="<f4") + np.float32(0)
+        width = vectors.shape[1] * 4
+        flat = memoryview(vectors.reshape(-1)).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers
+        blake2b, pack = hashlib.blake2b, struct.Struct("<QQ").pack
+        digests = bytearray()
+        for n, (id_bytes, text) in enumerate(zip(ids, texts, strict=True)):
+            encoded = (text or "").encode("utf-8", "surrogatepass")  # a lone surrogate hashes, not raises
+            digest = blake2b(id_bytes + pack(len(encoded), width) + encoded, digest_size=16)
+            digest.update(flat[n * width:(n + 1) * width])  # hashlib lets other threads run meanwhile
+            digests += digest.digest()
+        # the sum of the 128-bit digests (big-endian) as four 32-bit limbs summed in NumPy
+        limbs = np.frombuffer(bytes(digests), dtype=">u4").reshape(-1, 4).sum(axis=0, dtype=np.uint64)
+        total = sum(int(limb) << (32 * (3 - k)) for k, limb in enumerate(limbs))
+        self._sum = (self._sum + total) % _MOD
+        self.count += len(ids)
 
     def hexdigest(self) -> str:
         return f"{self._sum:032x}"
