@@ -19,19 +19,22 @@ import queue
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from toolkit.backends import DEFAULT_TABLE, ArchivalStore, Passage, open_store
-from toolkit.backends.base import WritesAside
+from toolkit.backends import DEFAULT_TABLE, ArchivalStore, Passage, columns, open_store
+from toolkit.backends.base import InsertsColumns, ScansColumns, WritesAside
 from toolkit.errors import BackendError, MigrationError
 from toolkit.specs import Spec
 
 if TYPE_CHECKING:
     import numpy as np
+    import pyarrow as pa
+
 
 _MOD = 1 << 128
 BATCH_BYTES = 16 << 20  # the default batch: about this many bytes of float32 embeddings (1536-dim: 2730 rows)
@@ -83,6 +86,18 @@ class Checksum:
         self._sum = (self._sum + total) % _MOD
         self.count += len(ids)
 
+    def update_arrow(self, data: pa.Table) -> None:
+        """Rows as a table in ``columns.schema`` (a ``scan_columns`` batch)."""
+        from toolkit.backends import columns
+
+        self.update_columns(columns.id_bytes(data), data["text"].to_pylist(), columns.vectors_of(data))
+
+    def update_any(self, rows: pa.Table | list[Passage]) -> None:
+        if isinstance(rows, list):
+            self.update(rows)
+        else:
+            self.update_arrow(rows)
+
     def hexdigest(self) -> str:
         return f"{self._sum:032x}"
 
@@ -131,8 +146,8 @@ def peak_rss_bytes() -> int:
 
 def checksum_of(store: ArchivalStore, batch: int = 1000) -> Checksum:
     total = Checksum()
-    for rows in store.scan(batch):
-        total.update(rows)
+    for rows in _scan(store, batch, columns=True)():
+        total.update_any(rows)
     return total
 
 
@@ -158,18 +173,19 @@ def _offer(handoff: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     return False
 
 
-def _prefetched(store: ArchivalStore, batch: int, checksum: Checksum | None = None) -> Iterator[list[Passage]]:
-    """``store.scan(batch)`` read (and checksummed, if given one) in a thread, so that reading overlaps
-    whatever the consumer does with the rows: the destination's writes, or the verification's checksum."""
+def _prefetched(scan: Callable[[], Iterator[Any]], checksum: Checksum | None = None) -> Iterator[Any]:
+    """The batches of ``scan()`` (passages, or their columns) read (and checksummed, if given one) in a thread,
+    so that reading overlaps whatever the consumer does with them: the destination's writes, or the
+    verification's checksum."""
     done = object()
     batches: queue.Queue[Any] = queue.Queue(maxsize=1)  # one batch read ahead: memory bounded by the batch
     stop = threading.Event()
 
     def read() -> None:
         try:
-            for rows in store.scan(batch):
+            for rows in scan():
                 if checksum is not None:
-                    checksum.update(rows)
+                    checksum.update_any(rows)
                 if not _offer(batches, rows, stop):
                     return
             _offer(batches, done, stop)
@@ -186,6 +202,17 @@ def _prefetched(store: ArchivalStore, batch: int, checksum: Checksum | None = No
     finally:
         stop.set()
         reader.join()
+
+
+def _scan(store: ArchivalStore, batch: int, *, columns: bool) -> Callable[[], Iterator[Any]]:
+    """What reads ``store`` a batch at a time: its columns where asked and it has them, else passages."""
+    if columns and isinstance(store, ScansColumns):
+        return lambda: store.scan_columns(batch)
+    return lambda: store.scan(batch)
+
+
+def _size(rows: Any) -> int:
+    return len(rows) if isinstance(rows, list) else int(rows.num_rows)
 
 
 class _ReadBack:
@@ -372,13 +399,18 @@ def _copy(src: ArchivalStore, dst: ArchivalStore, destination: Spec, table: str,
     expected, got = Checksum(), Checksum()
     started = time.perf_counter()
     read_back = _ReadBack(destination, table, got) if dst.reads_while_writing else None
+    columnar = isinstance(dst, InsertsColumns)  # and the source scans columns: no Passage objects on the way
     try:
-        for passages in _prefetched(src, batch, expected):
-            dst.insert(passages)
+        for rows in _prefetched(_scan(src, batch, columns=columnar), expected):
+            if isinstance(rows, list):
+                dst.insert(rows)
+            else:
+                cast(InsertsColumns, dst).insert_columns(rows)
             if read_back:
-                read_back.add([p.id for p in passages])
+                read_back.add([p.id for p in rows] if isinstance(rows, list) else
+                              [uuid.UUID(bytes=b) for b in columns.id_bytes(rows)])
             if progress:
-                progress(len(passages))
+                progress(_size(rows))
         copied = time.perf_counter() - started
         if read_back:
             read_back.finish()
@@ -386,10 +418,10 @@ def _copy(src: ArchivalStore, dst: ArchivalStore, destination: Spec, table: str,
             if on_verify:
                 on_verify()
             # smaller batches: a store's reader (LanceDB's) holds several of its own
-            for passages in _prefetched(dst, max(100, batch // 4)):  # the store reads while we hash
-                got.update(passages)
+            for rows in _prefetched(_scan(dst, max(100, batch // 4), columns=True)):  # the store reads while we hash
+                got.update_any(rows)
                 if verified:
-                    verified(len(passages))
+                    verified(_size(rows))
     except BaseException:
         if read_back:
             read_back.abandon()

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import numpy as np
+    import pyarrow as pa
 
     from toolkit.memgpt_config import ArchivalStorage
     from toolkit.settings import Settings
@@ -106,6 +107,23 @@ class WritesAside(Protocol):
     def stage(self, *, overwrite: bool) -> None: ...
 
     def publish(self) -> None: ...
+
+
+@runtime_checkable
+class ScansColumns(Protocol):
+    """A store that reads its rows as Arrow tables too (``toolkit/backends/columns.py``): a migration then
+    carries and checksums columns, never a Passage object per row."""
+
+    def scan_columns(self, batch_size: int) -> Iterator[pa.Table | list[Passage]]:
+        """``scan``'s batches, each a table in ``columns.schema``, or passages where its rows are not in
+        that layout (``columns.conform`` said None)."""
+
+
+@runtime_checkable
+class InsertsColumns(Protocol):
+    """A store that writes a table in ``columns.schema`` as ``insert`` writes the same rows as passages."""
+
+    def insert_columns(self, data: pa.Table) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,10 @@ its newest manifest, without opening it through lance.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,14 +29,11 @@ from toolkit.backends._util import (
     check_encodable,
     dim_mismatch,
     directory_lock,
-    dumps,
     matrix,
-    owner_text,
-    owner_uuid_or_none,
-    to_utc,
     unique_by_id,
 )
 from toolkit.backends.base import Filters, Passage, Spec
+from toolkit.backends.columns import conform, from_passages, id_bytes, schema, to_passages
 from toolkit.errors import BackendError, error_line
 
 if TYPE_CHECKING:
@@ -148,22 +143,11 @@ def describe_data(spec: Spec) -> str:
 scratch_spec = _kind.scratch_directory(NAME)  # a directory of the test's own
 
 
-STRINGS = ("id", "user_id", "agent_id", "doc_id", "text", "data_source", "embedding_model", "metadata_")
 # A pattern, not substrings: lance's message carries the endpoint URL, so a bare "403" matched port 40312
 # and called a dead server a credentials problem.
 _CREDENTIALS = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|(?<![\w:.])403(?![\w.])")
 _UNREACHABLE = ("Connection refused", "error sending request", "tcp connect error", "dns error", "timed out")
 _UNWRITABLE = ("Permission denied", "Not a directory", "Read-only file system", "os error 13", "os error 20")
-
-
-def schema(dim: int) -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema([*(pa.field(name, pa.string(), nullable=name != "id") for name in STRINGS[:6]),
-                      pa.field("embedding", pa.list_(pa.float32(), dim)),
-                      pa.field("embedding_dim", pa.int64()),
-                      *(pa.field(name, pa.string()) for name in STRINGS[6:]),
-                      pa.field("created_at", pa.timestamp("us", tz="UTC"))])
 
 
 class LanceStore(StoreBase):
@@ -274,17 +258,30 @@ class LanceStore(StoreBase):
         if not batch:
             return 0
         vectors = matrix(batch)
-        dim = vectors.shape[1]
         check_encodable(batch, f"lancedb table {self.table}")  # pyarrow cannot encode it
+        return self._write(from_passages(batch, vectors), _id_keys(b"".join(p.id.bytes for p in batch)))
+
+    def insert_columns(self, data: pa.Table) -> int:
+        """Upsert rows already in the table's layout (``columns.conform``'s), as ``insert`` would their passages."""
+        import numpy as np
+
+        if not data.num_rows:
+            return 0
+        keys = _id_keys(b"".join(id_bytes(data)))
+        if len(np.unique(keys)) != len(keys):  # an id twice: insert keeps the last, as an upsert of each would
+            return self.insert(to_passages(data))
+        return self._write(data, keys)
+
+    def _write(self, data: pa.Table, keys: np.ndarray) -> int:
+        """Write rows of unique ids (``keys``: theirs, ``_id_keys``): an append when they are all new, else an upsert."""
+        dim = data.schema.field("embedding").type.list_size
         table = self._open(dim=dim)
         if self._dim(table) != dim:
             raise dim_mismatch(f"lancedb table {self.table}", self._dim(table), dim)
-        data = _arrow(batch, vectors)
-        keys = _id_keys(batch)
         with self._writing(), self._guard():
             if self.remote:  # no lock, so nothing to know about other writers: always the upsert
                 _merge(table, data)
-                return len(batch)
+                return data.num_rows
             table = self._latest(dim=dim)  # what another writer committed while we waited for the lock
             if self._dim(table) != dim:  # created anew by another writer
                 raise dim_mismatch(f"lancedb table {self.table}", self._dim(table), dim)
@@ -298,7 +295,7 @@ class LanceStore(StoreBase):
                 own.wrote(keys, (table.version, int(table.count_rows()), self._manifest_stamp(table.version)))
             else:
                 self._own = None
-        return len(batch)
+        return data.num_rows
 
     def _latest(self, *, dim: int | None = None) -> Any:
         """The table at its newest version (as ``_open``, in a local directory): what other writers committed
@@ -360,7 +357,7 @@ class LanceStore(StoreBase):
             where = _where(filters)
             if where:
                 search = search.where(where, prefilter=True)
-            return _passages(search.limit(k).to_arrow())
+            return to_passages(search.limit(k).to_arrow())
 
     def count(self, filters: Filters | None = None) -> int:
         table = self._open()
@@ -372,41 +369,52 @@ class LanceStore(StoreBase):
     def scan(self, batch_size: int) -> Iterator[list[Passage]]:
         """The table's rows in its own order (fragment by fragment), all from the version the table is at
         when the scan starts (rows written meanwhile do not shift it), in memory that does not grow with
-        the table. Lance 2.x files are read a page at a time by offset: one streaming read of them reads
-        ahead of the conversion to Passages without bound (~1 GB at 300k rows of 1536 dimensions), while a
-        page costs the same wherever it starts. Legacy (0.1) files are streamed: there a page by offset
-        reads every row before it, and the stream's read-ahead is bounded (a few batches)."""
+        the table (``_pages``)."""
+        for page in self._pages(batch_size):
+            yield to_passages(page)
+
+    def scan_columns(self, batch_size: int) -> Iterator[pa.Table | list[Passage]]:
+        """``scan``'s rows as tables in ``columns.schema`` (a batch in another layout, as MemGPT's may be: passages)."""
+        for page in self._pages(batch_size):
+            conformed = conform(page)
+            yield conformed if conformed is not None else to_passages(page)
+
+    def _pages(self, batch_size: int) -> Iterator[pa.Table]:
+        """The rows of the version the table is at now, ``batch_size`` at a time. Lance 2.x files are read a
+        page at a time by offset: one streaming read of them reads ahead of the consumer without bound (~1 GB
+        at 300k rows of 1536 dimensions), while a page costs the same wherever it starts. Legacy (0.1) files
+        are streamed: there a page by offset reads every row before it, and the stream's read-ahead is
+        bounded (a few batches)."""
+        import pyarrow as pa
+
         if self._open() is None:
             return
         with self._guard():
             view = self._connect().open_table(self.table)
             view.checkout(view.version)  # pinned: a handle of its own, so writes through this one move on
             total = int(view.count_rows())
-        if self.format == "legacy":
-            yield from self._stream(view, batch_size)
+        if self.format != "legacy":
+            for start in range(0, total, batch_size):
+                with self._guard():
+                    yield view.search().limit(min(batch_size, total - start)).offset(start).to_arrow()
             return
-        for start in range(0, total, batch_size):
-            with self._guard():
-                page = view.search().limit(min(batch_size, total - start)).offset(start).to_arrow()
-            yield _passages(page)
-
-    def _stream(self, view: Any, batch_size: int) -> Iterator[list[Passage]]:
-        import pyarrow as pa
-
         with self._guard():
             reader = view.search().limit(None).to_batches(batch_size)
-        pending: list[Passage] = []
+        pending: list[pa.RecordBatch] = []
+        held = 0
         while True:
             with self._guard():
                 part = next(reader, None)
+            if part is not None:
+                pending.append(part)
+                held += part.num_rows
+            while held >= batch_size or part is None and held:  # lance's batches end at fragment ends: cut to size
+                table = pa.Table.from_batches(pending)
+                yield table.slice(0, batch_size)
+                rest = table.slice(batch_size)
+                pending, held = rest.to_batches(), rest.num_rows
             if part is None:
-                break
-            pending.extend(_passages(pa.Table.from_batches([part])))
-            while len(pending) >= batch_size:  # lance's batches end at fragment ends: cut to the size asked
-                yield pending[:batch_size]
-                del pending[:batch_size]
-        if pending:
-            yield pending
+                return
 
     def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
         table = self._open()
@@ -415,7 +423,7 @@ class LanceStore(StoreBase):
 
     def _get_ids(self, table: Any, ids: list[str]) -> list[Passage]:
         with self._guard():
-            rows = {p.id: p for p in _passages(table.search().where(_in(ids)).limit(None).to_arrow())}
+            rows = {p.id: p for p in to_passages(table.search().where(_in(ids)).limit(None).to_arrow())}
         return [rows[uuid.UUID(i)] for i in ids if uuid.UUID(i) in rows]
 
     def delete(self, ids: Iterable[uuid.UUID]) -> int:
@@ -476,35 +484,16 @@ class _OwnIds:
         self.state = state
 
 
-def _id_keys(batch: list[Passage]) -> np.ndarray:
-    """A 64-bit key per id (its two halves mixed): equal ids, equal keys."""
+def _id_keys(ids: bytes) -> np.ndarray:
+    """A 64-bit key per id (its two halves mixed) from the ids' 16 bytes each, joined: equal ids, equal keys."""
     import numpy as np
 
-    halves = np.frombuffer(b"".join(p.id.bytes for p in batch), dtype=">u8").reshape(-1, 2)
+    halves = np.frombuffer(ids, dtype=">u8").reshape(-1, 2)
     return halves[:, 0] ^ (halves[:, 1] * np.uint64(0x9E3779B97F4A7C15))
 
 
 def _merge(table: Any, data: pa.Table) -> None:
     table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
-
-
-def _arrow(batch: list[Passage], vectors: np.ndarray) -> pa.Table:
-    """The passages as a table of ``schema``: the embeddings straight from the numpy matrix."""
-    import pyarrow as pa
-
-    dim = vectors.shape[1]
-    columns: dict[str, Any] = {
-        "id": [str(p.id) for p in batch], "user_id": [owner_text(p.user_id) for p in batch],
-        "agent_id": [owner_text(p.agent_id) for p in batch],
-        "doc_id": [owner_text(p.doc_id) for p in batch], "text": [p.text for p in batch],
-        "data_source": [p.data_source for p in batch],
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
-        "embedding_dim": pa.repeat(pa.scalar(dim, pa.int64()), len(batch)),
-        "embedding_model": [p.embedding_model for p in batch],
-        "metadata_": [dumps(p.metadata) if p.metadata else "{}" for p in batch],  # what dumps gives {}
-        "created_at": pa.array([to_utc(p.created_at) for p in batch], pa.timestamp("us", tz="UTC")),
-    }
-    return pa.table(columns, schema=schema(dim))
 
 
 def detect_format(table_dir: Path) -> tuple[str, str] | None:
@@ -539,22 +528,3 @@ def _where(filters: Filters | None) -> str | None:
 
 def _in(ids: list[str]) -> str:
     return "id IN (" + ", ".join(f"'{uuid.UUID(i)}'" for i in ids) + ")"
-
-
-def _passages(data: pa.Table) -> list[Passage]:
-    import numpy as np
-    import pyarrow as pa
-
-    if data.num_rows == 0:
-        return []
-    column = data["embedding"].combine_chunks()
-    vectors = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-    vectors = vectors.reshape(data.num_rows, column.type.list_size)
-    owners = [[owner_uuid_or_none(v) for v in data[name].to_pylist()] for name in ("user_id", "agent_id", "doc_id")]
-    created = data["created_at"].cast(pa.timestamp("us")).to_pylist()  # naive UTC: tzinfo set below, cheaply
-    return [Passage(id=uuid.UUID(i), user_id=user, agent_id=agent, doc_id=doc, text=text, data_source=source,
-                    embedding=vectors[n], embedding_model=model, metadata=json.loads(meta) if meta and meta != "{}" else {},
-                    created_at=at.replace(tzinfo=timezone.utc))
-            for n, (i, user, agent, doc, text, source, model, meta, at) in enumerate(zip(
-                data["id"].to_pylist(), *owners, data["text"].to_pylist(), data["data_source"].to_pylist(),
-                data["embedding_model"].to_pylist(), data["metadata_"].to_pylist(), created, strict=True))]

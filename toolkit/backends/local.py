@@ -27,14 +27,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.backends import _kind
+from toolkit.backends import _kind, columns
 from toolkit.backends._util import (
     StoreBase,
     dim_mismatch,
     directory_lock,
+    dumps,
     matrix,
     owner_uuid,
     owner_uuid_or_none,
+    to_utc,
     unique_by_id,
 )
 from toolkit.backends.base import Filters, Passage, Spec
@@ -42,6 +44,7 @@ from toolkit.errors import BackendError
 
 if TYPE_CHECKING:
     import numpy as np
+    import pyarrow as pa
 
     from toolkit.backends.base import Prompt, StoreLocation
     from toolkit.memgpt_config import ArchivalStorage
@@ -329,6 +332,37 @@ class _Table:
         except (KeyError, ValueError, TypeError, AttributeError) as exc:  # a field missing or not of its type
             raise _damaged(self.where, exc) from None
 
+    def as_columns(self, picks: np.ndarray) -> pa.Table | list[Passage]:
+        """The rows as a table in ``columns.schema``, holding what ``columns.from_passages`` makes of
+        ``passages(picks)``; those passages themselves where the rows are not in that layout (a hand-edited
+        line: an id in capitals, a lone surrogate, a field of another type)."""
+        try:
+            import pyarrow as pa
+        except ImportError:  # the base install, without the extras that bring it: passages then
+            return self.passages(picks)
+        vectors = self.vectors_of(picks)
+        rows = self.rows(picks)
+        try:
+            data = pa.table({
+                **{name: [row[name] for row in rows] for name in ("id", "user_id", "agent_id", "doc_id", "text",
+                                                                   "data_source")},
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dim),
+                "embedding_dim": pa.repeat(pa.scalar(self.dim, pa.int64()), len(rows)),
+                "embedding_model": [row["embedding_model"] for row in rows],
+                "metadata_": [dumps(row["metadata"]) if row["metadata"] else "{}" for row in rows],
+                "created_at": pa.array([to_utc(datetime.fromisoformat(row["created_at"])) for row in rows],
+                                       pa.timestamp("us", tz="UTC")),
+            }, schema=columns.schema(self.dim))
+        except (KeyError, TypeError, ValueError, AttributeError, pa.ArrowException):
+            data = None
+        conformed = columns.conform(data) if data is not None else None
+        if conformed is not None:
+            return conformed
+        try:
+            return [_to_passage(row, vectors[i]) for i, row in enumerate(rows)]
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise _damaged(self.where, exc) from None
+
     def find(self, ids: list[str]) -> np.ndarray:
         """Where each id is in the table (its position in ``ids``), the ids not in it left out, order kept."""
         import numpy as np
@@ -608,6 +642,31 @@ class LocalStore(StoreBase):
             self._compact()
         return len(batch)
 
+    def insert_columns(self, data: pa.Table) -> int:
+        """Upsert rows in ``columns.schema`` (``columns.conform``'s), written as ``insert`` writes their passages."""
+        import numpy as np
+
+        if not data.num_rows:
+            return 0
+        data = data.sort_by("id")  # canonical ids: their text's order is str(uuid)'s, as insert sorts
+        ids = data["id"].to_pylist()
+        if len(set(ids)) != len(ids):  # an id twice: insert keeps the last, as an upsert of each would
+            return self.insert(columns.to_passages(data))
+        vectors = columns.vectors_of(data)
+        names = ("id", "user_id", "agent_id", "doc_id", "text", "data_source", "embedding_model")
+        rows = [{**dict(zip(names, values, strict=True)),
+                 "metadata": json.loads(meta) if meta and meta != "{}" else {}, "created_at": at.isoformat()}
+                for *values, meta, at in zip(*(data[name].to_pylist() for name in names), data["metadata_"].to_pylist(),
+                                             data["created_at"].to_pylist(), strict=True)]
+        with self._writing():
+            manifest = self._manifest()
+            if manifest["dim"] is not None and manifest["dim"] != vectors.shape[1]:
+                raise dim_mismatch(f"local table {self.dir}", manifest["dim"], vectors.shape[1])
+            manifest["dim"] = vectors.shape[1]
+            self._commit(manifest, rows, np.ascontiguousarray(vectors))
+            self._compact()
+        return len(rows)
+
     def _compact(self) -> None:
         """Merge the small segments at the end of the table while the size tiers ask for it (under the lock)."""
         while True:
@@ -704,6 +763,11 @@ class LocalStore(StoreBase):
         table = self._load()
         for picks in table.chunks(batch_size):
             yield table.passages(picks)
+
+    def scan_columns(self, batch_size: int) -> Iterator[pa.Table | list[Passage]]:
+        table = self._load()
+        for picks in table.chunks(batch_size):
+            yield table.as_columns(picks)
 
     def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
         table = self._load()

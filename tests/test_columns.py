@@ -1,0 +1,230 @@
+"""Passages as Arrow columns (toolkit/backends/columns.py): what a store's ``scan_columns`` hands on and its
+``insert_columns`` takes must be exactly what the passages of the same rows give, so a migration between
+stores that speak Arrow (local, lancedb) writes the same table as one through Passage objects. Real local
+segment files (some lines edited by hand, as users do) and real LanceDB tables in both formats."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from contextlib import closing
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.backend_support import passages
+from toolkit import migrate as migrate_module
+from toolkit.backends import Passage, StoreLocation, open_store
+from toolkit.backends import lancedb as lance_backend
+from toolkit.backends.columns import conform, from_passages, to_passages
+from toolkit.migrate import Checksum, checksum_of, migrate
+from toolkit.specs import Spec
+
+TABLE = "t_columns"
+
+
+def _awkward(n: int = 40) -> list[Passage]:
+    rows = passages(n, 8, 3)
+    rows[0].metadata = {"nested": {"b": [1, 2], "a": "é"}, "z": None}
+    rows[1].metadata = {}
+    rows[2].created_at = datetime(2024, 2, 29, 23, 59, 59, 123456, tzinfo=timezone.utc)
+    rows[3].doc_id = uuid.UUID(int=99)
+    rows[4].text = "tabs\tand\nnewlines and 🙂"
+    rows[5].data_source = None
+    rows[6].embedding_model = None
+    return rows
+
+
+def _as_table(batch: pa.Table | list[Passage]) -> pa.Table:
+    if isinstance(batch, list):
+        return from_passages(batch, np.stack([np.asarray(p.embedding, dtype=np.float32) for p in batch]))
+    return batch
+
+
+def _key(p: Passage) -> tuple[Any, ...]:
+    return (p.id, p.user_id, p.agent_id, p.doc_id, p.text, p.data_source, p.embedding_model,
+            json.dumps(p.metadata, sort_keys=True), p.created_at, np.asarray(p.embedding, dtype=np.float32).tobytes())
+
+
+def _same_as_passages(store: Any, batch_size: int) -> list[str]:
+    """Compare scan_columns with scan, batch by batch; the kinds of batch seen ("table" / "passages")."""
+    kinds = []
+    for columns, rows in zip(store.scan_columns(batch_size), store.scan(batch_size), strict=True):
+        if isinstance(columns, list):
+            kinds.append("passages")
+            assert list(map(_key, columns)) == list(map(_key, rows))
+        else:
+            kinds.append("table")
+            assert columns.equals(_as_table(rows)), "scan_columns differs from the passages of scan"
+    return kinds
+
+
+def _edit_line(table_dir: Path, number: int, change: Any) -> None:
+    """Rewrite line ``number`` of the table's only segment's JSONL as a hand edit would (same length or not)."""
+    [jsonl] = sorted(table_dir.glob("*.jsonl"))
+    lines = jsonl.read_bytes().splitlines(keepends=True)
+    row = json.loads(lines[number])
+    change(row)
+    lines[number] = json.dumps(row).encode() + b"\n"
+    jsonl.write_bytes(b"".join(lines))
+
+
+def test_local_columns_are_the_passages_of_its_rows(tmp_path: Path) -> None:
+    location = StoreLocation("local", str(tmp_path / "local"), TABLE)
+    rows = _awkward()
+    rows[7].created_at = datetime(2020, 1, 1, 12, 0)  # no zone: read as UTC
+    with closing(open_store(location)) as store:
+        store.insert(rows)  # one segment
+        assert _same_as_passages(store, 16) == ["table"] * 3
+    # hand edits that passages read in their own way (an id without dashes, an owner in braces) or that a
+    # table cannot hold (a lone surrogate) leave their batch to passages; the other batches stay columns
+    [segment_dir] = {p.parent for p in (tmp_path / "local").rglob("*.jsonl")}
+    _edit_line(segment_dir, 0, lambda row: row.update(id=uuid.UUID(row["id"]).hex))
+    _edit_line(segment_dir, 20, lambda row: row.update(user_id="{" + row["user_id"] + "}"))
+    _edit_line(segment_dir, 39, lambda row: row.update(text="lone \udc80"))
+    with closing(open_store(location)) as store:
+        assert _same_as_passages(store, 16) == ["passages", "passages", "passages"]
+        assert _same_as_passages(store, 10) == ["passages", "table", "passages", "passages"]
+        assert checksum_of(store).hexdigest() == _checksum_of_passages(store)
+
+
+def _checksum_of_passages(store: Any) -> str:
+    total = Checksum()
+    for rows in store.scan(7):
+        total.update(rows)
+    return total.hexdigest()
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "stable"])
+def test_lancedb_columns_round_trip_and_insert_like_passages(tmp_path: Path, fmt: str) -> None:
+    rows = _awkward(50)
+    by_passages = StoreLocation("lancedb", str(tmp_path / "a"), TABLE, format=fmt)
+    by_columns = StoreLocation("lancedb", str(tmp_path / "b"), TABLE, format=fmt)
+    with closing(open_store(by_passages)) as a, closing(open_store(by_columns)) as b:
+        a.insert(rows)
+        assert _same_as_passages(a, 16) == ["table"] * 4
+        for batch in a.scan_columns(16):
+            b.insert_columns(batch)
+        b.insert_columns(next(iter(a.scan_columns(50))))  # again: every id is there, so the upsert
+        assert b.count() == 50
+        assert _sorted(b).equals(_sorted(a))
+        assert list(map(_key, to_passages(_sorted(b)))) == list(map(_key, to_passages(_sorted(a))))
+
+
+def _sorted(store: Any) -> pa.Table:
+    return pa.concat_tables(_as_table(t) for t in store.scan_columns(1000)).sort_by("id")
+
+
+def test_lancedb_insert_columns_keeps_the_last_of_a_repeated_id(tmp_path: Path) -> None:
+    rows = passages(5, 8, 4)
+    again = Passage(**{**rows[2].__dict__, "text": "the second one"})
+    data = _as_table([*rows, again])
+    with closing(open_store(StoreLocation("lancedb", str(tmp_path / "l"), TABLE))) as store:
+        assert store.insert_columns(data) == 5
+        assert store.count() == 5 and store.get([rows[2].id])[0].text == "the second one"
+
+
+def test_a_table_in_another_layout_is_read_as_passages(tmp_path: Path) -> None:
+    """A LanceDB table whose columns differ from ours (a naive timestamp, no embedding_dim, a variable-length
+    list: as another writer may leave it) is scanned as passages and migrates all the same."""
+    import lancedb
+
+    rows = passages(30, 8, 5)
+    data = pa.table({"id": [str(p.id) for p in rows], "user_id": [str(p.user_id) for p in rows],
+                     "agent_id": [str(p.agent_id) for p in rows], "doc_id": [None] * 30,
+                     "text": [p.text for p in rows], "data_source": ["x"] * 30,
+                     "embedding": pa.array([list(map(float, p.embedding)) for p in rows], pa.list_(pa.float32(), 8)),
+                     "embedding_model": ["m"] * 30, "metadata_": ["null"] * 30,
+                     "created_at": pa.array([datetime(2023, 5, 1)] * 30, pa.timestamp("us"))})
+    lancedb.connect(str(tmp_path / "other")).create_table(TABLE, data=data)
+    source = Spec("lancedb", str(tmp_path / "other"))
+    with closing(open_store(source.store(TABLE))) as store:
+        assert all(isinstance(batch, list) for batch in store.scan_columns(10))
+        assert conform(data) is None
+    result = migrate(source, Spec("local", str(tmp_path / "local")), table=TABLE)
+    assert result.verified and result.copied == 30
+    back = migrate(Spec("local", str(tmp_path / "local")), Spec("lancedb", str(tmp_path / "again")), table=TABLE)
+    assert back.verified and back.checksum == result.checksum
+    with closing(open_store(Spec("lancedb", str(tmp_path / "again")).store(TABLE))) as store:
+        got = {p.id: p for batch in store.scan(100) for p in batch}
+    assert got[rows[0].id].metadata == {} and got[rows[0].id].created_at == datetime(2023, 5, 1, tzinfo=timezone.utc)
+
+
+@runtime_checkable
+class _NoStore(Protocol):
+    def not_a_method_of_any_store(self) -> None: ...
+
+
+def test_migrate_through_columns_writes_what_passages_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """local -> lancedb moves columns; with the columns turned off it moves passages: the same table either way."""
+    source = Spec("local", str(tmp_path / "src"))
+    with closing(open_store(source.store(TABLE))) as store:
+        store.insert(_awkward(300))
+    inserted: list[str] = []
+    real_columns, real_insert = lance_backend.LanceStore.insert_columns, lance_backend.LanceStore.insert
+
+    def insert_columns(self: Any, data: pa.Table) -> int:
+        inserted.append("columns")
+        return real_columns(self, data)
+
+    def insert(self: Any, rows: list[Passage]) -> int:
+        inserted.append("passages")
+        return real_insert(self, rows)
+
+    monkeypatch.setattr(lance_backend.LanceStore, "insert_columns", insert_columns)
+    monkeypatch.setattr(lance_backend.LanceStore, "insert", insert)
+    fast = migrate(source, Spec("lancedb", str(tmp_path / "fast")), table=TABLE, batch=100)
+    assert inserted == ["columns"] * 3
+    monkeypatch.setattr(migrate_module, "InsertsColumns", _NoStore)  # the destination takes passages only
+    inserted.clear()
+    slow = migrate(source, Spec("lancedb", str(tmp_path / "slow")), table=TABLE, batch=100)
+    assert inserted == ["passages"] * 3
+    assert fast.checksum == slow.checksum and fast.verified and slow.verified
+    tables = []
+    for name in ("fast", "slow"):
+        with closing(open_store(Spec("lancedb", str(tmp_path / name)).store(TABLE))) as store:
+            tables.append(_sorted(store))
+    assert tables[0].equals(tables[1])
+
+
+def test_conform_refuses_what_passages_would_change() -> None:
+    """A table in our layout is passed on as it is only where passages would give it back unchanged."""
+    import pyarrow.compute as pc
+
+    rows = passages(4, 8, 6)
+    data = _as_table(rows)
+    assert conform(data) is not None and conform(data).equals(data)  # type: ignore[union-attr]
+
+    def with_column(name: str, values: list[Any]) -> pa.Table:
+        return data.set_column(data.schema.get_field_index(name), name, pa.array(values, data.schema.field(name).type))
+
+    assert conform(with_column("metadata_", ["null", "{}", "{}", "{}"])) is None  # passages: {} -> "{}"
+    assert conform(with_column("metadata_", [None, "{}", "{}", "{}"])) is None
+    assert conform(with_column("id", [rows[0].id.hex] + [str(p.id) for p in rows[1:]])) is None  # no dashes
+    assert conform(with_column("agent_id", [None] * 4)) is not None  # owners may be missing
+    assert conform(with_column("embedding_dim", [8, 8, 7, 8])) is None
+    assert conform(data.drop_columns(["embedding_dim"])) is None
+    assert pc.all(pc.equal(conform(data)["embedding_dim"], 8)).as_py()  # type: ignore[index]
+
+
+def test_local_insert_columns_writes_the_files_insert_writes(tmp_path: Path) -> None:
+    """The same segment files, byte for byte, as insert of the passages the table holds."""
+    rows = to_passages(_as_table(_awkward(60)))  # as read from a table: metadata keys sorted, times in UTC
+    stores = [StoreLocation("local", str(tmp_path / name), TABLE) for name in ("passages", "columns")]
+    with closing(open_store(stores[0])) as by_passages, closing(open_store(stores[1])) as by_columns:
+        by_passages.insert(list(reversed(rows[:30])))
+        by_passages.insert(rows[20:])  # ids 20-29 again: the upsert
+        assert by_columns.insert_columns(_as_table(list(reversed(rows[:30])))) == 30
+        assert by_columns.insert_columns(_as_table(rows[20:])) == 40
+        assert by_columns.insert_columns(_as_table([rows[0], rows[1], rows[0]])) == 2  # a repeated id: the last wins
+        by_passages.insert([rows[0], rows[1], rows[0]])
+        assert by_columns.count() == by_passages.count() == 60
+    files = [sorted(p for p in (tmp_path / name / TABLE).iterdir() if p.suffix in (".npy", ".jsonl"))
+             for name in ("passages", "columns")]
+    assert [p.name for p in files[0]] == [p.name for p in files[1]] and files[0]
+    for a, b in zip(*files, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name

@@ -1,0 +1,117 @@
+"""Passages as Arrow columns: the table a migration carries between stores that speak Arrow (``ScansColumns``,
+``InsertsColumns`` in base.py) without a Passage object per row, which cost more than the rows' own writes.
+
+The layout is LanceDB's own table (``schema``): ids and owners as uuid text, ``metadata_`` as JSON text,
+``created_at`` in UTC microseconds. A table in it holds exactly what ``from_passages`` makes of the same
+passages, so a store may take either, and ``to_passages`` gives the passages back.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timezone
+from typing import TYPE_CHECKING, Any
+
+from toolkit.backends._util import dumps, owner_text, owner_uuid_or_none, to_utc
+from toolkit.backends.base import Passage
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+STRINGS = ("id", "user_id", "agent_id", "doc_id", "text", "data_source", "embedding_model", "metadata_")
+OWNERS = ("user_id", "agent_id", "doc_id")
+# what str(uuid.UUID(...)) gives: an id in any other spelling is not in this layout
+CANONICAL_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+def schema(dim: int) -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([*(pa.field(name, pa.string(), nullable=name != "id") for name in STRINGS[:6]),
+                      pa.field("embedding", pa.list_(pa.float32(), dim)),
+                      pa.field("embedding_dim", pa.int64()),
+                      *(pa.field(name, pa.string()) for name in STRINGS[6:]),
+                      pa.field("created_at", pa.timestamp("us", tz="UTC"))])
+
+
+def from_passages(batch: list[Passage], vectors: np.ndarray) -> pa.Table:
+    """The passages as a table of ``schema``: the embeddings straight from their (n, dim) float32 matrix."""
+    import pyarrow as pa
+
+    dim = vectors.shape[1]
+    columns: dict[str, Any] = {
+        "id": [str(p.id) for p in batch], "user_id": [owner_text(p.user_id) for p in batch],
+        "agent_id": [owner_text(p.agent_id) for p in batch],
+        "doc_id": [owner_text(p.doc_id) for p in batch], "text": [p.text for p in batch],
+        "data_source": [p.data_source for p in batch],
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+        "embedding_dim": pa.repeat(pa.scalar(dim, pa.int64()), len(batch)),
+        "embedding_model": [p.embedding_model for p in batch],
+        "metadata_": [dumps(p.metadata) if p.metadata else "{}" for p in batch],  # what dumps gives {}
+        "created_at": pa.array([to_utc(p.created_at) for p in batch], pa.timestamp("us", tz="UTC")),
+    }
+    return pa.table(columns, schema=schema(dim))
+
+
+def to_passages(data: pa.Table) -> list[Passage]:
+    """The rows of a table with ``schema``'s columns (a LanceDB table's, MemGPT's included) as passages."""
+    import numpy as np
+    import pyarrow as pa
+
+    if data.num_rows == 0:
+        return []
+    column = data["embedding"].combine_chunks()
+    vectors = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    vectors = vectors.reshape(data.num_rows, column.type.list_size)
+    owners = [[owner_uuid_or_none(v) for v in data[name].to_pylist()] for name in OWNERS]
+    created = data["created_at"].cast(pa.timestamp("us")).to_pylist()  # naive UTC: tzinfo set below, cheaply
+    return [Passage(id=uuid.UUID(i), user_id=user, agent_id=agent, doc_id=doc, text=text, data_source=source,
+                    embedding=vectors[n], embedding_model=model, metadata=json.loads(meta) if meta and meta != "{}" else {},
+                    created_at=at.replace(tzinfo=timezone.utc))
+            for n, (i, user, agent, doc, text, source, model, meta, at) in enumerate(zip(
+                data["id"].to_pylist(), *owners, data["text"].to_pylist(), data["data_source"].to_pylist(),
+                data["embedding_model"].to_pylist(), data["metadata_"].to_pylist(), created, strict=True))]
+
+
+def conform(data: pa.Table) -> pa.Table | None:
+    """``data`` (a LanceDB table's rows, a column store's) in exactly ``schema``'s layout, as ``from_passages``
+    would have written the same rows; None when it is not (another type, an id or owner spelled otherwise,
+    a missing embedding, text a passage would change): the caller goes through passages then."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        dim = data.schema.field("embedding").type.list_size
+        if dim <= 0 or data["embedding"].null_count or data["id"].null_count or data["user_id"].null_count:
+            return None
+        data = data.select(list(schema(dim).names)).cast(schema(dim))
+        if not all(pc.all(pc.match_substring_regex(data[name], CANONICAL_UUID)).as_py() is not False
+                   for name in ("id", *OWNERS)):  # (all null: None)
+            return None
+        embedding_dims = data["embedding_dim"]
+        if embedding_dims.null_count or data.num_rows and not pc.all(pc.equal(embedding_dims, dim)).as_py():
+            return None
+        metadata = data["metadata_"]
+        # to_passages reads null, "" and "null" as {} (written "{}"): passed on as they are, only JSON objects
+        if metadata.null_count or data.num_rows and not pc.all(pc.starts_with(metadata, "{")).as_py():
+            return None
+        return data.combine_chunks()
+    except (KeyError, AttributeError, TypeError, ValueError, pa.ArrowException):  # another layout
+        return None
+
+
+def vectors_of(data: pa.Table) -> np.ndarray:
+    """The embeddings of a table in ``schema`` as an (n, dim) float32 array (a view where Arrow allows)."""
+    import numpy as np
+
+    column = data["embedding"].combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float32).reshape(data.num_rows, column.type.list_size)
+
+
+def id_bytes(data: pa.Table) -> list[bytes]:
+    """The 16 bytes of each id of a table in ``schema`` (canonical text: the hex digits, dashes left out)."""
+    raw = bytes.fromhex("".join(data["id"].to_pylist()).replace("-", ""))
+    return [raw[at:at + 16] for at in range(0, len(raw), 16)]
