@@ -12,7 +12,9 @@ writes 16 KB a row), in one run:
        chroma    `collection.add` in batches of the client's max batch size (chromadb in process)
        parquet   one pyarrow ParquetWriter over Arrow batches
 The ratio is raw seconds / migrate's seconds (copy and verification; not the process start): >= 0.8 is the
-target. "holds" compares rows/s of the largest size with the smallest (target: within 15%).
+target. "holds" compares rows/s of the largest size with the smallest (target: within 15%). "hash bound" is
+raw / (raw + 2 x the seconds migrate's checksum takes to digest the rows once, measured in the raw process):
+a verified copy digests every row twice (as read from the source, as read back from the destination).
 
 Starts its own embedded Postgres on a free port in a temp dir when a side is postgres (unless --url).
 Usage: .venv/bin/python bench/migrate.py --pair local:postgres [--rows 100000 --rows 300000] [--json]
@@ -101,10 +103,29 @@ def empty(spec: Spec, table: str = TABLE) -> None:
 
 # -- raw bulk paths (run in a subprocess: `bench/migrate.py _raw KIND LOCATION N DIM FORMAT`) ---------------
 
-def raw(kind: str, location: str, n: int, dim: int, fmt: str) -> float:
-    """Seconds the destination's own bulk path takes to write the N rows (generated beforehand)."""
+def raw(kind: str, location: str, n: int, dim: int, fmt: str) -> tuple[float, float]:
+    """Seconds the destination's own bulk path takes to write the N rows (generated beforehand), and seconds
+    migrate's checksum takes over them once (a verified copy takes it twice: the source's rows, the
+    destination's)."""
     rows = [p for part in chunks(n, dim) for p in part]
-    return RAW[kind](location, rows, dim, fmt)
+    hashing = hash_seconds(rows)  # first: the LanceDB path lets go of the rows
+    return RAW[kind](location, rows, dim, fmt), hashing
+
+
+def hash_seconds(rows: list[Passage]) -> float:
+    """Seconds of ``Checksum.update_columns`` over the rows as columns (the digest alone: BLAKE2b of each row)."""
+    import numpy as np
+
+    from toolkit.migrate import Checksum
+
+    total, seconds = Checksum(), 0.0
+    for i in range(0, len(rows), CHUNK):
+        part = rows[i:i + CHUNK]
+        ids, texts, vectors = [p.id.bytes for p in part], [p.text for p in part], np.stack([p.embedding for p in part])
+        start = time.perf_counter()
+        total.update_columns(ids, texts, vectors)
+        seconds += time.perf_counter() - start
+    return seconds
 
 
 def raw_postgres(url: str, rows: list[Passage], dim: int, fmt: str) -> float:
@@ -275,14 +296,15 @@ def run_size(kind_src: str, kind_dst: str, n: int, dim: int, url: str, fmt: str,
         where = url if kind_dst == "postgres" else str(work / ("raw.parquet" if kind_dst == "parquet" else "raw"))
         out, raw_rss = measured([sys.executable, str(Path(__file__).resolve()), "_raw", kind_dst, where, str(n),
                                  str(dim), fmt], work)
-        raw_seconds = float(out.strip().splitlines()[-1])
+        raw_seconds, hashing = map(float, out.strip().splitlines()[-1].split())
         moved = result["copy_seconds"] + result["verify_seconds"]
         return {"rows": n, "seconds": result["seconds"], "copy_seconds": result["copy_seconds"],
                 "verify_seconds": result["verify_seconds"], "rows_per_second": n / moved,
                 "copy_rows_per_second": n / result["copy_seconds"], "peak_rss_mib": rss / 2**20,
                 "reported_peak_rss_mib": result["peak_rss_bytes"] / 2**20, "batch": result["batch"],
                 "raw_seconds": raw_seconds, "raw_rows_per_second": n / raw_seconds, "ratio": raw_seconds / moved,
-                "copy_ratio": raw_seconds / result["copy_seconds"], "raw_peak_rss_mib": raw_rss / 2**20}
+                "copy_ratio": raw_seconds / result["copy_seconds"], "raw_peak_rss_mib": raw_rss / 2**20,
+                "hash_seconds": hashing, "hash_bound": raw_seconds / (raw_seconds + 2 * hashing)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -290,7 +312,7 @@ def run_size(kind_src: str, kind_dst: str, n: int, dim: int, url: str, fmt: str,
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_raw":
         kind, location, n, dim, fmt = sys.argv[2:7]
-        print(raw(kind, location, int(n), int(dim), fmt))
+        print(*raw(kind, location, int(n), int(dim), fmt))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pair", required=True, metavar="SRC:DST", help=f"two of {', '.join(KINDS)}")
@@ -337,10 +359,13 @@ def main() -> None:
         return
     print(f"\n{args.pair} ({args.dim}-dim, format {args.format}; raw = {kinds[1]}'s bulk path)")
     print(f"  {'rows':>9} {'rows/s':>8} {'copy rows/s':>11} {'peak RSS':>9} {'raw rows/s':>10} {'ratio':>6}"
-          f" {'batch':>6}")
+          f" {'hash bound':>10} {'batch':>6}")
     for f in figures:
         print(f"  {f['rows']:>9} {f['rows_per_second']:>8.0f} {f['copy_rows_per_second']:>11.0f} "
-              f"{f['peak_rss_mib']:>6.0f} MB {f['raw_rows_per_second']:>10.0f} {f['ratio']:>5.2f}x {f['batch']:>6}")
+              f"{f['peak_rss_mib']:>6.0f} MB {f['raw_rows_per_second']:>10.0f} {f['ratio']:>5.2f}x "
+              f"{f['hash_bound']:>9.2f}x {f['batch']:>6}")
+    print("  hash bound: raw / (raw + the checksum's digest of every row twice): the ratio if a verified copy cost"
+          " only those, one after the other (threads overlap some; the reads and conversions cost more)")
     if len(figures) > 1:
         print(f"  rows/s at {last['rows']} / at {first['rows']}: {holds:.2f} (target: within 15%)")
 

@@ -228,3 +228,38 @@ def test_local_insert_columns_writes_the_files_insert_writes(tmp_path: Path) -> 
     assert [p.name for p in files[0]] == [p.name for p in files[1]] and files[0]
     for a, b in zip(*files, strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_parquet_columns_are_what_its_passages_give(tmp_path: Path) -> None:
+    """An archive written from columns is the archive written from their passages (read back equal, file
+    metadata included), and its scan_columns gives what from_passages makes of its scan."""
+    import pyarrow.parquet as pq
+
+    data = _as_table(to_passages(_as_table(_awkward(70))))
+    written = []
+    for name, write in (("passages", lambda store: store.insert(to_passages(data))),
+                        ("columns", lambda store: store.insert_columns(data))):
+        spec = Spec("parquet", str(tmp_path / f"{name}.parquet"))
+        with closing(open_store(spec.store(TABLE))) as store:
+            assert write(store) == 70
+            assert _same_as_passages(store, 32) == ["table"] * 3
+        written.append(pq.read_table(spec.location))
+    assert written[0].equals(written[1]) and written[0].schema.metadata == written[1].schema.metadata
+    with closing(open_store(Spec("parquet", str(tmp_path / "again.parquet")).store(TABLE))) as store:
+        assert store.insert_columns(_as_table([*to_passages(data)[:3], to_passages(data)[0]])) == 3  # repeated id
+        assert store.count() == 3
+
+
+def test_local_lines_write_times_as_isoformat_does() -> None:
+    from toolkit.backends.local import _isoformat_utc
+
+    rng = np.random.default_rng(9)
+    micros = np.concatenate([rng.integers(-62_135_596_800_000_000, 253_402_300_799_999_999, 2000),
+                             rng.integers(-10**15, 10**15, 2000) // 1_000_000 * 1_000_000,  # whole seconds
+                             [-62_135_596_800_000_000, 253_402_300_799_999_999, 0, -1, 1]])
+    column = pa.chunked_array([pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="UTC"))])
+    expected = [at.replace(tzinfo=timezone.utc).isoformat() for at in column.cast(pa.timestamp("us")).to_pylist()]
+    assert _isoformat_utc(column) == expected
+    outside = pa.table({**{n: _as_table(passages(1, 8))[n] for n in _as_table(passages(1, 8)).column_names},
+                        "created_at": pa.array([253_402_300_800_000_000], pa.int64()).cast(pa.timestamp("us", tz="UTC"))})
+    assert conform(outside) is None  # year 10000: passages cannot hold it, so neither do the columns

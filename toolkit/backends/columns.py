@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable, Iterator
 from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 STRINGS = ("id", "user_id", "agent_id", "doc_id", "text", "data_source", "embedding_model", "metadata_")
 OWNERS = ("user_id", "agent_id", "doc_id")
 # what str(uuid.UUID(...)) gives: an id in any other spelling is not in this layout
+_FIRST_MICROSECOND, _LAST_MICROSECOND = -62_135_596_800_000_000, 253_402_300_799_999_999  # 0001-01-01, 9999-12-31
 CANONICAL_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
@@ -90,16 +92,30 @@ def conform(data: pa.Table) -> pa.Table | None:
         if not all(pc.all(pc.match_substring_regex(data[name], CANONICAL_UUID)).as_py() is not False
                    for name in ("id", *OWNERS)):  # (all null: None)
             return None
+        created = data["created_at"].cast(pa.int64())  # microseconds: within the years a datetime holds
+        if created.null_count or data.num_rows and not (
+                _FIRST_MICROSECOND <= pc.min(created).as_py() and pc.max(created).as_py() <= _LAST_MICROSECOND):
+            return None
         embedding_dims = data["embedding_dim"]
         if embedding_dims.null_count or data.num_rows and not pc.all(pc.equal(embedding_dims, dim)).as_py():
             return None
+        # to_passages reads null, "" and "null" as {} (written "{}"), and fails on text that is not JSON:
+        # only JSON objects are passed on
         metadata = data["metadata_"]
-        # to_passages reads null, "" and "null" as {} (written "{}"): passed on as they are, only JSON objects
-        if metadata.null_count or data.num_rows and not pc.all(pc.starts_with(metadata, "{")).as_py():
+        if metadata.null_count or not all(_json_object(text) for text in metadata.to_pylist()):
             return None
         return data.combine_chunks()
     except (KeyError, AttributeError, TypeError, ValueError, pa.ArrowException):  # another layout
         return None
+
+
+def _json_object(text: str) -> bool:
+    if text == "{}":
+        return True
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def vectors_of(data: pa.Table) -> np.ndarray:
@@ -115,3 +131,22 @@ def id_bytes(data: pa.Table) -> list[bytes]:
     """The 16 bytes of each id of a table in ``schema`` (canonical text: the hex digits, dashes left out)."""
     raw = bytes.fromhex("".join(data["id"].to_pylist()).replace("-", ""))
     return [raw[at:at + 16] for at in range(0, len(raw), 16)]
+
+
+def rebatched(parts: Iterable[pa.RecordBatch | pa.Table], size: int) -> Iterator[pa.Table]:
+    """The rows of ``parts`` (a file's row groups, a stream's batches ending where fragments end) as tables of
+    exactly ``size`` rows, the last one shorter."""
+    import pyarrow as pa
+
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for part in parts:
+        pending.extend(part.to_batches() if isinstance(part, pa.Table) else [part])
+        held += part.num_rows
+        while held >= size:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, size)
+            rest = table.slice(size)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending)

@@ -33,7 +33,7 @@ from toolkit.backends._util import (
     unique_by_id,
 )
 from toolkit.backends.base import Filters, Passage, Spec
-from toolkit.backends.columns import conform, from_passages, id_bytes, schema, to_passages
+from toolkit.backends.columns import conform, from_passages, id_bytes, rebatched, schema, to_passages
 from toolkit.errors import BackendError, error_line
 
 if TYPE_CHECKING:
@@ -385,7 +385,6 @@ class LanceStore(StoreBase):
         at 300k rows of 1536 dimensions), while a page costs the same wherever it starts. Legacy (0.1) files
         are streamed: there a page by offset reads every row before it, and the stream's read-ahead is
         bounded (a few batches)."""
-        import pyarrow as pa
 
         if self._open() is None:
             return
@@ -400,21 +399,16 @@ class LanceStore(StoreBase):
             return
         with self._guard():
             reader = view.search().limit(None).to_batches(batch_size)
-        pending: list[pa.RecordBatch] = []
-        held = 0
-        while True:
-            with self._guard():
-                part = next(reader, None)
-            if part is not None:
-                pending.append(part)
-                held += part.num_rows
-            while held >= batch_size or part is None and held:  # lance's batches end at fragment ends: cut to size
-                table = pa.Table.from_batches(pending)
-                yield table.slice(0, batch_size)
-                rest = table.slice(batch_size)
-                pending, held = rest.to_batches(), rest.num_rows
-            if part is None:
-                return
+
+        def parts() -> Iterator[pa.RecordBatch]:
+            while True:
+                with self._guard():
+                    part = next(reader, None)
+                if part is None:
+                    return
+                yield part
+
+        yield from rebatched(parts(), batch_size)  # lance's batches end at fragment ends: cut to the size asked
 
     def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
         table = self._open()

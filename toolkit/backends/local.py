@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -464,6 +464,7 @@ def _tail_to_merge(sizes: list[int]) -> int | None:
 
 
 _JSON = json.JSONEncoder(default=str)  # json.dumps(row, default=str), without a new encoder per row
+_QUOTED = json.encoder.encode_basestring_ascii  # how _JSON writes a string (its ensure_ascii default)
 
 
 def _together(first: Any, second: Any) -> None:
@@ -521,6 +522,43 @@ def _to_row(p: Passage) -> dict[str, Any]:
             "created_at": p.created_at.isoformat()}
 
 
+def _jsonl(data: pa.Table) -> str:
+    """The rows of a table in ``columns.schema`` as JSON lines: the bytes ``_JSON.encode(_to_row(p))`` gives
+    each of their passages, put together without a dict a row. ``columns.conform`` checked the ids and owners
+    (uuid text: nothing to escape) and that the metadata is a JSON object; its text goes in as it is (the
+    same bytes when a store wrote it with sort_keys, as every store here does), unless a newline in it
+    would end the line."""
+
+    def quoted(value: str | None) -> str:
+        return "null" if value is None else _QUOTED(value)
+
+    created = _isoformat_utc(data["created_at"])
+    return "".join(
+        f'{{"id": "{i}", "user_id": "{user}", "agent_id": {quoted(agent)}, "doc_id": {quoted(doc)}, '
+        f'"text": {quoted(text)}, "data_source": {quoted(source)}, "embedding_model": {quoted(model)}, '
+        f'"metadata": {_one_line(meta)}, '
+        f'"created_at": "{at}"}}\n'
+        for i, user, agent, doc, text, source, model, meta, at in zip(
+            *(data[name].to_pylist() for name in ("id", "user_id", "agent_id", "doc_id", "text", "data_source",
+                                                  "embedding_model", "metadata_")), created, strict=True))
+
+
+def _isoformat_utc(column: pa.ChunkedArray) -> list[str]:
+    """``datetime.isoformat()`` of each UTC timestamp, in NumPy: a tenth of the time of a datetime a row."""
+    import numpy as np
+    import pyarrow as pa
+
+    micros = column.cast(pa.int64()).to_numpy()
+    stamps = micros.astype("datetime64[us]")
+    seconds = np.datetime_as_string(stamps, unit="s")  # isoformat leaves out a fraction of .000000
+    text = np.where(micros % 1_000_000 == 0, seconds, np.datetime_as_string(stamps, unit="us"))
+    return [f"{t}+00:00" for t in text.tolist()]
+
+
+def _one_line(metadata: str) -> str:
+    return metadata if "\n" not in metadata else _JSON.encode(json.loads(metadata))
+
+
 def _to_passage(row: dict[str, Any], vector: np.ndarray) -> Passage:
     return Passage(id=uuid.UUID(row["id"]), user_id=owner_uuid(row["user_id"]),
                    agent_id=owner_uuid_or_none(row["agent_id"]), doc_id=owner_uuid_or_none(row["doc_id"]),
@@ -557,12 +595,11 @@ class LocalStore(StoreBase):
             os.fsync(handle.fileno())
         os.replace(tmp, path)
 
-    def _commit(self, manifest: dict[str, Any], rows: Iterable[dict[str, Any]], vectors: np.ndarray) -> None:
-        """Write one segment, then the manifest naming it."""
+    def _commit(self, manifest: dict[str, Any], jsonl: Callable[[], str], vectors: np.ndarray) -> None:
+        """Write one segment (its lines: what ``jsonl()`` returns), then the manifest naming it."""
         import numpy as np
 
-        self._add_segment(manifest, lambda h: h.write("".join(_JSON.encode(r) + "\n" for r in rows).encode()),
-                          lambda h: np.save(h, vectors))
+        self._add_segment(manifest, lambda h: h.write(jsonl().encode()), lambda h: np.save(h, vectors))
 
     def _add_segment(self, manifest: dict[str, Any], write_jsonl: Any, write_npy: Any, *, replacing: int | None = None) -> None:
         """Write segment ``manifest['next']`` (its files by ``write_jsonl`` and ``write_npy``), then the manifest
@@ -638,7 +675,8 @@ class LocalStore(StoreBase):
             if manifest["dim"] is not None and manifest["dim"] != vectors.shape[1]:
                 raise dim_mismatch(f"local table {self.dir}", manifest["dim"], vectors.shape[1])
             manifest["dim"] = vectors.shape[1]
-            self._commit(manifest, map(_to_row, batch), vectors)  # rows encoded while the embeddings are written
+            # the lines encoded while the embeddings are written
+            self._commit(manifest, lambda: "".join(_JSON.encode(_to_row(p)) + "\n" for p in batch), vectors)
             self._compact()
         return len(batch)
 
@@ -653,19 +691,14 @@ class LocalStore(StoreBase):
         if len(set(ids)) != len(ids):  # an id twice: insert keeps the last, as an upsert of each would
             return self.insert(columns.to_passages(data))
         vectors = columns.vectors_of(data)
-        names = ("id", "user_id", "agent_id", "doc_id", "text", "data_source", "embedding_model")
-        rows = [{**dict(zip(names, values, strict=True)),
-                 "metadata": json.loads(meta) if meta and meta != "{}" else {}, "created_at": at.isoformat()}
-                for *values, meta, at in zip(*(data[name].to_pylist() for name in names), data["metadata_"].to_pylist(),
-                                             data["created_at"].to_pylist(), strict=True)]
         with self._writing():
             manifest = self._manifest()
             if manifest["dim"] is not None and manifest["dim"] != vectors.shape[1]:
                 raise dim_mismatch(f"local table {self.dir}", manifest["dim"], vectors.shape[1])
             manifest["dim"] = vectors.shape[1]
-            self._commit(manifest, rows, np.ascontiguousarray(vectors))
+            self._commit(manifest, lambda: _jsonl(data), np.ascontiguousarray(vectors))
             self._compact()
-        return len(rows)
+        return data.num_rows
 
     def _compact(self) -> None:
         """Merge the small segments at the end of the table while the size tiers ask for it (under the lock)."""
@@ -785,7 +818,7 @@ class LocalStore(StoreBase):
             gone = [table.ids[i].decode() for i in table.find(wanted)]
             if gone:
                 manifest = self._manifest()
-                self._commit(manifest, [{"id": i, "deleted": True} for i in gone],
+                self._commit(manifest, lambda: "".join(_JSON.encode({"id": i, "deleted": True}) + "\n" for i in gone),
                              np.zeros((0, manifest["dim"] or 0), dtype=np.float32))
                 self._compact()
         return len(gone)

@@ -37,7 +37,7 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from toolkit.backends import _kind
+from toolkit.backends import _kind, columns
 from toolkit.backends._util import (
     StoreBase,
     check_encodable,
@@ -654,13 +654,30 @@ class ParquetStore(StoreBase):
     # -- the Protocol --------------------------------------------------------------------------------------
 
     def insert(self, passages: Iterable[Passage]) -> int:
-        import pyarrow.parquet as pq
-
         batch = unique_by_id(passages)
         if not batch:
             return 0
         check_encodable(batch, f"the archive {self.path}")  # pyarrow cannot encode it
-        data = arrow_table(batch, self.table)
+        return self._write(arrow_table(batch, self.table))
+
+    def insert_columns(self, data: pa.Table) -> int:
+        """Rows in ``columns.schema`` (``columns.conform``'s), written as ``insert`` writes their passages."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not data.num_rows:
+            return 0
+        if pc.count_distinct(data["id"]).as_py() != data.num_rows:  # an id twice: insert keeps the last
+            return self.insert(columns.to_passages(data))
+        data = data.sort_by("id")  # canonical ids: their text's order is str(uuid)'s, as arrow_table sorts
+        dim = data.schema.field("embedding").type.list_size
+        layout = schema(dim, self.table)
+        return self._write(pa.table([data["metadata_" if name == "metadata" else name] for name in layout.names],
+                                    names=layout.names).cast(layout))
+
+    def _write(self, data: pa.Table) -> int:
+        import pyarrow.parquet as pq
+
         dim = data.schema.field("embedding").type.list_size
         stage = self._stage
         if stage is not None and (stage.writer is not None or stage.temp is None):
@@ -671,8 +688,8 @@ class ParquetStore(StoreBase):
                     stage.temp = self._new_temp()
                     stage.writer = pq.ParquetWriter(stage.temp, schema(dim, self.table))
                     stage.dim = dim
-                stage.writer.write_table(data, row_group_size=len(batch))  # one row group per batch
-            return len(batch)
+                stage.writer.write_table(data, row_group_size=data.num_rows)  # one row group per batch
+            return data.num_rows
         with self._writing(), self._io():
             archive = self._archive()
             self._writable(archive, dim)
@@ -687,7 +704,7 @@ class ParquetStore(StoreBase):
                 self._let_go(temp, remove=False)
             else:
                 self._rewrite(archive, dim, data, set())
-        return len(batch)
+        return data.num_rows
 
     def query(self, embedding: Sequence[float] | np.ndarray, k: int, filters: Filters | None = None) -> list[Passage]:
         """Exact L2 over the embedding column, a batch at a time (the k best kept); then the k passages by id."""
@@ -743,6 +760,19 @@ class ParquetStore(StoreBase):
         if archive is None:
             return
         yield from _rebatched(self._rows(archive), batch_size)
+
+    def scan_columns(self, batch_size: int) -> Iterator[pa.Table | list[Passage]]:
+        """``scan``'s rows as tables in ``columns.schema`` (rows another tool wrote otherwise: passages)."""
+        archive = self._archive()
+        if archive is None:
+            return
+        for part in columns.rebatched(self._batches(archive), batch_size):
+            names = ["metadata_" if name == "metadata" else name for name in part.schema.names]
+            conformed = columns.conform(part.rename_columns(names))
+            if conformed is not None:
+                yield conformed
+            else:
+                yield [p for batch in part.to_batches() for p in _passages(batch, archive, archive.dim)]
 
     def get(self, ids: Iterable[uuid.UUID]) -> list[Passage]:
         import pyarrow as pa
