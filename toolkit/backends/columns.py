@@ -77,10 +77,11 @@ def to_passages(data: pa.Table) -> list[Passage]:
                 data["embedding_model"].to_pylist(), data["metadata_"].to_pylist(), created, strict=True))]
 
 
-def conform(data: pa.Table) -> pa.Table | None:
+def conform(data: pa.Table, *, metadata_checked: bool = False) -> pa.Table | None:
     """``data`` (a LanceDB table's rows, a column store's) in exactly ``schema``'s layout, as ``from_passages``
     would have written the same rows; None when it is not (another type, an id or owner spelled otherwise,
-    a missing embedding, text a passage would change): the caller goes through passages then."""
+    a missing embedding, text a passage would change): the caller goes through passages then.
+    ``metadata_checked``: the caller wrote ``metadata_`` itself from dicts (``dumps``), so it is not parsed again."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -102,7 +103,7 @@ def conform(data: pa.Table) -> pa.Table | None:
         # to_passages reads null, "" and "null" as {} (written "{}"), and fails on text that is not JSON:
         # only JSON objects are passed on
         metadata = data["metadata_"]
-        if metadata.null_count or not all(_json_object(text) for text in metadata.to_pylist()):
+        if metadata.null_count or not metadata_checked and not all(_json_object(text) for text in metadata.to_pylist()):
             return None
         return data.combine_chunks()
     except (KeyError, AttributeError, TypeError, ValueError, pa.ArrowException):  # another layout

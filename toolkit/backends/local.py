@@ -342,20 +342,22 @@ class _Table:
             return self.passages(picks)
         vectors = self.vectors_of(picks)
         rows = self.rows(picks)
+        metadata = [row.get("metadata") for row in rows]
         try:
+            if not all(isinstance(value, dict) for value in metadata):  # passages keep another value as it is
+                raise TypeError("metadata that is not a JSON object")
             data = pa.table({
                 **{name: [row[name] for row in rows] for name in ("id", "user_id", "agent_id", "doc_id", "text",
                                                                    "data_source")},
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dim),
                 "embedding_dim": pa.repeat(pa.scalar(self.dim, pa.int64()), len(rows)),
                 "embedding_model": [row["embedding_model"] for row in rows],
-                "metadata_": [dumps(row["metadata"]) if row["metadata"] else "{}" for row in rows],
-                "created_at": pa.array([to_utc(datetime.fromisoformat(row["created_at"])) for row in rows],
-                                       pa.timestamp("us", tz="UTC")),
+                "metadata_": [dumps(value) if value else "{}" for value in metadata],
+                "created_at": _utc_times([row["created_at"] for row in rows]),
             }, schema=columns.schema(self.dim))
         except (KeyError, TypeError, ValueError, AttributeError, pa.ArrowException):
             data = None
-        conformed = columns.conform(data) if data is not None else None
+        conformed = columns.conform(data, metadata_checked=True) if data is not None else None
         if conformed is not None:
             return conformed
         try:
@@ -553,6 +555,18 @@ def _isoformat_utc(column: pa.ChunkedArray) -> list[str]:
     seconds = np.datetime_as_string(stamps, unit="s")  # isoformat leaves out a fraction of .000000
     text = np.where(micros % 1_000_000 == 0, seconds, np.datetime_as_string(stamps, unit="us"))
     return [f"{t}+00:00" for t in text.tolist()]
+
+
+def _utc_times(texts: list[Any]) -> pa.Array:
+    """The ``created_at`` texts as UTC timestamps, as ``to_utc(datetime.fromisoformat(text))`` reads each: parsed
+    by Arrow where each names its zone (as this module writes them), else a row at a time (no zone: UTC)."""
+    import pyarrow as pa
+
+    utc = pa.timestamp("us", tz="UTC")
+    try:
+        return pa.array(texts, pa.string()).cast(utc)
+    except (pa.ArrowException, TypeError):
+        return pa.array([to_utc(datetime.fromisoformat(text)) for text in texts], utc)
 
 
 def _one_line(metadata: str) -> str:
