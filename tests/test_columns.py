@@ -207,6 +207,8 @@ def test_conform_refuses_what_passages_would_change() -> None:
     assert conform(with_column("id", [rows[0].id.hex] + [str(p.id) for p in rows[1:]])) is None  # no dashes
     assert conform(with_column("agent_id", [None] * 4)) is not None  # owners may be missing
     assert conform(with_column("embedding_dim", [8, 8, 7, 8])) is None
+    holed = pa.FixedSizeListArray.from_arrays(pa.array([None if i == 9 else 0.5 for i in range(32)], pa.float32()), 8)
+    assert conform(data.set_column(data.schema.get_field_index("embedding"), "embedding", holed)) is None  # passages: NaN
     assert conform(data.drop_columns(["embedding_dim"])) is None
     assert pc.all(pc.equal(conform(data)["embedding_dim"], 8)).as_py()  # type: ignore[index]
 
@@ -263,3 +265,38 @@ def test_local_lines_write_times_as_isoformat_does() -> None:
     outside = pa.table({**{n: _as_table(passages(1, 8))[n] for n in _as_table(passages(1, 8)).column_names},
                         "created_at": pa.array([253_402_300_800_000_000], pa.int64()).cast(pa.timestamp("us", tz="UTC"))})
     assert conform(outside) is None  # year 10000: passages cannot hold it, so neither do the columns
+
+
+def test_parquet_columns_read_a_missing_text_as_its_passages_do(tmp_path: Path) -> None:
+    """An archive another tool wrote with a null text: its passages read "", and so must its columns (a null
+    went on as null, into a local line as "text": null, while the checksum, blind to it, verified)."""
+    import pyarrow.parquet as pq
+
+    from toolkit.backends.parquet import arrow_table
+
+    data = arrow_table(passages(12, 8, 7), TABLE)
+    data = data.set_column(data.schema.get_field_index("text"), "text",
+                           pa.array([None, *data["text"].to_pylist()[1:]], pa.string()))
+    pq.write_table(data, tmp_path / "archive.parquet")
+    with closing(open_store(Spec("parquet", str(tmp_path / "archive.parquet")).store(TABLE))) as store:
+        assert _same_as_passages(store, 5) == ["table"] * 3
+    migrate(Spec("parquet", str(tmp_path / "archive.parquet")), Spec("local", str(tmp_path / "local")), table=TABLE)
+    with closing(open_store(Spec("local", str(tmp_path / "local")).store(TABLE))) as store:
+        assert sorted(p.text for batch in store.scan(100) for p in batch)[0] == ""
+
+
+def test_local_lines_hold_no_carriage_return_from_metadata_text(tmp_path: Path) -> None:
+    """Metadata text passed on as its source wrote it keeps to one line for every reader: a raw CR (JSON
+    whitespace) ends a line in Python's text mode, so that text is written again as insert writes it."""
+    rows = passages(3, 8, 10)
+    data = _as_table(rows)
+    data = data.set_column(data.schema.get_field_index("metadata_"), "metadata_",
+                           pa.array(['{"a":\r1}', '{"b":\n2}', "{}"], pa.string()))
+    assert conform(data) is not None
+    with closing(open_store(StoreLocation("local", str(tmp_path / "local"), TABLE))) as store:
+        store.insert_columns(data)
+        assert store.get([rows[0].id])[0].metadata == {"a": 1}
+    [jsonl] = (tmp_path / "local").rglob("*.jsonl")
+    assert b"\r" not in jsonl.read_bytes()
+    with open(jsonl) as lines:  # universal newlines
+        assert len(list(lines)) == 3

@@ -90,6 +90,8 @@ def conform(data: pa.Table, *, metadata_checked: bool = False) -> pa.Table | Non
         if dim <= 0 or data["embedding"].null_count or data["id"].null_count or data["user_id"].null_count:
             return None
         data = data.select(list(schema(dim).names)).cast(schema(dim))
+        if any(chunk.flatten().null_count for chunk in data["embedding"].chunks):  # passages: NaN there
+            return None
         if not all(pc.all(pc.match_substring_regex(data[name], CANONICAL_UUID)).as_py() is not False
                    for name in ("id", *OWNERS)):  # (all null: None)
             return None

@@ -570,7 +570,8 @@ def _utc_times(texts: list[Any]) -> pa.Array:
 
 
 def _one_line(metadata: str) -> str:
-    return metadata if "\n" not in metadata else _JSON.encode(json.loads(metadata))
+    # a raw CR is JSON whitespace too, but ends a line for readers with universal newlines (Python's text mode)
+    return metadata if "\n" not in metadata and "\r" not in metadata else _JSON.encode(json.loads(metadata))
 
 
 def _to_passage(row: dict[str, Any], vector: np.ndarray) -> Passage:

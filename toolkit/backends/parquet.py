@@ -293,6 +293,16 @@ def _vectors(batch: pa.RecordBatch, archive: _Archive, dim: int | None) -> np.nd
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(column), expected)
 
 
+def _text_or_empty(data: pa.Table) -> pa.Table:
+    """A missing text as ``_passages`` reads it: "" (a null would go on as null, then read back as "")."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "text" not in data.column_names or not data["text"].null_count or not pa.types.is_string(data["text"].type):
+        return data
+    return data.set_column(data.schema.get_field_index("text"), "text", pc.fill_null(data["text"], ""))
+
+
 def _passages(batch: pa.RecordBatch, archive: _Archive, dim: int | None) -> list[Passage]:
     import pyarrow as pa
 
@@ -768,7 +778,7 @@ class ParquetStore(StoreBase):
             return
         for part in columns.rebatched(self._batches(archive), batch_size):
             names = ["metadata_" if name == "metadata" else name for name in part.schema.names]
-            conformed = columns.conform(part.rename_columns(names))
+            conformed = columns.conform(_text_or_empty(part.rename_columns(names)))
             if conformed is not None:
                 yield conformed
             else:
