@@ -285,6 +285,33 @@ def test_parquet_columns_read_a_missing_text_as_its_passages_do(tmp_path: Path) 
         assert sorted(p.text for batch in store.scan(100) for p in batch)[0] == ""
 
 
+@pytest.mark.parametrize("backend", ["local", "lancedb", "parquet"])
+def test_insert_columns_refuses_what_insert_refuses(tmp_path: Path, backend: str) -> None:
+    """Embeddings wider than MemGPT stores, and (where insert checks it) metadata escaping a lone surrogate,
+    are refused before anything is written, as insert refuses their passages; a surrogate pair is not."""
+    from toolkit.errors import BackendError
+
+    location = str(tmp_path / "store") + (".parquet" if backend == "parquet" else "")
+    with closing(open_store(StoreLocation(backend, location, TABLE))) as store:
+        wide = passages(2, 4097, 8)
+        for write in (store.insert, lambda rows: store.insert_columns(_as_table(rows))):
+            with pytest.raises(BackendError, match="embedding dimension 4097 is out of range"):
+                write(wide)
+        rows = passages(3, 8, 9)
+        rows[1].metadata = {"k": "half \ud800 of a pair"}
+        refused = [None, None]
+        for n, write in enumerate((store.insert, lambda rows: store.insert_columns(_as_table(rows)))):
+            try:
+                write(rows)
+            except BackendError as exc:
+                refused[n] = exc.message
+        assert refused[0] == refused[1]
+        assert (refused[1] is None) == (backend == "local"), refused  # local's JSON escapes it
+        rows[1].metadata = {"k": "a pair 🙂 (JSON escapes it as two)", "\\ud800": "an escaped backslash"}
+        assert store.insert_columns(_as_table(rows)) == 3
+        assert store.get([rows[1].id])[0].metadata == rows[1].metadata
+
+
 def test_local_lines_hold_no_carriage_return_from_metadata_text(tmp_path: Path) -> None:
     """Metadata text passed on as its source wrote it keeps to one line for every reader: a raw CR (JSON
     whitespace) ends a line in Python's text mode, so that text is written again as insert writes it."""

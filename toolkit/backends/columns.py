@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
-from toolkit.backends._util import dumps, owner_text, owner_uuid_or_none, to_utc
+from toolkit.backends._util import check_dim, check_encodable, dumps, owner_text, owner_uuid_or_none, to_utc
 from toolkit.backends.base import Passage
 
 if TYPE_CHECKING:
@@ -110,6 +110,21 @@ def conform(data: pa.Table, *, metadata_checked: bool = False) -> pa.Table | Non
         return data.combine_chunks()
     except (KeyError, AttributeError, TypeError, ValueError, pa.ArrowException):  # another layout
         return None
+
+
+def check_insertable(data: pa.Table, where: str | None) -> None:
+    """Refuse, before anything is written, what ``insert`` refuses of the same rows' passages: embeddings of
+    more dimensions than MemGPT stores (``_util.matrix``) and, given ``where`` (a store whose ``insert``
+    checks it), metadata whose JSON escapes a lone surrogate (``check_encodable``; the other texts are
+    Arrow's, valid UTF-8 already). Only rows with a surrogate escape at all are parsed."""
+    import pyarrow.compute as pc
+
+    check_dim(data.schema.field("embedding").type.list_size)
+    if where is None or not data.num_rows:
+        return
+    escaped = pc.match_substring_regex(data["metadata_"], r"\\u[dD][89a-fA-F]")  # paired or not: checked below
+    if pc.any(escaped).as_py():
+        check_encodable(to_passages(data.filter(escaped)), where)
 
 
 def _json_object(text: str) -> bool:

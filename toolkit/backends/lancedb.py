@@ -33,7 +33,7 @@ from toolkit.backends._util import (
     unique_by_id,
 )
 from toolkit.backends.base import Filters, Passage, Spec
-from toolkit.backends.columns import conform, from_passages, id_bytes, rebatched, schema, to_passages
+from toolkit.backends.columns import check_insertable, conform, from_passages, id_bytes, rebatched, schema, to_passages
 from toolkit.errors import BackendError, error_line
 
 if TYPE_CHECKING:
@@ -267,6 +267,7 @@ class LanceStore(StoreBase):
 
         if not data.num_rows:
             return 0
+        check_insertable(data, f"lancedb table {self.table}")
         keys = _id_keys(b"".join(id_bytes(data)))
         if len(np.unique(keys)) != len(keys):  # an id twice: insert keeps the last, as an upsert of each would
             return self.insert(to_passages(data))

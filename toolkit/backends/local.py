@@ -701,6 +701,7 @@ class LocalStore(StoreBase):
 
         if not data.num_rows:
             return 0
+        columns.check_insertable(data, None)  # JSON escapes any text: only the dimension is refused
         data = data.sort_by("id")  # canonical ids: their text's order is str(uuid)'s, as insert sorts
         ids = data["id"].to_pylist()
         if len(set(ids)) != len(ids):  # an id twice: insert keeps the last, as an upsert of each would

@@ -677,6 +677,7 @@ class ParquetStore(StoreBase):
 
         if not data.num_rows:
             return 0
+        columns.check_insertable(data, f"the archive {self.path}")
         if pc.count_distinct(data["id"]).as_py() != data.num_rows:  # an id twice: insert keeps the last
             return self.insert(columns.to_passages(data))
         data = data.sort_by("id")  # canonical ids: their text's order is str(uuid)'s, as arrow_table sorts
