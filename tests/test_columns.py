@@ -275,8 +275,12 @@ def test_parquet_columns_read_a_missing_text_as_its_passages_do(tmp_path: Path) 
     from toolkit.backends.parquet import arrow_table
 
     data = arrow_table(passages(12, 8, 7), TABLE)
-    data = data.set_column(data.schema.get_field_index("text"), "text",
-                           pa.array([None, *data["text"].to_pylist()[1:]], pa.string()))
+    texts = [None, *data["text"].to_pylist()[1:]]
+    pq.write_table(data.set_column(data.schema.get_field_index("text"), "text", pa.array(texts, pa.large_string())),
+                   tmp_path / "large.parquet")  # as another tool may type it
+    with closing(open_store(Spec("parquet", str(tmp_path / "large.parquet")).store(TABLE))) as store:
+        assert _same_as_passages(store, 5) == ["table"] * 3
+    data = data.set_column(data.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
     pq.write_table(data, tmp_path / "archive.parquet")
     with closing(open_store(Spec("parquet", str(tmp_path / "archive.parquet")).store(TABLE))) as store:
         assert _same_as_passages(store, 5) == ["table"] * 3

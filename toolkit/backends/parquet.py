@@ -298,8 +298,10 @@ def _text_or_empty(data: pa.Table) -> pa.Table:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if "text" not in data.column_names or not data["text"].null_count or not pa.types.is_string(data["text"].type):
+    if "text" not in data.column_names or not data["text"].null_count:
         return data
+    if not (pa.types.is_string(data["text"].type) or pa.types.is_large_string(data["text"].type)):
+        return data  # another type: conform refuses it
     return data.set_column(data.schema.get_field_index("text"), "text", pc.fill_null(data["text"], ""))
 
 
