@@ -331,3 +331,28 @@ def test_local_lines_hold_no_carriage_return_from_metadata_text(tmp_path: Path) 
     assert b"\r" not in jsonl.read_bytes()
     with open(jsonl) as lines:  # universal newlines
         assert len(list(lines)) == 3
+
+
+def test_lancedb_refuses_a_time_no_datetime_reads_back(tmp_path: Path) -> None:
+    """A created_at inside the years 1-9999 in its own zone but not in UTC (a local line may hold one): LanceDB
+    stored it, and then the migration's read-back failed with a traceback (OverflowError), the rows written.
+    Refused before writing now, a line naming the passage, through passages and columns alike."""
+    from datetime import timedelta
+
+    from toolkit.errors import BackendError
+
+    rows = passages(4, 8, 11)
+    rows[2].created_at = datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))
+    source = Spec("local", str(tmp_path / "local"))
+    with closing(open_store(source.store(TABLE))) as store:
+        store.insert(rows)
+    with pytest.raises(BackendError, match=f"passage {rows[2].id} has a created_at outside the years 1-9999"):
+        migrate(source, Spec("lancedb", str(tmp_path / "lance")), table=TABLE)
+    with closing(open_store(StoreLocation("lancedb", str(tmp_path / "lance"), TABLE))) as store:
+        assert store.count() == 0
+        with pytest.raises(BackendError, match="outside the years 1-9999"):
+            store.insert(rows)
+        data = from_passages(rows, np.stack([p.embedding for p in rows]).astype(np.float32))
+        with pytest.raises(BackendError, match="outside the years 1-9999"):
+            store.insert_columns(data)
+        assert store.count() == 0

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from toolkit.backends._util import check_dim, check_encodable, dumps, owner_text, owner_uuid_or_none, to_utc
 from toolkit.backends.base import Passage
+from toolkit.errors import BackendError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -125,6 +126,20 @@ def check_insertable(data: pa.Table, where: str | None) -> None:
     escaped = pc.match_substring_regex(data["metadata_"], r"\\u[dD][89a-fA-F]")  # paired or not: checked below
     if pc.any(escaped).as_py():
         check_encodable(to_passages(data.filter(escaped)), where)
+
+
+def check_dates(data: pa.Table, where: str) -> None:
+    """Refuse, before anything is written, a ``created_at`` outside the years 1-9999 in UTC (a passage's own
+    zone can hold one, as 0001-01-01T00:30+01:00): the store would take it, and then no datetime reads it back."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    created = data["created_at"].cast(pa.int64())
+    outside = pc.or_(pc.less(created, _FIRST_MICROSECOND), pc.greater(created, _LAST_MICROSECOND))
+    if data.num_rows and pc.any(outside).as_py():
+        row = data.filter(outside).slice(0, 1)
+        raise BackendError(f"passage {row['id'][0]} has a created_at outside the years 1-9999 in UTC; nothing of "
+                           f"this batch was written to {where}", hint="fix that passage's created_at, then write again")
 
 
 def _json_object(text: str) -> bool:

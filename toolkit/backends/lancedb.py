@@ -33,7 +33,16 @@ from toolkit.backends._util import (
     unique_by_id,
 )
 from toolkit.backends.base import Filters, Passage, Spec
-from toolkit.backends.columns import check_insertable, conform, from_passages, id_bytes, rebatched, schema, to_passages
+from toolkit.backends.columns import (
+    check_dates,
+    check_insertable,
+    conform,
+    from_passages,
+    id_bytes,
+    rebatched,
+    schema,
+    to_passages,
+)
 from toolkit.errors import BackendError, error_line
 
 if TYPE_CHECKING:
@@ -259,7 +268,9 @@ class LanceStore(StoreBase):
             return 0
         vectors = matrix(batch)
         check_encodable(batch, f"lancedb table {self.table}")  # pyarrow cannot encode it
-        return self._write(from_passages(batch, vectors), _id_keys(b"".join(p.id.bytes for p in batch)))
+        data = from_passages(batch, vectors)
+        check_dates(data, f"lancedb table {self.table}")
+        return self._write(data, _id_keys(b"".join(p.id.bytes for p in batch)))
 
     def insert_columns(self, data: pa.Table) -> int:
         """Upsert rows already in the table's layout (``columns.conform``'s), as ``insert`` would their passages."""
@@ -268,6 +279,7 @@ class LanceStore(StoreBase):
         if not data.num_rows:
             return 0
         check_insertable(data, f"lancedb table {self.table}")
+        check_dates(data, f"lancedb table {self.table}")
         keys = _id_keys(b"".join(id_bytes(data)))
         if len(np.unique(keys)) != len(keys):  # an id twice: insert keeps the last, as an upsert of each would
             return self.insert(to_passages(data))
