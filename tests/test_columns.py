@@ -356,3 +356,24 @@ def test_lancedb_refuses_a_time_no_datetime_reads_back(tmp_path: Path) -> None:
         with pytest.raises(BackendError, match="outside the years 1-9999"):
             store.insert_columns(data)
         assert store.count() == 0
+
+
+def test_a_lancedb_table_passages_cannot_read_is_refused_in_a_line(tmp_path: Path) -> None:
+    """A table another writer made (no created_at column, a null time, metadata that is not JSON) goes as
+    passages, which cannot read it: a line naming the table, where a KeyError, AttributeError or
+    JSONDecodeError traceback came out of the scan."""
+    import lancedb
+
+    from toolkit.errors import ToolkitError
+
+    rows = passages(6, 8, 12)
+    base = {"id": [str(p.id) for p in rows], "user_id": [str(p.user_id) for p in rows], "agent_id": [None] * 6,
+            "doc_id": [None] * 6, "text": [p.text for p in rows], "data_source": ["x"] * 6,
+            "embedding": pa.array([list(map(float, p.embedding)) for p in rows], pa.list_(pa.float32(), 8)),
+            "embedding_model": ["m"] * 6, "metadata_": ["{}"] * 6}
+    at = pa.array([datetime(2023, 5, 1)] * 6, pa.timestamp("us"))
+    for name, data in (("no_time", base), ("null_time", {**base, "created_at": pa.array([None] * 6, pa.timestamp("us"))}),
+                       ("not_json", {**base, "created_at": at, "metadata_": ["{}"] * 5 + ["not json"]})):
+        lancedb.connect(str(tmp_path / name)).create_table(TABLE, data=pa.table(data))
+        with pytest.raises(ToolkitError, match=f"cannot read the lancedb table {TABLE} at .*{name}"):  # refused or failed
+            migrate(Spec("lancedb", str(tmp_path / name)), Spec("local", str(tmp_path / f"{name}-out")), table=TABLE)

@@ -384,13 +384,26 @@ class LanceStore(StoreBase):
         when the scan starts (rows written meanwhile do not shift it), in memory that does not grow with
         the table (``_pages``)."""
         for page in self._pages(batch_size):
-            yield to_passages(page)
+            yield self._passages(page)
 
     def scan_columns(self, batch_size: int) -> Iterator[pa.Table | list[Passage]]:
         """``scan``'s rows as tables in ``columns.schema`` (a batch in another layout, as MemGPT's may be: passages)."""
         for page in self._pages(batch_size):
             conformed = conform(page)
-            yield conformed if conformed is not None else to_passages(page)
+            yield conformed if conformed is not None else self._passages(page)
+
+    def _passages(self, page: pa.Table) -> list[Passage]:
+        """``to_passages`` of a page; rows it cannot read (a column missing, a null time, metadata that is not
+        JSON: a table another writer made) are a line naming the table, not a traceback."""
+        import pyarrow as pa
+
+        try:
+            return to_passages(page)
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError, pa.ArrowException) as exc:
+            raise BackendError(f"cannot read the lancedb table {self.table} at {self.uri}: {type(exc).__name__}: "
+                               f"{error_line(exc)}",
+                               hint="its rows are not in the layout the toolkit and MemGPT write; fix them with "
+                               "lancedb, or drop the table") from None
 
     def _pages(self, batch_size: int) -> Iterator[pa.Table]:
         """The rows of the version the table is at now, ``batch_size`` at a time. Lance 2.x files are read a
