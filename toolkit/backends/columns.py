@@ -14,8 +14,9 @@ from collections.abc import Iterable, Iterator
 from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
-from toolkit.backends._util import dumps, owner_text, owner_uuid_or_none, to_utc
+from toolkit.backends._util import check_dim, check_encodable, dumps, owner_text, owner_uuid_or_none, to_utc
 from toolkit.backends.base import Passage
+from toolkit.errors import BackendError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,6 +91,8 @@ def conform(data: pa.Table, *, metadata_checked: bool = False) -> pa.Table | Non
         if dim <= 0 or data["embedding"].null_count or data["id"].null_count or data["user_id"].null_count:
             return None
         data = data.select(list(schema(dim).names)).cast(schema(dim))
+        if any(chunk.flatten().null_count for chunk in data["embedding"].chunks):  # passages: NaN there
+            return None
         if not all(pc.all(pc.match_substring_regex(data[name], CANONICAL_UUID)).as_py() is not False
                    for name in ("id", *OWNERS)):  # (all null: None)
             return None
@@ -108,6 +111,35 @@ def conform(data: pa.Table, *, metadata_checked: bool = False) -> pa.Table | Non
         return data.combine_chunks()
     except (KeyError, AttributeError, TypeError, ValueError, pa.ArrowException):  # another layout
         return None
+
+
+def check_insertable(data: pa.Table, where: str | None) -> None:
+    """Refuse, before anything is written, what ``insert`` refuses of the same rows' passages: embeddings of
+    more dimensions than MemGPT stores (``_util.matrix``) and, given ``where`` (a store whose ``insert``
+    checks it), metadata whose JSON escapes a lone surrogate (``check_encodable``; the other texts are
+    Arrow's, valid UTF-8 already). Only rows with a surrogate escape at all are parsed."""
+    import pyarrow.compute as pc
+
+    check_dim(data.schema.field("embedding").type.list_size)
+    if where is None or not data.num_rows:
+        return
+    escaped = pc.match_substring_regex(data["metadata_"], r"\\u[dD][89a-fA-F]")  # paired or not: checked below
+    if pc.any(escaped).as_py():
+        check_encodable(to_passages(data.filter(escaped)), where)
+
+
+def check_dates(data: pa.Table, where: str) -> None:
+    """Refuse, before anything is written, a ``created_at`` outside the years 1-9999 in UTC (a passage's own
+    zone can hold one, as 0001-01-01T00:30+01:00): the store would take it, and then no datetime reads it back."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    created = data["created_at"].cast(pa.int64())
+    outside = pc.or_(pc.less(created, _FIRST_MICROSECOND), pc.greater(created, _LAST_MICROSECOND))
+    if data.num_rows and pc.any(outside).as_py():
+        row = data.filter(outside).slice(0, 1)
+        raise BackendError(f"passage {row['id'][0]} has a created_at outside the years 1-9999 in UTC; nothing of "
+                           f"this batch was written to {where}", hint="fix that passage's created_at, then write again")
 
 
 def _json_object(text: str) -> bool:
