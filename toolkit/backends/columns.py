@@ -108,7 +108,7 @@ def conform(data: pa.Table, *, metadata_checked: bool = False) -> pa.Table | Non
         metadata = data["metadata_"]
         if metadata.null_count or not metadata_checked and not all(_json_object(text) for text in metadata.to_pylist()):
             return None
-        return data.combine_chunks()
+        return data  # chunks as they came: combining them would copy the batch's embeddings once more
     except (KeyError, AttributeError, TypeError, ValueError, pa.ArrowException):  # another layout
         return None
 
@@ -151,16 +151,19 @@ def _json_object(text: str) -> bool:
         return False
 
 
-def vectors_of(data: pa.Table) -> np.ndarray:
-    """The embeddings of a table in ``schema`` as an (n, dim) float32 array (a view where Arrow allows)."""
+def vectors_of(data: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """The embeddings of a table in ``schema`` as an (n, dim) float32 array (a view of one chunk's)."""
     import numpy as np
+    import pyarrow as pa
 
-    column = data["embedding"].combine_chunks()
+    column = data["embedding"]
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
     values = column.flatten().to_numpy(zero_copy_only=False)
     return np.asarray(values, dtype=np.float32).reshape(data.num_rows, column.type.list_size)
 
 
-def id_bytes(data: pa.Table) -> list[bytes]:
+def id_bytes(data: pa.Table | pa.RecordBatch) -> list[bytes]:
     """The 16 bytes of each id of a table in ``schema`` (canonical text: the hex digits, dashes left out)."""
     raw = bytes.fromhex("".join(data["id"].to_pylist()).replace("-", ""))
     return [raw[at:at + 16] for at in range(0, len(raw), 16)]
