@@ -207,6 +207,8 @@ def test_conform_refuses_what_passages_would_change() -> None:
     assert conform(with_column("id", [rows[0].id.hex] + [str(p.id) for p in rows[1:]])) is None  # no dashes
     assert conform(with_column("agent_id", [None] * 4)) is not None  # owners may be missing
     assert conform(with_column("embedding_dim", [8, 8, 7, 8])) is None
+    holed = pa.FixedSizeListArray.from_arrays(pa.array([None if i == 9 else 0.5 for i in range(32)], pa.float32()), 8)
+    assert conform(data.set_column(data.schema.get_field_index("embedding"), "embedding", holed)) is None  # passages: NaN
     assert conform(data.drop_columns(["embedding_dim"])) is None
     assert pc.all(pc.equal(conform(data)["embedding_dim"], 8)).as_py()  # type: ignore[index]
 
@@ -263,3 +265,115 @@ def test_local_lines_write_times_as_isoformat_does() -> None:
     outside = pa.table({**{n: _as_table(passages(1, 8))[n] for n in _as_table(passages(1, 8)).column_names},
                         "created_at": pa.array([253_402_300_800_000_000], pa.int64()).cast(pa.timestamp("us", tz="UTC"))})
     assert conform(outside) is None  # year 10000: passages cannot hold it, so neither do the columns
+
+
+def test_parquet_columns_read_a_missing_text_as_its_passages_do(tmp_path: Path) -> None:
+    """An archive another tool wrote with a null text: its passages read "", and so must its columns (a null
+    went on as null, into a local line as "text": null, while the checksum, blind to it, verified)."""
+    import pyarrow.parquet as pq
+
+    from toolkit.backends.parquet import arrow_table
+
+    data = arrow_table(passages(12, 8, 7), TABLE)
+    texts = [None, *data["text"].to_pylist()[1:]]
+    pq.write_table(data.set_column(data.schema.get_field_index("text"), "text", pa.array(texts, pa.large_string())),
+                   tmp_path / "large.parquet")  # as another tool may type it
+    with closing(open_store(Spec("parquet", str(tmp_path / "large.parquet")).store(TABLE))) as store:
+        assert _same_as_passages(store, 5) == ["table"] * 3
+    data = data.set_column(data.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
+    pq.write_table(data, tmp_path / "archive.parquet")
+    with closing(open_store(Spec("parquet", str(tmp_path / "archive.parquet")).store(TABLE))) as store:
+        assert _same_as_passages(store, 5) == ["table"] * 3
+    migrate(Spec("parquet", str(tmp_path / "archive.parquet")), Spec("local", str(tmp_path / "local")), table=TABLE)
+    with closing(open_store(Spec("local", str(tmp_path / "local")).store(TABLE))) as store:
+        assert sorted(p.text for batch in store.scan(100) for p in batch)[0] == ""
+
+
+@pytest.mark.parametrize("backend", ["local", "lancedb", "parquet"])
+def test_insert_columns_refuses_what_insert_refuses(tmp_path: Path, backend: str) -> None:
+    """Embeddings wider than MemGPT stores, and (where insert checks it) metadata escaping a lone surrogate,
+    are refused before anything is written, as insert refuses their passages; a surrogate pair is not."""
+    from toolkit.errors import BackendError
+
+    location = str(tmp_path / "store") + (".parquet" if backend == "parquet" else "")
+    with closing(open_store(StoreLocation(backend, location, TABLE))) as store:
+        wide = passages(2, 4097, 8)
+        for write in (store.insert, lambda rows: store.insert_columns(_as_table(rows))):
+            with pytest.raises(BackendError, match="embedding dimension 4097 is out of range"):
+                write(wide)
+        rows = passages(3, 8, 9)
+        rows[1].metadata = {"k": "half \ud800 of a pair"}
+        refused = [None, None]
+        for n, write in enumerate((store.insert, lambda rows: store.insert_columns(_as_table(rows)))):
+            try:
+                write(rows)
+            except BackendError as exc:
+                refused[n] = exc.message
+        assert refused[0] == refused[1]
+        assert (refused[1] is None) == (backend == "local"), refused  # local's JSON escapes it
+        rows[1].metadata = {"k": "a pair 🙂 (JSON escapes it as two)", "\\ud800": "an escaped backslash"}
+        assert store.insert_columns(_as_table(rows)) == 3
+        assert store.get([rows[1].id])[0].metadata == rows[1].metadata
+
+
+def test_local_lines_hold_no_carriage_return_from_metadata_text(tmp_path: Path) -> None:
+    """Metadata text passed on as its source wrote it keeps to one line for every reader: a raw CR (JSON
+    whitespace) ends a line in Python's text mode, so that text is written again as insert writes it."""
+    rows = passages(3, 8, 10)
+    data = _as_table(rows)
+    data = data.set_column(data.schema.get_field_index("metadata_"), "metadata_",
+                           pa.array(['{"a":\r1}', '{"b":\n2}', "{}"], pa.string()))
+    assert conform(data) is not None
+    with closing(open_store(StoreLocation("local", str(tmp_path / "local"), TABLE))) as store:
+        store.insert_columns(data)
+        assert store.get([rows[0].id])[0].metadata == {"a": 1}
+    [jsonl] = (tmp_path / "local").rglob("*.jsonl")
+    assert b"\r" not in jsonl.read_bytes()
+    with open(jsonl) as lines:  # universal newlines
+        assert len(list(lines)) == 3
+
+
+def test_lancedb_refuses_a_time_no_datetime_reads_back(tmp_path: Path) -> None:
+    """A created_at inside the years 1-9999 in its own zone but not in UTC (a local line may hold one): LanceDB
+    stored it, and then the migration's read-back failed with a traceback (OverflowError), the rows written.
+    Refused before writing now, a line naming the passage, through passages and columns alike."""
+    from datetime import timedelta
+
+    from toolkit.errors import BackendError
+
+    rows = passages(4, 8, 11)
+    rows[2].created_at = datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))
+    source = Spec("local", str(tmp_path / "local"))
+    with closing(open_store(source.store(TABLE))) as store:
+        store.insert(rows)
+    with pytest.raises(BackendError, match=f"passage {rows[2].id} has a created_at outside the years 1-9999"):
+        migrate(source, Spec("lancedb", str(tmp_path / "lance")), table=TABLE)
+    with closing(open_store(StoreLocation("lancedb", str(tmp_path / "lance"), TABLE))) as store:
+        assert store.count() == 0
+        with pytest.raises(BackendError, match="outside the years 1-9999"):
+            store.insert(rows)
+        data = from_passages(rows, np.stack([p.embedding for p in rows]).astype(np.float32))
+        with pytest.raises(BackendError, match="outside the years 1-9999"):
+            store.insert_columns(data)
+        assert store.count() == 0
+
+
+def test_a_lancedb_table_passages_cannot_read_is_refused_in_a_line(tmp_path: Path) -> None:
+    """A table another writer made (no created_at column, a null time, metadata that is not JSON) goes as
+    passages, which cannot read it: a line naming the table, where a KeyError, AttributeError or
+    JSONDecodeError traceback came out of the scan."""
+    import lancedb
+
+    from toolkit.errors import ToolkitError
+
+    rows = passages(6, 8, 12)
+    base = {"id": [str(p.id) for p in rows], "user_id": [str(p.user_id) for p in rows], "agent_id": [None] * 6,
+            "doc_id": [None] * 6, "text": [p.text for p in rows], "data_source": ["x"] * 6,
+            "embedding": pa.array([list(map(float, p.embedding)) for p in rows], pa.list_(pa.float32(), 8)),
+            "embedding_model": ["m"] * 6, "metadata_": ["{}"] * 6}
+    at = pa.array([datetime(2023, 5, 1)] * 6, pa.timestamp("us"))
+    for name, data in (("no_time", base), ("null_time", {**base, "created_at": pa.array([None] * 6, pa.timestamp("us"))}),
+                       ("not_json", {**base, "created_at": at, "metadata_": ["{}"] * 5 + ["not json"]})):
+        lancedb.connect(str(tmp_path / name)).create_table(TABLE, data=pa.table(data))
+        with pytest.raises(ToolkitError, match=f"cannot read the lancedb table {TABLE} at .*{name}"):  # refused or failed
+            migrate(Spec("lancedb", str(tmp_path / name)), Spec("local", str(tmp_path / f"{name}-out")), table=TABLE)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 
 _MOD = 1 << 128
+_HASHED_AT_ONCE = 256  # rows of embeddings the checksum copies at a time
 BATCH_BYTES = 16 << 20  # the default batch: about this many bytes of float32 embeddings (1536-dim: 2730 rows)
 
 
@@ -69,17 +70,22 @@ class Checksum:
 
         if not len(ids):
             return
-        # float32 like Postgres' float4, Chroma and LanceDB store them; "+ 0" folds -0.0 into 0.0
-        vectors = np.ascontiguousarray(vectors, dtype="<f4") + np.float32(0)
+        if len(ids) != len(texts) or len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids, {len(texts)} texts and {len(vectors)} embeddings")
         width = vectors.shape[1] * 4
-        flat = memoryview(vectors.reshape(-1)).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers
         blake2b, pack = hashlib.blake2b, struct.Struct("<QQ").pack
         digests = bytearray()
-        for n, (id_bytes, text) in enumerate(zip(ids, texts, strict=True)):
-            encoded = (text or "").encode("utf-8", "surrogatepass")  # a lone surrogate hashes, not raises
-            digest = blake2b(id_bytes + pack(len(encoded), width) + encoded, digest_size=16)
-            digest.update(flat[n * width:(n + 1) * width])  # hashlib lets other threads run meanwhile
-            digests += digest.digest()
+        for start in range(0, len(ids), _HASHED_AT_ONCE):
+            # float32 like Postgres' float4, Chroma and LanceDB store them; "+ 0" folds -0.0 into 0.0 (a few
+            # hundred rows at a time: a copy of the whole batch would be one more batch in memory)
+            block = np.ascontiguousarray(vectors[start:start + _HASHED_AT_ONCE], dtype="<f4") + np.float32(0)
+            flat = memoryview(block.reshape(-1)).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers
+            for n, (id_bytes, text) in enumerate(zip(ids[start:start + _HASHED_AT_ONCE],
+                                                     texts[start:start + _HASHED_AT_ONCE], strict=True)):
+                encoded = (text or "").encode("utf-8", "surrogatepass")  # a lone surrogate hashes, not raises
+                digest = blake2b(id_bytes + pack(len(encoded), width) + encoded, digest_size=16)
+                digest.update(flat[n * width:(n + 1) * width])  # hashlib lets other threads run meanwhile
+                digests += digest.digest()
         # the sum of the 128-bit digests (big-endian) as four 32-bit limbs summed in NumPy
         limbs = np.frombuffer(bytes(digests), dtype=">u4").reshape(-1, 4).sum(axis=0, dtype=np.uint64)
         total = sum(int(limb) << (32 * (3 - k)) for k, limb in enumerate(limbs))
@@ -90,7 +96,8 @@ class Checksum:
         """Rows as a table in ``columns.schema`` (a ``scan_columns`` batch)."""
         from toolkit.backends import columns
 
-        self.update_columns(columns.id_bytes(data), data["text"].to_pylist(), columns.vectors_of(data))
+        for part in data.to_batches():  # chunk by chunk: their embeddings are read where they are, not copied
+            self.update_columns(columns.id_bytes(part), part["text"].to_pylist(), columns.vectors_of(part))
 
     def update_any(self, rows: pa.Table | list[Passage]) -> None:
         if isinstance(rows, list):

@@ -55,13 +55,17 @@ def matrix(passages: list[Passage]) -> np.ndarray:
         raise BackendError(f"passages have embeddings of different dimensions {sorted(dims)}",
                            hint="insert passages from one embedding model at a time")
     dim = dims.pop() if dims else 0
-    if dim == 0 or dim > MAX_EMBEDDING_DIM:
-        raise BackendError(f"embedding dimension {dim} is out of range 1-{MAX_EMBEDDING_DIM}",
-                           hint="MemGPT stores embeddings of at most 4096 dimensions")
+    check_dim(dim)
     out = np.empty((len(passages), dim), dtype=np.float32)
     for i, p in enumerate(passages):  # row by row into one array: a quarter of np.asarray's time on a list of arrays
         out[i] = p.embedding
     return out
+
+
+def check_dim(dim: int) -> None:
+    if dim <= 0 or dim > MAX_EMBEDDING_DIM:
+        raise BackendError(f"embedding dimension {dim} is out of range 1-{MAX_EMBEDDING_DIM}",
+                           hint="MemGPT stores embeddings of at most 4096 dimensions")
 
 
 def check_encodable(batch: list[Passage], where: str) -> None:

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Iterator
 from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
-from toolkit.backends._util import dumps, owner_text, owner_uuid_or_none, to_utc
+from toolkit.backends._util import check_dim, check_encodable, dumps, owner_text, owner_uuid_or_none, to_utc
 from toolkit.backends.base import Passage
+from toolkit.errors import BackendError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,6 +91,8 @@ def conform(data: pa.Table, *, metadata_checked: bool = False) -> pa.Table | Non
         if dim <= 0 or data["embedding"].null_count or data["id"].null_count or data["user_id"].null_count:
             return None
         data = data.select(list(schema(dim).names)).cast(schema(dim))
+        if any(chunk.flatten().null_count for chunk in data["embedding"].chunks):  # passages: NaN there
+            return None
         if not all(pc.all(pc.match_substring_regex(data[name], CANONICAL_UUID)).as_py() is not False
                    for name in ("id", *OWNERS)):  # (all null: None)
             return None
@@ -105,9 +108,38 @@ def conform(data: pa.Table, *, metadata_checked: bool = False) -> pa.Table | Non
         metadata = data["metadata_"]
         if metadata.null_count or not metadata_checked and not all(_json_object(text) for text in metadata.to_pylist()):
             return None
-        return data.combine_chunks()
+        return data  # chunks as they came: combining them would copy the batch's embeddings once more
     except (KeyError, AttributeError, TypeError, ValueError, pa.ArrowException):  # another layout
         return None
+
+
+def check_insertable(data: pa.Table, where: str | None) -> None:
+    """Refuse, before anything is written, what ``insert`` refuses of the same rows' passages: embeddings of
+    more dimensions than MemGPT stores (``_util.matrix``) and, given ``where`` (a store whose ``insert``
+    checks it), metadata whose JSON escapes a lone surrogate (``check_encodable``; the other texts are
+    Arrow's, valid UTF-8 already). Only rows with a surrogate escape at all are parsed."""
+    import pyarrow.compute as pc
+
+    check_dim(data.schema.field("embedding").type.list_size)
+    if where is None or not data.num_rows:
+        return
+    escaped = pc.match_substring_regex(data["metadata_"], r"\\u[dD][89a-fA-F]")  # paired or not: checked below
+    if pc.any(escaped).as_py():
+        check_encodable(to_passages(data.filter(escaped)), where)
+
+
+def check_dates(data: pa.Table, where: str) -> None:
+    """Refuse, before anything is written, a ``created_at`` outside the years 1-9999 in UTC (a passage's own
+    zone can hold one, as 0001-01-01T00:30+01:00): the store would take it, and then no datetime reads it back."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    created = data["created_at"].cast(pa.int64())
+    outside = pc.or_(pc.less(created, _FIRST_MICROSECOND), pc.greater(created, _LAST_MICROSECOND))
+    if data.num_rows and pc.any(outside).as_py():
+        row = data.filter(outside).slice(0, 1)
+        raise BackendError(f"passage {row['id'][0]} has a created_at outside the years 1-9999 in UTC; nothing of "
+                           f"this batch was written to {where}", hint="fix that passage's created_at, then write again")
 
 
 def _json_object(text: str) -> bool:
@@ -119,16 +151,19 @@ def _json_object(text: str) -> bool:
         return False
 
 
-def vectors_of(data: pa.Table) -> np.ndarray:
-    """The embeddings of a table in ``schema`` as an (n, dim) float32 array (a view where Arrow allows)."""
+def vectors_of(data: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """The embeddings of a table in ``schema`` as an (n, dim) float32 array (a view of one chunk's)."""
     import numpy as np
+    import pyarrow as pa
 
-    column = data["embedding"].combine_chunks()
+    column = data["embedding"]
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
     values = column.flatten().to_numpy(zero_copy_only=False)
     return np.asarray(values, dtype=np.float32).reshape(data.num_rows, column.type.list_size)
 
 
-def id_bytes(data: pa.Table) -> list[bytes]:
+def id_bytes(data: pa.Table | pa.RecordBatch) -> list[bytes]:
     """The 16 bytes of each id of a table in ``schema`` (canonical text: the hex digits, dashes left out)."""
     raw = bytes.fromhex("".join(data["id"].to_pylist()).replace("-", ""))
     return [raw[at:at + 16] for at in range(0, len(raw), 16)]

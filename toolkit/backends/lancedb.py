@@ -33,7 +33,16 @@ from toolkit.backends._util import (
     unique_by_id,
 )
 from toolkit.backends.base import Filters, Passage, Spec
-from toolkit.backends.columns import conform, from_passages, id_bytes, rebatched, schema, to_passages
+from toolkit.backends.columns import (
+    check_dates,
+    check_insertable,
+    conform,
+    from_passages,
+    id_bytes,
+    rebatched,
+    schema,
+    to_passages,
+)
 from toolkit.errors import BackendError, error_line
 
 if TYPE_CHECKING:
@@ -259,7 +268,9 @@ class LanceStore(StoreBase):
             return 0
         vectors = matrix(batch)
         check_encodable(batch, f"lancedb table {self.table}")  # pyarrow cannot encode it
-        return self._write(from_passages(batch, vectors), _id_keys(b"".join(p.id.bytes for p in batch)))
+        data = from_passages(batch, vectors)
+        check_dates(data, f"lancedb table {self.table}")
+        return self._write(data, _id_keys(b"".join(p.id.bytes for p in batch)))
 
     def insert_columns(self, data: pa.Table) -> int:
         """Upsert rows already in the table's layout (``columns.conform``'s), as ``insert`` would their passages."""
@@ -267,6 +278,8 @@ class LanceStore(StoreBase):
 
         if not data.num_rows:
             return 0
+        check_insertable(data, f"lancedb table {self.table}")
+        check_dates(data, f"lancedb table {self.table}")
         keys = _id_keys(b"".join(id_bytes(data)))
         if len(np.unique(keys)) != len(keys):  # an id twice: insert keeps the last, as an upsert of each would
             return self.insert(to_passages(data))
@@ -371,13 +384,26 @@ class LanceStore(StoreBase):
         when the scan starts (rows written meanwhile do not shift it), in memory that does not grow with
         the table (``_pages``)."""
         for page in self._pages(batch_size):
-            yield to_passages(page)
+            yield self._passages(page)
 
     def scan_columns(self, batch_size: int) -> Iterator[pa.Table | list[Passage]]:
         """``scan``'s rows as tables in ``columns.schema`` (a batch in another layout, as MemGPT's may be: passages)."""
         for page in self._pages(batch_size):
             conformed = conform(page)
-            yield conformed if conformed is not None else to_passages(page)
+            yield conformed if conformed is not None else self._passages(page)
+
+    def _passages(self, page: pa.Table) -> list[Passage]:
+        """``to_passages`` of a page; rows it cannot read (a column missing, a null time, metadata that is not
+        JSON: a table another writer made) are a line naming the table, not a traceback."""
+        import pyarrow as pa
+
+        try:
+            return to_passages(page)
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError, pa.ArrowException) as exc:
+            raise BackendError(f"cannot read the lancedb table {self.table} at {self.uri}: {type(exc).__name__}: "
+                               f"{error_line(exc)}",
+                               hint="its rows are not in the layout the toolkit and MemGPT write; fix them with "
+                               "lancedb, or drop the table") from None
 
     def _pages(self, batch_size: int) -> Iterator[pa.Table]:
         """The rows of the version the table is at now, ``batch_size`` at a time. Lance 2.x files are read a

@@ -570,7 +570,8 @@ def _utc_times(texts: list[Any]) -> pa.Array:
 
 
 def _one_line(metadata: str) -> str:
-    return metadata if "\n" not in metadata else _JSON.encode(json.loads(metadata))
+    # a raw CR is JSON whitespace too, but ends a line for readers with universal newlines (Python's text mode)
+    return metadata if "\n" not in metadata and "\r" not in metadata else _JSON.encode(json.loads(metadata))
 
 
 def _to_passage(row: dict[str, Any], vector: np.ndarray) -> Passage:
@@ -700,6 +701,7 @@ class LocalStore(StoreBase):
 
         if not data.num_rows:
             return 0
+        columns.check_insertable(data, None)  # JSON escapes any text: only the dimension is refused
         data = data.sort_by("id")  # canonical ids: their text's order is str(uuid)'s, as insert sorts
         ids = data["id"].to_pylist()
         if len(set(ids)) != len(ids):  # an id twice: insert keeps the last, as an upsert of each would

@@ -293,6 +293,18 @@ def _vectors(batch: pa.RecordBatch, archive: _Archive, dim: int | None) -> np.nd
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(column), expected)
 
 
+def _text_or_empty(data: pa.Table) -> pa.Table:
+    """A missing text as ``_passages`` reads it: "" (a null would go on as null, then read back as "")."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "text" not in data.column_names or not data["text"].null_count:
+        return data
+    if not (pa.types.is_string(data["text"].type) or pa.types.is_large_string(data["text"].type)):
+        return data  # another type: conform refuses it
+    return data.set_column(data.schema.get_field_index("text"), "text", pc.fill_null(data["text"], ""))
+
+
 def _passages(batch: pa.RecordBatch, archive: _Archive, dim: int | None) -> list[Passage]:
     import pyarrow as pa
 
@@ -667,6 +679,7 @@ class ParquetStore(StoreBase):
 
         if not data.num_rows:
             return 0
+        columns.check_insertable(data, f"the archive {self.path}")
         if pc.count_distinct(data["id"]).as_py() != data.num_rows:  # an id twice: insert keeps the last
             return self.insert(columns.to_passages(data))
         data = data.sort_by("id")  # canonical ids: their text's order is str(uuid)'s, as arrow_table sorts
@@ -768,7 +781,7 @@ class ParquetStore(StoreBase):
             return
         for part in columns.rebatched(self._batches(archive), batch_size):
             names = ["metadata_" if name == "metadata" else name for name in part.schema.names]
-            conformed = columns.conform(part.rename_columns(names))
+            conformed = columns.conform(_text_or_empty(part.rename_columns(names)))
             if conformed is not None:
                 yield conformed
             else:
