@@ -1,6 +1,8 @@
 """Copy archival passages between any two backends, verified (room: migrate.py).
 
-Speaks only the ArchivalStore Protocol. Rows stream in batches (scan in a stable order -> upsert by id),
+Speaks the ArchivalStore Protocol, and the two optional ones of stores that speak Arrow (``ScansColumns``,
+``InsertsColumns``: then batches travel as columns, never a Passage object a row). Rows stream in batches
+(scan in a stable order -> upsert by id),
 so a run killed midway is resumed by running it again: nothing is duplicated or lost. The source
 is only ever read, and a source directory is read through a private copy (the clients of some
 generations write to what they open), so it stays byte for byte as it was. At the end both sides
