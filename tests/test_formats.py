@@ -291,6 +291,31 @@ def test_pylance_08_reads_every_row_of_a_legacy_table(tmp_path: Path, pylance08:
     assert json.loads(done.stdout)["ids"] == sorted(str(p.id) for p in rows[5:])
 
 
+def test_pylance_08_reads_a_table_migrate_wrote_as_columns(tmp_path: Path, pylance08: Path) -> None:
+    """local -> LanceDB moves Arrow columns (no passages): MemGPT's reader sees every row, texts included, also
+    after a second run resumed into the table (its upserts) and a row changed at the source."""
+    rows = passages(300, dim=64)
+    source, where = tmp_path / "local", tmp_path / "lance"
+    with open_store(StoreLocation("local", str(source), TABLE)) as store:
+        store.insert(rows[:200])
+    to = f"lancedb://{where}?format=memgpt"
+    assert run_toolkit("migrate", "--from", f"local://{source}", "--to", to, "--batch", "64").returncode == 0
+    rows[0].text = "changed at the source"
+    with open_store(StoreLocation("local", str(source), TABLE)) as store:
+        store.insert([rows[0], *rows[200:]])
+    done = run_toolkit("migrate", "--from", f"local://{source}", "--to", to, "--batch", "64")
+    assert done.returncode == 0, done.stderr
+    read = PYLANCE_READ.replace('"ids": sorted(table.column("id").to_pylist())',
+                                '"ids": sorted(table.column("id").to_pylist()), '
+                                '"texts": dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))')
+    done = subprocess.run([str(pylance08), "-I", "-c", read, str(where / f"{TABLE}.lance")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout)
+    assert got["ids"] == sorted(str(p.id) for p in rows) and got["rows"] == 300
+    assert got["texts"][str(rows[0].id)] == "changed at the source"
+
+
 def test_pylance_08_does_not_see_a_current_table(tmp_path: Path, pylance08: Path) -> None:
     """Why the legacy format matters: the old reader finds no rows (or fails) in today's default."""
     where = tmp_path / "lance"

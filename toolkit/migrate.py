@@ -96,8 +96,6 @@ class Checksum:
 
     def update_arrow(self, data: pa.Table) -> None:
         """Rows as a table in ``columns.schema`` (a ``scan_columns`` batch)."""
-        from toolkit.backends import columns
-
         for part in data.to_batches():  # chunk by chunk: their embeddings are read where they are, not copied
             self.update_columns(columns.id_bytes(part), part["text"].to_pylist(), columns.vectors_of(part))
 

@@ -142,6 +142,13 @@ def check_dates(data: pa.Table, where: str) -> None:
                            f"this batch was written to {where}", hint="fix that passage's created_at, then write again")
 
 
+def repeats_ids(data: pa.Table) -> bool:
+    """Whether an id is in the table twice (``insert`` then keeps the last of them)."""
+    import pyarrow.compute as pc
+
+    return bool(pc.count_distinct(data["id"]).as_py() != data.num_rows)
+
+
 def _json_object(text: str) -> bool:
     if text == "{}":
         return True

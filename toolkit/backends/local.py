@@ -684,15 +684,7 @@ class LocalStore(StoreBase):
         if not batch:
             return 0
         batch.sort(key=lambda p: str(p.id))  # each segment in id order: a scan reads it in runs
-        vectors = matrix(batch)
-        with self._writing():
-            manifest = self._manifest()
-            if manifest["dim"] is not None and manifest["dim"] != vectors.shape[1]:
-                raise dim_mismatch(f"local table {self.dir}", manifest["dim"], vectors.shape[1])
-            manifest["dim"] = vectors.shape[1]
-            # the lines encoded while the embeddings are written
-            self._commit(manifest, lambda: "".join(_JSON.encode(_to_row(p)) + "\n" for p in batch), vectors)
-            self._compact()
+        self._append(lambda: "".join(_JSON.encode(_to_row(p)) + "\n" for p in batch), matrix(batch))
         return len(batch)
 
     def insert_columns(self, data: pa.Table) -> int:
@@ -702,19 +694,22 @@ class LocalStore(StoreBase):
         if not data.num_rows:
             return 0
         columns.check_insertable(data, None)  # JSON escapes any text: only the dimension is refused
-        data = data.sort_by("id")  # canonical ids: their text's order is str(uuid)'s, as insert sorts
-        ids = data["id"].to_pylist()
-        if len(set(ids)) != len(ids):  # an id twice: insert keeps the last, as an upsert of each would
+        if columns.repeats_ids(data):  # insert keeps the last, as an upsert of each would
             return self.insert(columns.to_passages(data))
-        vectors = columns.vectors_of(data)
+        data = data.sort_by("id")  # canonical ids: their text's order is str(uuid)'s, as insert sorts
+        self._append(lambda: _jsonl(data), np.ascontiguousarray(columns.vectors_of(data)))
+        return data.num_rows
+
+    def _append(self, jsonl: Callable[[], str], vectors: np.ndarray) -> None:
+        """A segment of these rows (their lines: ``jsonl()``, encoded while the embeddings are written) at the
+        table's end, under the lock; then the merges the size tiers ask for."""
         with self._writing():
             manifest = self._manifest()
             if manifest["dim"] is not None and manifest["dim"] != vectors.shape[1]:
                 raise dim_mismatch(f"local table {self.dir}", manifest["dim"], vectors.shape[1])
             manifest["dim"] = vectors.shape[1]
-            self._commit(manifest, lambda: _jsonl(data), np.ascontiguousarray(vectors))
+            self._commit(manifest, jsonl, vectors)
             self._compact()
-        return data.num_rows
 
     def _compact(self) -> None:
         """Merge the small segments at the end of the table while the size tiers ask for it (under the lock)."""

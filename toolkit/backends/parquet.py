@@ -675,12 +675,11 @@ class ParquetStore(StoreBase):
     def insert_columns(self, data: pa.Table) -> int:
         """Rows in ``columns.schema`` (``columns.conform``'s), written as ``insert`` writes their passages."""
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         if not data.num_rows:
             return 0
         columns.check_insertable(data, f"the archive {self.path}")
-        if pc.count_distinct(data["id"]).as_py() != data.num_rows:  # an id twice: insert keeps the last
+        if columns.repeats_ids(data):  # insert keeps the last, as an upsert of each would
             return self.insert(columns.to_passages(data))
         data = data.sort_by("id")  # canonical ids: their text's order is str(uuid)'s, as arrow_table sorts
         dim = data.schema.field("embedding").type.list_size
