@@ -377,3 +377,7 @@ def test_a_lancedb_table_passages_cannot_read_is_refused_in_a_line(tmp_path: Pat
         lancedb.connect(str(tmp_path / name)).create_table(TABLE, data=pa.table(data))
         with pytest.raises(ToolkitError, match=f"cannot read the lancedb table {TABLE} at .*{name}"):  # refused or failed
             migrate(Spec("lancedb", str(tmp_path / name)), Spec("local", str(tmp_path / f"{name}-out")), table=TABLE)
+        with closing(open_store(Spec("lancedb", str(tmp_path / name)).store(TABLE))) as store:  # get, query: the same
+            for read in (lambda: store.get([p.id for p in rows]), lambda: store.query(rows[0].embedding, 6)):
+                with pytest.raises(ToolkitError, match=f"cannot read the lancedb table {TABLE} at .*{name}"):
+                    read()

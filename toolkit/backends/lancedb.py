@@ -370,7 +370,7 @@ class LanceStore(StoreBase):
             where = _where(filters)
             if where:
                 search = search.where(where, prefilter=True)
-            return to_passages(search.limit(k).to_arrow())
+            return self._passages(search.limit(k).to_arrow())
 
     def count(self, filters: Filters | None = None) -> int:
         table = self._open()
@@ -393,8 +393,9 @@ class LanceStore(StoreBase):
             yield conformed if conformed is not None else self._passages(page)
 
     def _passages(self, page: pa.Table) -> list[Passage]:
-        """``to_passages`` of a page; rows it cannot read (a column missing, a null time, metadata that is not
-        JSON: a table another writer made) are a line naming the table, not a traceback."""
+        """``to_passages`` of rows read (a scan's page, a query's or a get's answer); rows it cannot read (a column
+        missing, a null time, metadata that is not JSON: a table another writer made) are a line naming the
+        table, not a traceback."""
         import pyarrow as pa
 
         try:
@@ -443,7 +444,7 @@ class LanceStore(StoreBase):
 
     def _get_ids(self, table: Any, ids: list[str]) -> list[Passage]:
         with self._guard():
-            rows = {p.id: p for p in to_passages(table.search().where(_in(ids)).limit(None).to_arrow())}
+            rows = {p.id: p for p in self._passages(table.search().where(_in(ids)).limit(None).to_arrow())}
         return [rows[uuid.UUID(i)] for i in ids if uuid.UUID(i) in rows]
 
     def delete(self, ids: Iterable[uuid.UUID]) -> int:
