@@ -105,6 +105,38 @@ def test_migrate_switch_checks_the_config_before_copying(tmp_path: Path, dry_run
     assert not destination.exists()  # refused before anything was copied
 
 
+def test_a_lancedb_table_is_created_under_the_writers_lock(tmp_path: Path) -> None:
+    # two creators at once each committed an Overwrite: the late one failed the other's append, or
+    # replaced the rows it had added (a count of 10 of 40, no error)
+    import time
+
+    from toolkit.backends._util import directory_lock
+
+    location = StoreLocation("lancedb", str(tmp_path / "lance"), "t_race")
+    failures: list[BaseException] = []
+
+    store = open_store(location)
+    assert store.count() == 0  # lancedb imported and connected before the window below
+
+    def write() -> None:
+        try:
+            with closing(store):
+                store.insert(passages(10, 8))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failures.append(exc)
+
+    with directory_lock(tmp_path / "lance", "test"):  # another writer's lock
+        writer = threading.Thread(target=write)
+        writer.start()
+        for _ in range(20):  # the table must not appear while the lock is held
+            assert not (tmp_path / "lance" / "t_race.lance").exists()
+            time.sleep(0.05)
+    writer.join()
+    assert not failures
+    with closing(open_store(location)) as reader:
+        assert reader.count() == 10
+
+
 def test_two_writers_into_one_lancedb_table_store_each_row_once(tmp_path: Path) -> None:
     # two merge_insert at once both find an id new and both insert it: the table held it twice
     rows = passages(300, 8)

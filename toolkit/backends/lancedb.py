@@ -288,16 +288,15 @@ class LanceStore(StoreBase):
     def _write(self, data: pa.Table, keys: np.ndarray) -> int:
         """Write rows of unique ids (``keys``: theirs, ``_id_keys``): an append when they are all new, else an upsert."""
         dim = data.schema.field("embedding").type.list_size
-        table = self._open(dim=dim)
-        if self._dim(table) != dim:
-            raise dim_mismatch(f"lancedb table {self.table}", self._dim(table), dim)
+        # the table is created under the lock: two creators at once commit two Overwrites, and the
+        # late one fails another writer's append (or would replace its rows)
         with self._writing(), self._guard():
+            table = self._latest(dim=dim)  # what another writer committed while we waited for the lock
+            if self._dim(table) != dim:
+                raise dim_mismatch(f"lancedb table {self.table}", self._dim(table), dim)
             if self.remote:  # no lock, so nothing to know about other writers: always the upsert
                 _merge(table, data)
                 return data.num_rows
-            table = self._latest(dim=dim)  # what another writer committed while we waited for the lock
-            if self._dim(table) != dim:  # created anew by another writer
-                raise dim_mismatch(f"lancedb table {self.table}", self._dim(table), dim)
             before = table.version
             own = self._own_ids(table)
             if own is not None and not own.holds_any(keys):
