@@ -332,6 +332,8 @@ def main() -> None:
         parser.error("the raw path for chroma is chromadb in process (current format); use --format current")
     sizes = args.rows or [100_000, 300_000 if "postgres" in kinds else 1_000_000]
 
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         base = Path(tempfile.mkdtemp(prefix="toolkit-bench-migrate-", dir=args.dir))
         stack.callback(shutil.rmtree, base, True)
