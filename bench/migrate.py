@@ -15,6 +15,10 @@ The ratio is raw seconds / migrate's seconds (copy and verification; not the pro
 target. "holds" compares rows/s of the largest size with the smallest (target: within 15%). "hash bound" is
 raw / (raw + 2 x the seconds migrate's checksum takes to digest the rows once, measured in the raw process):
 a verified copy digests every row twice (as read from the source, as read back from the destination).
+"read bound" is raw / (raw + the seconds the source's and the destination's own fastest readers take to read
+every row once: binary COPY out of Postgres, LanceDB's batches, np.load and the JSON lines of local segments,
+pyarrow's Parquet batches; not measured for Chroma): a verified copy reads the source and reads the
+destination back. "both" counts the reads and the digests.
 
 Starts its own embedded Postgres on a free port in a temp dir when a side is postgres (unless --url).
 Usage: .venv/bin/python bench/migrate.py --pair local:postgres [--rows 100000 --rows 300000] [--json]
@@ -45,6 +49,7 @@ from toolkit.specs import Spec  # noqa: E402
 
 KINDS = ("local", "postgres", "lancedb", "chroma", "parquet")
 TABLE = "bench_migrate"
+RAW_TABLE = "bench_raw"
 CHUNK = 10_000  # rows generated (and written) at a time: the filling process stays small
 
 
@@ -103,13 +108,17 @@ def empty(spec: Spec, table: str = TABLE) -> None:
 
 # -- raw bulk paths (run in a subprocess: `bench/migrate.py _raw KIND LOCATION N DIM FORMAT`) ---------------
 
-def raw(kind: str, location: str, n: int, dim: int, fmt: str) -> tuple[float, float]:
-    """Seconds the destination's own bulk path takes to write the N rows (generated beforehand), and seconds
+def raw(kind: str, location: str, n: int, dim: int, fmt: str) -> tuple[float, float, float]:
+    """Seconds the destination's own bulk path takes to write the N rows (generated beforehand), seconds
     migrate's checksum takes over them once (a verified copy takes it twice: the source's rows, the
-    destination's)."""
+    destination's), and seconds the destination's own reader takes to read them back."""
     rows = [p for part in chunks(n, dim) for p in part]
     hashing = hash_seconds(rows)  # first: the LanceDB path lets go of the rows
-    return RAW[kind](location, rows, dim, fmt), hashing
+    writing = RAW[kind](location, rows, dim, fmt)
+    reading = read_seconds(kind, location, RAW_TABLE)
+    if kind == "postgres":
+        _drop_postgres(location, RAW_TABLE)
+    return writing, hashing, reading
 
 
 def hash_seconds(rows: list[Passage]) -> float:
@@ -137,7 +146,7 @@ def raw_postgres(url: str, rows: list[Passage], dim: int, fmt: str) -> float:
 
     from toolkit.backends.postgres import COLUMNS, DDL, TYPES
 
-    table = "bench_raw"
+    table = RAW_TABLE
     with psycopg.connect(url) as conn:
         register_vector(conn)
         conn.execute(sql.SQL(DDL).format(table=sql.Identifier(table)))
@@ -152,10 +161,15 @@ def raw_postgres(url: str, rows: list[Passage], dim: int, fmt: str) -> float:
                 copy.write_row((p.id, p.user_id, p.text, p.doc_id, p.agent_id, p.data_source, padded, dim,
                                 p.embedding_model, Json(p.metadata), p.created_at))
         conn.commit()
-        seconds = time.perf_counter() - start
+        return time.perf_counter() - start
+
+
+def _drop_postgres(url: str, table: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url) as conn:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
-        conn.commit()
-    return seconds
 
 
 def _lance_batches(rows: list[Passage], dim: int) -> tuple[Any, list[Any]]:
@@ -191,7 +205,7 @@ def raw_lancedb(location: str, rows: list[Passage], dim: int, fmt: str) -> float
     arrow, batches = _lance_batches(rows, dim)
     del rows[:]
     db = lancedb.connect(location)
-    table = db.create_table("bench_raw", schema=arrow, storage_options=backend.CREATE[backend.ALIASES[fmt]])
+    table = db.create_table(RAW_TABLE, schema=arrow, storage_options=backend.CREATE[backend.ALIASES[fmt]])
     start = time.perf_counter()
     table.add(pa.RecordBatchReader.from_batches(arrow, iter(batches)))
     return time.perf_counter() - start
@@ -212,7 +226,7 @@ def raw_local(location: str, rows: list[Passage], dim: int, fmt: str) -> float:
             os.fsync(handle.fileno())
 
     vectors = np.stack([p.embedding for p in rows]).astype(np.float32)
-    table = Path(location) / "bench_raw"
+    table = Path(location) / RAW_TABLE
     start = time.perf_counter()
     table.mkdir(parents=True)
     written(table / "000001.npy", array=vectors)
@@ -229,7 +243,7 @@ def raw_chroma(location: str, rows: list[Passage], dim: int, fmt: str) -> float:
     from toolkit.backends.chroma import _metadata
 
     client = chromadb.PersistentClient(path=location)
-    collection = client.get_or_create_collection("bench_raw", embedding_function=None)
+    collection = client.get_or_create_collection(RAW_TABLE, embedding_function=None)
     size = client.get_max_batch_size()
     parts = [(np.stack([p.embedding for p in rows[i:i + size]]), [str(p.id) for p in rows[i:i + size]],
               [p.text for p in rows[i:i + size]], [_metadata(p) for p in rows[i:i + size]])
@@ -252,6 +266,68 @@ def raw_parquet(location: str, rows: list[Passage], dim: int, fmt: str) -> float
             writer.write_table(table)
     return time.perf_counter() - start
 
+
+# -- raw reads (`bench/migrate.py _read KIND LOCATION TABLE`): every row of a table through the store's own
+#    fastest reader, decoded and dropped. A verified copy reads the source and reads the destination back:
+#    these are the least those reads can cost.
+
+def read_seconds(kind: str, location: str, table: str) -> float:
+    import importlib
+
+    for module in READ_IMPORTS.get(kind, ()):  # imported before the clock starts: migrate's are, too
+        importlib.import_module(module)
+    start = time.perf_counter()
+    rows = READ[kind](location, table)
+    seconds = time.perf_counter() - start
+    if rows is not None and rows <= 0:
+        raise SystemExit(f"the raw read of {kind} {location} {table} found no rows")
+    return seconds
+
+
+def read_postgres(url: str, table: str) -> int:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url) as conn, conn.cursor() as cur, \
+            cur.copy(sql.SQL("COPY {} TO STDOUT (FORMAT BINARY)").format(sql.Identifier(table))) as copy:
+        size = sum(len(data) for data in copy)
+    return size
+
+
+def read_lancedb(location: str, table: str) -> int:
+    import lancedb
+
+    reader = lancedb.connect(location).open_table(table).search().limit(None).to_batches(CHUNK)
+    return sum(batch.num_rows for batch in reader)
+
+
+def read_local(location: str, table: str) -> int:
+    import numpy as np
+
+    folder = Path(location) / table
+    rows = 0
+    for segment in json.loads((folder / "manifest.json").read_text())["segments"]:
+        vectors = np.load(folder / f"{segment}.npy")  # read, not mapped: the bytes come off the page cache
+        with open(folder / f"{segment}.jsonl", "rb") as lines:
+            parsed = sum(1 for line in lines if json.loads(line) is not None)
+        rows += min(len(vectors), parsed)
+    return rows
+
+
+def read_parquet(location: str, table: str) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(batch.num_rows for batch in pq.ParquetFile(location).iter_batches(CHUNK))
+
+
+def read_chroma(location: str, table: str) -> int | None:
+    return None  # not measured: chromadb's get pages through SQLite and its index, at a few thousand rows/s
+
+
+READ_IMPORTS = {"postgres": ("psycopg",), "lancedb": ("lancedb", "pyarrow"), "local": ("numpy",),
+                "parquet": ("pyarrow.parquet",)}
+READ = {"postgres": read_postgres, "lancedb": read_lancedb, "local": read_local, "chroma": read_chroma,
+        "parquet": read_parquet}
 
 RAW = {"postgres": raw_postgres, "lancedb": raw_lancedb, "local": raw_local, "chroma": raw_chroma,
        "parquet": raw_parquet}
@@ -286,6 +362,10 @@ def run_size(kind_src: str, kind_dst: str, n: int, dim: int, url: str, fmt: str,
         src, dst = spec_of(kind_src, work, "src", url, fmt), spec_of(kind_dst, work, "dst", url, fmt)
         print(f"  filling {kind_src} with {n} rows...", file=sys.stderr, flush=True)
         fill(src, n, dim, work)
+        print(f"  raw read of {kind_src}...", file=sys.stderr, flush=True)
+        out, _ = measured([sys.executable, str(Path(__file__).resolve()), "_read", kind_src, src.location, TABLE],
+                          work)
+        source_read = float(out.strip().splitlines()[-1])
         print(f"  toolkit migrate {kind_src} -> {kind_dst}...", file=sys.stderr, flush=True)
         out, rss = measured([sys.executable, "-m", "toolkit", "migrate", "--from", src.render(), "--to", dst.render(),
                              "--table", TABLE, "--json"], work)
@@ -296,15 +376,19 @@ def run_size(kind_src: str, kind_dst: str, n: int, dim: int, url: str, fmt: str,
         where = url if kind_dst == "postgres" else str(work / ("raw.parquet" if kind_dst == "parquet" else "raw"))
         out, raw_rss = measured([sys.executable, str(Path(__file__).resolve()), "_raw", kind_dst, where, str(n),
                                  str(dim), fmt], work)
-        raw_seconds, hashing = map(float, out.strip().splitlines()[-1].split())
+        raw_seconds, hashing, read_back = map(float, out.strip().splitlines()[-1].split())
         moved = result["copy_seconds"] + result["verify_seconds"]
+        reads = source_read + read_back
         return {"rows": n, "seconds": result["seconds"], "copy_seconds": result["copy_seconds"],
                 "verify_seconds": result["verify_seconds"], "rows_per_second": n / moved,
                 "copy_rows_per_second": n / result["copy_seconds"], "peak_rss_mib": rss / 2**20,
                 "reported_peak_rss_mib": result["peak_rss_bytes"] / 2**20, "batch": result["batch"],
                 "raw_seconds": raw_seconds, "raw_rows_per_second": n / raw_seconds, "ratio": raw_seconds / moved,
                 "copy_ratio": raw_seconds / result["copy_seconds"], "raw_peak_rss_mib": raw_rss / 2**20,
-                "hash_seconds": hashing, "hash_bound": raw_seconds / (raw_seconds + 2 * hashing)}
+                "hash_seconds": hashing, "hash_bound": raw_seconds / (raw_seconds + 2 * hashing),
+                "source_read_seconds": source_read, "read_back_seconds": read_back,
+                "read_bound": raw_seconds / (raw_seconds + reads),
+                "verified_bound": raw_seconds / (raw_seconds + reads + 2 * hashing)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -313,6 +397,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_raw":
         kind, location, n, dim, fmt = sys.argv[2:7]
         print(*raw(kind, location, int(n), int(dim), fmt))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "_read":
+        print(read_seconds(*sys.argv[2:5]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pair", required=True, metavar="SRC:DST", help=f"two of {', '.join(KINDS)}")
@@ -361,13 +448,15 @@ def main() -> None:
         return
     print(f"\n{args.pair} ({args.dim}-dim, format {args.format}; raw = {kinds[1]}'s bulk path)")
     print(f"  {'rows':>9} {'rows/s':>8} {'copy rows/s':>11} {'peak RSS':>9} {'raw rows/s':>10} {'ratio':>6}"
-          f" {'hash bound':>10} {'batch':>6}")
+          f" {'hash bound':>10} {'read bound':>10} {'both':>6} {'batch':>6}")
     for f in figures:
         print(f"  {f['rows']:>9} {f['rows_per_second']:>8.0f} {f['copy_rows_per_second']:>11.0f} "
               f"{f['peak_rss_mib']:>6.0f} MB {f['raw_rows_per_second']:>10.0f} {f['ratio']:>5.2f}x "
-              f"{f['hash_bound']:>9.2f}x {f['batch']:>6}")
-    print("  hash bound: raw / (raw + the checksum's digest of every row twice): the ratio if a verified copy cost"
-          " only those, one after the other (threads overlap some; the reads and conversions cost more)")
+              f"{f['hash_bound']:>9.2f}x {f['read_bound']:>9.2f}x {f['verified_bound']:>5.2f}x {f['batch']:>6}")
+    print("  hash bound: raw / (raw + the checksum's digest of every row twice); read bound: raw / (raw + the"
+          " source and the destination each read once by their own fastest reader); both: raw / (raw + all"
+          " of these). The ratios if a verified copy cost only those, one after the other (threads overlap"
+          " some; conversions between stores cost more)")
     if len(figures) > 1:
         print(f"  rows/s at {last['rows']} / at {first['rows']}: {holds:.2f} (target: within 15%)")
 
