@@ -258,7 +258,8 @@ def test_a_write_into_a_table_missing_a_segment_file_is_a_backend_error(tmp_path
         store.insert(passages(3, dim=4, start=3))
 
 
-@pytest.mark.parametrize("damage", [(b'"text": "passage 2"', b'"text": "passage 2'), (b'"text": "passage 2", ', b"")])
+@pytest.mark.parametrize("damage", [(b'"text": "passage 2"', b'"text": "passage 2'), (b'"text": "passage 2", ', b""),
+                                    (b'"text": "passage 2"', b'"text": 5'), (b'"text": "passage 2"', b'"text": ["a"]')])
 def test_a_damaged_line_is_a_backend_error_on_every_read(tmp_path: Path, damage: tuple[bytes, bytes]) -> None:
     """The index reads only each line's id; the rest of a line is first parsed by a scan, get or query,
     which say the table is damaged (as the previous version's open did), not raise JSONDecodeError or KeyError."""
