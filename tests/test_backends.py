@@ -425,3 +425,32 @@ def test_chroma_collection_written_by_another_program_is_one_clear_error(tmp_pat
     with open_store(StoreLocation("chroma", str(tmp_path), "archival")) as store:
         with pytest.raises(BackendError, match="is not a MemGPT passage"):
             list(store.scan(10))
+
+
+def test_a_chroma_record_whose_data_source_is_a_number_is_one_clear_error_on_every_read(tmp_path: Path) -> None:
+    """Chroma metadata takes numbers and booleans: a record edited by another program to hold
+    ``data_source: 5`` is refused by scan, get and query, and migrate writes nothing of it (it had
+    written the number into a local table, and failed LanceDB and Parquet with an internal error)."""
+    import chromadb
+    from chromadb.config import Settings
+
+    rows = passages(5, dim=4)
+    where = StoreLocation("chroma", str(tmp_path / "chroma"), "archival")
+    with open_store(where) as store:
+        store.insert(rows)
+    client = chromadb.PersistentClient(path=where.location, settings=Settings(anonymized_telemetry=False))
+    collection = client.get_collection("archival")
+    meta = collection.get(ids=[str(rows[2].id)], include=["metadatas"])["metadatas"][0]
+    collection.update(ids=[str(rows[2].id)], metadatas=[{**meta, "data_source": 5}])
+    reads = [lambda s: list(s.scan(10)), lambda s: s.get([rows[2].id]), lambda s: s.query(rows[2].embedding, 5)]
+    for read in reads:
+        with open_store(where) as store, pytest.raises(BackendError, match="is not a MemGPT passage.*data_source is int"):
+            read(store)
+
+    destination = tmp_path / "local"
+    run = subprocess.run([sys.executable, "-m", "toolkit", "migrate", "--from", f"chroma://{where.location}",
+                          "--to", f"local://{destination}", "--table", "archival"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 6, run.stderr
+    assert run.stderr.count("\n") == 1 and "data_source is int" in run.stderr and "Traceback" not in run.stderr
+    with open_store(StoreLocation("local", str(destination), "archival")) as store:
+        assert store.count() == 0

@@ -45,6 +45,14 @@ class Passage:
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
+    def __post_init__(self) -> None:
+        # readers of untyped data (local JSON lines, Chroma metadata) can meet a hand-edited `"text": 5`: it is
+        # refused here, where each reader makes the TypeError its one-line error, not deep in a writer or a checksum
+        for name, value in (("text", self.text), ("data_source", self.data_source),
+                            ("embedding_model", self.embedding_model)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} is {type(value).__name__}, not a string")
+
     @property
     def embedding_dim(self) -> int:
         return len(self.embedding)

@@ -374,8 +374,8 @@ class ChromaStore(StoreBase):
         with self._guard():
             found = collection.query(query_embeddings=[q], n_results=k, where=_where(filters),
                                      include=["embeddings", "documents", "metadatas"])
-        return [_passage(*row) for row in zip(found["ids"][0], found["documents"][0], found["metadatas"][0],
-                                              found["embeddings"][0], strict=True)]
+        return self._passages(zip(found["ids"][0], found["documents"][0], found["metadatas"][0], found["embeddings"][0],
+                                  strict=True))
 
     def count(self, filters: Filters | None = None) -> int:
         collection = self._get(create=False)
@@ -405,15 +405,17 @@ class ChromaStore(StoreBase):
             got = collection.get(ids=ids, include=["embeddings", "documents", "metadatas"])
         rows = {i: (i, d, m, e) for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"],
                                                       got["embeddings"], strict=True)}
+        return self._passages(rows[i] for i in ids if i in rows)
+
+    def _passages(self, rows: Iterable[tuple[str, str, dict[str, Any] | None, Any]]) -> list[Passage]:
+        """Records (id, document, metadata, embedding) as passages; one clear error for a record not in MemGPT's layout."""
         passages = []
-        for i in ids:
-            if i not in rows:
-                continue
+        for row in rows:
             try:
-                passages.append(_passage(*rows[i]))
+                passages.append(_passage(*row))
             except (KeyError, ValueError, TypeError) as exc:  # a collection some other program wrote
                 what = "no user_id" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
-                raise BackendError(f"record {i!r} in chroma collection {self.table} is not a MemGPT passage ({what})",
+                raise BackendError(f"record {row[0]!r} in chroma collection {self.table} is not a MemGPT passage ({what})",
                                    hint="only collections written by MemGPT or the toolkit can be read") from None
         return passages
 

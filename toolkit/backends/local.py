@@ -575,9 +575,6 @@ def _one_line(metadata: str) -> str:
 
 
 def _to_passage(row: dict[str, Any], vector: np.ndarray) -> Passage:
-    for name in ("text", "data_source", "embedding_model"):  # a hand-edited `"text": 5` fails here, not in a checksum
-        if row[name] is not None and not isinstance(row[name], str):
-            raise TypeError(f"{name} is {type(row[name]).__name__}, not a string")
     return Passage(id=uuid.UUID(row["id"]), user_id=owner_uuid(row["user_id"]),
                    agent_id=owner_uuid_or_none(row["agent_id"]), doc_id=owner_uuid_or_none(row["doc_id"]),
                    text=row["text"], embedding=vector, data_source=row["data_source"], embedding_model=row["embedding_model"],
